@@ -1,0 +1,16 @@
+//! Sizes every peer enforces. Servers may configure lower values, never higher.
+
+/// Largest WebSocket frame (one protobuf `ClientFrame`/`ServerFrame`) accepted.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// Largest single MLS message inside a frame.
+pub const MAX_MLS_MESSAGE_BYTES: usize = 512 * 1024;
+/// Largest HTTPS API body.
+pub const MAX_API_BODY_BYTES: usize = 256 * 1024;
+/// Most key packages in one upload.
+pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 200;
+/// Most devices in a commit roster.
+pub const MAX_ROSTER: usize = 8 * 1024;
+/// Group ids are 1..=MAX_GROUP_ID_BYTES long.
+pub const MAX_GROUP_ID_BYTES: usize = 64;
+/// Message ids are exactly this long (a UUID).
+pub const MESSAGE_ID_BYTES: usize = 16;

@@ -1,0 +1,148 @@
+//! Storage traits of the Hushwire server, and the conformance suite every backend runs.
+//!
+//! The traits are shaped by the domain, not by a key-value layer: [`Accounts`],
+//! [`KeyPackages`], [`Delivery`] (the MLS Delivery Service's ordered group logs) and
+//! [`Mailboxes`] (per-device store-and-forward). [`Store`] is all of them; the server
+//! holds an `Arc<dyn Store>`.
+//!
+//! Every method is one atomic, durable operation: when it returns `Ok`, the change has
+//! reached stable storage (the embedded backend batches many callers into one commit).
+//!
+//! # Layout
+//! - `types`: records, submissions and outcomes.
+//! - [`conformance`] (feature `conformance`): one suite, run by every backend's tests.
+
+use async_trait::async_trait;
+
+mod types;
+pub use types::*;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+/// Errors a backend reports. Domain outcomes (stale epoch, duplicate) are not errors:
+/// they are variants of the operation's outcome type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The handle is registered already.
+    #[error("handle is taken")]
+    HandleTaken,
+    /// The invite code is unknown, used or expired.
+    #[error("invite code is invalid, used or expired")]
+    InviteInvalid,
+    /// A referenced device does not exist (or is revoked).
+    #[error("unknown device {0}")]
+    UnknownDevice(DeviceAddr),
+    /// An input breaks a backend limit (for example a value too large).
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// The backend has shut down.
+    #[error("store is closed")]
+    Closed,
+    /// The database failed; the message is for logs, never for clients.
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    /// The backend does not implement this operation (named).
+    #[error("operation {0} is not supported by this backend")]
+    Unsupported(&'static str),
+}
+
+/// Accounts, their devices, and invite codes.
+#[async_trait]
+pub trait Accounts: Send + Sync {
+    /// Creates an account with its first device (device id 1). Consumes `invite` in the
+    /// same transaction when given. Fails with [`StoreError::HandleTaken`] or
+    /// [`StoreError::InviteInvalid`].
+    async fn create_account(&self, new: NewAccount) -> Result<DeviceRecord, StoreError>;
+    /// The account with all its devices (revoked ones included, flagged).
+    async fn account(&self, handle: &str) -> Result<Option<AccountRecord>, StoreError>;
+    /// One device by address.
+    async fn device(&self, addr: &DeviceAddr) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Stores a new single-use invite code. An existing code is
+    /// [`StoreError::Invalid`].
+    async fn create_invite(&self, code: &str, expires_at_ms: u64) -> Result<(), StoreError>;
+    /// Adds a device to an existing account under the next device number (numbers are
+    /// never reused). `None` when the handle is unknown.
+    async fn add_device(
+        &self,
+        handle: &str,
+        device: NewDevice,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let _ = (handle, device);
+        Err(StoreError::Unsupported("add_device"))
+    }
+    /// Revokes a device: it is flagged revoked, its KeyPackages and waiting mailbox
+    /// entries are deleted, it is left out of claims and receives nothing from then on
+    /// (it may stay in group rosters until a commit removes it). Returns whether a
+    /// non-revoked device was revoked.
+    async fn revoke_device(&self, addr: &DeviceAddr) -> Result<bool, StoreError> {
+        let _ = addr;
+        Err(StoreError::Unsupported("revoke_device"))
+    }
+}
+
+/// MLS KeyPackages: one-time packages handed out once, plus one last-resort package per
+/// device and ciphersuite.
+#[async_trait]
+pub trait KeyPackages: Send + Sync {
+    /// Adds packages for a device. A new last-resort package replaces the device's
+    /// previous one for the same ciphersuite. Returns how many were stored.
+    async fn add_key_packages(
+        &self,
+        device: DeviceId,
+        packages: Vec<NewKeyPackage>,
+    ) -> Result<u32, StoreError>;
+    /// Claims one package per non-revoked device of `handle` for `ciphersuite`, in one
+    /// transaction: a one-time package is deleted as it is handed out; the last-resort
+    /// package is handed out only when none is left and is kept. Devices with neither
+    /// are left out. Ordered by device id.
+    async fn claim_key_packages(
+        &self,
+        handle: &str,
+        ciphersuite: u16,
+    ) -> Result<Vec<ClaimedKeyPackage>, StoreError>;
+    /// What a device has left for a ciphersuite.
+    async fn key_package_stock(
+        &self,
+        device: DeviceId,
+        ciphersuite: u16,
+    ) -> Result<KeyPackageStock, StoreError>;
+}
+
+/// The MLS Delivery Service: one totally ordered log per group, commit fencing by epoch,
+/// idempotent sends, fan-out by reference into device mailboxes.
+#[async_trait]
+pub trait Delivery: Send + Sync {
+    /// Appends one message to its group's log and fans it out, all in one transaction.
+    /// See [`Submission`] for the rules.
+    async fn submit(&self, submission: Submission) -> Result<SubmitOutcome, StoreError>;
+    /// The group's current epoch and its roster, if the group exists.
+    async fn group(&self, group_id: &[u8]) -> Result<Option<GroupRecord>, StoreError>;
+    /// The latest GroupInfo a committer published for the group (for external joins).
+    async fn group_info(&self, group_id: &[u8]) -> Result<Option<GroupInfoRecord>, StoreError>;
+}
+
+/// Per-device store-and-forward mailboxes.
+#[async_trait]
+pub trait Mailboxes: Send + Sync {
+    /// Up to `limit` entries with `seq > after_seq`, in seq order.
+    async fn fetch(
+        &self,
+        device: DeviceId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError>;
+    /// Deletes every entry with `seq <= up_to_seq`; message bodies no mailbox refers to
+    /// any more are deleted too. Returns the number of entries removed.
+    async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError>;
+    /// Number of entries waiting for the device.
+    async fn pending(&self, device: DeviceId) -> Result<u64, StoreError>;
+    /// Deletes mailbox entries, message bodies and idempotency records whose retention
+    /// ended before `now_ms`. Returns the number of message bodies removed.
+    async fn expire(&self, now_ms: u64) -> Result<u64, StoreError>;
+}
+
+/// Everything the server needs from a backend.
+pub trait Store: Accounts + KeyPackages + Delivery + Mailboxes {}
+impl<T: Accounts + KeyPackages + Delivery + Mailboxes> Store for T {}
