@@ -1,0 +1,232 @@
+//! Hushwire's end-to-end encryption: identities, devices and 1:1 conversations over
+//! MLS (RFC 9420, via OpenMLS 0.9), plus the client's local store.
+//!
+//! This crate does **no network I/O**. A [`Profile`] is a deterministic state machine
+//! over one SQLite database; the client library drives it:
+//!
+//! - registration: [`Profile::create_identity`] → server → [`Profile::complete_registration`],
+//!   then [`Profile::key_packages`] to upload;
+//! - sending: [`Profile::queue_text`] / [`Profile::queue_self_update`] fill the outbox;
+//!   the client loops on [`Profile::next_action`] (`Submit` it, `NeedPeer` → claim key
+//!   packages and call [`Profile::provide_peer`], `AwaitIncoming` → keep receiving,
+//!   `Idle`) and reports each server answer with [`Profile::submit_result`];
+//! - receiving: every mailbox [`Envelope`](hushwire_proto::wire::Envelope) goes through
+//!   [`Profile::receive`] (idempotent by `seq`); on [`E2eError::NeedAccount`] fetch the
+//!   account, call [`Profile::learn_account`] and retry.
+//!
+//! # Where things live
+//! - [`keys`]: secret key types (zeroized, redacted `Debug`).
+//! - `store`: the database: schema migrations (`PRAGMA user_version`), the OpenMLS
+//!   provider built per operation over the profile's single connection.
+//! - `profile`: opening, identity, accounts (TOFU pinning) and member authentication.
+//! - `outbox`: queueing, group creation, commits and the `Submit`s.
+//! - `inbox`: processing envelopes (Welcome, commits, application messages, buffering).
+//!
+//! # Invariants
+//! - Every OpenMLS operation runs inside one `BEGIN IMMEDIATE` transaction together with
+//!   the app rows it implies (history, outbox, `last_received_seq`). `MlsGroup`s are
+//!   never cached across operations: each operation loads the group from storage, so a
+//!   rollback can never leave a stale in-memory group behind.
+//! - A pending commit is merged only after the server accepted it.
+//! - Every leaf of every group is `BasicCredential("{handle}/{device_id}")` whose
+//!   signature key is a device key certified by that handle's pinned account key.
+//!
+//! The store is not encrypted at rest yet (a later issue): secrets are in clear in the
+//! profile database, like OpenMLS's own state.
+
+mod error;
+mod inbox;
+pub mod keys;
+mod outbox;
+mod profile;
+mod store;
+
+pub use error::{E2eError, MlsError};
+pub use profile::{GroupStatus, Profile};
+
+use openmls::prelude::Ciphersuite;
+
+/// The MLS ciphersuites a conversation can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Suite {
+    /// 0x004F `MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519`: X-Wing-style hybrid
+    /// (ML-KEM-768 + X25519) post-quantum KEM. The default for new conversations.
+    #[default]
+    XWing,
+    /// 0x0001 `MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519`.
+    Classic,
+}
+
+impl Suite {
+    /// The MLS code point.
+    pub fn code(self) -> u16 {
+        match self {
+            Suite::XWing => 0x004F,
+            Suite::Classic => 0x0001,
+        }
+    }
+
+    /// The suite for a code point, if supported.
+    pub fn from_code(code: u16) -> Option<Self> {
+        match code {
+            0x004F => Some(Suite::XWing),
+            0x0001 => Some(Suite::Classic),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn ciphersuite(self) -> Ciphersuite {
+        match self {
+            Suite::XWing => Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519,
+            Suite::Classic => Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
+        }
+    }
+
+    pub(crate) fn from_ciphersuite(cs: Ciphersuite) -> Option<Self> {
+        Self::from_code(u16::from(cs))
+    }
+}
+
+/// The profile's identity once registration completed. Keys here are PUBLIC keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The account's handle.
+    pub handle: String,
+    /// Server-assigned device id.
+    pub device_id: u32,
+    /// The server's base URL.
+    pub server_url: String,
+    /// The server's certificate pin (`sha256:<hex>`), if any.
+    pub pin: Option<String>,
+    /// The account's Ed25519 public key.
+    pub account_key: [u8; 32],
+    /// This device's Ed25519 public key (also its MLS signature key).
+    pub device_key: [u8; 32],
+}
+
+/// What to send to `POST /v1/register`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    /// The account's Ed25519 public key.
+    pub account_key: [u8; 32],
+    /// This device's certificate.
+    pub device: hushwire_proto::wire::DeviceCertificate,
+}
+
+/// What the client should do next for the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Nothing to send.
+    Idle,
+    /// The head of the outbox waits for an incoming commit (after `StaleEpoch`): keep
+    /// receiving.
+    AwaitIncoming,
+    /// Claim key packages of `handle` for `suite` (and fetch its `AccountInfo`), then call
+    /// [`Profile::provide_peer`].
+    NeedPeer {
+        /// The peer's handle.
+        handle: String,
+        /// The ciphersuite to claim key packages for.
+        suite: Suite,
+    },
+    /// Send this, then report the server's answer with [`Profile::submit_result`]. The same
+    /// bytes are returned until it is resolved.
+    Submit(hushwire_proto::wire::Submit),
+}
+
+/// Delivery state of a stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageState {
+    /// Own message not yet accepted by the server.
+    Queued,
+    /// Own message accepted by the server.
+    Sent,
+    /// A message from someone else.
+    Received,
+    /// Own message the server rejected.
+    Failed,
+}
+
+impl MessageState {
+    pub(crate) fn to_i64(self) -> i64 {
+        match self {
+            MessageState::Queued => 0,
+            MessageState::Sent => 1,
+            MessageState::Received => 2,
+            MessageState::Failed => 3,
+        }
+    }
+    pub(crate) fn from_i64(v: i64) -> Self {
+        match v {
+            0 => MessageState::Queued,
+            1 => MessageState::Sent,
+            2 => MessageState::Received,
+            _ => MessageState::Failed,
+        }
+    }
+}
+
+/// A message in a conversation's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The message id (UUID, hyphenated).
+    pub id: String,
+    /// The conversation: the peer's handle.
+    pub conversation: String,
+    /// The sender's handle.
+    pub from: String,
+    /// The sender's clock.
+    pub sent_at_ms: u64,
+    /// When this device stored it (received messages only).
+    pub received_at_ms: Option<u64>,
+    /// The text.
+    pub text: String,
+    /// Sent by this account (this or another of its devices).
+    pub outgoing: bool,
+    /// Delivery state.
+    pub state: MessageState,
+}
+
+/// One line of the conversation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// The peer's handle.
+    pub name: String,
+    /// The latest message's time, if any.
+    pub last_message_at_ms: Option<u64>,
+    /// Number of messages in the history (there is no read marker yet).
+    pub message_count: u64,
+    /// The suite new groups of this conversation use.
+    pub suite: Suite,
+}
+
+/// Something that happened while processing input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new message was stored.
+    Message(StoredMessage),
+    /// A new conversation (or a new group of it) appeared from a Welcome.
+    ConversationStarted {
+        /// The peer's handle.
+        conversation: String,
+    },
+    /// An envelope could not be processed; it was recorded and skipped.
+    Undecryptable {
+        /// The conversation, when known.
+        conversation: Option<String>,
+        /// Why (no plaintext, no key material).
+        reason: String,
+    },
+    /// The server accepted an own message.
+    Sent {
+        /// The message id.
+        id: String,
+    },
+    /// The server rejected an own message; it is marked failed.
+    SendFailed {
+        /// The message id.
+        id: String,
+        /// The server's reason.
+        reason: String,
+    },
+}

@@ -1,0 +1,208 @@
+//! The profile database: one SQLite file holding OpenMLS's state (tables created by
+//! `openmls_sqlite_storage`) and our own tables, on ONE connection so every operation is
+//! a single transaction across both.
+
+use openmls_rust_crypto::RustCrypto;
+use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::E2eError;
+
+/// Serde codec for the OpenMLS storage provider.
+#[derive(Default)]
+pub(crate) struct JsonCodec;
+
+impl Codec for JsonCodec {
+    type Error = serde_json::Error;
+    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+/// An OpenMLS provider borrowing the profile's connection (or an open transaction /
+/// savepoint on it). Built per operation, so `Profile` owns a plain `Connection` and is
+/// `Send`.
+pub(crate) struct Provider<'c> {
+    crypto: RustCrypto,
+    storage: SqliteStorageProvider<JsonCodec, &'c Connection>,
+}
+
+impl<'c> Provider<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> Self {
+        Self {
+            crypto: RustCrypto::default(),
+            storage: SqliteStorageProvider::new(conn),
+        }
+    }
+}
+
+impl<'c> openmls_traits::OpenMlsProvider for Provider<'c> {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = SqliteStorageProvider<JsonCodec, &'c Connection>;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+    fn crypto(&self) -> &RustCrypto {
+        &self.crypto
+    }
+    fn rand(&self) -> &RustCrypto {
+        &self.crypto
+    }
+}
+
+/// Our schema, one entry per version. `PRAGMA user_version` records how many ran.
+/// Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // v1
+    r#"
+    -- The profile's own identity (one row). device_id is NULL until registration completes.
+    CREATE TABLE identity (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        handle TEXT NOT NULL,
+        device_id INTEGER,
+        server_url TEXT,
+        pin TEXT,
+        account_secret BLOB NOT NULL,
+        device_secret BLOB NOT NULL,
+        device_cert_created_at_ms INTEGER NOT NULL,
+        device_cert_signature BLOB NOT NULL
+    );
+    -- Small settings and counters (default_suite, last_received_seq).
+    CREATE TABLE kv (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    -- Account keys pinned on first use (TOFU).
+    CREATE TABLE accounts (handle TEXT PRIMARY KEY, account_key BLOB NOT NULL);
+    -- Device keys certified by the pinned account key.
+    CREATE TABLE devices (
+        handle TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        device_key BLOB NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (handle, device_id)
+    );
+    -- One row per 1:1 conversation, named by the peer's handle.
+    CREATE TABLE conversations (
+        peer TEXT PRIMARY KEY,
+        suite INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );
+    -- MLS groups of a conversation (several after a simultaneous start).
+    -- state: 'pending' (our creating commit is not accepted yet), 'active', 'inactive'
+    -- (we were removed), 'failed' (the server rejected our creating commit).
+    CREATE TABLE groups (
+        group_id BLOB PRIMARY KEY,
+        conversation TEXT NOT NULL,
+        suite INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX groups_by_conversation ON groups (conversation, state);
+    -- History. id is the 16-byte content id; unique per sender handle.
+    -- state: 0 queued, 1 sent, 2 received, 3 failed.
+    CREATE TABLE messages (
+        n INTEGER PRIMARY KEY AUTOINCREMENT,
+        id BLOB NOT NULL,
+        conversation TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        sender_device INTEGER NOT NULL,
+        group_id BLOB,
+        sent_at_ms INTEGER NOT NULL,
+        received_at_ms INTEGER,
+        body TEXT NOT NULL,
+        outgoing INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        UNIQUE (sender, id)
+    );
+    CREATE INDEX messages_by_conversation ON messages (conversation, n);
+    -- Strictly ordered outbox (by ord; group creation is inserted in front).
+    -- kind: 'text', 'create' (group-creating commit), 'update' (self-update commit).
+    -- item_id: stable id (the message id for text). message_id: the Submit's current
+    -- idempotency key (a commit redone after StaleEpoch gets a new one).
+    -- submit: the encoded Submit once built; resent verbatim until resolved.
+    -- await_epoch: after StaleEpoch, wait until the group reaches this epoch.
+    CREATE TABLE outbox (
+        ord INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        item_id BLOB NOT NULL UNIQUE,
+        message_id BLOB NOT NULL UNIQUE,
+        group_id BLOB,
+        submit BLOB,
+        await_epoch INTEGER
+    );
+    -- Envelopes that cannot be processed yet (future epoch, unknown group).
+    CREATE TABLE inbox_buffer (
+        seq INTEGER PRIMARY KEY,
+        group_id BLOB NOT NULL,
+        epoch INTEGER NOT NULL,
+        envelope BLOB NOT NULL
+    );
+    CREATE INDEX inbox_buffer_by_group ON inbox_buffer (group_id, epoch);
+    -- Envelopes that could not be processed (undecryptable, invalid). No plaintext.
+    CREATE TABLE failures (
+        n INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER NOT NULL,
+        conversation TEXT,
+        reason TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// Opens (creating if needed) the profile database and brings both schemas up to date.
+pub(crate) fn open_db(path: &std::path::Path) -> Result<Connection, E2eError> {
+    let mut conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
+        .run_migrations()
+        .map_err(|e| E2eError::Storage(format!("OpenMLS storage migrations: {e}")))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let version = usize::try_from(version)
+        .map_err(|_| E2eError::Storage(format!("bad schema version {version}")))?;
+    if version > MIGRATIONS.len() {
+        return Err(E2eError::Storage(format!(
+            "profile schema v{version} is newer than this build (v{})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(conn)
+}
+
+pub(crate) fn kv_get(conn: &Connection, key: &str) -> Result<Option<i64>, E2eError> {
+    Ok(conn
+        .query_row("SELECT value FROM kv WHERE key = ?1", params![key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+pub(crate) fn kv_set(conn: &Connection, key: &str, value: i64) -> Result<(), E2eError> {
+    conn.execute(
+        "INSERT INTO kv (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// u64 <-> SQLite INTEGER (i64). Values above i64::MAX are refused rather than wrapped.
+pub(crate) fn to_sql_u64(v: u64) -> Result<i64, E2eError> {
+    i64::try_from(v).map_err(|_| E2eError::Protocol(format!("value {v} out of range")))
+}
+
+pub(crate) fn from_sql_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
