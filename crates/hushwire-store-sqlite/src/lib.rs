@@ -1,0 +1,411 @@
+//! Embedded SQLite backend for Hushwire's server storage traits
+//! ([`hushwire_store::Store`]), built for many durable writes per second on one disk.
+//!
+//! [`SqliteStore::open`] opens (or creates) one database file in WAL mode with
+//! `synchronous=FULL`: when a method returns `Ok`, its change has been fsynced.
+//! To make that fast, all writes go to **one writer thread** that owns the only
+//! read-write connection and commits them in groups: it drains up to
+//! [`SqliteOptions::max_batch`] queued operations, runs each in its own `SAVEPOINT`
+//! inside one `BEGIN IMMEDIATE … COMMIT`, and answers every caller after the commit
+//! (group commit). Reads run on a small pool of read-only connections.
+//!
+//! # Layout
+//! - `lib.rs`: [`SqliteStore`], [`SqliteOptions`], [`SqliteStoreError`] and the trait
+//!   implementations (thin: each sends a job to the writer or runs a read).
+//! - `writer.rs`: the writer thread, batching and savepoints.
+//! - `ops.rs`: the write operations and the writer's caches (group epochs, rosters and
+//!   seqs, devices, per-device mailbox seqs), filled lazily from the database.
+//! - `read.rs`: the read pool and read queries.
+//! - `conv.rs`: integer conversions (u64 is stored saturated at `i64::MAX`) and the
+//!   mapping of SQLite errors to [`StoreError::Backend`].
+//! - `schema.rs` + `migrations/NNNN_name.sql`: versioned migrations
+//!   (`PRAGMA user_version`), applied in order at open.
+//! - `examples/submit_bench.rs`: submit and ack throughput.
+
+use async_trait::async_trait;
+use hushwire_store::{
+    AccountRecord, Accounts, ClaimedKeyPackage, Delivery, DeviceAddr, DeviceId, DeviceRecord,
+    Envelope, GroupInfoRecord, GroupRecord, KeyPackageStock, KeyPackages, Mailboxes, NewAccount,
+    NewDevice, NewKeyPackage, StoreError, Submission, SubmitOutcome,
+};
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+mod conv;
+mod ops;
+mod read;
+mod schema;
+mod writer;
+
+pub use schema::SCHEMA_VERSION;
+
+use ops::WriterState;
+use read::ReadPool;
+use writer::{FnJob, Msg};
+
+/// Tuning of a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Most write operations committed together (default 512).
+    pub max_batch: usize,
+    /// Write operations that may wait for the writer before callers are held back
+    /// (default 8192).
+    pub queue_capacity: usize,
+    /// Read-only connections (default 4).
+    pub readers: usize,
+    /// How long a connection waits for a lock held by another process (default 5 s).
+    pub busy_timeout: Duration,
+    /// SQLite page cache of the writer connection, in KiB (default 32 MiB); each
+    /// reader gets a quarter of it.
+    pub cache_kib: u32,
+    /// WAL size, in pages, past which a commit also checkpoints (default 8192, 32 MiB
+    /// with 4 KiB pages). Larger means fewer, bigger checkpoints (pages rewritten in
+    /// the WAL are copied once).
+    pub wal_autocheckpoint_pages: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 512,
+            queue_capacity: 8192,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            cache_kib: 32 * 1024,
+            wal_autocheckpoint_pages: 8192,
+        }
+    }
+}
+
+/// Why a [`SqliteStore`] could not be opened or shut down.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqliteStoreError {
+    /// The database file could not be opened or configured.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The database path.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer version of Hushwire.
+    #[error("database schema version {found} is newer than this build supports ({supported})")]
+    SchemaTooNew {
+        /// The database's version.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// The database carries a schema version that no build writes.
+    #[error("database schema version {found} is invalid")]
+    SchemaCorrupt {
+        /// The database's version.
+        found: i64,
+    },
+    /// A migration failed (and was rolled back).
+    #[error("schema migration to version {version} failed: {source}")]
+    Migration {
+        /// The migration's version.
+        version: i64,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A SQLite call failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// An option is out of range.
+    #[error("invalid option: {0}")]
+    InvalidOptions(&'static str),
+    /// The writer thread could not be started.
+    #[error("cannot start the writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// The embedded backend: one SQLite database, one writer thread, a read pool.
+///
+/// Dropping it finishes the queued writes and joins the writer (briefly blocking);
+/// [`SqliteStore::shutdown`] does the same without blocking and also checkpoints the
+/// WAL. Either way, every write that was answered `Ok` was committed before its answer.
+pub struct SqliteStore {
+    tx: Option<mpsc::Sender<Msg>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: ReadPool,
+    closed: AtomicBool,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn configure(conn: &Connection, busy_timeout: Duration, cache_kib: u32) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy_timeout)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "cache_size", -i64::from(cache_kib.max(64)))?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path`, applies pending migrations and starts
+    /// the writer thread. Refuses a database from a newer schema version
+    /// ([`SqliteStoreError::SchemaTooNew`]).
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, SqliteStoreError> {
+        if options.max_batch == 0 {
+            return Err(SqliteStoreError::InvalidOptions(
+                "max_batch must be at least 1",
+            ));
+        }
+        if options.queue_capacity == 0 {
+            return Err(SqliteStoreError::InvalidOptions(
+                "queue_capacity must be at least 1",
+            ));
+        }
+        if options.readers == 0 {
+            return Err(SqliteStoreError::InvalidOptions(
+                "readers must be at least 1",
+            ));
+        }
+        let open_err = |source| SqliteStoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        configure(&conn, options.busy_timeout, options.cache_kib).map_err(open_err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_err(rusqlite::Error::InvalidParameterName(format!(
+                "journal_mode is {mode}, WAL was refused"
+            ))));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "wal_autocheckpoint", options.wal_autocheckpoint_pages)
+            .map_err(open_err)?;
+        schema::migrate(&mut conn)?;
+
+        let mut readers = Vec::with_capacity(options.readers);
+        for _ in 0..options.readers {
+            let r = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(open_err)?;
+            configure(&r, options.busy_timeout, options.cache_kib / 4).map_err(open_err)?;
+            r.pragma_update(None, "query_only", true)
+                .map_err(open_err)?;
+            readers.push(r);
+        }
+
+        let (tx, rx) = mpsc::channel(options.queue_capacity);
+        let state = WriterState::new(conn);
+        let max_batch = options.max_batch;
+        let writer = std::thread::Builder::new()
+            .name("hushwire-sqlite-writer".into())
+            .spawn(move || writer::run(state, rx, max_batch))
+            .map_err(SqliteStoreError::Spawn)?;
+        tracing::info!(path = %path.display(), "opened SQLite store");
+        Ok(Self {
+            tx: Some(tx),
+            writer: Mutex::new(Some(writer)),
+            readers: ReadPool::new(readers),
+            closed: AtomicBool::new(false),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Finishes every write queued before this call, checkpoints the WAL, closes the
+    /// database and stops the writer. Later calls fail with [`StoreError::Closed`].
+    /// Calling it again does nothing.
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.readers.close();
+        if let Some(tx) = &self.tx {
+            let (reply, done) = oneshot::channel();
+            if tx.send(Msg::Shutdown(reply)).await.is_ok() {
+                // An error means the writer is gone already.
+                let _ = done.await;
+            }
+        }
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            // The writer has replied and is returning; joining is quick.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriterState) -> Result<T, StoreError> + Send + 'static,
+    {
+        let tx = self.tx.as_ref().ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        tx.send(Msg::Job(Box::new(FnJob::new(f, reply))))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        self.readers.run(f).await
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued and return.
+        drop(self.tx.take());
+        self.readers.close();
+        let handle = self.writer.get_mut().ok().and_then(|h| h.take());
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("the SQLite writer thread panicked");
+        }
+    }
+}
+
+#[async_trait]
+impl Accounts for SqliteStore {
+    async fn create_account(&self, new: NewAccount) -> Result<DeviceRecord, StoreError> {
+        self.write(move |w| w.create_account(new)).await
+    }
+
+    async fn account(&self, handle: &str) -> Result<Option<AccountRecord>, StoreError> {
+        let handle = handle.to_owned();
+        self.read(move |c| read::account(c, &handle)).await
+    }
+
+    async fn device(&self, addr: &DeviceAddr) -> Result<Option<DeviceRecord>, StoreError> {
+        let addr = addr.clone();
+        self.read(move |c| read::device(c, &addr)).await
+    }
+
+    async fn create_invite(&self, code: &str, expires_at_ms: u64) -> Result<(), StoreError> {
+        let code = code.to_owned();
+        self.write(move |w| w.create_invite(&code, expires_at_ms))
+            .await
+    }
+
+    async fn add_device(
+        &self,
+        handle: &str,
+        device: NewDevice,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let handle = handle.to_owned();
+        self.write(move |w| w.add_device(&handle, device)).await
+    }
+
+    async fn revoke_device(&self, addr: &DeviceAddr) -> Result<bool, StoreError> {
+        let addr = addr.clone();
+        self.write(move |w| w.revoke_device(&addr)).await
+    }
+}
+
+#[async_trait]
+impl KeyPackages for SqliteStore {
+    async fn add_key_packages(
+        &self,
+        device: DeviceId,
+        packages: Vec<NewKeyPackage>,
+    ) -> Result<u32, StoreError> {
+        self.write(move |w| w.add_key_packages(device, packages))
+            .await
+    }
+
+    async fn claim_key_packages(
+        &self,
+        handle: &str,
+        ciphersuite: u16,
+    ) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+        let handle = handle.to_owned();
+        self.write(move |w| w.claim_key_packages(&handle, ciphersuite))
+            .await
+    }
+
+    async fn key_package_stock(
+        &self,
+        device: DeviceId,
+        ciphersuite: u16,
+    ) -> Result<KeyPackageStock, StoreError> {
+        self.read(move |c| read::key_package_stock(c, device, ciphersuite))
+            .await
+    }
+}
+
+#[async_trait]
+impl Delivery for SqliteStore {
+    async fn submit(&self, submission: Submission) -> Result<SubmitOutcome, StoreError> {
+        self.write(move |w| w.submit(submission)).await
+    }
+
+    async fn group(&self, group_id: &[u8]) -> Result<Option<GroupRecord>, StoreError> {
+        let group_id = group_id.to_vec();
+        self.read(move |c| read::group(c, &group_id)).await
+    }
+
+    async fn group_info(&self, group_id: &[u8]) -> Result<Option<GroupInfoRecord>, StoreError> {
+        let group_id = group_id.to_vec();
+        self.read(move |c| read::group_info(c, &group_id)).await
+    }
+}
+
+#[async_trait]
+impl Mailboxes for SqliteStore {
+    async fn fetch(
+        &self,
+        device: DeviceId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        self.read(move |c| read::fetch(c, device, after_seq, limit))
+            .await
+    }
+
+    async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
+        self.write(move |w| w.ack(device, up_to_seq)).await
+    }
+
+    async fn pending(&self, device: DeviceId) -> Result<u64, StoreError> {
+        self.read(move |c| read::pending(c, device)).await
+    }
+
+    async fn expire(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.write(move |w| w.expire(now_ms)).await
+    }
+}

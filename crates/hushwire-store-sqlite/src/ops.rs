@@ -1,0 +1,793 @@
+//! Write operations, run on the writer thread inside a savepoint of a batch.
+//!
+//! [`WriterState`] owns the only read-write connection, so it may cache what only it
+//! changes: group epochs, seqs and rosters, devices, and each device's last mailbox
+//! seq. Caches are filled lazily from the database (so they are rebuilt after a
+//! restart) and cleared whenever a job or a batch fails, since they may then describe
+//! rolled-back changes.
+
+use crate::conv::{DbResult, from_i64, to_i64};
+use bytes::Bytes;
+use hushwire_store::{
+    Accepted, ClaimedKeyPackage, Delivered, DeviceAddr, DeviceId, DeviceRecord, Envelope,
+    EnvelopeKind, NewAccount, NewDevice, NewKeyPackage, StoreError, Submission, SubmitKind,
+    SubmitOutcome,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
+
+/// Caches are dropped wholesale past this many entries (a crude bound on memory).
+const CACHE_LIMIT: usize = 200_000;
+
+/// A group as the writer knows it.
+#[derive(Debug, Clone)]
+struct GroupState {
+    epoch: u64,
+    last_seq: u64,
+    /// Member device ids, sorted.
+    members: Vec<DeviceId>,
+}
+
+/// A device as the writer needs it for routing.
+#[derive(Debug, Clone)]
+struct DeviceInfo {
+    addr: DeviceAddr,
+    revoked: bool,
+}
+
+/// The writer's connection and caches.
+pub(crate) struct WriterState {
+    pub(crate) conn: Connection,
+    groups: HashMap<Bytes, GroupState>,
+    devices: HashMap<DeviceId, DeviceInfo>,
+    addrs: HashMap<DeviceAddr, DeviceId>,
+    /// Last mailbox seq handed out per device.
+    seqs: HashMap<DeviceId, u64>,
+}
+
+impl WriterState {
+    pub(crate) fn new(conn: Connection) -> Self {
+        Self {
+            conn,
+            groups: HashMap::new(),
+            devices: HashMap::new(),
+            addrs: HashMap::new(),
+            seqs: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn clear_caches(&mut self) {
+        self.groups.clear();
+        self.devices.clear();
+        self.addrs.clear();
+        self.seqs.clear();
+    }
+
+    fn bound_caches(&mut self) {
+        if self.groups.len() > CACHE_LIMIT {
+            self.groups.clear();
+        }
+        if self.devices.len() > CACHE_LIMIT || self.addrs.len() > CACHE_LIMIT {
+            self.devices.clear();
+            self.addrs.clear();
+        }
+        if self.seqs.len() > CACHE_LIMIT {
+            self.seqs.clear();
+        }
+    }
+
+    /// Checkpoints the WAL into the main file and closes the connection.
+    pub(crate) fn close(self) {
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+        }
+        if let Err((_, e)) = self.conn.close() {
+            tracing::warn!(error = %e, "closing the write connection failed");
+        }
+    }
+
+    // --- lookups (cache first) -------------------------------------------------------
+
+    fn device_info(&mut self, id: DeviceId) -> Result<Option<DeviceInfo>, StoreError> {
+        if let Some(d) = self.devices.get(&id) {
+            return Ok(Some(d.clone()));
+        }
+        let row = self
+            .conn
+            .prepare_cached("SELECT handle, device_no, revoked FROM devices WHERE id = ?1")
+            .db()?
+            .query_row([to_i64(id.0)], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
+            })
+            .optional()
+            .db()?;
+        Ok(row.map(|(handle, device_id, revoked)| {
+            let info = DeviceInfo {
+                addr: DeviceAddr { handle, device_id },
+                revoked,
+            };
+            self.addrs.insert(info.addr.clone(), id);
+            self.devices.insert(id, info.clone());
+            info
+        }))
+    }
+
+    fn device_id(&mut self, addr: &DeviceAddr) -> Result<Option<DeviceId>, StoreError> {
+        if let Some(id) = self.addrs.get(addr) {
+            return Ok(Some(*id));
+        }
+        let row = self
+            .conn
+            .prepare_cached("SELECT id, revoked FROM devices WHERE handle = ?1 AND device_no = ?2")
+            .db()?
+            .query_row(params![addr.handle, addr.device_id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?))
+            })
+            .optional()
+            .db()?;
+        Ok(row.map(|(id, revoked)| {
+            let id = DeviceId(from_i64(id));
+            self.addrs.insert(addr.clone(), id);
+            self.devices.insert(
+                id,
+                DeviceInfo {
+                    addr: addr.clone(),
+                    revoked,
+                },
+            );
+            id
+        }))
+    }
+
+    fn group_state(&mut self, group_id: &Bytes) -> Result<Option<GroupState>, StoreError> {
+        if let Some(g) = self.groups.get(group_id) {
+            return Ok(Some(g.clone()));
+        }
+        let row = self
+            .conn
+            .prepare_cached("SELECT epoch, last_seq FROM groups WHERE group_id = ?1")
+            .db()?
+            .query_row([group_id.as_ref()], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()
+            .db()?;
+        let Some((epoch, last_seq)) = row else {
+            return Ok(None);
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT device FROM group_members WHERE group_id = ?1 ORDER BY device")
+            .db()?;
+        let members = stmt
+            .query_map([group_id.as_ref()], |r| r.get::<_, i64>(0))
+            .db()?
+            .map(|r| r.map(|id| DeviceId(from_i64(id))))
+            .collect::<Result<Vec<_>, _>>()
+            .db()?;
+        drop(stmt);
+        let g = GroupState {
+            epoch: from_i64(epoch),
+            last_seq: from_i64(last_seq),
+            members,
+        };
+        self.groups.insert(group_id.clone(), g.clone());
+        Ok(Some(g))
+    }
+
+    /// Hands out the device's next mailbox seq.
+    fn next_seq(&mut self, device: DeviceId) -> Result<u64, StoreError> {
+        let last = match self.seqs.get(&device) {
+            Some(s) => *s,
+            None => {
+                let last: i64 = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT max(d.seq_floor, \
+                           coalesce((SELECT max(seq) FROM mailbox WHERE device = d.id), 0)) \
+                         FROM devices d WHERE d.id = ?1",
+                    )
+                    .db()?
+                    .query_row([to_i64(device.0)], |r| r.get(0))
+                    .optional()
+                    .db()?
+                    .unwrap_or(0);
+                from_i64(last)
+            }
+        };
+        let next = last.saturating_add(1);
+        self.seqs.insert(device, next);
+        Ok(next)
+    }
+
+    // --- accounts --------------------------------------------------------------------
+
+    pub(crate) fn create_account(&mut self, new: NewAccount) -> Result<DeviceRecord, StoreError> {
+        let taken = self
+            .conn
+            .prepare_cached("SELECT 1 FROM accounts WHERE handle = ?1")
+            .db()?
+            .exists([&new.handle])
+            .db()?;
+        if taken {
+            return Err(StoreError::HandleTaken);
+        }
+        let now = to_i64(new.now_ms);
+        if let Some(code) = &new.invite {
+            let used = self
+                .conn
+                .prepare_cached(
+                    "UPDATE invites SET used_at_ms = ?2 \
+                     WHERE code = ?1 AND used_at_ms IS NULL AND expires_at_ms > ?2",
+                )
+                .db()?
+                .execute(params![code, now])
+                .db()?;
+            if used != 1 {
+                return Err(StoreError::InviteInvalid);
+            }
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO accounts (handle, account_key, created_at_ms) VALUES (?1, ?2, ?3)",
+            )
+            .db()?
+            .execute(params![new.handle, new.account_key, now])
+            .db()?;
+        self.insert_device(
+            &new.handle,
+            1,
+            NewDevice {
+                device_key: new.device_key,
+                cert_created_at_ms: new.cert_created_at_ms,
+                cert_signature: new.cert_signature,
+            },
+        )
+    }
+
+    fn insert_device(
+        &mut self,
+        handle: &str,
+        device_no: u32,
+        d: NewDevice,
+    ) -> Result<DeviceRecord, StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO devices (handle, device_no, device_key, cert_created_at_ms, \
+                 cert_signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .db()?
+            .execute(params![
+                handle,
+                device_no,
+                d.device_key,
+                to_i64(d.cert_created_at_ms),
+                d.cert_signature
+            ])
+            .db()?;
+        let id = DeviceId(from_i64(self.conn.last_insert_rowid()));
+        let addr = DeviceAddr {
+            handle: handle.to_owned(),
+            device_id: device_no,
+        };
+        self.addrs.insert(addr.clone(), id);
+        self.devices.insert(
+            id,
+            DeviceInfo {
+                addr: addr.clone(),
+                revoked: false,
+            },
+        );
+        self.seqs.insert(id, 0);
+        self.bound_caches();
+        Ok(DeviceRecord {
+            id,
+            addr,
+            device_key: d.device_key,
+            cert_created_at_ms: d.cert_created_at_ms,
+            cert_signature: d.cert_signature,
+            revoked: false,
+        })
+    }
+
+    pub(crate) fn add_device(
+        &mut self,
+        handle: &str,
+        d: NewDevice,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let last: Option<Option<u32>> = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT max(device_no) FROM devices WHERE handle = a.handle) \
+                 FROM accounts a WHERE a.handle = ?1",
+            )
+            .db()?
+            .query_row([handle], |r| r.get(0))
+            .optional()
+            .db()?;
+        let Some(last) = last else {
+            return Ok(None);
+        };
+        let next = last
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Invalid("device numbers exhausted".into()))?;
+        self.insert_device(handle, next, d).map(Some)
+    }
+
+    pub(crate) fn revoke_device(&mut self, addr: &DeviceAddr) -> Result<bool, StoreError> {
+        let Some(id) = self.device_id(addr)? else {
+            return Ok(false);
+        };
+        let changed = self
+            .conn
+            .prepare_cached("UPDATE devices SET revoked = 1 WHERE id = ?1 AND revoked = 0")
+            .db()?
+            .execute([to_i64(id.0)])
+            .db()?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        self.conn
+            .prepare_cached("DELETE FROM key_packages WHERE device = ?1")
+            .db()?
+            .execute([to_i64(id.0)])
+            .db()?;
+        self.ack(id, u64::MAX)?;
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.revoked = true;
+        }
+        Ok(true)
+    }
+
+    pub(crate) fn create_invite(
+        &mut self,
+        code: &str,
+        expires_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO invites (code, expires_at_ms) VALUES (?1, ?2) \
+                 ON CONFLICT (code) DO NOTHING",
+            )
+            .db()?
+            .execute(params![code, to_i64(expires_at_ms)])
+            .db()?;
+        if n == 0 {
+            return Err(StoreError::Invalid("invite code exists already".into()));
+        }
+        Ok(())
+    }
+
+    // --- key packages ----------------------------------------------------------------
+
+    pub(crate) fn add_key_packages(
+        &mut self,
+        device: DeviceId,
+        packages: Vec<NewKeyPackage>,
+    ) -> Result<u32, StoreError> {
+        let count = u32::try_from(packages.len())
+            .map_err(|_| StoreError::Invalid("too many key packages".into()))?;
+        if self.device_info(device)?.is_none() {
+            return Err(StoreError::Invalid(format!(
+                "unknown device id {}",
+                device.0
+            )));
+        }
+        let dev = to_i64(device.0);
+        for p in packages {
+            if p.last_resort {
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM key_packages \
+                         WHERE device = ?1 AND ciphersuite = ?2 AND last_resort = 1",
+                    )
+                    .db()?
+                    .execute(params![dev, p.ciphersuite])
+                    .db()?;
+            }
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO key_packages (device, ciphersuite, last_resort, data) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .db()?
+                .execute(params![dev, p.ciphersuite, p.last_resort, p.data.as_ref()])
+                .db()?;
+        }
+        Ok(count)
+    }
+
+    pub(crate) fn claim_key_packages(
+        &mut self,
+        handle: &str,
+        ciphersuite: u16,
+    ) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+        let devices: Vec<(i64, u32)> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, device_no FROM devices \
+                 WHERE handle = ?1 AND revoked = 0 ORDER BY device_no",
+            )
+            .db()?
+            .query_map([handle], |r| Ok((r.get(0)?, r.get(1)?)))
+            .db()?
+            .collect::<Result<_, _>>()
+            .db()?;
+        let mut out = Vec::with_capacity(devices.len());
+        for (dev, device_id) in devices {
+            let one_time: Option<Vec<u8>> = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages \
+                       WHERE device = ?1 AND ciphersuite = ?2 AND last_resort = 0 \
+                       ORDER BY id LIMIT 1) \
+                     RETURNING data",
+                )
+                .db()?
+                .query_row(params![dev, ciphersuite], |r| r.get(0))
+                .optional()
+                .db()?;
+            let data = match one_time {
+                Some(d) => Some(d),
+                None => self
+                    .conn
+                    .prepare_cached(
+                        "SELECT data FROM key_packages \
+                         WHERE device = ?1 AND ciphersuite = ?2 AND last_resort = 1 \
+                         ORDER BY id DESC LIMIT 1",
+                    )
+                    .db()?
+                    .query_row(params![dev, ciphersuite], |r| r.get(0))
+                    .optional()
+                    .db()?,
+            };
+            if let Some(data) = data {
+                out.push(ClaimedKeyPackage {
+                    device_id,
+                    data: Bytes::from(data),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    // --- delivery --------------------------------------------------------------------
+
+    pub(crate) fn submit(&mut self, sub: Submission) -> Result<SubmitOutcome, StoreError> {
+        let sender = to_i64(sub.sender.0);
+        // 1. Idempotency.
+        let original = self
+            .conn
+            .prepare_cached(
+                "SELECT group_seq, epoch FROM dedup WHERE message_id = ?2 AND sender = ?1",
+            )
+            .db()?
+            .query_row(params![sender, &sub.message_id[..]], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()
+            .db()?;
+        if let Some((group_seq, epoch)) = original {
+            return Ok(SubmitOutcome::Accepted(Accepted {
+                group_seq: from_i64(group_seq),
+                epoch: from_i64(epoch),
+                duplicate: true,
+                deliveries: Vec::new(),
+            }));
+        }
+        let sender_info = self.device_info(sub.sender)?.ok_or_else(|| {
+            StoreError::Invalid(format!("unknown sender device id {}", sub.sender.0))
+        })?;
+
+        // 2. The group, or its creation.
+        let is_commit = matches!(sub.kind, SubmitKind::Commit { .. });
+        let (mut group, created) = match self.group_state(&sub.group_id)? {
+            Some(g) => (g, false),
+            None if is_commit && sub.epoch == 0 => (
+                GroupState {
+                    epoch: 0,
+                    last_seq: 0,
+                    members: vec![sub.sender],
+                },
+                true,
+            ),
+            None => return Ok(SubmitOutcome::UnknownGroup),
+        };
+        // 3. Membership.
+        if group.members.binary_search(&sub.sender).is_err() {
+            return Ok(SubmitOutcome::NotMember);
+        }
+
+        let group_seq = group.last_seq.saturating_add(1);
+        let mut new_members = None;
+        let mut welcomes = Vec::new();
+        let mut group_info = None;
+        let kind;
+        // Recipients of the message itself (sorted, deduplicated, sender excluded).
+        let mut audience: Vec<DeviceId> = group.members.clone();
+        match sub.kind {
+            SubmitKind::Application => kind = EnvelopeKind::Application,
+            SubmitKind::Proposal => kind = EnvelopeKind::Proposal,
+            SubmitKind::Commit {
+                roster,
+                welcomes: w,
+                group_info: gi,
+            } => {
+                kind = EnvelopeKind::Commit;
+                // 4. Epoch fencing.
+                if sub.epoch != group.epoch {
+                    return Ok(SubmitOutcome::StaleEpoch {
+                        current_epoch: group.epoch,
+                    });
+                }
+                let mut members = Vec::with_capacity(roster.len());
+                for addr in &roster {
+                    members.push(
+                        self.device_id(addr)?
+                            .ok_or_else(|| StoreError::UnknownDevice(addr.clone()))?,
+                    );
+                }
+                members.sort_unstable();
+                members.dedup();
+                for out in w {
+                    let mut to = Vec::with_capacity(out.recipients.len());
+                    for addr in &out.recipients {
+                        to.push(
+                            self.device_id(addr)?
+                                .ok_or_else(|| StoreError::UnknownDevice(addr.clone()))?,
+                        );
+                    }
+                    to.sort_unstable();
+                    to.dedup();
+                    welcomes.push((out.payload, to));
+                }
+                audience.extend_from_slice(&members);
+                audience.sort_unstable();
+                audience.dedup();
+                new_members = Some(members);
+                group_info = gi;
+                group.epoch = group.epoch.saturating_add(1);
+            }
+        }
+        audience.retain(|d| *d != sub.sender);
+        let audience = self.live(audience)?;
+
+        // Group row and roster.
+        let gid = sub.group_id.as_ref();
+        if created {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO groups (group_id, epoch, last_seq, created_at_ms) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .db()?
+                .execute(params![
+                    gid,
+                    to_i64(group.epoch),
+                    to_i64(group_seq),
+                    to_i64(sub.now_ms)
+                ])
+                .db()?;
+        } else {
+            self.conn
+                .prepare_cached("UPDATE groups SET epoch = ?2, last_seq = ?3 WHERE group_id = ?1")
+                .db()?
+                .execute(params![gid, to_i64(group.epoch), to_i64(group_seq)])
+                .db()?;
+        }
+        if let Some(members) = new_members {
+            let old: &[DeviceId] = if created { &[] } else { &group.members };
+            for gone in old.iter().filter(|d| members.binary_search(d).is_err()) {
+                self.conn
+                    .prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND device = ?2")
+                    .db()?
+                    .execute(params![gid, to_i64(gone.0)])
+                    .db()?;
+            }
+            for added in members.iter().filter(|d| old.binary_search(d).is_err()) {
+                self.conn
+                    .prepare_cached("INSERT INTO group_members (group_id, device) VALUES (?1, ?2)")
+                    .db()?
+                    .execute(params![gid, to_i64(added.0)])
+                    .db()?;
+            }
+            group.members = members;
+        }
+        if let Some(gi) = group_info {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO group_infos (group_id, epoch, data) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch, data = excluded.data",
+                )
+                .db()?
+                .execute(params![gid, to_i64(group.epoch), gi.as_ref()])
+                .db()?;
+        }
+
+        // Bodies and mailbox entries.
+        let sender_addr = sender_info.addr;
+        let mut deliveries = Vec::new();
+        let envelope = |seq: u64, group_seq: u64, kind: EnvelopeKind, payload: &Bytes| Envelope {
+            seq,
+            message_id: sub.message_id,
+            group_id: sub.group_id.clone(),
+            group_seq,
+            kind,
+            sender: sender_addr.clone(),
+            server_time_ms: sub.now_ms,
+            payload: payload.clone(),
+        };
+        let mut bodies = vec![(kind, group_seq, sub.payload.clone(), audience)];
+        for (payload, to) in welcomes {
+            let to = self.live(to)?;
+            bodies.push((EnvelopeKind::Welcome, 0, payload, to));
+        }
+        for (kind, gseq, payload, to) in bodies {
+            if to.is_empty() {
+                continue;
+            }
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO messages (group_id, group_seq, sender, message_id, kind, \
+                     server_time_ms, expires_at_ms, refcount, payload) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .db()?
+                .execute(params![
+                    gid,
+                    to_i64(gseq),
+                    sender,
+                    &sub.message_id[..],
+                    kind.code(),
+                    to_i64(sub.now_ms),
+                    to_i64(sub.expires_at_ms),
+                    to_i64(to.len() as u64),
+                    payload.as_ref()
+                ])
+                .db()?;
+            let message = self.conn.last_insert_rowid();
+            for device in to {
+                let seq = self.next_seq(device)?;
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO mailbox (device, seq, message, expires_at_ms) \
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .db()?
+                    .execute(params![
+                        to_i64(device.0),
+                        to_i64(seq),
+                        message,
+                        to_i64(sub.expires_at_ms)
+                    ])
+                    .db()?;
+                deliveries.push(Delivered {
+                    device,
+                    envelope: envelope(seq, gseq, kind, &payload),
+                });
+            }
+        }
+
+        self.conn
+            .prepare_cached(
+                "INSERT INTO dedup (sender, message_id, group_seq, epoch, expires_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .db()?
+            .execute(params![
+                sender,
+                &sub.message_id[..],
+                to_i64(group_seq),
+                to_i64(group.epoch),
+                to_i64(sub.expires_at_ms)
+            ])
+            .db()?;
+
+        let epoch = group.epoch;
+        group.last_seq = group_seq;
+        self.groups.insert(sub.group_id.clone(), group);
+        self.bound_caches();
+        Ok(SubmitOutcome::Accepted(Accepted {
+            group_seq,
+            epoch,
+            duplicate: false,
+            deliveries,
+        }))
+    }
+
+    /// `devices` without the revoked ones.
+    fn live(&mut self, devices: Vec<DeviceId>) -> Result<Vec<DeviceId>, StoreError> {
+        let mut out = Vec::with_capacity(devices.len());
+        for d in devices {
+            match self.device_info(d)? {
+                Some(info) if !info.revoked => out.push(d),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    // --- mailboxes -------------------------------------------------------------------
+
+    pub(crate) fn ack(&mut self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
+        let dev = to_i64(device.0);
+        let removed: Vec<(i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM mailbox WHERE device = ?1 AND seq <= ?2 RETURNING seq, message",
+            )
+            .db()?
+            .query_map(params![dev, to_i64(up_to_seq)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .db()?
+            .collect::<Result<_, _>>()
+            .db()?;
+        let Some(max_seq) = removed.iter().map(|(s, _)| *s).max() else {
+            return Ok(0);
+        };
+        self.conn
+            .prepare_cached("UPDATE devices SET seq_floor = max(seq_floor, ?2) WHERE id = ?1")
+            .db()?
+            .execute(params![dev, max_seq])
+            .db()?;
+        let mut refs: HashMap<i64, i64> = HashMap::with_capacity(removed.len());
+        for (_, message) in &removed {
+            *refs.entry(*message).or_default() += 1;
+        }
+        for (message, n) in refs {
+            // Most bodies have exactly the references being dropped: delete outright.
+            let deleted = self
+                .conn
+                .prepare_cached("DELETE FROM messages WHERE id = ?1 AND refcount <= ?2")
+                .db()?
+                .execute(params![message, n])
+                .db()?;
+            if deleted == 0 {
+                self.conn
+                    .prepare_cached("UPDATE messages SET refcount = refcount - ?2 WHERE id = ?1")
+                    .db()?
+                    .execute(params![message, n])
+                    .db()?;
+            }
+        }
+        Ok(removed.len() as u64)
+    }
+
+    pub(crate) fn expire(&mut self, now_ms: u64) -> Result<u64, StoreError> {
+        let now = to_i64(now_ms);
+        self.conn
+            .prepare_cached(
+                "UPDATE devices SET seq_floor = max(seq_floor, m.top) \
+                 FROM (SELECT device, max(seq) AS top FROM mailbox \
+                       WHERE expires_at_ms < ?1 GROUP BY device) AS m \
+                 WHERE devices.id = m.device",
+            )
+            .db()?
+            .execute([now])
+            .db()?;
+        self.conn
+            .prepare_cached("DELETE FROM mailbox WHERE expires_at_ms < ?1")
+            .db()?
+            .execute([now])
+            .db()?;
+        let bodies = self
+            .conn
+            .prepare_cached("DELETE FROM messages WHERE expires_at_ms < ?1")
+            .db()?
+            .execute([now])
+            .db()?;
+        self.conn
+            .prepare_cached("DELETE FROM dedup WHERE expires_at_ms < ?1")
+            .db()?
+            .execute([now])
+            .db()?;
+        Ok(bodies as u64)
+    }
+}

@@ -1,0 +1,1690 @@
+//! The storage conformance suite: one set of cases, written against `Arc<dyn Store>`,
+//! that every backend runs. It assumes nothing about the backend beyond the traits.
+//!
+//! Every case takes a fresh, empty store and returns `Err(Failure)` naming the broken
+//! rule. Three ways to run it:
+//! - [`conformance_tests!`](crate::conformance_tests) in a backend's integration tests
+//!   expands to one `#[tokio::test]` per case (the usual way);
+//! - [`run_all`] runs every case of [`CASES`] and collects the failures;
+//! - each case is a public `async fn` and may be called on its own.
+//!
+//! Persistence needs the backend to close and reopen its store, so it is split in two:
+//! [`persistence_write`] fills a store and returns what it wrote, then the backend
+//! reopens and calls [`persistence_verify`].
+//!
+//! Cases use a fixed clock ([`NOW`]) and fixed handles; they create everything they
+//! need through the traits.
+
+use crate::{
+    Accepted, AccountRecord, DeviceAddr, DeviceId, DeviceRecord, Envelope, EnvelopeKind,
+    NewAccount, NewDevice, NewKeyPackage, Store, StoreError, Submission, SubmitKind, SubmitOutcome,
+    WelcomeOut,
+};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The server clock every case uses.
+pub const NOW: u64 = 1_700_000_000_000;
+/// Default retention end of submitted messages (30 days after [`NOW`]).
+pub const EXPIRES: u64 = NOW + 30 * 24 * 3600 * 1000;
+/// The ciphersuite most cases use.
+pub const CS: u16 = 1;
+
+/// A broken rule, with the source line of the failed check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure(pub String);
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure(format!("unexpected store error: {e}"))
+    }
+}
+
+/// What a case returns.
+pub type CaseResult = Result<(), Failure>;
+/// A boxed case future.
+pub type CaseFuture = Pin<Box<dyn Future<Output = CaseResult> + Send>>;
+/// A case as a plain function pointer.
+pub type CaseFn = fn(Arc<dyn Store>) -> CaseFuture;
+
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err(Failure(format!("line {}: {}", line!(), format!($($arg)+))));
+        }
+    };
+}
+
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr $(,)?) => {{
+        let (l, r) = (&$left, &$right);
+        if l != r {
+            return Err(Failure(format!(
+                "line {}: `{}` == `{}` failed\n  left: {:?}\n right: {:?}",
+                line!(),
+                stringify!($left),
+                stringify!($right),
+                l,
+                r
+            )));
+        }
+    }};
+}
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        /// Every case, by name, in the order [`run_all`] runs them.
+        pub const CASES: &[(&str, CaseFn)] = &[
+            $((stringify!($name), |s| Box::pin($name(s)))),*
+        ];
+    };
+}
+
+cases!(
+    accounts_create_and_lookup,
+    accounts_handle_taken,
+    accounts_invites,
+    accounts_devices,
+    key_packages_claim_once,
+    key_packages_last_resort,
+    key_packages_ciphersuites,
+    key_packages_devices_and_revocation,
+    key_packages_concurrent_claims,
+    delivery_group_creation,
+    delivery_unknown_group,
+    delivery_stale_epoch,
+    delivery_concurrent_commits,
+    delivery_not_member,
+    delivery_unknown_roster_device,
+    delivery_idempotent,
+    delivery_fanout,
+    delivery_commit_fanout_old_and_new,
+    delivery_revoked_receives_nothing,
+    delivery_body_stored_once,
+    delivery_concurrent_submitters,
+    mailbox_seq_contiguous,
+    mailbox_fetch_paging,
+    mailbox_ack,
+    mailbox_ack_deletes_unreferenced_bodies,
+    mailbox_expiry,
+);
+
+/// Expands to one `#[tokio::test]` per conformance case. `$make` is an expression
+/// evaluating to an async factory `FnMut() -> impl Future<Output = (Arc<dyn Store>, G)>`
+/// that gives a fresh empty store; `G` (for example a temporary directory) is kept
+/// alive until the case ends. The calling crate needs `tokio` with `macros` and
+/// `rt-multi-thread`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            accounts_create_and_lookup,
+            accounts_handle_taken,
+            accounts_invites,
+            accounts_devices,
+            key_packages_claim_once,
+            key_packages_last_resort,
+            key_packages_ciphersuites,
+            key_packages_devices_and_revocation,
+            key_packages_concurrent_claims,
+            delivery_group_creation,
+            delivery_unknown_group,
+            delivery_stale_epoch,
+            delivery_concurrent_commits,
+            delivery_not_member,
+            delivery_unknown_roster_device,
+            delivery_idempotent,
+            delivery_fanout,
+            delivery_commit_fanout_old_and_new,
+            delivery_revoked_receives_nothing,
+            delivery_body_stored_once,
+            delivery_concurrent_submitters,
+            mailbox_seq_contiguous,
+            mailbox_fetch_paging,
+            mailbox_ack,
+            mailbox_ack_deletes_unreferenced_bodies,
+            mailbox_expiry,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let result = $crate::conformance::run_case(
+                    $crate::conformance::$case,
+                    $make,
+                ).await;
+                if let Err(failure) = result {
+                    panic!("conformance case {} failed: {}", stringify!($case), failure);
+                }
+            }
+        )*
+    };
+}
+
+/// Runs one case on a fresh store from `make`, keeping the factory's guard alive until
+/// the case has finished.
+pub async fn run_case<C, CF, F, Fut, G>(case: C, mut make: F) -> CaseResult
+where
+    C: FnOnce(Arc<dyn Store>) -> CF,
+    CF: Future<Output = CaseResult>,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = (Arc<dyn Store>, G)>,
+{
+    let (store, guard) = make().await;
+    let result = case(store).await;
+    drop(guard);
+    result
+}
+
+/// Runs every case of [`CASES`], each on a fresh store, and returns the failures by
+/// case name.
+pub async fn run_all<F, Fut, G>(mut make: F) -> Result<(), Vec<(&'static str, Failure)>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = (Arc<dyn Store>, G)>,
+{
+    let mut failures = Vec::new();
+    for (name, case) in CASES {
+        let (store, guard) = make().await;
+        if let Err(f) = case(store).await {
+            failures.push((*name, f));
+        }
+        drop(guard);
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------
+
+static NEXT_MESSAGE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A message id never used before in this process.
+pub fn fresh_message_id() -> [u8; 16] {
+    let n = NEXT_MESSAGE_ID.fetch_add(1, Ordering::Relaxed);
+    let mut id = [0x5a; 16];
+    id[8..].copy_from_slice(&n.to_be_bytes());
+    id
+}
+
+/// `handle/device_id`.
+pub fn addr(handle: &str, device_id: u32) -> DeviceAddr {
+    DeviceAddr {
+        handle: handle.to_owned(),
+        device_id,
+    }
+}
+
+/// The registration of `handle` the cases use (keys derived from the handle).
+pub fn new_account(handle: &str) -> NewAccount {
+    NewAccount {
+        handle: handle.to_owned(),
+        account_key: format!("account-key:{handle}").into_bytes(),
+        device_key: format!("device-key:{handle}/1").into_bytes(),
+        cert_created_at_ms: NOW - 5,
+        cert_signature: format!("cert-sig:{handle}/1").into_bytes(),
+        invite: None,
+        now_ms: NOW,
+    }
+}
+
+/// Registers `handle` and returns its first device.
+pub async fn register(store: &dyn Store, handle: &str) -> Result<DeviceRecord, Failure> {
+    Ok(store.create_account(new_account(handle)).await?)
+}
+
+/// Adds a device to `handle`.
+pub async fn link_device(store: &dyn Store, handle: &str) -> Result<DeviceRecord, Failure> {
+    let dev = store
+        .add_device(
+            handle,
+            NewDevice {
+                device_key: format!("device-key:{handle}/linked").into_bytes(),
+                cert_created_at_ms: NOW - 1,
+                cert_signature: format!("cert-sig:{handle}/linked").into_bytes(),
+            },
+        )
+        .await?;
+    dev.ok_or_else(|| Failure(format!("add_device({handle}) found no account")))
+}
+
+/// A one-time (or last-resort) KeyPackage with recognisable bytes.
+pub fn key_package(ciphersuite: u16, tag: &str, last_resort: bool) -> NewKeyPackage {
+    NewKeyPackage {
+        ciphersuite,
+        data: Bytes::from(format!("kp:{tag}")),
+        last_resort,
+    }
+}
+
+/// An application message.
+pub fn application(sender: &DeviceRecord, group: &[u8], epoch: u64, body: &str) -> Submission {
+    Submission {
+        sender: sender.id,
+        message_id: fresh_message_id(),
+        group_id: Bytes::copy_from_slice(group),
+        epoch,
+        kind: SubmitKind::Application,
+        payload: Bytes::from(body.to_owned()),
+        now_ms: NOW,
+        expires_at_ms: EXPIRES,
+    }
+}
+
+/// A commit with its post-commit roster, Welcomes and GroupInfo.
+pub fn commit(
+    sender: &DeviceRecord,
+    group: &[u8],
+    epoch: u64,
+    roster: &[&DeviceRecord],
+    welcomes: Vec<WelcomeOut>,
+    group_info: Option<&str>,
+) -> Submission {
+    Submission {
+        sender: sender.id,
+        message_id: fresh_message_id(),
+        group_id: Bytes::copy_from_slice(group),
+        epoch,
+        kind: SubmitKind::Commit {
+            roster: roster.iter().map(|d| d.addr.clone()).collect(),
+            welcomes,
+            group_info: group_info.map(|g| Bytes::from(g.to_owned())),
+        },
+        payload: Bytes::from(format!("commit:{epoch}")),
+        now_ms: NOW,
+        expires_at_ms: EXPIRES,
+    }
+}
+
+/// A Welcome for `to`.
+pub fn welcome(body: &str, to: &[&DeviceRecord]) -> WelcomeOut {
+    WelcomeOut {
+        payload: Bytes::from(body.to_owned()),
+        recipients: to.iter().map(|d| d.addr.clone()).collect(),
+    }
+}
+
+/// The outcome as [`Accepted`], or a failure naming what came instead.
+pub fn accepted(outcome: SubmitOutcome) -> Result<Accepted, Failure> {
+    match outcome {
+        SubmitOutcome::Accepted(a) => Ok(a),
+        other => Err(Failure(format!("expected Accepted, got {other:?}"))),
+    }
+}
+
+/// Creates group `group` from `creator` with `members` (creator included), welcomes
+/// the others, and acknowledges every mailbox entry so cases start from empty
+/// mailboxes. The group ends at epoch 1.
+pub async fn create_group(
+    store: &dyn Store,
+    group: &[u8],
+    creator: &DeviceRecord,
+    members: &[&DeviceRecord],
+) -> Result<(), Failure> {
+    let others: Vec<&DeviceRecord> = members
+        .iter()
+        .copied()
+        .filter(|m| m.id != creator.id)
+        .collect();
+    let welcomes = if others.is_empty() {
+        Vec::new()
+    } else {
+        vec![welcome("welcome", &others)]
+    };
+    let a = accepted(
+        store
+            .submit(commit(creator, group, 0, members, welcomes, Some("gi:1")))
+            .await?,
+    )?;
+    ensure_eq!(a.epoch, 1);
+    for m in members {
+        drain(store, m.id).await?;
+    }
+    Ok(())
+}
+
+/// Fetches everything waiting for `device`.
+pub async fn fetch_all(store: &dyn Store, device: DeviceId) -> Result<Vec<Envelope>, Failure> {
+    Ok(store.fetch(device, 0, usize::MAX).await?)
+}
+
+/// Acknowledges everything waiting for `device`.
+pub async fn drain(store: &dyn Store, device: DeviceId) -> Result<(), Failure> {
+    store.ack(device, u64::MAX).await?;
+    ensure_eq!(store.pending(device).await?, 0);
+    Ok(())
+}
+
+fn payload_str(env: &Envelope) -> String {
+    String::from_utf8_lossy(&env.payload).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// Accounts
+// ---------------------------------------------------------------------------------------
+
+/// An account is created with device 1 and can be read back by handle and by address.
+pub async fn accounts_create_and_lookup(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let req = new_account("alice");
+    let dev = s.create_account(req.clone()).await?;
+    ensure_eq!(dev.addr, addr("alice", 1));
+    ensure_eq!(dev.device_key, req.device_key);
+    ensure_eq!(dev.cert_created_at_ms, req.cert_created_at_ms);
+    ensure_eq!(dev.cert_signature, req.cert_signature);
+    ensure!(!dev.revoked, "new device is revoked");
+
+    let bob = register(s, "bob").await?;
+    ensure!(bob.id != dev.id, "two devices share id {:?}", bob.id);
+    ensure_eq!(bob.addr, addr("bob", 1));
+
+    let acc = s.account("alice").await?;
+    ensure_eq!(
+        acc,
+        Some(AccountRecord {
+            handle: "alice".into(),
+            account_key: req.account_key.clone(),
+            created_at_ms: NOW,
+            devices: vec![dev.clone()],
+        })
+    );
+    ensure_eq!(s.device(&addr("alice", 1)).await?, Some(dev.clone()));
+    ensure_eq!(s.device(&addr("alice", 2)).await?, None);
+    ensure_eq!(s.device(&addr("carol", 1)).await?, None);
+    ensure_eq!(s.account("carol").await?, None);
+    Ok(())
+}
+
+/// A second registration of a handle fails and leaves the first intact.
+pub async fn accounts_handle_taken(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let first = register(s, "alice").await?;
+    let mut again = new_account("alice");
+    again.account_key = b"another key".to_vec();
+    match s.create_account(again).await {
+        Err(StoreError::HandleTaken) => {}
+        other => return Err(Failure(format!("expected HandleTaken, got {other:?}"))),
+    }
+    let acc = s
+        .account("alice")
+        .await?
+        .ok_or_else(|| Failure("alice vanished".into()))?;
+    ensure_eq!(acc.account_key, new_account("alice").account_key);
+    ensure_eq!(acc.devices, vec![first]);
+    Ok(())
+}
+
+/// Invites are single-use, expire, and are only consumed by a registration that
+/// succeeds.
+pub async fn accounts_invites(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    s.create_invite("good", NOW + 1000).await?;
+    s.create_invite("expired", NOW - 1).await?;
+    match s.create_invite("good", NOW + 5000).await {
+        Err(StoreError::Invalid(_)) => {}
+        other => {
+            return Err(Failure(format!(
+                "duplicate invite: expected Invalid, got {other:?}"
+            )));
+        }
+    }
+
+    let with_invite = |handle: &str, code: &str| {
+        let mut n = new_account(handle);
+        n.invite = Some(code.to_owned());
+        n
+    };
+    let expect_invalid = |r: Result<DeviceRecord, StoreError>, what: &str| match r {
+        Err(StoreError::InviteInvalid) => Ok(()),
+        other => Err(Failure(format!(
+            "{what}: expected InviteInvalid, got {other:?}"
+        ))),
+    };
+
+    expect_invalid(s.create_account(with_invite("u1", "nope")).await, "unknown")?;
+    expect_invalid(
+        s.create_account(with_invite("u2", "expired")).await,
+        "expired",
+    )?;
+    ensure_eq!(s.account("u1").await?, None);
+    ensure_eq!(s.account("u2").await?, None);
+
+    // A registration that fails for another reason does not consume the invite.
+    register(s, "taken").await?;
+    match s.create_account(with_invite("taken", "good")).await {
+        Err(StoreError::HandleTaken) => {}
+        other => return Err(Failure(format!("expected HandleTaken, got {other:?}"))),
+    }
+
+    let dev = s.create_account(with_invite("u3", "good")).await?;
+    ensure_eq!(dev.addr, addr("u3", 1));
+    expect_invalid(s.create_account(with_invite("u4", "good")).await, "reused")?;
+    ensure_eq!(s.account("u4").await?, None);
+    Ok(())
+}
+
+/// Further devices get the next numbers; revocation flags them and is reported once.
+pub async fn accounts_devices(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let d1 = register(s, "alice").await?;
+    let d2 = link_device(s, "alice").await?;
+    let d3 = link_device(s, "alice").await?;
+    ensure_eq!(d2.addr, addr("alice", 2));
+    ensure_eq!(d3.addr, addr("alice", 3));
+    ensure!(
+        d1.id != d2.id && d2.id != d3.id && d1.id != d3.id,
+        "device ids collide"
+    );
+    ensure_eq!(
+        s.add_device(
+            "nobody",
+            NewDevice {
+                device_key: vec![1],
+                cert_created_at_ms: NOW,
+                cert_signature: vec![2]
+            }
+        )
+        .await?,
+        None
+    );
+
+    ensure!(
+        s.revoke_device(&d2.addr).await?,
+        "first revocation reported false"
+    );
+    ensure!(
+        !s.revoke_device(&d2.addr).await?,
+        "second revocation reported true"
+    );
+    ensure!(
+        !s.revoke_device(&addr("alice", 9)).await?,
+        "revoked an unknown device"
+    );
+
+    let got2 = s
+        .device(&d2.addr)
+        .await?
+        .ok_or_else(|| Failure("revoked device no longer found".into()))?;
+    ensure!(got2.revoked, "device not flagged revoked");
+    ensure_eq!(got2.id, d2.id);
+
+    let acc = s
+        .account("alice")
+        .await?
+        .ok_or_else(|| Failure("alice missing".into()))?;
+    let numbers: Vec<(u32, bool)> = acc
+        .devices
+        .iter()
+        .map(|d| (d.addr.device_id, d.revoked))
+        .collect();
+    ensure_eq!(numbers, vec![(1, false), (2, true), (3, false)]);
+
+    // Numbers are never reused, even after a revocation.
+    let d4 = link_device(s, "alice").await?;
+    ensure_eq!(d4.addr, addr("alice", 4));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Key packages
+// ---------------------------------------------------------------------------------------
+
+/// One-time packages are handed out once each, then nothing is left.
+pub async fn key_packages_claim_once(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let d = register(s, "alice").await?;
+    let n = s
+        .add_key_packages(
+            d.id,
+            vec![
+                key_package(CS, "a", false),
+                key_package(CS, "b", false),
+                key_package(CS, "c", false),
+            ],
+        )
+        .await?;
+    ensure_eq!(n, 3);
+    ensure_eq!(s.key_package_stock(d.id, CS).await?.available, 3);
+    ensure!(
+        !s.key_package_stock(d.id, CS).await?.has_last_resort,
+        "phantom last resort"
+    );
+
+    let mut seen = BTreeSet::new();
+    for left in [2u32, 1, 0] {
+        let claimed = s.claim_key_packages("alice", CS).await?;
+        ensure_eq!(claimed.len(), 1);
+        ensure_eq!(claimed[0].device_id, 1);
+        ensure!(
+            seen.insert(claimed[0].data.clone()),
+            "package handed out twice"
+        );
+        ensure_eq!(s.key_package_stock(d.id, CS).await?.available, left);
+    }
+    let expected: BTreeSet<Bytes> = ["kp:a", "kp:b", "kp:c"]
+        .into_iter()
+        .map(Bytes::from)
+        .collect();
+    ensure_eq!(seen, expected);
+    ensure_eq!(s.claim_key_packages("alice", CS).await?, vec![]);
+    ensure_eq!(s.claim_key_packages("nobody", CS).await?, vec![]);
+    Ok(())
+}
+
+/// The last-resort package is handed out (and kept) only once one-time packages are
+/// gone; a new one replaces the old.
+pub async fn key_packages_last_resort(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let d = register(s, "alice").await?;
+    s.add_key_packages(
+        d.id,
+        vec![key_package(CS, "lr1", true), key_package(CS, "one", false)],
+    )
+    .await?;
+    let stock = s.key_package_stock(d.id, CS).await?;
+    ensure_eq!((stock.available, stock.has_last_resort), (1, true));
+
+    let claim = |expect: &'static str| {
+        let s = store.clone();
+        async move {
+            let c = s.claim_key_packages("alice", CS).await?;
+            ensure_eq!(c.len(), 1);
+            ensure_eq!(c[0].data, Bytes::from(expect));
+            Ok::<(), Failure>(())
+        }
+    };
+    claim("kp:one").await?;
+    claim("kp:lr1").await?;
+    claim("kp:lr1").await?;
+    let stock = s.key_package_stock(d.id, CS).await?;
+    ensure_eq!((stock.available, stock.has_last_resort), (0, true));
+
+    s.add_key_packages(d.id, vec![key_package(CS, "lr2", true)])
+        .await?;
+    claim("kp:lr2").await?;
+    claim("kp:lr2").await?;
+    let stock = s.key_package_stock(d.id, CS).await?;
+    ensure_eq!((stock.available, stock.has_last_resort), (0, true));
+
+    s.add_key_packages(d.id, vec![key_package(CS, "two", false)])
+        .await?;
+    claim("kp:two").await?;
+    claim("kp:lr2").await?;
+    Ok(())
+}
+
+/// Packages of one ciphersuite are never handed out for another.
+pub async fn key_packages_ciphersuites(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let d = register(s, "alice").await?;
+    s.add_key_packages(
+        d.id,
+        vec![
+            key_package(1, "cs1-a", false),
+            key_package(2, "cs2-a", false),
+            key_package(2, "cs2-b", false),
+            key_package(2, "cs2-lr", true),
+        ],
+    )
+    .await?;
+    let st1 = s.key_package_stock(d.id, 1).await?;
+    let st2 = s.key_package_stock(d.id, 2).await?;
+    let st3 = s.key_package_stock(d.id, 3).await?;
+    ensure_eq!((st1.available, st1.has_last_resort), (1, false));
+    ensure_eq!((st2.available, st2.has_last_resort), (2, true));
+    ensure_eq!((st3.available, st3.has_last_resort), (0, false));
+
+    ensure_eq!(s.claim_key_packages("alice", 3).await?, vec![]);
+    let c = s.claim_key_packages("alice", 1).await?;
+    ensure_eq!(c.len(), 1);
+    ensure_eq!(c[0].data, Bytes::from("kp:cs1-a"));
+    ensure_eq!(s.claim_key_packages("alice", 1).await?, vec![]);
+    for _ in 0..2 {
+        let c = s.claim_key_packages("alice", 2).await?;
+        ensure_eq!(c.len(), 1);
+        ensure!(
+            c[0].data.starts_with(b"kp:cs2-") && c[0].data != "kp:cs2-lr",
+            "wrong package"
+        );
+    }
+    let c = s.claim_key_packages("alice", 2).await?;
+    ensure_eq!(c[0].data, Bytes::from("kp:cs2-lr"));
+    Ok(())
+}
+
+/// A claim hands out one package per non-revoked device, ordered by device number;
+/// devices with nothing are left out.
+pub async fn key_packages_devices_and_revocation(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let d1 = register(s, "alice").await?;
+    let d2 = link_device(s, "alice").await?;
+    let d3 = link_device(s, "alice").await?;
+    let _d4 = link_device(s, "alice").await?; // never uploads
+    s.add_key_packages(d3.id, vec![key_package(CS, "d3", false)])
+        .await?;
+    s.add_key_packages(d1.id, vec![key_package(CS, "d1", false)])
+        .await?;
+    s.add_key_packages(d2.id, vec![key_package(CS, "d2-lr", true)])
+        .await?;
+
+    let c = s.claim_key_packages("alice", CS).await?;
+    let got: Vec<(u32, Bytes)> = c.into_iter().map(|k| (k.device_id, k.data)).collect();
+    ensure_eq!(
+        got,
+        vec![
+            (1, Bytes::from("kp:d1")),
+            (2, Bytes::from("kp:d2-lr")),
+            (3, Bytes::from("kp:d3")),
+        ]
+    );
+
+    s.add_key_packages(d1.id, vec![key_package(CS, "d1-b", false)])
+        .await?;
+    s.add_key_packages(d3.id, vec![key_package(CS, "d3-b", false)])
+        .await?;
+    ensure!(s.revoke_device(&d3.addr).await?, "revocation failed");
+    let c = s.claim_key_packages("alice", CS).await?;
+    let got: Vec<u32> = c.into_iter().map(|k| k.device_id).collect();
+    ensure_eq!(got, vec![1, 2]);
+    Ok(())
+}
+
+/// Concurrent claims never hand one one-time package out twice, and fall back to the
+/// last-resort package only once the one-time packages are all gone.
+pub async fn key_packages_concurrent_claims(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    let packages: Vec<NewKeyPackage> = (0..20)
+        .map(|i| key_package(CS, &format!("a{i}"), false))
+        .collect();
+    s.add_key_packages(a.id, packages).await?;
+    let mut packages: Vec<NewKeyPackage> = (0..5)
+        .map(|i| key_package(CS, &format!("b{i}"), false))
+        .collect();
+    packages.push(key_package(CS, "b-lr", true));
+    s.add_key_packages(b.id, packages).await?;
+
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let st = store.clone();
+        let handle = if i % 2 == 0 { "alice" } else { "bob" };
+        tasks.push(tokio::spawn(async move {
+            (handle, st.claim_key_packages(handle, CS).await)
+        }));
+    }
+    let mut alice = Vec::new();
+    let mut bob = Vec::new();
+    for t in tasks {
+        let (handle, r) = t
+            .await
+            .map_err(|e| Failure(format!("claim task failed: {e}")))?;
+        let r = r?;
+        ensure!(r.len() <= 1, "one device, several packages: {r:?}");
+        let target = if handle == "alice" {
+            &mut alice
+        } else {
+            &mut bob
+        };
+        target.extend(r.into_iter().map(|k| k.data));
+    }
+    // 15 claims on alice's 20 one-time packages: all distinct.
+    ensure_eq!(alice.len(), 15);
+    ensure_eq!(alice.iter().collect::<BTreeSet<_>>().len(), 15);
+    // 15 claims on bob's 5 one-time packages + last resort.
+    ensure_eq!(bob.len(), 15);
+    let lr = bob.iter().filter(|d| **d == "kp:b-lr").count();
+    ensure_eq!(lr, 10);
+    let one_time: BTreeSet<&Bytes> = bob.iter().filter(|d| **d != "kp:b-lr").collect();
+    ensure_eq!(one_time.len(), 5);
+    ensure_eq!(s.key_package_stock(a.id, CS).await?.available, 5);
+    let st = s.key_package_stock(b.id, CS).await?;
+    ensure_eq!((st.available, st.has_last_resort), (0, true));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Delivery
+// ---------------------------------------------------------------------------------------
+
+/// A commit at epoch 0 to an unknown group creates it; the commit goes to the new
+/// roster minus the sender and the Welcome to its recipients.
+pub async fn delivery_group_creation(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let alice = register(s, "alice").await?;
+    let bob = register(s, "bob").await?;
+    let carol = register(s, "carol").await?;
+    let sub = commit(
+        &alice,
+        b"g1",
+        0,
+        &[&alice, &bob, &carol],
+        vec![welcome("w-bob", &[&bob]), welcome("w-carol", &[&carol])],
+        Some("gi:1"),
+    );
+    let message_id = sub.message_id;
+    let a = accepted(s.submit(sub).await?)?;
+    ensure_eq!((a.group_seq, a.epoch, a.duplicate), (1, 1, false));
+
+    let g = s
+        .group(b"g1")
+        .await?
+        .ok_or_else(|| Failure("group not created".into()))?;
+    ensure_eq!(g.epoch, 1);
+    ensure_eq!(g.last_seq, 1);
+    ensure_eq!(
+        g.roster,
+        vec![addr("alice", 1), addr("bob", 1), addr("carol", 1)]
+    );
+    let gi = s
+        .group_info(b"g1")
+        .await?
+        .ok_or_else(|| Failure("group info not stored".into()))?;
+    ensure_eq!((gi.epoch, gi.data), (1, Bytes::from("gi:1")));
+
+    ensure_eq!(s.pending(alice.id).await?, 0);
+    for (dev, w) in [(&bob, "w-bob"), (&carol, "w-carol")] {
+        let got = fetch_all(s, dev.id).await?;
+        ensure_eq!(got.len(), 2);
+        let c = &got[0];
+        ensure_eq!((c.seq, c.kind, c.group_seq), (1, EnvelopeKind::Commit, 1));
+        ensure_eq!(c.message_id, message_id);
+        ensure_eq!(c.group_id, Bytes::from_static(b"g1"));
+        ensure_eq!(c.sender, alice.addr);
+        ensure_eq!(c.server_time_ms, NOW);
+        ensure_eq!(payload_str(c), "commit:0");
+        let wl = &got[1];
+        ensure_eq!(
+            (wl.seq, wl.kind, wl.group_seq),
+            (2, EnvelopeKind::Welcome, 0)
+        );
+        ensure_eq!(wl.sender, alice.addr);
+        ensure_eq!(wl.group_id, Bytes::from_static(b"g1"));
+        ensure_eq!(payload_str(wl), w);
+    }
+
+    // The deliveries returned are exactly the entries created.
+    let mut from_result: Vec<(DeviceId, Envelope)> = a
+        .deliveries
+        .into_iter()
+        .map(|d| (d.device, d.envelope))
+        .collect();
+    from_result.sort_by_key(|(d, e)| (*d, e.seq));
+    let mut fetched = Vec::new();
+    for dev in [&alice, &bob, &carol] {
+        for e in fetch_all(s, dev.id).await? {
+            fetched.push((dev.id, e));
+        }
+    }
+    fetched.sort_by_key(|(d, e)| (*d, e.seq));
+    ensure_eq!(from_result, fetched);
+
+    // A group created by a commit with only its creator.
+    let solo = accepted(
+        s.submit(commit(&alice, b"solo", 0, &[&alice], vec![], None))
+            .await?,
+    )?;
+    ensure_eq!((solo.group_seq, solo.epoch), (1, 1));
+    ensure!(
+        solo.deliveries.is_empty(),
+        "solo commit delivered to someone"
+    );
+    ensure_eq!(s.group_info(b"solo").await?, None);
+    Ok(())
+}
+
+/// Anything but a creating commit to an unknown group is refused.
+pub async fn delivery_unknown_group(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let alice = register(s, "alice").await?;
+    let bob = register(s, "bob").await?;
+    ensure_eq!(
+        s.submit(application(&alice, b"nope", 0, "hi")).await?,
+        SubmitOutcome::UnknownGroup
+    );
+    let mut proposal = application(&alice, b"nope", 0, "p");
+    proposal.kind = SubmitKind::Proposal;
+    ensure_eq!(s.submit(proposal).await?, SubmitOutcome::UnknownGroup);
+    ensure_eq!(
+        s.submit(commit(&alice, b"nope", 3, &[&alice, &bob], vec![], None))
+            .await?,
+        SubmitOutcome::UnknownGroup
+    );
+    ensure_eq!(s.group(b"nope").await?, None);
+    ensure_eq!(s.group_info(b"nope").await?, None);
+    ensure_eq!(s.pending(bob.id).await?, 0);
+    Ok(())
+}
+
+/// A commit for another epoch is refused with the current epoch and changes nothing.
+pub async fn delivery_stale_epoch(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let alice = register(s, "alice").await?;
+    let bob = register(s, "bob").await?;
+    create_group(s, b"g", &alice, &[&alice, &bob]).await?;
+    let before = s.group(b"g").await?;
+
+    for epoch in [0, 2, 7] {
+        ensure_eq!(
+            s.submit(commit(
+                &bob,
+                b"g",
+                epoch,
+                &[&alice, &bob],
+                vec![],
+                Some("stale")
+            ))
+            .await?,
+            SubmitOutcome::StaleEpoch { current_epoch: 1 }
+        );
+    }
+    ensure_eq!(s.group(b"g").await?, before);
+    ensure_eq!(s.pending(alice.id).await?, 0);
+    ensure_eq!(s.group_info(b"g").await?.map(|g| g.epoch), Some(1));
+
+    let a = accepted(
+        s.submit(commit(&bob, b"g", 1, &[&alice, &bob], vec![], None))
+            .await?,
+    )?;
+    ensure_eq!((a.group_seq, a.epoch), (2, 2));
+    // Without a new GroupInfo, the stored one stays (named by its epoch).
+    ensure_eq!(s.group_info(b"g").await?.map(|g| g.epoch), Some(1));
+    ensure_eq!(
+        s.submit(commit(&alice, b"g", 1, &[&alice, &bob], vec![], None))
+            .await?,
+        SubmitOutcome::StaleEpoch { current_epoch: 2 }
+    );
+    // Application messages are not fenced by epoch.
+    let app = accepted(
+        s.submit(application(&alice, b"g", 0, "old epoch app"))
+            .await?,
+    )?;
+    ensure_eq!((app.group_seq, app.epoch), (3, 2));
+    Ok(())
+}
+
+/// Of several concurrent commits at the same epoch, exactly one wins.
+pub async fn delivery_concurrent_commits(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    create_group(s, b"g", &a, &[&a, &b, &c]).await?;
+
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let sender = [&a, &b, &c][i % 3].clone();
+        let roster = [a.clone(), b.clone(), c.clone()];
+        let st = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let roster: Vec<&DeviceRecord> = roster.iter().collect();
+            st.submit(commit(&sender, b"g", 1, &roster, vec![], Some("gi")))
+                .await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        match t
+            .await
+            .map_err(|e| Failure(format!("task failed: {e}")))??
+        {
+            SubmitOutcome::Accepted(acc) => {
+                winners += 1;
+                ensure_eq!((acc.group_seq, acc.epoch, acc.duplicate), (2, 2, false));
+            }
+            SubmitOutcome::StaleEpoch { current_epoch } => ensure_eq!(current_epoch, 2),
+            other => return Err(Failure(format!("unexpected outcome {other:?}"))),
+        }
+    }
+    ensure_eq!(winners, 1);
+    let g = s
+        .group(b"g")
+        .await?
+        .ok_or_else(|| Failure("group gone".into()))?;
+    ensure_eq!((g.epoch, g.last_seq), (2, 2));
+    // The winner's commit reached the two others only.
+    let total = s.pending(a.id).await? + s.pending(b.id).await? + s.pending(c.id).await?;
+    ensure_eq!(total, 2);
+    Ok(())
+}
+
+/// A device outside the roster can post nothing.
+pub async fn delivery_not_member(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let alice = register(s, "alice").await?;
+    let bob = register(s, "bob").await?;
+    let mallory = register(s, "mallory").await?;
+    create_group(s, b"g", &alice, &[&alice, &bob]).await?;
+    let before = s.group(b"g").await?;
+    ensure_eq!(
+        s.submit(application(&mallory, b"g", 1, "hi")).await?,
+        SubmitOutcome::NotMember
+    );
+    ensure_eq!(
+        s.submit(commit(
+            &mallory,
+            b"g",
+            1,
+            &[&alice, &bob, &mallory],
+            vec![],
+            None
+        ))
+        .await?,
+        SubmitOutcome::NotMember
+    );
+    // Even at a stale epoch, membership is checked first.
+    ensure_eq!(
+        s.submit(commit(&mallory, b"g", 0, &[&mallory], vec![], None))
+            .await?,
+        SubmitOutcome::NotMember
+    );
+    ensure_eq!(s.group(b"g").await?, before);
+    ensure_eq!(s.pending(alice.id).await?, 0);
+    ensure_eq!(s.pending(bob.id).await?, 0);
+    Ok(())
+}
+
+/// A commit naming an unknown device (roster or Welcome) fails and changes nothing,
+/// not even the idempotency record.
+pub async fn delivery_unknown_roster_device(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let alice = register(s, "alice").await?;
+    let bob = register(s, "bob").await?;
+    let ghost = DeviceRecord {
+        id: DeviceId(u64::MAX / 2),
+        addr: addr("ghost", 1),
+        device_key: vec![],
+        cert_created_at_ms: 0,
+        cert_signature: vec![],
+        revoked: false,
+    };
+    let ghost2 = DeviceRecord {
+        addr: addr("bob", 2),
+        ..ghost.clone()
+    };
+
+    // Creating commit: the group is not created.
+    match s
+        .submit(commit(
+            &alice,
+            b"new",
+            0,
+            &[&alice, &ghost],
+            vec![],
+            Some("gi"),
+        ))
+        .await
+    {
+        Err(StoreError::UnknownDevice(a)) => ensure_eq!(a, addr("ghost", 1)),
+        other => return Err(Failure(format!("expected UnknownDevice, got {other:?}"))),
+    }
+    ensure_eq!(s.group(b"new").await?, None);
+    ensure_eq!(s.group_info(b"new").await?, None);
+
+    create_group(s, b"g", &alice, &[&alice, &bob]).await?;
+    let before = s.group(b"g").await?;
+    let gi_before = s.group_info(b"g").await?;
+    let bad = commit(
+        &alice,
+        b"g",
+        1,
+        &[&alice, &bob, &ghost2],
+        vec![],
+        Some("gi:2"),
+    );
+    let retry_id = bad.message_id;
+    match s.submit(bad).await {
+        Err(StoreError::UnknownDevice(a)) => ensure_eq!(a, addr("bob", 2)),
+        other => return Err(Failure(format!("expected UnknownDevice, got {other:?}"))),
+    }
+    let bad_welcome = commit(
+        &alice,
+        b"g",
+        1,
+        &[&alice, &bob],
+        vec![welcome("w", &[&ghost])],
+        Some("gi:2"),
+    );
+    match s.submit(bad_welcome).await {
+        Err(StoreError::UnknownDevice(a)) => ensure_eq!(a, addr("ghost", 1)),
+        other => return Err(Failure(format!("expected UnknownDevice, got {other:?}"))),
+    }
+    ensure_eq!(s.group(b"g").await?, before);
+    ensure_eq!(s.group_info(b"g").await?, gi_before);
+    ensure_eq!(s.pending(bob.id).await?, 0);
+
+    // The failed message id was not recorded: a corrected retry is a new message.
+    let mut retry = commit(&alice, b"g", 1, &[&alice, &bob], vec![], Some("gi:2"));
+    retry.message_id = retry_id;
+    let a = accepted(s.submit(retry).await?)?;
+    ensure_eq!((a.group_seq, a.epoch, a.duplicate), (2, 2, false));
+    ensure_eq!(s.pending(bob.id).await?, 1);
+    Ok(())
+}
+
+/// Re-submitting an accepted message id returns the original result and changes
+/// nothing; ids are scoped per sender.
+pub async fn delivery_idempotent(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let alice = register(s, "alice").await?;
+    let bob = register(s, "bob").await?;
+    create_group(s, b"g", &alice, &[&alice, &bob]).await?;
+
+    let msg = application(&alice, b"g", 1, "once");
+    let first = accepted(s.submit(msg.clone()).await?)?;
+    ensure_eq!(
+        (first.group_seq, first.epoch, first.duplicate),
+        (2, 1, false)
+    );
+    ensure_eq!(first.deliveries.len(), 1);
+
+    let again = accepted(s.submit(msg.clone()).await?)?;
+    ensure_eq!(
+        again,
+        Accepted {
+            group_seq: 2,
+            epoch: 1,
+            duplicate: true,
+            deliveries: vec![]
+        }
+    );
+    ensure_eq!(s.pending(bob.id).await?, 1);
+    ensure_eq!(s.group(b"g").await?.map(|g| g.last_seq), Some(2));
+
+    // A duplicate is recognised even when its payload differs or the group moved on.
+    let cm = commit(&bob, b"g", 1, &[&alice, &bob], vec![], None);
+    let c1 = accepted(s.submit(cm.clone()).await?)?;
+    ensure_eq!((c1.group_seq, c1.epoch), (3, 2));
+    let mut changed = msg.clone();
+    changed.payload = Bytes::from_static(b"different");
+    let again = accepted(s.submit(changed).await?)?;
+    ensure_eq!(
+        (again.group_seq, again.epoch, again.duplicate),
+        (2, 1, true)
+    );
+    // A re-sent commit whose epoch is now stale is still a duplicate, not stale.
+    let c2 = accepted(s.submit(cm).await?)?;
+    ensure_eq!((c2.group_seq, c2.epoch, c2.duplicate), (3, 2, true));
+    ensure!(c2.deliveries.is_empty(), "duplicate delivered again");
+    ensure_eq!(
+        s.group(b"g").await?.map(|g| (g.epoch, g.last_seq)),
+        Some((2, 3))
+    );
+    ensure_eq!(s.pending(alice.id).await?, 1);
+    ensure_eq!(s.pending(bob.id).await?, 1);
+
+    // The same id from another sender is another message.
+    let mut from_bob = application(&bob, b"g", 2, "bob's");
+    from_bob.message_id = msg.message_id;
+    let b1 = accepted(s.submit(from_bob).await?)?;
+    ensure_eq!((b1.group_seq, b1.duplicate), (4, false));
+    Ok(())
+}
+
+/// Application messages and proposals go to the roster minus the sender, with
+/// consecutive group seqs.
+pub async fn delivery_fanout(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a1 = register(s, "alice").await?;
+    let a2 = link_device(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    let outsider = register(s, "dave").await?;
+    create_group(s, b"g", &a1, &[&a1, &a2, &b, &c]).await?;
+
+    let msg = application(&a1, b"g", 1, "hello");
+    let r = accepted(s.submit(msg.clone()).await?)?;
+    ensure_eq!((r.group_seq, r.epoch), (2, 1));
+    let mut recipients: Vec<DeviceId> = r.deliveries.iter().map(|d| d.device).collect();
+    recipients.sort();
+    let mut expected = vec![a2.id, b.id, c.id];
+    expected.sort();
+    ensure_eq!(recipients, expected);
+    for dev in [&a2, &b, &c] {
+        let got = fetch_all(s, dev.id).await?;
+        ensure_eq!(got.len(), 1);
+        let e = &got[0];
+        // Seqs 1 and 2 (commit, Welcome) were acknowledged by create_group.
+        ensure_eq!(
+            (e.seq, e.group_seq, e.kind),
+            (3, 2, EnvelopeKind::Application)
+        );
+        ensure_eq!(e.message_id, msg.message_id);
+        ensure_eq!(e.sender, a1.addr);
+        ensure_eq!(e.server_time_ms, NOW);
+        ensure_eq!(payload_str(e), "hello");
+    }
+    ensure_eq!(s.pending(a1.id).await?, 0);
+    ensure_eq!(s.pending(outsider.id).await?, 0);
+
+    let mut p = application(&b, b"g", 1, "proposal");
+    p.kind = SubmitKind::Proposal;
+    let r = accepted(s.submit(p).await?)?;
+    ensure_eq!(r.group_seq, 3);
+    for dev in [&a1, &a2, &c] {
+        let got = fetch_all(s, dev.id).await?;
+        let last = got
+            .last()
+            .ok_or_else(|| Failure("nothing delivered".into()))?;
+        ensure_eq!((last.kind, last.group_seq), (EnvelopeKind::Proposal, 3));
+        ensure_eq!(last.sender, b.addr);
+    }
+    ensure_eq!(s.pending(b.id).await?, 1);
+    let r = accepted(s.submit(application(&c, b"g", 1, "x")).await?)?;
+    ensure_eq!(r.group_seq, 4);
+    ensure_eq!(s.group(b"g").await?.map(|g| g.last_seq), Some(4));
+    Ok(())
+}
+
+/// A commit goes to the old and the new roster minus the sender; afterwards only the
+/// new roster receives.
+pub async fn delivery_commit_fanout_old_and_new(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    let d = register(s, "dave").await?;
+    create_group(s, b"g", &a, &[&a, &b, &c]).await?;
+
+    // Remove carol, add dave.
+    let r = accepted(
+        s.submit(commit(
+            &a,
+            b"g",
+            1,
+            &[&a, &b, &d],
+            vec![welcome("w-dave", &[&d])],
+            Some("gi:2"),
+        ))
+        .await?,
+    )?;
+    ensure_eq!((r.group_seq, r.epoch), (2, 2));
+    let g = s
+        .group(b"g")
+        .await?
+        .ok_or_else(|| Failure("group gone".into()))?;
+    ensure_eq!(
+        g.roster,
+        vec![addr("alice", 1), addr("bob", 1), addr("dave", 1)]
+    );
+    ensure_eq!(s.group_info(b"g").await?.map(|g| g.epoch), Some(2));
+
+    let kinds = |v: Vec<Envelope>| v.into_iter().map(|e| e.kind).collect::<Vec<_>>();
+    ensure_eq!(kinds(fetch_all(s, a.id).await?), vec![]);
+    ensure_eq!(kinds(fetch_all(s, b.id).await?), vec![EnvelopeKind::Commit]);
+    ensure_eq!(kinds(fetch_all(s, c.id).await?), vec![EnvelopeKind::Commit]);
+    ensure_eq!(
+        kinds(fetch_all(s, d.id).await?),
+        vec![EnvelopeKind::Commit, EnvelopeKind::Welcome]
+    );
+    ensure_eq!(r.deliveries.len(), 4);
+
+    // Carol is out, dave is in.
+    accepted(s.submit(application(&b, b"g", 2, "after")).await?)?;
+    ensure_eq!(s.pending(c.id).await?, 1);
+    ensure_eq!(s.pending(d.id).await?, 3);
+    ensure_eq!(s.pending(a.id).await?, 1);
+    ensure_eq!(
+        s.submit(application(&c, b"g", 2, "let me in")).await?,
+        SubmitOutcome::NotMember
+    );
+    Ok(())
+}
+
+/// A revoked device stays in the roster but receives nothing and loses its mailbox.
+pub async fn delivery_revoked_receives_nothing(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b1 = register(s, "bob").await?;
+    let b2 = link_device(s, "bob").await?;
+    create_group(s, b"g", &a, &[&a, &b1, &b2]).await?;
+    accepted(s.submit(application(&a, b"g", 1, "before")).await?)?;
+    ensure_eq!(s.pending(b2.id).await?, 1);
+
+    ensure!(s.revoke_device(&b2.addr).await?, "revocation failed");
+    ensure_eq!(s.pending(b2.id).await?, 0);
+    let r = accepted(s.submit(application(&a, b"g", 1, "after")).await?)?;
+    ensure_eq!(
+        r.deliveries.iter().map(|d| d.device).collect::<Vec<_>>(),
+        vec![b1.id]
+    );
+    ensure_eq!(s.pending(b1.id).await?, 2);
+    ensure_eq!(s.pending(b2.id).await?, 0);
+    // A commit keeping the revoked device in the roster is accepted; it gets nothing.
+    let r = accepted(
+        s.submit(commit(&a, b"g", 1, &[&a, &b1, &b2], vec![], None))
+            .await?,
+    )?;
+    ensure_eq!(
+        r.deliveries.iter().map(|d| d.device).collect::<Vec<_>>(),
+        vec![b1.id]
+    );
+    ensure_eq!(s.pending(b2.id).await?, 0);
+    Ok(())
+}
+
+/// One body per message, whatever the number of recipients: observable through
+/// [`crate::Mailboxes::expire`], which counts bodies.
+pub async fn delivery_body_stored_once(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    let d = register(s, "dave").await?;
+    create_group(s, b"g", &a, &[&a, &b, &c, &d]).await?;
+    // Everything so far is acknowledged, so no body is left.
+    ensure_eq!(s.expire(EXPIRES + 1).await?, 0);
+
+    accepted(s.submit(application(&a, b"g", 1, "to three")).await?)?;
+    // Two of three acknowledge: the third still reads the full body.
+    s.ack(b.id, u64::MAX).await?;
+    s.ack(c.id, u64::MAX).await?;
+    let got = fetch_all(s, d.id).await?;
+    ensure_eq!(got.len(), 1);
+    ensure_eq!(payload_str(&got[0]), "to three");
+
+    // A commit with two Welcomes, each to two devices: three more bodies.
+    let e = register(s, "erin").await?;
+    let f = register(s, "frank").await?;
+    accepted(
+        s.submit(commit(
+            &a,
+            b"g",
+            1,
+            &[&a, &b, &c, &d, &e, &f],
+            vec![welcome("w1", &[&e, &f]), welcome("w2", &[&e, &f])],
+            None,
+        ))
+        .await?,
+    )?;
+    ensure_eq!(s.expire(EXPIRES + 1).await?, 4);
+    for dev in [&a, &b, &c, &d, &e, &f] {
+        ensure_eq!(s.pending(dev.id).await?, 0);
+    }
+    Ok(())
+}
+
+/// Many concurrent submitters: every message accepted once, group seqs distinct and
+/// contiguous, the receiver's mailbox contiguous.
+pub async fn delivery_concurrent_submitters(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let receiver = register(s, "receiver").await?;
+    let mut senders = Vec::new();
+    for i in 0..4 {
+        senders.push(register(s, &format!("sender{i}")).await?);
+    }
+    let mut members: Vec<&DeviceRecord> = senders.iter().collect();
+    members.push(&receiver);
+    create_group(s, b"g", &senders[0], &members).await?;
+
+    let mut tasks = Vec::new();
+    for sender in senders.clone() {
+        let st = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                let out = st
+                    .submit(application(
+                        &sender,
+                        b"g",
+                        1,
+                        &format!("{}:{i}", sender.addr),
+                    ))
+                    .await;
+                seqs.push(out);
+            }
+            seqs
+        }));
+    }
+    let mut group_seqs = BTreeSet::new();
+    for t in tasks {
+        for out in t.await.map_err(|e| Failure(format!("task failed: {e}")))? {
+            let a = accepted(out?)?;
+            ensure!(
+                group_seqs.insert(a.group_seq),
+                "group seq {} twice",
+                a.group_seq
+            );
+        }
+    }
+    ensure_eq!(group_seqs, (2..=101).collect::<BTreeSet<u64>>());
+    let got = fetch_all(s, receiver.id).await?;
+    // Seqs 1 and 2 (commit, Welcome) were acknowledged by create_group.
+    ensure_eq!(
+        got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (3..=102).collect::<Vec<u64>>()
+    );
+    // Each sender's own messages arrive in the order it sent them.
+    let mut per_sender: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for e in &got {
+        let body = payload_str(e);
+        let (who, i) = body
+            .rsplit_once(':')
+            .ok_or_else(|| Failure("bad payload".into()))?;
+        let i: u64 = i.parse().map_err(|_| Failure("bad payload".into()))?;
+        per_sender.entry(who.to_owned()).or_default().push(i);
+    }
+    for (who, order) in per_sender {
+        ensure_eq!(
+            (who.as_str(), order),
+            (who.as_str(), (0..25).collect::<Vec<u64>>())
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Mailboxes
+// ---------------------------------------------------------------------------------------
+
+/// A device's seqs start at 1, are contiguous across groups and senders, and continue
+/// after acknowledgements.
+pub async fn mailbox_seq_contiguous(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    create_group(s, b"g1", &a, &[&a, &c]).await?;
+    create_group(s, b"g2", &b, &[&b, &c]).await?;
+    // create_group acknowledged carol's Welcomes and commits (seqs 1..=4).
+    accepted(s.submit(application(&a, b"g1", 1, "1")).await?)?;
+    accepted(s.submit(application(&b, b"g2", 1, "2")).await?)?;
+    accepted(s.submit(application(&a, b"g1", 1, "3")).await?)?;
+    let got = fetch_all(s, c.id).await?;
+    ensure_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 6, 7]);
+    ensure_eq!(
+        got.iter().map(payload_str).collect::<Vec<_>>(),
+        vec!["1", "2", "3"]
+    );
+    ensure_eq!(s.ack(c.id, 7).await?, 3);
+    let r = accepted(s.submit(application(&b, b"g2", 1, "4")).await?)?;
+    ensure_eq!(r.deliveries.len(), 1);
+    ensure_eq!(r.deliveries[0].envelope.seq, 8);
+    ensure_eq!(
+        fetch_all(s, c.id)
+            .await?
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        vec![8]
+    );
+    // Seqs are per device: alice's mailbox has its own numbering.
+    let r = accepted(s.submit(application(&c, b"g1", 1, "to alice")).await?)?;
+    ensure_eq!(r.deliveries[0].device, a.id);
+    ensure_eq!(r.deliveries[0].envelope.seq, 1);
+    Ok(())
+}
+
+/// Fetch honours `after_seq` and `limit` and returns entries in seq order.
+pub async fn mailbox_fetch_paging(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    create_group(s, b"g", &a, &[&a, &b]).await?;
+    for i in 0..10 {
+        accepted(s.submit(application(&a, b"g", 1, &format!("m{i}"))).await?)?;
+    }
+    // bob's seqs 1 and 2 (commit, welcome) were acknowledged by create_group.
+    let seqs = |v: &[Envelope]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let all = s.fetch(b.id, 0, 100).await?;
+    ensure_eq!(seqs(&all), (3..=12).collect::<Vec<u64>>());
+    ensure_eq!(payload_str(&all[0]), "m0");
+    ensure_eq!(seqs(&s.fetch(b.id, 0, 3).await?), vec![3, 4, 5]);
+    ensure_eq!(seqs(&s.fetch(b.id, 5, 3).await?), vec![6, 7, 8]);
+    ensure_eq!(seqs(&s.fetch(b.id, 10, 100).await?), vec![11, 12]);
+    ensure_eq!(seqs(&s.fetch(b.id, 12, 100).await?), Vec::<u64>::new());
+    ensure_eq!(seqs(&s.fetch(b.id, 0, 0).await?), Vec::<u64>::new());
+    ensure_eq!(
+        seqs(&s.fetch(DeviceId(u64::MAX / 2), 0, 10).await?),
+        Vec::<u64>::new()
+    );
+    // Fetch does not consume.
+    ensure_eq!(s.pending(b.id).await?, 10);
+    ensure_eq!(all, s.fetch(b.id, 0, 100).await?);
+    Ok(())
+}
+
+/// Ack is cumulative, reports what it removed and is idempotent.
+pub async fn mailbox_ack(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    create_group(s, b"g", &a, &[&a, &b]).await?;
+    for i in 0..6 {
+        accepted(s.submit(application(&a, b"g", 1, &format!("m{i}"))).await?)?;
+    }
+    // bob holds seqs 3..=8.
+    ensure_eq!(s.pending(b.id).await?, 6);
+    ensure_eq!(s.ack(b.id, 2).await?, 0);
+    ensure_eq!(s.ack(b.id, 5).await?, 3);
+    ensure_eq!(s.pending(b.id).await?, 3);
+    ensure_eq!(s.ack(b.id, 5).await?, 0);
+    ensure_eq!(s.ack(b.id, 4).await?, 0);
+    let left = fetch_all(s, b.id).await?;
+    ensure_eq!(
+        left.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![6, 7, 8]
+    );
+    ensure_eq!(
+        left.iter().map(payload_str).collect::<Vec<_>>(),
+        vec!["m3", "m4", "m5"]
+    );
+    // Acknowledging beyond the last entry removes everything, not future entries.
+    ensure_eq!(s.ack(b.id, 1000).await?, 3);
+    ensure_eq!(s.pending(b.id).await?, 0);
+    let r = accepted(s.submit(application(&a, b"g", 1, "later")).await?)?;
+    ensure_eq!(r.deliveries[0].envelope.seq, 9);
+    ensure_eq!(s.pending(b.id).await?, 1);
+    // Another device's ack touches only its own mailbox.
+    ensure_eq!(s.ack(a.id, u64::MAX).await?, 0);
+    ensure_eq!(s.ack(DeviceId(u64::MAX / 2), 10).await?, 0);
+    ensure_eq!(s.pending(b.id).await?, 1);
+    Ok(())
+}
+
+/// A body is deleted once every mailbox that referred to it has acknowledged it.
+pub async fn mailbox_ack_deletes_unreferenced_bodies(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    create_group(s, b"g", &a, &[&a, &b, &c]).await?;
+    accepted(s.submit(application(&a, b"g", 1, "m1")).await?)?;
+    accepted(s.submit(application(&a, b"g", 1, "m2")).await?)?;
+    // Both bodies are still referenced by carol after bob acknowledges.
+    s.ack(b.id, u64::MAX).await?;
+    // carol acknowledges only the first.
+    let first = fetch_all(s, c.id).await?;
+    ensure_eq!(first.len(), 2);
+    s.ack(c.id, first[0].seq).await?;
+    // Only m2 is left as a body: expiring everything removes exactly one.
+    ensure_eq!(s.expire(EXPIRES + 1).await?, 1);
+    ensure_eq!(s.pending(c.id).await?, 0);
+    ensure_eq!(s.expire(EXPIRES + 1).await?, 0);
+    Ok(())
+}
+
+/// Entries, bodies and idempotency records go when their retention ends; seqs are not
+/// reused.
+pub async fn mailbox_expiry(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    create_group(s, b"g", &a, &[&a, &b]).await?;
+
+    let mut short = application(&a, b"g", 1, "short");
+    short.expires_at_ms = NOW + 10;
+    let mut long = application(&a, b"g", 1, "long");
+    long.expires_at_ms = NOW + 100;
+    let short_id = short.message_id;
+    accepted(s.submit(short.clone()).await?)?;
+    accepted(s.submit(long.clone()).await?)?;
+    ensure_eq!(s.pending(b.id).await?, 2);
+
+    ensure_eq!(s.expire(NOW + 5).await?, 0);
+    ensure_eq!(s.pending(b.id).await?, 2);
+    ensure_eq!(s.expire(NOW + 50).await?, 1);
+    let left = fetch_all(s, b.id).await?;
+    ensure_eq!(left.len(), 1);
+    ensure_eq!(payload_str(&left[0]), "long");
+    ensure_eq!(left[0].seq, 4);
+
+    // The idempotency record of the expired message is gone: the id is new again.
+    let mut again = application(&a, b"g", 1, "short again");
+    again.message_id = short_id;
+    let r = accepted(s.submit(again).await?)?;
+    ensure_eq!((r.duplicate, r.group_seq), (false, 4));
+    ensure_eq!(r.deliveries[0].envelope.seq, 5);
+    // The long one's record is kept.
+    let dup = accepted(s.submit(long).await?)?;
+    ensure_eq!((dup.duplicate, dup.group_seq), (true, 3));
+
+    ensure_eq!(s.expire(EXPIRES + 1).await?, 2);
+    ensure_eq!(s.pending(b.id).await?, 0);
+    let r = accepted(s.submit(application(&a, b"g", 1, "next")).await?)?;
+    ensure_eq!(r.deliveries[0].envelope.seq, 6);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Persistence
+// ---------------------------------------------------------------------------------------
+
+/// What [`persistence_write`] left in the store.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// alice/1.
+    pub alice: DeviceRecord,
+    /// bob/1.
+    pub bob: DeviceRecord,
+    /// bob's mailbox (seqs 3..=5 after acknowledging 1..=2); alice's is empty after
+    /// acknowledging seq 1.
+    pub bob_mailbox: Vec<Envelope>,
+    /// An accepted application message, to re-submit as a duplicate.
+    pub sent: Submission,
+    /// Its outcome.
+    pub sent_outcome: Accepted,
+}
+
+/// Fills a fresh store with accounts, an invite, key packages, a group and mailboxes.
+/// Reopen the store, then call [`persistence_verify`].
+pub async fn persistence_write(store: Arc<dyn Store>) -> Result<Written, Failure> {
+    let s = &*store;
+    let alice = register(s, "alice").await?;
+    let bob = register(s, "bob").await?;
+    s.create_invite("kept", NOW + 1000).await?;
+    s.add_key_packages(
+        bob.id,
+        vec![
+            key_package(CS, "bob-1", false),
+            key_package(CS, "bob-lr", true),
+        ],
+    )
+    .await?;
+    accepted(
+        s.submit(commit(
+            &alice,
+            b"g",
+            0,
+            &[&alice, &bob],
+            vec![welcome("w", &[&bob])],
+            Some("gi:1"),
+        ))
+        .await?,
+    )?;
+    s.ack(bob.id, 2).await?;
+    // alice's mailbox is emptied by an ack before the store is reopened.
+    accepted(s.submit(application(&bob, b"g", 1, "from bob")).await?)?;
+    ensure_eq!(s.ack(alice.id, 1).await?, 1);
+    let mut sent = None;
+    for i in 0..3 {
+        let m = application(&alice, b"g", 1, &format!("p{i}"));
+        let a = accepted(s.submit(m.clone()).await?)?;
+        sent = Some((m, a));
+    }
+    let (sent, sent_outcome) = sent.ok_or_else(|| Failure("nothing sent".into()))?;
+    let bob_mailbox = fetch_all(s, bob.id).await?;
+    ensure_eq!(
+        bob_mailbox.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    Ok(Written {
+        alice,
+        bob,
+        bob_mailbox,
+        sent,
+        sent_outcome,
+    })
+}
+
+/// Checks, on the reopened store, everything [`persistence_write`] wrote, and that
+/// counters continue where they were.
+pub async fn persistence_verify(store: Arc<dyn Store>, w: Written) -> CaseResult {
+    let s = &*store;
+    ensure_eq!(s.device(&w.alice.addr).await?, Some(w.alice.clone()));
+    ensure_eq!(
+        s.account("bob").await?.map(|a| a.devices),
+        Some(vec![w.bob.clone()])
+    );
+    ensure_eq!(fetch_all(s, w.bob.id).await?, w.bob_mailbox);
+    let g = s
+        .group(b"g")
+        .await?
+        .ok_or_else(|| Failure("group lost".into()))?;
+    ensure_eq!((g.epoch, g.last_seq), (1, 5));
+    ensure_eq!(g.roster, vec![w.alice.addr.clone(), w.bob.addr.clone()]);
+    ensure_eq!(
+        s.group_info(b"g").await?.map(|g| (g.epoch, g.data)),
+        Some((1, Bytes::from("gi:1")))
+    );
+    let st = s.key_package_stock(w.bob.id, CS).await?;
+    ensure_eq!((st.available, st.has_last_resort), (1, true));
+
+    // Idempotency survives.
+    let dup = accepted(s.submit(w.sent.clone()).await?)?;
+    ensure_eq!(
+        (dup.group_seq, dup.epoch, dup.duplicate),
+        (w.sent_outcome.group_seq, 1, true)
+    );
+    // Counters continue: group seq 6, bob's next seq 6.
+    let r = accepted(
+        s.submit(application(&w.alice, b"g", 1, "after reopen"))
+            .await?,
+    )?;
+    ensure_eq!(r.group_seq, 6);
+    ensure_eq!(r.deliveries[0].envelope.seq, 6);
+    // alice's mailbox was empty at reopen: her acknowledged seq 1 is not reused.
+    ensure_eq!(s.pending(w.alice.id).await?, 0);
+    let r = accepted(s.submit(application(&w.bob, b"g", 1, "to alice")).await?)?;
+    ensure_eq!((r.group_seq, r.deliveries[0].envelope.seq), (7, 2));
+    // Epoch fencing survives.
+    ensure_eq!(
+        s.submit(commit(&w.bob, b"g", 0, &[&w.alice, &w.bob], vec![], None))
+            .await?,
+        SubmitOutcome::StaleEpoch { current_epoch: 1 }
+    );
+    // The invite is still usable once.
+    let mut n = new_account("carol");
+    n.invite = Some("kept".into());
+    s.create_account(n).await?;
+    Ok(())
+}
