@@ -1,0 +1,353 @@
+//! The HTTPS API (protocol.md, "HTTPS API"): routes, protobuf bodies, size limits.
+//!
+//! Handlers return `Result<_, ApiError>`; [`ApiError`]'s `IntoResponse` is the only place
+//! that turns failures into statuses and bodies.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use hushwire_proto::identity::{self, SignatureError, validate_handle};
+use hushwire_proto::limits::MAX_KEY_PACKAGES_PER_UPLOAD;
+use hushwire_proto::mls::{self, MlsHeader};
+use hushwire_proto::{PROTOBUF_CONTENT_TYPE, codec, wire};
+use hushwire_store::{DeviceRecord, NewAccount, NewKeyPackage};
+use prost::Message;
+
+use crate::config::RegistrationPolicy;
+use crate::error::ApiError;
+use crate::{ConnPermit, Server, auth, now_ms, ws};
+
+/// The router for every route of protocol.md, under the configured path prefix.
+pub fn app(server: &Server) -> Router {
+    let p = server.shared.config.path_prefix.as_str();
+    // Leave room above the API limit so an oversized body is refused by our own check
+    // with a precise message rather than by the transport.
+    let body_limit = server.shared.config.limits.max_body_bytes;
+    Router::new()
+        .route(&format!("{p}/v1/register"), post(register))
+        .route(&format!("{p}/v1/accounts/{{handle}}"), get(account))
+        .route(&format!("{p}/v1/keypackages"), put(upload_key_packages))
+        .route(
+            &format!("{p}/v1/keypackages/claim"),
+            post(claim_key_packages),
+        )
+        .route(&format!("{p}/v1/keypackages/count"), get(key_package_count))
+        .route(&format!("{p}/v1/ws"), get(websocket))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(server.clone())
+}
+
+/// A protobuf response body.
+struct Proto<M>(M);
+
+impl<M: Message> IntoResponse for Proto<M> {
+    fn into_response(self) -> Response {
+        let mut resp = (StatusCode::OK, self.0.encode_to_vec()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROTOBUF_CONTENT_TYPE),
+        );
+        resp
+    }
+}
+
+fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    bytes.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("request body exceeds the limit".to_owned())
+        } else {
+            ApiError::BadRequest("cannot read the request body".to_owned())
+        }
+    })
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApiError> {
+    codec::decode_bounded(bytes, usize::MAX)
+        .map_err(|e| ApiError::BadRequest(format!("malformed body: {e}")))
+}
+
+/// Reads the body and authenticates the signed request.
+async fn signed(
+    server: &Server,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<(DeviceRecord, Bytes), ApiError> {
+    let bytes = body(bytes)?;
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    let shared = &server.shared;
+    let device = auth::authenticate_request(
+        shared.store.as_ref(),
+        &shared.replay,
+        method.as_str(),
+        path_and_query,
+        headers,
+        &bytes,
+        now_ms(),
+    )
+    .await?;
+    Ok((device, bytes))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route")
+}
+
+#[tracing::instrument(skip_all, fields(peer = %peer.ip()))]
+async fn register(
+    State(server): State<Server>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Proto<wire::RegisterResponse>, ApiError> {
+    let shared = &server.shared;
+    if !shared
+        .register_limiter
+        .check(peer.ip(), std::time::Instant::now())
+    {
+        return Err(ApiError::RateLimited);
+    }
+    let req: wire::RegisterRequest = decode(&body(bytes)?)?;
+    validate_handle(&req.handle).map_err(|e| ApiError::InvalidHandle(e.to_string()))?;
+    if req.account_key.len() != 32 {
+        return Err(ApiError::BadRequest("account_key must be 32 bytes".into()));
+    }
+    let cert = req
+        .device
+        .ok_or_else(|| ApiError::BadRequest("missing device certificate".into()))?;
+    // Checking the device key against a dummy signature tells an invalid point
+    // (BadKey, checked first) from a valid key (Mismatch).
+    if cert.device_key.len() != 32
+        || identity::verify(&cert.device_key, b"", &[0u8; 64]) == Err(SignatureError::BadKey)
+    {
+        return Err(ApiError::BadRequest(
+            "device_key must be a 32-byte Ed25519 public key".into(),
+        ));
+    }
+    let payload = identity::device_cert_payload(&req.handle, &cert.device_key, cert.created_at_ms);
+    match identity::verify(&req.account_key, &payload, &cert.signature) {
+        Ok(()) => {}
+        Err(SignatureError::BadKey) => {
+            return Err(ApiError::BadRequest(
+                "account_key is not a valid Ed25519 public key".into(),
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::BadRequest(
+                "device certificate signature does not verify under the account key".into(),
+            ));
+        }
+    }
+    let invite = match shared.config.registration {
+        RegistrationPolicy::Open => None,
+        RegistrationPolicy::Invite if req.invite.is_empty() => {
+            return Err(ApiError::InviteRequired(
+                "this server requires an invite code",
+            ));
+        }
+        RegistrationPolicy::Invite => Some(req.invite),
+    };
+    let record = shared
+        .store
+        .create_account(NewAccount {
+            handle: req.handle,
+            account_key: req.account_key.to_vec(),
+            device_key: cert.device_key.to_vec(),
+            cert_created_at_ms: cert.created_at_ms,
+            cert_signature: cert.signature.to_vec(),
+            invite,
+            now_ms: now_ms(),
+        })
+        .await?;
+    tracing::info!(device = %record.addr, "account registered");
+    Ok(Proto(wire::RegisterResponse {
+        device_id: record.addr.device_id,
+    }))
+}
+
+#[tracing::instrument(skip_all)]
+async fn account(
+    State(server): State<Server>,
+    Path(handle): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Proto<wire::AccountInfo>, ApiError> {
+    signed(&server, &method, &uri, &headers, bytes).await?;
+    validate_handle(&handle).map_err(|e| ApiError::InvalidHandle(e.to_string()))?;
+    let record = server
+        .shared
+        .store
+        .account(&handle)
+        .await?
+        .ok_or(ApiError::NotFound("unknown account"))?;
+    Ok(Proto(wire::AccountInfo {
+        handle: record.handle,
+        account_key: record.account_key.into(),
+        devices: record
+            .devices
+            .into_iter()
+            .filter(|d| !d.revoked)
+            .map(|d| wire::DeviceInfo {
+                device_id: d.addr.device_id,
+                certificate: Some(wire::DeviceCertificate {
+                    device_key: d.device_key.into(),
+                    created_at_ms: d.cert_created_at_ms,
+                    signature: d.cert_signature.into(),
+                }),
+            })
+            .collect(),
+    }))
+}
+
+#[tracing::instrument(skip_all)]
+async fn upload_key_packages(
+    State(server): State<Server>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Proto<wire::UploadKeyPackagesResponse>, ApiError> {
+    let (device, bytes) = signed(&server, &method, &uri, &headers, bytes).await?;
+    let req: wire::UploadKeyPackages = decode(&bytes)?;
+    if req.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+        return Err(ApiError::TooLarge(format!(
+            "at most {MAX_KEY_PACKAGES_PER_UPLOAD} key packages per upload"
+        )));
+    }
+    let mut packages = Vec::with_capacity(req.key_packages.len());
+    for (i, kp) in req.key_packages.into_iter().enumerate() {
+        let ciphersuite = match mls::parse_header(&kp.key_package) {
+            Ok(MlsHeader::KeyPackage { ciphersuite }) => ciphersuite,
+            Ok(_) => {
+                return Err(ApiError::BadRequest(format!(
+                    "key package {i} is not an MLSMessage(KeyPackage)"
+                )));
+            }
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!("key package {i}: {e}")));
+            }
+        };
+        packages.push(NewKeyPackage {
+            ciphersuite,
+            data: kp.key_package,
+            last_resort: kp.last_resort,
+        });
+    }
+    let stored = server
+        .shared
+        .store
+        .add_key_packages(device.id, packages)
+        .await?;
+    tracing::debug!(device = %device.addr, stored, "key packages uploaded");
+    Ok(Proto(wire::UploadKeyPackagesResponse { stored }))
+}
+
+fn ciphersuite(value: u32) -> Result<u16, ApiError> {
+    u16::try_from(value).map_err(|_| ApiError::BadRequest("ciphersuite must fit in 16 bits".into()))
+}
+
+#[tracing::instrument(skip_all)]
+async fn claim_key_packages(
+    State(server): State<Server>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Proto<wire::ClaimedKeyPackages>, ApiError> {
+    let (device, bytes) = signed(&server, &method, &uri, &headers, bytes).await?;
+    let shared = &server.shared;
+    if !shared
+        .claim_limiter
+        .check(device.id, std::time::Instant::now())
+    {
+        return Err(ApiError::RateLimited);
+    }
+    let req: wire::ClaimKeyPackages = decode(&bytes)?;
+    validate_handle(&req.handle).map_err(|e| ApiError::InvalidHandle(e.to_string()))?;
+    let suite = ciphersuite(req.ciphersuite)?;
+    let claimed = shared.store.claim_key_packages(&req.handle, suite).await?;
+    if claimed.is_empty() {
+        return Err(match shared.store.account(&req.handle).await? {
+            None => ApiError::NotFound("unknown account"),
+            Some(_) => ApiError::NoKeyPackages,
+        });
+    }
+    Ok(Proto(wire::ClaimedKeyPackages {
+        key_packages: claimed
+            .into_iter()
+            .map(|c| wire::ClaimedKeyPackage {
+                device_id: c.device_id,
+                key_package: c.data,
+            })
+            .collect(),
+    }))
+}
+
+#[tracing::instrument(skip_all)]
+async fn key_package_count(
+    State(server): State<Server>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Proto<wire::KeyPackageCount>, ApiError> {
+    let (device, _) = signed(&server, &method, &uri, &headers, bytes).await?;
+    let value = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ciphersuite="))
+        .ok_or_else(|| ApiError::BadRequest("missing query parameter ciphersuite".into()))?;
+    let suite = value
+        .parse::<u32>()
+        .map_err(|_| ApiError::BadRequest("ciphersuite must be a number".into()))
+        .and_then(ciphersuite)?;
+    let stock = server
+        .shared
+        .store
+        .key_package_stock(device.id, suite)
+        .await?;
+    Ok(Proto(wire::KeyPackageCount {
+        available: stock.available,
+        has_last_resort: stock.has_last_resort,
+    }))
+}
+
+async fn websocket(
+    State(server): State<Server>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    permit: Option<axum::Extension<ConnPermit>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade =
+        upgrade.map_err(|_| ApiError::BadRequest("expected a WebSocket upgrade request".into()))?;
+    let limits = &server.shared.config.limits;
+    let tasks = server.shared.tasks.clone();
+    let permit = permit.map(|axum::Extension(p)| p);
+    Ok(upgrade
+        .read_buffer_size(ws::READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits.max_frame_bytes + ws::WRITE_SLACK)
+        .max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
+        .on_upgrade(move |socket| {
+            // axum spawns this future itself; the tracker token makes shutdown wait for it.
+            let token = tasks.token();
+            async move {
+                let _token = token;
+                let _permit = permit;
+                ws::serve(server, socket, peer).await;
+            }
+        }))
+}

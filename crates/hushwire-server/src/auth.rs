@@ -1,0 +1,191 @@
+//! Device authentication: signed HTTPS requests and the WebSocket challenge.
+//!
+//! A signed request is accepted when its header parses, its timestamp is within
+//! `REQUEST_AUTH_WINDOW_MS` of the server clock, the device exists and is not revoked,
+//! the signature verifies under the device key, and the signature was not seen before.
+//! Seen signatures are kept in a bounded [`ReplayCache`] until their timestamp leaves
+//! the window (after which the window check alone refuses them).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use axum::http::HeaderMap;
+use hushwire_proto::identity::{
+    self, REQUEST_AUTH_HEADER, REQUEST_AUTH_WINDOW_MS, RequestAuth, validate_handle,
+};
+use hushwire_proto::wire::AuthResponse;
+use hushwire_store::{DeviceAddr, DeviceRecord, Store};
+
+use crate::error::{ApiError, Close};
+
+/// Default bound on remembered signatures: at 10 000 entries per minute of window this
+/// holds a sustained ~330 signed requests a second; beyond that requests are refused
+/// (fail closed) instead of forgetting signatures that could then be replayed.
+pub(crate) const REPLAY_CACHE_ENTRIES: usize = 100_000;
+
+/// Why a signature could not be recorded.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ReplayError {
+    /// Seen before.
+    Replayed,
+    /// The cache is full of unexpired entries.
+    Full,
+}
+
+/// Signatures seen within the auth window.
+pub(crate) struct ReplayCache {
+    seen: Mutex<HashMap<[u8; 64], u64>>,
+    max: usize,
+}
+
+impl ReplayCache {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            seen: Mutex::new(HashMap::new()),
+            max,
+        }
+    }
+
+    /// Records `signature`, valid until `expires_ms`; fails if it was seen before.
+    pub(crate) fn insert(
+        &self,
+        signature: [u8; 64],
+        expires_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), ReplayError> {
+        // Entries are independent; a poisoned lock leaves a consistent map.
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(exp) = seen.get(&signature)
+            && *exp >= now_ms
+        {
+            return Err(ReplayError::Replayed);
+        }
+        if seen.len() >= self.max {
+            seen.retain(|_, exp| *exp >= now_ms);
+            if seen.len() >= self.max {
+                return Err(ReplayError::Full);
+            }
+        }
+        seen.insert(signature, expires_ms);
+        Ok(())
+    }
+}
+
+/// Authenticates a signed HTTPS request; returns the device.
+pub(crate) async fn authenticate_request(
+    store: &dyn Store,
+    replay: &ReplayCache,
+    method: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now_ms: u64,
+) -> Result<DeviceRecord, ApiError> {
+    let value = headers
+        .get(REQUEST_AUTH_HEADER)
+        .ok_or(ApiError::Unauthenticated("missing x-hushwire-auth header"))?;
+    let auth =
+        value
+            .to_str()
+            .ok()
+            .and_then(RequestAuth::parse)
+            .ok_or(ApiError::Unauthenticated(
+                "malformed x-hushwire-auth header",
+            ))?;
+    if auth.unix_ms.abs_diff(now_ms) > REQUEST_AUTH_WINDOW_MS {
+        return Err(ApiError::Unauthenticated(
+            "request timestamp outside the allowed window",
+        ));
+    }
+    let addr = DeviceAddr {
+        handle: auth.handle.clone(),
+        device_id: auth.device_id,
+    };
+    let device = store
+        .device(&addr)
+        .await?
+        .ok_or(ApiError::Unauthenticated("unknown device"))?;
+    if device.revoked {
+        return Err(ApiError::Unauthenticated("device is revoked"));
+    }
+    let payload = identity::request_auth_payload(
+        method,
+        path_and_query,
+        auth.unix_ms,
+        &auth.handle,
+        auth.device_id,
+        body,
+    );
+    identity::verify(&device.device_key, &payload, &auth.signature)
+        .map_err(|_| ApiError::Unauthenticated("bad signature"))?;
+    let expires = auth.unix_ms.saturating_add(REQUEST_AUTH_WINDOW_MS);
+    match replay.insert(auth.signature, expires, now_ms) {
+        Ok(()) => {}
+        Err(ReplayError::Replayed) => {
+            return Err(ApiError::Unauthenticated("request replayed"));
+        }
+        Err(ReplayError::Full) => {
+            tracing::warn!("replay cache full; refusing signed requests");
+            return Err(ApiError::RateLimited);
+        }
+    }
+    Ok(device)
+}
+
+/// Checks a WebSocket `auth` answer to `nonce`; returns the device or the close to send.
+pub(crate) async fn authenticate_ws(
+    store: &dyn Store,
+    nonce: &[u8],
+    auth: &AuthResponse,
+) -> Result<DeviceRecord, Close> {
+    if validate_handle(&auth.handle).is_err() {
+        return Err(Close::new(
+            Close::POLICY,
+            "authentication failed: invalid handle",
+        ));
+    }
+    let addr = DeviceAddr {
+        handle: auth.handle.clone(),
+        device_id: auth.device_id,
+    };
+    let device = match store.device(&addr).await {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return Err(Close::new(
+                Close::POLICY,
+                "authentication failed: unknown device",
+            ));
+        }
+        Err(e) => return Err(Close::internal(&e)),
+    };
+    if device.revoked {
+        return Err(Close::new(
+            Close::POLICY,
+            "authentication failed: device revoked",
+        ));
+    }
+    let payload = identity::ws_auth_payload(nonce, &auth.handle, auth.device_id);
+    if identity::verify(&device.device_key, &payload, &auth.signature).is_err() {
+        return Err(Close::new(
+            Close::POLICY,
+            "authentication failed: bad signature",
+        ));
+    }
+    Ok(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_cache_refuses_repeats_and_is_bounded() {
+        let c = ReplayCache::new(2);
+        assert_eq!(c.insert([1; 64], 100, 0), Ok(()));
+        assert_eq!(c.insert([1; 64], 100, 50), Err(ReplayError::Replayed));
+        assert_eq!(c.insert([2; 64], 100, 50), Ok(()));
+        assert_eq!(c.insert([3; 64], 100, 50), Err(ReplayError::Full));
+        // Once the first two expire there is room again.
+        assert_eq!(c.insert([3; 64], 300, 101), Ok(()));
+    }
+}

@@ -1,0 +1,418 @@
+//! Server configuration: one typed struct, loadable from TOML, validated before use.
+//!
+//! Every field has a default (documented on the field), so an empty TOML file is a valid
+//! configuration. Unknown keys are refused so a typo is an error, not a silent default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hushwire_proto::limits;
+use serde::{Deserialize, Serialize};
+
+/// Who may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationPolicy {
+    /// Anyone who can reach the server.
+    #[default]
+    Open,
+    /// Only holders of a single-use code from `hushwire admin invite`.
+    Invite,
+}
+
+/// TLS material. With neither path set the server makes (once) and reuses a
+/// self-signed certificate in `{data_dir}/tls/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Default: none (self-signed).
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Default: none (self-signed).
+    pub key: Option<PathBuf>,
+}
+
+/// Rate limits (token buckets refilled continuously; the burst equals the per-minute
+/// rate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// Registrations per client IP per minute. Default: 5.
+    pub registrations_per_ip_per_minute: u32,
+    /// Key-package claims per authenticated device per minute. Default: 60.
+    pub claims_per_device_per_minute: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            registrations_per_ip_per_minute: 5,
+            claims_per_device_per_minute: 60,
+        }
+    }
+}
+
+/// Size limits. They may be lower than the protocol's (`hushwire_proto::limits`),
+/// never higher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest WebSocket message/frame accepted, in bytes.
+    /// Default: `limits::MAX_FRAME_BYTES` (1 MiB).
+    pub max_frame_bytes: usize,
+    /// Largest MLS message inside a `Submit`, in bytes.
+    /// Default: `limits::MAX_MLS_MESSAGE_BYTES` (512 KiB).
+    pub max_message_bytes: usize,
+    /// Largest HTTPS API body, in bytes. Default: `limits::MAX_API_BODY_BYTES` (256 KiB).
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: limits::MAX_FRAME_BYTES,
+            max_message_bytes: limits::MAX_MLS_MESSAGE_BYTES,
+            max_body_bytes: limits::MAX_API_BODY_BYTES,
+        }
+    }
+}
+
+/// Everything `hushwire serve` can be told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Default: `127.0.0.1:8443`. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory for the database and the generated TLS material. Default: `hushwire-data`
+    /// (relative to the working directory).
+    pub data_dir: PathBuf,
+    /// TLS certificate and key. Default: self-signed, generated on first start.
+    pub tls: TlsConfig,
+    /// Path prefix every route lives under, e.g. `/abc123`. Default: `""` (none).
+    pub path_prefix: String,
+    /// Who may register. Default: `open`.
+    pub registration: RegistrationPolicy,
+    /// Days after which undelivered messages are deleted. Default: 30.
+    pub retention_days: u32,
+    /// Most simultaneous TCP connections (HTTPS and WebSocket alike); further ones wait
+    /// in the kernel's accept queue. Default: 10 000.
+    pub max_connections: usize,
+    /// Rate limits.
+    pub rate_limits: RateLimits,
+    /// Size limits.
+    pub limits: Limits,
+    /// Seconds a WebSocket client has to answer the challenge. Default: 10.
+    pub auth_timeout_secs: u64,
+    /// Seconds a TLS handshake may take. Default: 10.
+    pub handshake_timeout_secs: u64,
+    /// Seconds between retention sweeps (`Store::expire`). Default: 3600.
+    pub expire_interval_secs: u64,
+    /// Seconds graceful shutdown waits for connections to finish. Default: 10.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            data_dir: PathBuf::from("hushwire-data"),
+            tls: TlsConfig::default(),
+            path_prefix: String::new(),
+            registration: RegistrationPolicy::Open,
+            retention_days: 30,
+            max_connections: 10_000,
+            rate_limits: RateLimits::default(),
+            limits: Limits::default(),
+            auth_timeout_secs: 10,
+            handshake_timeout_secs: 10,
+            expire_interval_secs: 3600,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown keys or wrong types.
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value is out of range or inconsistent.
+    #[error("invalid config value `{field}`: {reason}")]
+    Invalid {
+        /// The offending key, dotted.
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl ServerConfig {
+    /// Parses TOML (missing keys take their defaults) and validates the result.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks every value; the error names the key and the allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid(
+                    "tls",
+                    "set both `cert` and `key`, or neither for a self-signed certificate",
+                ));
+            }
+            _ => {}
+        }
+        validate_prefix(&self.path_prefix)?;
+        if !(1..=3650).contains(&self.retention_days) {
+            return Err(invalid("retention_days", "must be between 1 and 3650"));
+        }
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return Err(invalid("max_connections", "must be between 1 and 1000000"));
+        }
+        if self.rate_limits.registrations_per_ip_per_minute == 0 {
+            return Err(invalid(
+                "rate_limits.registrations_per_ip_per_minute",
+                "must be at least 1",
+            ));
+        }
+        if self.rate_limits.claims_per_device_per_minute == 0 {
+            return Err(invalid(
+                "rate_limits.claims_per_device_per_minute",
+                "must be at least 1",
+            ));
+        }
+        let l = &self.limits;
+        if !(1024..=limits::MAX_FRAME_BYTES).contains(&l.max_frame_bytes) {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                format!("must be between 1024 and {}", limits::MAX_FRAME_BYTES),
+            ));
+        }
+        if !(256..=limits::MAX_MLS_MESSAGE_BYTES).contains(&l.max_message_bytes) {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                format!("must be between 256 and {}", limits::MAX_MLS_MESSAGE_BYTES),
+            ));
+        }
+        if l.max_message_bytes > l.max_frame_bytes {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                "must not exceed limits.max_frame_bytes",
+            ));
+        }
+        if !(1024..=limits::MAX_API_BODY_BYTES).contains(&l.max_body_bytes) {
+            return Err(invalid(
+                "limits.max_body_bytes",
+                format!("must be between 1024 and {}", limits::MAX_API_BODY_BYTES),
+            ));
+        }
+        for (field, v) in [
+            ("auth_timeout_secs", self.auth_timeout_secs),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("shutdown_grace_secs", self.shutdown_grace_secs),
+        ] {
+            if !(1..=600).contains(&v) {
+                return Err(invalid(field, "must be between 1 and 600"));
+            }
+        }
+        if !(1..=86_400).contains(&self.expire_interval_secs) {
+            return Err(invalid(
+                "expire_interval_secs",
+                "must be between 1 and 86400",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Retention as milliseconds.
+    pub fn retention_ms(&self) -> u64 {
+        u64::from(self.retention_days) * 24 * 3600 * 1000
+    }
+
+    /// Where the embedded database lives: `{data_dir}/hushwire.db`.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("hushwire.db")
+    }
+
+    pub(crate) fn auth_timeout(&self) -> Duration {
+        Duration::from_secs(self.auth_timeout_secs)
+    }
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+    pub(crate) fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+    pub(crate) fn expire_interval(&self) -> Duration {
+        Duration::from_secs(self.expire_interval_secs)
+    }
+}
+
+fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains("//") {
+        return Err(invalid(
+            "path_prefix",
+            "must be empty or start with '/' and not end with '/', e.g. \"/abc123\"",
+        ));
+    }
+    if prefix.len() > 128 {
+        return Err(invalid("path_prefix", "must be at most 128 characters"));
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.' | '~')))
+    {
+        return Err(invalid(
+            "path_prefix",
+            format!("may contain only A-Z, a-z, 0-9, '/', '-', '_', '.', '~'; found {c:?}"),
+        ));
+    }
+    if prefix.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(invalid(
+            "path_prefix",
+            "must not contain '.' or '..' segments",
+        ));
+    }
+    Ok(())
+}
+
+/// A human-readable dump for start-up logs. This config holds no secrets; file paths
+/// are shown, the key file only as "set".
+impl fmt::Display for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "listen = {}", self.listen)?;
+        writeln!(f, "data_dir = {}", self.data_dir.display())?;
+        match &self.tls.cert {
+            Some(cert) => writeln!(f, "tls.cert = {}", cert.display())?,
+            None => writeln!(f, "tls.cert = (self-signed in data_dir/tls)")?,
+        }
+        writeln!(
+            f,
+            "tls.key = {}",
+            if self.tls.key.is_some() {
+                "set"
+            } else {
+                "(self-signed)"
+            }
+        )?;
+        writeln!(f, "path_prefix = {:?}", self.path_prefix)?;
+        writeln!(f, "registration = {:?}", self.registration)?;
+        writeln!(f, "retention_days = {}", self.retention_days)?;
+        writeln!(f, "max_connections = {}", self.max_connections)?;
+        writeln!(
+            f,
+            "rate_limits = {} registrations/IP/min, {} claims/device/min",
+            self.rate_limits.registrations_per_ip_per_minute,
+            self.rate_limits.claims_per_device_per_minute
+        )?;
+        write!(
+            f,
+            "limits = frame {} B, message {} B, body {} B",
+            self.limits.max_frame_bytes, self.limits.max_message_bytes, self.limits.max_body_bytes
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_toml_is_the_default() {
+        let c = ServerConfig::from_toml("").unwrap();
+        assert_eq!(c, ServerConfig::default());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.retention_days, 30);
+    }
+
+    #[test]
+    fn parses_fields() {
+        let c = ServerConfig::from_toml(
+            r#"
+            listen = "127.0.0.1:0"
+            data_dir = "/tmp/x"
+            path_prefix = "/abc123"
+            registration = "invite"
+            [rate_limits]
+            claims_per_device_per_minute = 10
+            [limits]
+            max_frame_bytes = 65536
+            max_message_bytes = 32768
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.registration, RegistrationPolicy::Invite);
+        assert_eq!(c.rate_limits.claims_per_device_per_minute, 10);
+        assert_eq!(c.rate_limits.registrations_per_ip_per_minute, 5);
+        assert_eq!(c.limits.max_frame_bytes, 65536);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let err = |t: &str| ServerConfig::from_toml(t).unwrap_err().to_string();
+        assert!(err("nope = 1").contains("unknown field"));
+        assert!(err("registration = \"closed\"").contains("unknown variant"));
+        assert!(err("path_prefix = \"abc\"").contains("path_prefix"));
+        assert!(err("path_prefix = \"/abc/\"").contains("path_prefix"));
+        assert!(err("path_prefix = \"/a b\"").contains("path_prefix"));
+        assert!(err("path_prefix = \"/a/../b\"").contains("path_prefix"));
+        assert!(err("retention_days = 0").contains("retention_days"));
+        assert!(err("max_connections = 0").contains("max_connections"));
+        assert!(err("[limits]\nmax_frame_bytes = 2000000").contains("limits.max_frame_bytes"));
+        assert!(
+            err("[limits]\nmax_frame_bytes = 2048\nmax_message_bytes = 4096")
+                .contains("limits.max_message_bytes")
+        );
+        assert!(err("[tls]\ncert = \"/c.pem\"").contains("tls"));
+        assert!(
+            err("[rate_limits]\nclaims_per_device_per_minute = 0")
+                .contains("claims_per_device_per_minute")
+        );
+    }
+
+    #[test]
+    fn display_hides_key_path() {
+        let mut c = ServerConfig::default();
+        c.tls.cert = Some("/etc/c.pem".into());
+        c.tls.key = Some("/etc/secret-key.pem".into());
+        let s = c.to_string();
+        assert!(s.contains("tls.key = set"));
+        assert!(!s.contains("secret-key"));
+    }
+}

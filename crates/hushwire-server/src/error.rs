@@ -1,0 +1,288 @@
+//! Every error of the crate, and the one place where errors become what a client sees.
+//!
+//! - [`ServerError`]: start-up and run failures, for the binary.
+//! - [`ApiError`]: an HTTPS API failure. Its [`IntoResponse`] impl is the only mapping to
+//!   an HTTP status and an `ApiError` protobuf body (protocol.md's table).
+//! - [`Close`]: why a WebSocket is closed (code + short reason).
+//! - [`submit_rejection`]: a store failure during `submit` as a `rejected{Error}`.
+//!
+//! Internal details (database messages, I/O errors) go to the log, never to a client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hushwire_proto::PROTOBUF_CONTENT_TYPE;
+use hushwire_proto::wire::{self, ErrorCode};
+use hushwire_store::StoreError;
+
+use crate::config::ConfigError;
+use crate::tls::TlsError;
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// TLS material could not be loaded or created.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A socket or file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The embedded database could not be opened.
+    #[error("cannot open the embedded store at {path}: {reason}")]
+    OpenStore {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// The backend's message.
+        reason: String,
+    },
+}
+
+impl ServerError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// An HTTPS API failure. Messages are fixed, client-safe strings; [`ApiError::Internal`]
+/// carries a detail that is logged and replaced by "internal error" on the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed body, parameter or header.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The handle breaks the handle rules.
+    #[error("invalid handle: {0}")]
+    InvalidHandle(String),
+    /// Missing or invalid request signature.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// Authenticated but not allowed.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// Registration needs a valid invite code.
+    #[error("invite required: {0}")]
+    InviteRequired(&'static str),
+    /// No such resource.
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    /// The handle's devices have no key package for the ciphersuite.
+    #[error("no key packages")]
+    NoKeyPackages,
+    /// The handle is registered already.
+    #[error("handle taken")]
+    HandleTaken,
+    /// Body or item over a limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// Too many requests.
+    #[error("rate limited")]
+    RateLimited,
+    /// A server-side failure; the detail is for the log only.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The wire error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::InvalidHandle(_) => ErrorCode::InvalidHandle,
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::InviteRequired(_) => ErrorCode::InviteRequired,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::NoKeyPackages => ErrorCode::NoKeyPackages,
+            Self::HandleTaken => ErrorCode::HandleTaken,
+            Self::TooLarge(_) => ErrorCode::TooLarge,
+            Self::RateLimited => ErrorCode::RateLimited,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The HTTP status, per protocol.md.
+    pub fn status(&self) -> StatusCode {
+        match self.code() {
+            ErrorCode::BadRequest | ErrorCode::InvalidHandle => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden | ErrorCode::InviteRequired => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound | ErrorCode::NoKeyPackages => StatusCode::NOT_FOUND,
+            ErrorCode::HandleTaken => StatusCode::CONFLICT,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client is told.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::HandleTaken => Self::HandleTaken,
+            StoreError::InviteInvalid => {
+                Self::InviteRequired("invite code is invalid, used or expired")
+            }
+            StoreError::UnknownDevice(_) => Self::NotFound("unknown device"),
+            StoreError::Invalid(_) => Self::BadRequest("rejected by the store".to_owned()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Internal(detail) => tracing::error!(%detail, "internal error in API request"),
+            other => {
+                tracing::debug!(status = status.as_u16(), error = %other, "API request refused")
+            }
+        }
+        let body = prost::Message::encode_to_vec(&wire::ApiError {
+            code: self.code() as i32,
+            message: self.public_message(),
+        });
+        let mut resp = (status, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROTOBUF_CONTENT_TYPE),
+        );
+        resp
+    }
+}
+
+/// Why the server closes a WebSocket. Codes per protocol.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Short, client-safe reason (at most 123 bytes on the wire).
+    pub reason: String,
+}
+
+impl Close {
+    /// 1000: normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// 1001: the server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// 1002: malformed frame.
+    pub const PROTOCOL: u16 = 1002;
+    /// 1003: text frame.
+    pub const UNSUPPORTED: u16 = 1003;
+    /// 1008: authentication failed / policy.
+    pub const POLICY: u16 = 1008;
+    /// 1009: frame too large.
+    pub const TOO_BIG: u16 = 1009;
+    /// 1011: internal error.
+    pub const INTERNAL: u16 = 1011;
+    /// 4000: another connection of the same device logged in.
+    pub const REPLACED: u16 = 4000;
+
+    /// A close with `code` and `reason`.
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        // A close frame's payload is at most 125 bytes, 2 of them the code.
+        if reason.len() > 123 {
+            let mut cut = 123;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        Self { code, reason }
+    }
+
+    /// 1011 with a generic reason; `detail` is logged.
+    pub fn internal(detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%detail, "internal error on WebSocket");
+        Self::new(Self::INTERNAL, "internal error")
+    }
+}
+
+/// A wire `Error` for `rejected{..}` and `error` frames.
+pub fn wire_error(code: ErrorCode, message: impl Into<String>) -> wire::Error {
+    wire::Error {
+        code: code as i32,
+        message: message.into(),
+    }
+}
+
+/// Maps a store failure during `submit` to the `rejected{Error}` the client sees.
+pub fn submit_rejection(err: &StoreError) -> wire::Error {
+    match err {
+        StoreError::UnknownDevice(addr) => {
+            // The address came from the client's own roster; echoing it is safe.
+            wire_error(ErrorCode::NotFound, format!("unknown device {addr}"))
+        }
+        StoreError::Invalid(detail) => {
+            tracing::debug!(%detail, "store refused a submission");
+            wire_error(ErrorCode::BadRequest, "rejected by the store")
+        }
+        other => {
+            tracing::error!(detail = %other, "store failed during submit");
+            wire_error(ErrorCode::Internal, "internal error")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_protocol_table() {
+        let cases = [
+            (ApiError::BadRequest(String::new()), 400),
+            (ApiError::InvalidHandle(String::new()), 400),
+            (ApiError::Unauthenticated("x"), 401),
+            (ApiError::Forbidden("x"), 403),
+            (ApiError::InviteRequired("x"), 403),
+            (ApiError::NotFound("x"), 404),
+            (ApiError::NoKeyPackages, 404),
+            (ApiError::HandleTaken, 409),
+            (ApiError::TooLarge(String::new()), 413),
+            (ApiError::RateLimited, 429),
+            (ApiError::Internal("db on fire".into()), 500),
+        ];
+        for (err, status) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err:?}");
+        }
+        assert_eq!(
+            ApiError::Internal("db on fire".into()).public_message(),
+            "internal error"
+        );
+        assert_eq!(
+            ApiError::from(StoreError::Backend("sqlite: disk I/O".into())).public_message(),
+            "internal error"
+        );
+    }
+
+    #[test]
+    fn close_reason_is_truncated_on_a_char_boundary() {
+        let c = Close::new(1002, "é".repeat(100));
+        assert!(c.reason.len() <= 123);
+        assert!(c.reason.chars().all(|ch| ch == 'é'));
+    }
+}

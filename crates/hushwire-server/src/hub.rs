@@ -1,0 +1,156 @@
+//! The connection hub: which device is connected where, and live pushes to it.
+//!
+//! One entry per device (a new login replaces the old connection). A push is a
+//! non-blocking `try_send` of an `Arc<Envelope>` into the connection's small bounded
+//! queue. When the queue is full the envelope is dropped and the connection is flagged
+//! *lagged*; it then re-reads its mailbox from the store, so a slow consumer costs a
+//! fixed amount of memory and loses nothing. Ordering is restored by the connection
+//! (see `ws`): it sends only the seq it expects next and re-fetches on a gap.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hushwire_store::{DeviceId, Envelope};
+use tokio::sync::{Notify, mpsc};
+
+/// Envelopes queued per connection before it falls back to the store. Small: each slot
+/// is one pointer, and tokio allocates the queue in blocks of 32 slots.
+pub(crate) const PUSH_QUEUE: usize = 32;
+
+/// Out-of-band signals to one connection.
+#[derive(Default)]
+pub(crate) struct Signals {
+    /// Pushes were dropped: re-read the mailbox.
+    pub(crate) lagged: AtomicBool,
+    /// A newer connection of the same device took over: close.
+    pub(crate) replaced: AtomicBool,
+    /// Wakes the connection after setting a flag.
+    pub(crate) notify: Notify,
+}
+
+struct Slot {
+    conn_id: u64,
+    tx: mpsc::Sender<Arc<Envelope>>,
+    signals: Arc<Signals>,
+}
+
+/// Connected devices.
+#[derive(Default)]
+pub(crate) struct Hub {
+    slots: Mutex<HashMap<DeviceId, Slot>>,
+    next_conn: AtomicU64,
+}
+
+/// A connection's end of the hub: its queue and signals. Unregister with
+/// [`Hub::unregister`] when the connection ends.
+pub(crate) struct Registration {
+    pub(crate) conn_id: u64,
+    pub(crate) rx: mpsc::Receiver<Arc<Envelope>>,
+    pub(crate) signals: Arc<Signals>,
+}
+
+impl Hub {
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Slot>> {
+        // Every critical section is a single map operation; a poisoned map is consistent.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers `device`'s new connection, telling a previous one to close.
+    pub(crate) fn register(&self, device: DeviceId) -> Registration {
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+        let signals = Arc::new(Signals::default());
+        let old = self.slots().insert(
+            device,
+            Slot {
+                conn_id,
+                tx,
+                signals: Arc::clone(&signals),
+            },
+        );
+        if let Some(old) = old {
+            old.signals.replaced.store(true, Ordering::Release);
+            old.signals.notify.notify_one();
+        }
+        Registration {
+            conn_id,
+            rx,
+            signals,
+        }
+    }
+
+    /// Removes `device`'s entry if it still belongs to connection `conn_id`.
+    pub(crate) fn unregister(&self, device: DeviceId, conn_id: u64) {
+        let mut slots = self.slots();
+        if slots.get(&device).is_some_and(|s| s.conn_id == conn_id) {
+            slots.remove(&device);
+        }
+    }
+
+    /// Pushes an envelope to `device` if it is connected. Never blocks.
+    pub(crate) fn push(&self, device: DeviceId, envelope: Arc<Envelope>) {
+        let slots = self.slots();
+        let Some(slot) = slots.get(&device) else {
+            return;
+        };
+        match slot.tx.try_send(envelope) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                slot.signals.lagged.store(true, Ordering::Release);
+                slot.signals.notify.notify_one();
+            }
+            // The connection is ending; its entries stay in the mailbox.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Connected devices.
+    pub(crate) fn len(&self) -> usize {
+        self.slots().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use hushwire_store::{DeviceAddr, EnvelopeKind};
+
+    fn env(seq: u64) -> Arc<Envelope> {
+        Arc::new(Envelope {
+            seq,
+            message_id: [0; 16],
+            group_id: Bytes::from_static(b"g"),
+            group_seq: seq,
+            kind: EnvelopeKind::Application,
+            sender: DeviceAddr {
+                handle: "abc".into(),
+                device_id: 1,
+            },
+            server_time_ms: 0,
+            payload: Bytes::new(),
+        })
+    }
+
+    #[test]
+    fn full_queue_flags_lag_and_replacement_is_signalled() {
+        let hub = Hub::default();
+        let d = DeviceId(7);
+        let mut first = hub.register(d);
+        for seq in 1..=PUSH_QUEUE as u64 + 1 {
+            hub.push(d, env(seq));
+        }
+        assert!(first.signals.lagged.load(Ordering::Acquire));
+        assert_eq!(first.rx.try_recv().map(|e| e.seq).ok(), Some(1));
+
+        let second = hub.register(d);
+        assert!(first.signals.replaced.load(Ordering::Acquire));
+        // The old connection's unregister must not remove the new entry.
+        hub.unregister(d, first.conn_id);
+        assert_eq!(hub.len(), 1);
+        hub.unregister(d, second.conn_id);
+        assert_eq!(hub.len(), 0);
+        hub.push(d, env(99)); // nobody connected: no-op
+    }
+}

@@ -1,0 +1,500 @@
+//! The Hushwire server: the HTTPS + WebSocket API in front of the MLS Delivery Service.
+//!
+//! The server never sees plaintext. It registers accounts and devices, stores and hands
+//! out MLS KeyPackages, orders each group's messages (reading only the plaintext MLS
+//! header), and delivers them to per-device mailboxes over one WebSocket per device.
+//! Everything durable goes through [`hushwire_store::Store`]; the embedded backend is
+//! `hushwire_store_sqlite` ([`open_embedded`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hushwire_server::ServerError> {
+//! use hushwire_server::{ServerConfig, bind, open_embedded};
+//! let config = ServerConfig::default();
+//! let store = open_embedded(&config).await?;
+//! let running = bind(config, store).await?;
+//! println!("{} pin {}", running.url(), running.pin());
+//! running.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`config`]: [`ServerConfig`], TOML-loadable, defaults documented per field, validated.
+//! - [`tls`]: rustls (TLS 1.3, aws-lc-rs), the self-signed certificate and its pin.
+//! - this file: [`Server`] (shared state), [`bind`] / [`RunningServer::run`] (the TLS
+//!   accept loop, connection limit, graceful shutdown), the retention task, invites.
+//! - `api`: the HTTPS routes ([`app`]), protobuf bodies and body limits.
+//! - `auth`: signed-request verification with a replay cache; WebSocket challenge check.
+//! - `ws`: one WebSocket connection: challenge, auth, backlog, live pushes, submit, ack.
+//! - `hub`: which device is connected where; bounded live-push queues.
+//! - `ratelimit`: keyed token buckets (registrations per IP, claims per device).
+//! - [`error`]: every error type and the one mapping to HTTP statuses and close codes.
+//!
+//! # Shutdown
+//! [`RunningServer::run`] returns after its `shutdown` future completes: it stops
+//! accepting, asks HTTP connections to finish, closes every WebSocket with 1001, and
+//! waits up to `shutdown_grace_secs` for all connection tasks. Store operations are
+//! durable when they return, so nothing is left to flush once the tasks are done.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hushwire_store::{DeviceId, Store};
+pub use hushwire_store_sqlite::{SqliteOptions, SqliteStore};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+mod api;
+mod auth;
+pub mod config;
+pub mod error;
+mod hub;
+mod ratelimit;
+pub mod tls;
+mod ws;
+
+pub use api::app;
+pub use config::{ConfigError, RegistrationPolicy, ServerConfig};
+pub use error::{ApiError, ServerError};
+pub use tls::{TlsError, TlsMaterial};
+
+/// Milliseconds since the Unix epoch by the server clock.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Live counters.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    connections: AtomicU64,
+    websockets: AtomicU64,
+    /// Mailbox re-reads because a push queue overflowed.
+    pub(crate) lag_refetches: AtomicU64,
+    /// Mailbox re-reads because a push arrived ahead of the expected seq.
+    pub(crate) gap_refetches: AtomicU64,
+}
+
+/// A snapshot of the server's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Open TLS connections (HTTPS and WebSocket).
+    pub connections: u64,
+    /// Open WebSocket connections (authenticated or not).
+    pub websockets: u64,
+    /// Devices logged in on a WebSocket.
+    pub devices_online: u64,
+    /// Mailbox re-reads because a slow connection's push queue overflowed.
+    pub lag_refetches: u64,
+    /// Mailbox re-reads because a push arrived ahead of the expected seq.
+    pub gap_refetches: u64,
+}
+
+/// Decrements a gauge when dropped.
+pub(crate) struct GaugeGuard<'a>(&'a AtomicU64);
+
+impl<'a> GaugeGuard<'a> {
+    pub(crate) fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: ServerConfig,
+    pub(crate) hub: hub::Hub,
+    pub(crate) replay: auth::ReplayCache,
+    pub(crate) register_limiter: ratelimit::RateLimiter<IpAddr>,
+    pub(crate) claim_limiter: ratelimit::RateLimiter<DeviceId>,
+    /// Cancelled when the server shuts down; WebSockets close with 1001.
+    pub(crate) shutdown: CancellationToken,
+    /// Every connection and WebSocket task, waited for on shutdown.
+    pub(crate) tasks: TaskTracker,
+    pub(crate) metrics: Metrics,
+}
+
+/// The server's shared state: configuration, store, hub, limiters. Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listen", &self.shared.config.listen)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keys tracked by each rate limiter at most.
+const RATE_LIMIT_KEYS: usize = 100_000;
+
+impl Server {
+    /// Validates `config` and builds the state over `store`.
+    pub fn new(config: ServerConfig, store: Arc<dyn Store>) -> Result<Self, ServerError> {
+        config.validate()?;
+        let rl = &config.rate_limits;
+        let shared = Shared {
+            store,
+            hub: hub::Hub::default(),
+            replay: auth::ReplayCache::new(auth::REPLAY_CACHE_ENTRIES),
+            register_limiter: ratelimit::RateLimiter::new(
+                rl.registrations_per_ip_per_minute,
+                RATE_LIMIT_KEYS,
+            ),
+            claim_limiter: ratelimit::RateLimiter::new(
+                rl.claims_per_device_per_minute,
+                RATE_LIMIT_KEYS,
+            ),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            metrics: Metrics::default(),
+            config,
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ServerConfig {
+        &self.shared.config
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        let m = &self.shared.metrics;
+        Stats {
+            connections: m.connections.load(Ordering::Relaxed),
+            websockets: m.websockets.load(Ordering::Relaxed),
+            devices_online: self.shared.hub.len() as u64,
+            lag_refetches: m.lag_refetches.load(Ordering::Relaxed),
+            gap_refetches: m.gap_refetches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A bound listener with its TLS setup, ready to [`run`](RunningServer::run).
+pub struct RunningServer {
+    server: Server,
+    listener: TcpListener,
+    tls: TlsMaterial,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("url", &self.url())
+            .field("pin", &self.tls.pin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Validates the config, loads or creates the TLS material and binds the listener
+/// (port 0 picks a free port). Installs aws-lc-rs as rustls' default provider.
+pub async fn bind(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+) -> Result<RunningServer, ServerError> {
+    tls::install_default_provider();
+    config.validate()?;
+    let tls = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || tls::load_or_create(&config))
+            .await
+            .map_err(|e| ServerError::io("TLS set-up task", std::io::Error::other(e)))??
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServerError::io(format!("cannot listen on {}", config.listen), e))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::io("listener address", e))?;
+    let server = Server::new(config, store)?;
+    Ok(RunningServer {
+        server,
+        listener,
+        tls,
+        local_addr,
+    })
+}
+
+impl RunningServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The base URL clients use: `https://{addr}{prefix}`.
+    pub fn url(&self) -> String {
+        format!(
+            "https://{}{}",
+            self.local_addr, self.server.shared.config.path_prefix
+        )
+    }
+
+    /// The certificate pin, `sha256:<hex>`.
+    pub fn pin(&self) -> &str {
+        &self.tls.pin
+    }
+
+    /// The shared state (for stats).
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully (see the crate doc).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let RunningServer {
+            server,
+            listener,
+            tls,
+            local_addr,
+        } = self;
+        let shared = &server.shared;
+        let router = app(&server);
+        let acceptor = TlsAcceptor::from(Arc::clone(&tls.config));
+        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+        tracing::info!(addr = %local_addr, pin = %tls.pin, "hushwire server listening");
+
+        shared.tasks.spawn(expiry_loop(server.clone()));
+
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let permit = tokio::select! {
+                p = Arc::clone(&limit).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break, // never closed; treat as shutdown
+                },
+                () = &mut shutdown => break,
+            };
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                () = &mut shutdown => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => {
+                    backoff = Duration::from_millis(10);
+                    x
+                }
+                Err(e) => {
+                    // EMFILE and friends: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let span = tracing::debug_span!("conn", %peer);
+            shared.tasks.spawn(
+                serve_connection(
+                    server.clone(),
+                    router.clone(),
+                    acceptor.clone(),
+                    stream,
+                    peer,
+                    permit,
+                )
+                .instrument(span),
+            );
+        }
+
+        tracing::info!("shutting down: closing connections");
+        drop(listener);
+        shared.shutdown.cancel();
+        shared.tasks.close();
+        let grace = shared.config.shutdown_grace();
+        if tokio::time::timeout(grace, shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = shared.tasks.len(),
+                "connections still open after the shutdown grace period; abandoning them"
+            );
+        }
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+/// One accepted TCP connection's slot: its connection-limit permit and its place in
+/// the `connections` gauge. Shared by the HTTP connection and a WebSocket upgraded from
+/// it, so both count until the last of them ends.
+pub(crate) struct ConnSlot {
+    server: Server,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ConnSlot {
+    fn new(server: Server, permit: OwnedSemaphorePermit) -> Self {
+        server
+            .shared
+            .metrics
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        Self {
+            server,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.server
+            .shared
+            .metrics
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Request extension carrying the connection's [`ConnSlot`].
+#[derive(Clone)]
+pub(crate) struct ConnPermit {
+    _slot: Arc<ConnSlot>,
+}
+
+async fn serve_connection(
+    server: Server,
+    router: Router,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let shared = &server.shared;
+    let slot = Arc::new(ConnSlot::new(server.clone(), permit));
+    let _ = stream.set_nodelay(true);
+    let handshake =
+        tokio::time::timeout(shared.config.handshake_timeout(), acceptor.accept(stream));
+    let tls = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        },
+        () = shared.shutdown.cancelled() => return,
+    };
+    let permit = ConnPermit { _slot: slot };
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(permit.clone());
+            let mut router = router.clone();
+            async move { tower::Service::call(&mut router, req).await }
+        });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.handshake_timeout())
+        .max_buf_size(shared.config.limits.max_body_bytes.max(16 * 1024) + 16 * 1024)
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        }
+        () = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn expiry_loop(server: Server) {
+    let shared = &server.shared;
+    let interval = shared.config.expire_interval();
+    loop {
+        match shared.store.expire(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "retention: expired messages removed"),
+            Err(e) => tracing::error!(error = %e, "retention sweep failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Opens the embedded SQLite store at `{data_dir}/hushwire.db` (creating the directory).
+///
+/// Dropping the last reference finishes queued writes and closes the database.
+pub async fn open_embedded(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerError> {
+    Ok(open_sqlite(config).await?)
+}
+
+/// Like [`open_embedded`], keeping the concrete type so the caller can
+/// [`shutdown`](SqliteStore::shutdown) it (which also checkpoints the WAL) after
+/// [`RunningServer::run`] returns.
+pub async fn open_sqlite(config: &ServerConfig) -> Result<Arc<SqliteStore>, ServerError> {
+    let dir = config.data_dir.clone();
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ServerError::io(format!("cannot create {}", dir.display()), e))?;
+    let path = config.database_path();
+    let opened = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || SqliteStore::open(&path, SqliteOptions::default())
+    })
+    .await
+    .map_err(|e| ServerError::io("store open task", std::io::Error::other(e)))?;
+    let store = opened.map_err(|e| ServerError::OpenStore {
+        path,
+        reason: e.to_string(),
+    })?;
+    Ok(Arc::new(store))
+}
+
+/// Alphabet of invite codes: lowercase letters and digits, easy to read out and type.
+const INVITE_ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+/// 20 symbols of 5 bits: 100 bits of entropy.
+const INVITE_LEN: usize = 20;
+
+/// Creates a single-use invite code valid for `ttl` (for `hushwire admin invite`).
+pub async fn create_invite(store: &dyn Store, ttl: Duration) -> Result<String, ServerError> {
+    use rand::Rng;
+    let code: String = {
+        let mut rng = rand::rngs::OsRng;
+        (0..INVITE_LEN)
+            .map(|_| char::from(INVITE_ALPHABET[rng.gen_range(0..INVITE_ALPHABET.len())]))
+            .collect()
+    };
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    store
+        .create_invite(&code, now_ms().saturating_add(ttl_ms))
+        .await?;
+    Ok(code)
+}

@@ -1,0 +1,679 @@
+//! One device's WebSocket (protocol.md, "WebSocket").
+//!
+//! challenge → auth → `auth_ok` → backlog (paged mailbox fetch) → `drained` → live
+//! pushes, submits, acks and pings until either side closes.
+//!
+//! **Ordering.** `delivered` is the highest seq sent on this connection. A pushed
+//! envelope with seq `delivered + 1` is sent directly; an older one was already sent
+//! (from the backlog or a re-fetch) and is dropped; a newer one means something is
+//! missing (a push still in flight, or dropped by a full queue), so the mailbox is
+//! re-read from `delivered`. Every push comes from a submit that has returned, so the
+//! store holds everything up to it: the connection never skips or reorders an entry.
+//! The device is registered in the hub *before* the backlog is read, so no entry can
+//! fall between the two.
+//!
+//! **Memory.** An idle connection holds the socket (small tungstenite read buffer, no
+//! write buffer), a 32-slot pointer queue and this task's future. Rarely used, larger
+//! work (submits, mailbox reads) runs in boxed futures so it does not enlarge the idle
+//! state.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use hushwire_proto::codec::{self, DecodeError};
+use hushwire_proto::identity::validate_handle;
+use hushwire_proto::limits::{MAX_GROUP_ID_BYTES, MAX_ROSTER, MESSAGE_ID_BYTES};
+use hushwire_proto::mls::{self, ContentType, MlsHeader};
+use hushwire_proto::wire::{self, ErrorCode, client_frame, server_frame, submit_result};
+use hushwire_store::{
+    DeviceAddr, DeviceId, DeviceRecord, Envelope, EnvelopeKind, Submission, SubmitKind,
+    SubmitOutcome, WelcomeOut,
+};
+use rand::RngCore;
+use tracing::Instrument;
+
+use crate::config::Limits;
+use crate::error::{Close, submit_rejection, wire_error};
+use crate::hub::Registration;
+use crate::{GaugeGuard, Server, auth, now_ms};
+
+/// tungstenite's read buffer per connection. Frames larger than this are read in
+/// several steps into a buffer reserved for the frame; idle connections keep only this.
+pub(crate) const READ_BUFFER: usize = 1024;
+/// Room for frame headers above the largest frame in tungstenite's write buffer.
+pub(crate) const WRITE_SLACK: usize = 1024;
+/// Mailbox entries read per store call.
+const FETCH_PAGE: usize = 64;
+/// How long the server waits for the peer's close frame after sending its own.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// How a session ended.
+enum End {
+    /// Send this close frame.
+    Close(Close),
+    /// The peer closed or the transport failed: nothing more can be sent.
+    Gone,
+}
+
+impl From<Close> for End {
+    fn from(c: Close) -> Self {
+        Self::Close(c)
+    }
+}
+
+/// Serves one upgraded WebSocket until it ends.
+pub(crate) async fn serve(server: Server, mut socket: WebSocket, peer: SocketAddr) {
+    let span = tracing::info_span!("ws", peer = %peer.ip(), device = tracing::field::Empty);
+    async move {
+        let _gauge = GaugeGuard::new(&server.shared.metrics.websockets);
+        tracing::debug!("WebSocket opened");
+        let end = session(&server, &mut socket).await;
+        match end {
+            End::Close(close) => {
+                tracing::debug!(code = close.code, reason = %close.reason, "closing WebSocket");
+                let linger = close.code != Close::TOO_BIG;
+                finish(&mut socket, close, linger).await;
+            }
+            End::Gone => tracing::debug!("WebSocket closed by peer"),
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Sends the close frame, then (unless the reader is unusable) waits briefly for the
+/// peer's close so our frame is not lost to a TCP reset.
+async fn finish(socket: &mut WebSocket, close: Close, linger: bool) {
+    let frame = CloseFrame {
+        code: close.code,
+        reason: close.reason.into(),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_err() || !linger {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn session(server: &Server, socket: &mut WebSocket) -> End {
+    let shared = &server.shared;
+    let mut nonce = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let challenge = server_frame::Body::Challenge(wire::AuthChallenge {
+        nonce: Bytes::copy_from_slice(&nonce),
+        server_time_ms: now_ms(),
+        protocol_version: hushwire_proto::PROTOCOL_VERSION,
+    });
+    if let Err(end) = send(socket, 0, challenge).await {
+        return end;
+    }
+    let first = tokio::select! {
+        r = tokio::time::timeout(shared.config.auth_timeout(), next_frame(socket)) => match r {
+            Ok(r) => r,
+            Err(_) => return Close::new(Close::POLICY, "authentication timed out").into(),
+        },
+        () = shared.shutdown.cancelled() => return going_away(),
+    };
+    let frame = match first {
+        Ok(f) => f,
+        Err(end) => return end,
+    };
+    let Some(client_frame::Body::Auth(auth)) = frame.body else {
+        return Close::new(Close::POLICY, "expected an auth frame first").into();
+    };
+    let device = match auth::authenticate_ws(shared.store.as_ref(), &nonce, &auth).await {
+        Ok(d) => d,
+        Err(close) => {
+            tracing::info!(reason = %close.reason, "WebSocket authentication refused");
+            return close.into();
+        }
+    };
+    tracing::Span::current().record("device", tracing::field::display(&device.addr));
+    tracing::debug!("device logged in");
+    let ok = server_frame::Body::AuthOk(wire::AuthOk {
+        server_time_ms: now_ms(),
+    });
+    if let Err(end) = send(socket, frame.request_id, ok).await {
+        return end;
+    }
+
+    let mut registration = shared.hub.register(device.id);
+    let _unregister = Unregister {
+        server,
+        device: device.id,
+        conn_id: registration.conn_id,
+    };
+    let mut conn = Connection {
+        server,
+        device: &device,
+        delivered: 0,
+    };
+    conn.run(socket, &mut registration).await
+}
+
+/// Removes the hub entry when the session ends, however it ends.
+struct Unregister<'a> {
+    server: &'a Server,
+    device: DeviceId,
+    conn_id: u64,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.server.shared.hub.unregister(self.device, self.conn_id);
+    }
+}
+
+fn going_away() -> End {
+    Close::new(Close::GOING_AWAY, "server shutting down").into()
+}
+
+/// An authenticated connection.
+struct Connection<'a> {
+    server: &'a Server,
+    device: &'a DeviceRecord,
+    /// Highest mailbox seq sent on this connection (0: none yet).
+    delivered: u64,
+}
+
+impl Connection<'_> {
+    async fn run(&mut self, socket: &mut WebSocket, reg: &mut Registration) -> End {
+        let shutdown = self.server.shared.shutdown.clone();
+        let backlog = tokio::select! {
+            r = Box::pin(self.catch_up(socket)) => r,
+            () = shutdown.cancelled() => return going_away(),
+        };
+        if let Err(end) = backlog {
+            return end;
+        }
+        let drained = server_frame::Body::Drained(wire::Drained {
+            last_seq: self.delivered,
+        });
+        if let Err(end) = send(socket, 0, drained).await {
+            return end;
+        }
+        loop {
+            if reg.signals.replaced.load(Ordering::Acquire) {
+                return Close::new(
+                    Close::REPLACED,
+                    "replaced by a newer connection of this device",
+                )
+                .into();
+            }
+            if reg.signals.lagged.swap(false, Ordering::AcqRel) {
+                self.server
+                    .shared
+                    .metrics
+                    .lag_refetches
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Err(end) = Box::pin(self.catch_up(socket)).await {
+                    return end;
+                }
+            }
+            let step = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return going_away(),
+                () = reg.signals.notify.notified() => Ok(()),
+                pushed = reg.rx.recv() => match pushed {
+                    Some(envelope) => self.pushed(socket, envelope).await,
+                    // The hub dropped our sender: a newer connection replaced us.
+                    None => Err(Close::new(Close::REPLACED, "replaced by a newer connection of this device").into()),
+                },
+                frame = next_frame(socket) => match frame {
+                    Ok(frame) => self.handle(socket, frame).await,
+                    Err(end) => Err(end),
+                },
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// A live push from the hub.
+    async fn pushed(&mut self, socket: &mut WebSocket, envelope: Arc<Envelope>) -> Result<(), End> {
+        if envelope.seq <= self.delivered {
+            return Ok(());
+        }
+        if envelope.seq == self.delivered + 1 {
+            send(socket, 0, deliver(&envelope)).await?;
+            self.delivered = envelope.seq;
+            return Ok(());
+        }
+        self.server
+            .shared
+            .metrics
+            .gap_refetches
+            .fetch_add(1, Ordering::Relaxed);
+        Box::pin(self.catch_up(socket)).await
+    }
+
+    /// Sends every mailbox entry after `delivered`, in seq order.
+    async fn catch_up(&mut self, socket: &mut WebSocket) -> Result<(), End> {
+        let store = &self.server.shared.store;
+        loop {
+            let page = store
+                .fetch(self.device.id, self.delivered, FETCH_PAGE)
+                .await
+                .map_err(|e| End::Close(Close::internal(&e)))?;
+            let full = page.len() >= FETCH_PAGE;
+            for envelope in page {
+                if envelope.seq <= self.delivered {
+                    continue; // defensive: the store returns seq > after only
+                }
+                send(socket, 0, deliver(&envelope)).await?;
+                self.delivered = envelope.seq;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        socket: &mut WebSocket,
+        frame: wire::ClientFrame,
+    ) -> Result<(), End> {
+        let request_id = frame.request_id;
+        match frame.body {
+            Some(client_frame::Body::Submit(submit)) => {
+                Box::pin(self.submit(socket, request_id, submit)).await
+            }
+            Some(client_frame::Body::Ack(ack)) => {
+                // A client cannot have stored what it was not sent on this connection.
+                let up_to = ack.up_to_seq.min(self.delivered);
+                if up_to > 0 {
+                    self.server
+                        .shared
+                        .store
+                        .ack(self.device.id, up_to)
+                        .await
+                        .map_err(|e| End::Close(Close::internal(&e)))?;
+                }
+                Ok(())
+            }
+            Some(client_frame::Body::Ping(ping)) => {
+                let pong = server_frame::Body::Pong(wire::Pong {
+                    client_time_ms: ping.client_time_ms,
+                    server_time_ms: now_ms(),
+                });
+                send(socket, request_id, pong).await
+            }
+            Some(client_frame::Body::Auth(_)) => Err(Close::new(
+                Close::PROTOCOL,
+                "unexpected auth frame: already authenticated",
+            )
+            .into()),
+            // decode_client_frame refuses frames without a body.
+            None => Err(Close::new(Close::PROTOCOL, "frame without a body").into()),
+        }
+    }
+
+    async fn submit(
+        &mut self,
+        socket: &mut WebSocket,
+        request_id: u64,
+        submit: wire::Submit,
+    ) -> Result<(), End> {
+        let shared = &self.server.shared;
+        let outcome = match validate_submit(submit, &self.device.addr, &shared.config.limits) {
+            Err(error) => submit_result::Outcome::Rejected(error),
+            Ok(parsed) => {
+                let now = now_ms();
+                let submission = Submission {
+                    sender: self.device.id,
+                    message_id: parsed.message_id,
+                    group_id: parsed.group_id,
+                    epoch: parsed.epoch,
+                    kind: parsed.kind,
+                    payload: parsed.payload,
+                    now_ms: now,
+                    expires_at_ms: now.saturating_add(shared.config.retention_ms()),
+                };
+                match shared.store.submit(submission).await {
+                    Ok(SubmitOutcome::Accepted(accepted)) => {
+                        // Durable now. Push first: a slow submitter's socket must not
+                        // delay the recipients.
+                        for delivered in accepted.deliveries {
+                            shared
+                                .hub
+                                .push(delivered.device, Arc::new(delivered.envelope));
+                        }
+                        submit_result::Outcome::Accepted(wire::Accepted {
+                            group_seq: accepted.group_seq,
+                            epoch: accepted.epoch,
+                            duplicate: accepted.duplicate,
+                        })
+                    }
+                    Ok(SubmitOutcome::StaleEpoch { current_epoch }) => {
+                        submit_result::Outcome::StaleEpoch(wire::StaleEpoch { current_epoch })
+                    }
+                    Ok(SubmitOutcome::NotMember) => submit_result::Outcome::Rejected(wire_error(
+                        ErrorCode::NotMember,
+                        "sender is not a member of the group",
+                    )),
+                    Ok(SubmitOutcome::UnknownGroup) => submit_result::Outcome::Rejected(
+                        wire_error(ErrorCode::UnknownGroup, "unknown group"),
+                    ),
+                    Err(e) => submit_result::Outcome::Rejected(submit_rejection(&e)),
+                }
+            }
+        };
+        let result = server_frame::Body::SubmitResult(wire::SubmitResult {
+            outcome: Some(outcome),
+        });
+        send(socket, request_id, result).await
+    }
+}
+
+fn deliver(e: &Envelope) -> server_frame::Body {
+    let kind = match e.kind {
+        EnvelopeKind::Application => wire::EnvelopeKind::Application,
+        EnvelopeKind::Proposal => wire::EnvelopeKind::Proposal,
+        EnvelopeKind::Commit => wire::EnvelopeKind::Commit,
+        EnvelopeKind::Welcome => wire::EnvelopeKind::Welcome,
+    };
+    server_frame::Body::Deliver(wire::Envelope {
+        seq: e.seq,
+        message_id: Bytes::copy_from_slice(&e.message_id),
+        group_id: e.group_id.clone(),
+        group_seq: e.group_seq,
+        kind: kind as i32,
+        sender: Some(wire::DeviceAddress {
+            handle: e.sender.handle.clone(),
+            device_id: e.sender.device_id,
+        }),
+        server_time_ms: e.server_time_ms,
+        payload: e.payload.clone(),
+    })
+}
+
+async fn send(
+    socket: &mut WebSocket,
+    request_id: u64,
+    body: server_frame::Body,
+) -> Result<(), End> {
+    let frame = wire::ServerFrame {
+        request_id,
+        body: Some(body),
+    };
+    let bytes = Bytes::from(codec::encode(&frame));
+    socket
+        .send(Message::Binary(bytes))
+        .await
+        .map_err(|_| End::Gone)
+}
+
+/// The next protobuf frame, skipping control frames.
+async fn next_frame(socket: &mut WebSocket) -> Result<wire::ClientFrame, End> {
+    loop {
+        let msg = match socket.recv().await {
+            None => return Err(End::Gone),
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => return Err(transport_error(e)),
+        };
+        match msg {
+            Message::Binary(bytes) => {
+                return codec::decode_client_frame(&bytes).map_err(|e| {
+                    End::Close(match e {
+                        DecodeError::TooLarge { limit, .. } => {
+                            Close::new(Close::TOO_BIG, format!("frame exceeds {limit} bytes"))
+                        }
+                        DecodeError::Malformed(_) => {
+                            Close::new(Close::PROTOCOL, "malformed frame: not a ClientFrame")
+                        }
+                        DecodeError::Missing(field) => {
+                            Close::new(Close::PROTOCOL, format!("malformed frame: missing {field}"))
+                        }
+                    })
+                });
+            }
+            Message::Text(_) => {
+                return Err(Close::new(Close::UNSUPPORTED, "text frames are not supported").into());
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Close(_) => return Err(End::Gone),
+        }
+    }
+}
+
+fn transport_error(err: axum::Error) -> End {
+    use tungstenite::error::{CapacityError, Error as WsError};
+    let inner = err.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(CapacityError::MessageTooLong { max_size, .. })) => {
+            Close::new(Close::TOO_BIG, format!("frame exceeds {max_size} bytes")).into()
+        }
+        Some(WsError::Capacity(_)) => Close::new(Close::TOO_BIG, "frame too large").into(),
+        Some(WsError::Protocol(p)) => {
+            Close::new(Close::PROTOCOL, format!("WebSocket protocol error: {p}")).into()
+        }
+        Some(WsError::Utf8(_)) => Close::new(Close::PROTOCOL, "invalid UTF-8").into(),
+        _ => End::Gone,
+    }
+}
+
+/// A submit that passed the checks the server can make without the store.
+#[derive(Debug)]
+struct ParsedSubmit {
+    message_id: [u8; 16],
+    group_id: Bytes,
+    epoch: u64,
+    kind: SubmitKind,
+    payload: Bytes,
+}
+
+fn bad(msg: impl Into<String>) -> wire::Error {
+    wire_error(ErrorCode::BadRequest, msg)
+}
+
+fn addresses(list: Vec<wire::DeviceAddress>, what: &str) -> Result<Vec<DeviceAddr>, wire::Error> {
+    if list.len() > MAX_ROSTER {
+        return Err(wire_error(
+            ErrorCode::LimitExceeded,
+            format!("{what} has more than {MAX_ROSTER} devices"),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(list.len());
+    let mut out = Vec::with_capacity(list.len());
+    for a in list {
+        if validate_handle(&a.handle).is_err() || a.device_id == 0 {
+            return Err(bad(format!("{what}: invalid device address")));
+        }
+        let addr = DeviceAddr {
+            handle: a.handle,
+            device_id: a.device_id,
+        };
+        if !seen.insert(addr.clone()) {
+            return Err(bad(format!("{what}: duplicate device {addr}")));
+        }
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+/// Checks a `Submit` against the protocol: ids, sizes, the MLS header, and what a commit
+/// must (and other messages must not) carry.
+fn validate_submit(
+    submit: wire::Submit,
+    sender: &DeviceAddr,
+    limits: &Limits,
+) -> Result<ParsedSubmit, wire::Error> {
+    let message_id: [u8; MESSAGE_ID_BYTES] = submit
+        .message_id
+        .as_ref()
+        .try_into()
+        .map_err(|_| bad(format!("message_id must be {MESSAGE_ID_BYTES} bytes")))?;
+    if submit.group_id.is_empty() || submit.group_id.len() > MAX_GROUP_ID_BYTES {
+        return Err(bad(format!(
+            "group_id must be 1 to {MAX_GROUP_ID_BYTES} bytes"
+        )));
+    }
+    if submit.mls_message.len() > limits.max_message_bytes {
+        return Err(wire_error(
+            ErrorCode::TooLarge,
+            format!("mls_message exceeds {} bytes", limits.max_message_bytes),
+        ));
+    }
+    let header = match mls::parse_header(&submit.mls_message) {
+        Ok(MlsHeader::Framed(h)) => h,
+        Ok(_) => return Err(bad("mls_message must be a PublicMessage or PrivateMessage")),
+        Err(e) => return Err(bad(format!("mls_message: {e}"))),
+    };
+    if header.group_id != submit.group_id {
+        return Err(bad("group_id does not match the MLS header"));
+    }
+    let carries_commit_data =
+        !submit.roster.is_empty() || !submit.welcomes.is_empty() || !submit.group_info.is_empty();
+    let kind = match header.content_type {
+        ContentType::Application | ContentType::Proposal if carries_commit_data => {
+            return Err(bad("roster, welcomes and group_info are only for commits"));
+        }
+        ContentType::Application => SubmitKind::Application,
+        ContentType::Proposal => SubmitKind::Proposal,
+        ContentType::Commit => {
+            let roster = addresses(submit.roster, "roster")?;
+            if !roster.contains(sender) {
+                return Err(bad("a commit's roster must include the sender"));
+            }
+            if submit.welcomes.len() > MAX_ROSTER {
+                return Err(wire_error(ErrorCode::LimitExceeded, "too many welcomes"));
+            }
+            let mut welcomes = Vec::with_capacity(submit.welcomes.len());
+            for (i, w) in submit.welcomes.into_iter().enumerate() {
+                match mls::parse_header(&w.welcome) {
+                    Ok(MlsHeader::Welcome { .. }) => {}
+                    Ok(_) => return Err(bad(format!("welcome {i} is not an MLSMessage(Welcome)"))),
+                    Err(e) => return Err(bad(format!("welcome {i}: {e}"))),
+                }
+                let recipients = addresses(w.recipients, "welcome recipients")?;
+                if recipients.is_empty() {
+                    return Err(bad(format!("welcome {i} has no recipients")));
+                }
+                welcomes.push(WelcomeOut {
+                    payload: w.welcome,
+                    recipients,
+                });
+            }
+            let group_info = if submit.group_info.is_empty() {
+                None
+            } else {
+                match mls::parse_header(&submit.group_info) {
+                    Ok(MlsHeader::GroupInfo { group_id, .. }) if group_id == submit.group_id => {}
+                    Ok(MlsHeader::GroupInfo { .. }) => {
+                        return Err(bad("group_info is for another group"));
+                    }
+                    Ok(_) => return Err(bad("group_info is not an MLSMessage(GroupInfo)")),
+                    Err(e) => return Err(bad(format!("group_info: {e}"))),
+                }
+                Some(submit.group_info)
+            };
+            SubmitKind::Commit {
+                roster,
+                welcomes,
+                group_info,
+            }
+        }
+    };
+    Ok(ParsedSubmit {
+        message_id,
+        group_id: submit.group_id,
+        epoch: header.epoch,
+        kind,
+        payload: submit.mls_message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> DeviceAddr {
+        DeviceAddr {
+            handle: "alice".into(),
+            device_id: 1,
+        }
+    }
+
+    fn submit(ct: ContentType) -> wire::Submit {
+        wire::Submit {
+            message_id: vec![1; 16].into(),
+            group_id: b"g1".to_vec().into(),
+            mls_message: mls::synthetic_private_message(b"g1", 3, ct, b"ct").into(),
+            ..Default::default()
+        }
+    }
+
+    fn err(s: wire::Submit) -> (i32, String) {
+        let e = validate_submit(s, &me(), &Limits::default()).unwrap_err();
+        (e.code, e.message)
+    }
+
+    #[test]
+    fn accepts_application_and_commit() {
+        let p =
+            validate_submit(submit(ContentType::Application), &me(), &Limits::default()).unwrap();
+        assert!(matches!(p.kind, SubmitKind::Application));
+        assert_eq!(p.epoch, 3);
+        let mut c = submit(ContentType::Commit);
+        c.roster = vec![wire::DeviceAddress {
+            handle: "alice".into(),
+            device_id: 1,
+        }];
+        let p = validate_submit(c, &me(), &Limits::default()).unwrap();
+        assert!(matches!(p.kind, SubmitKind::Commit { .. }));
+    }
+
+    #[test]
+    fn refuses_bad_submits() {
+        let bad_req = ErrorCode::BadRequest as i32;
+        let mut s = submit(ContentType::Application);
+        s.message_id = vec![1; 15].into();
+        assert_eq!(err(s).0, bad_req);
+
+        let mut s = submit(ContentType::Application);
+        s.group_id = b"other".to_vec().into();
+        assert!(err(s).1.contains("does not match"));
+
+        let mut s = submit(ContentType::Application);
+        s.mls_message = vec![0, 1, 0, 9].into();
+        assert!(err(s).1.contains("wire format"));
+
+        let mut s = submit(ContentType::Application);
+        s.roster = vec![wire::DeviceAddress {
+            handle: "alice".into(),
+            device_id: 1,
+        }];
+        assert!(err(s).1.contains("only for commits"));
+
+        let s = submit(ContentType::Commit);
+        assert!(err(s).1.contains("include the sender"));
+
+        let mut s = submit(ContentType::Commit);
+        s.roster = vec![wire::DeviceAddress {
+            handle: "alice".into(),
+            device_id: 1,
+        }];
+        s.welcomes = vec![wire::WelcomeOut {
+            welcome: mls::synthetic_private_message(b"g1", 0, ContentType::Commit, b"").into(),
+            recipients: vec![],
+        }];
+        assert!(err(s).1.contains("not an MLSMessage(Welcome)"));
+
+        let mut s = submit(ContentType::Application);
+        s.mls_message = vec![0; Limits::default().max_message_bytes + 1].into();
+        assert_eq!(err(s).0, ErrorCode::TooLarge as i32);
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests of the server over real TLS and the real SQLite store.
+
+// Test helpers (not only #[test] fns) may panic: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod api;
+mod common;
+mod tls;
+mod ws;
