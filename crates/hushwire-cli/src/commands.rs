@@ -1,0 +1,259 @@
+//! The client commands: register, send, receive, sync, history, conversations, whoami.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use hushwire_client::{Client, ClientError, ClientOptions, Event, MessageState};
+use hushwire_e2e::Profile;
+
+use crate::output::{conversation_json, conversation_line, message_json, message_line, print_line};
+use crate::user_error;
+
+/// How long a command may spend on network work before giving up (3).
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--profile`, else the user data directory (`…/hushwire`).
+pub(crate) fn profile_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir);
+    }
+    directories::ProjectDirs::from("", "", "hushwire")
+        .map(|d| d.data_dir().to_path_buf())
+        .ok_or_else(|| user_error("no home directory found; pass --profile DIR"))
+}
+
+fn open_client(dir: &Path) -> anyhow::Result<Client> {
+    let profile = open_registered(dir)?;
+    Ok(Client::from_profile(profile, ClientOptions::default())?)
+}
+
+fn open_registered(dir: &Path) -> anyhow::Result<Profile> {
+    let profile = Profile::open(dir)
+        .with_context(|| format!("cannot open the profile in {}", dir.display()))?;
+    if profile.identity().is_none() {
+        return Err(ClientError::NotRegistered.into());
+    }
+    Ok(profile)
+}
+
+pub(crate) async fn register(
+    dir: &Path,
+    handle: &str,
+    server: &str,
+    pin: Option<&str>,
+    invite: Option<&str>,
+) -> anyhow::Result<()> {
+    let registered =
+        hushwire_client::register(dir, handle, server, pin, invite, ClientOptions::default())
+            .await
+            .map_err(|e| match e {
+                // The pin is the user's input here.
+                ClientError::PinMismatch { .. } | ClientError::UntrustedCertificate(_) => {
+                    user_error(format!("cannot register: {e}"))
+                }
+                other => anyhow::Error::new(other).context("registration failed"),
+            })?;
+    if let Some(e) = &registered.key_package_error {
+        eprintln!(
+            "warning: registered, but uploading key packages failed ({e}); `hushwire sync` retries"
+        );
+    }
+    let id = &registered.identity;
+    print_line(&format!(
+        "registered {} (device {}) on {}",
+        id.handle, id.device_id, id.server_url
+    ))?;
+    Ok(())
+}
+
+fn read_text(text: &str) -> anyhow::Result<String> {
+    let text = if text == "-" {
+        let mut buf = String::new();
+        std::io::stdin()
+            .read_to_string(&mut buf)
+            .context("cannot read the message from stdin")?;
+        if buf.ends_with('\n') {
+            buf.pop();
+            if buf.ends_with('\r') {
+                buf.pop();
+            }
+        }
+        buf
+    } else {
+        text.to_string()
+    };
+    if text.is_empty() {
+        return Err(user_error("the message is empty"));
+    }
+    Ok(text)
+}
+
+pub(crate) async fn send(dir: &Path, peer: &str, text: &str) -> anyhow::Result<()> {
+    let text = read_text(text)?;
+    let mut client = open_client(dir)?;
+    hushwire_proto::identity::validate_handle(peer).map_err(ClientError::from)?;
+    if peer == client.identity()?.handle {
+        return Err(user_error("you cannot send a message to yourself"));
+    }
+    // A first message to a handle: check it exists before queueing, so that a typo does
+    // not sit at the head of the outbox. If the server is unreachable, queue anyway.
+    if !client.has_conversation(peer)? {
+        match client.fetch_account(peer).await {
+            Ok(_) => {}
+            Err(e @ ClientError::UnknownHandle(_)) => return Err(e.into()),
+            Err(e) if e.is_network() => {
+                tracing::info!(error = %e, "cannot check the recipient now; queueing");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let id = client.queue_text(peer, &text).map_err(|e| match e {
+        ClientError::E2e(hushwire_e2e::E2eError::Protocol(msg)) => user_error(msg),
+        other => other.into(),
+    })?;
+    client.set_defer_deliveries(true);
+    let flushed = client.flush_outbox(NETWORK_TIMEOUT, &mut |_| {}).await;
+    let pending = client.profile().is_outbox_item_pending(&id)?;
+    let state = client
+        .profile()
+        .history(peer)?
+        .into_iter()
+        .find(|m| m.id == id)
+        .map(|m| m.state);
+    let _ = client.close().await;
+    print_line(&id)?;
+    match flushed {
+        Err(e) if pending => {
+            eprintln!(
+                "warning: message {id} is queued but not sent: {e}\n\
+                 it will be sent by the next `hushwire send` or `hushwire sync`"
+            );
+            Err(e.into())
+        }
+        _ if pending => Err(anyhow::anyhow!(
+            "message {id} is still queued; run `hushwire sync` to retry"
+        )),
+        _ if state == Some(MessageState::Failed) => {
+            Err(anyhow::anyhow!("the server rejected message {id}"))
+        }
+        // Sent; a later outbox item (queued earlier) may have failed, which the next
+        // sync retries.
+        _ => Ok(()),
+    }
+}
+
+pub(crate) async fn receive(dir: &Path, json: bool, wait_secs: u64) -> anyhow::Result<()> {
+    let mut client = open_client(dir)?;
+    let mut print_err: Option<anyhow::Error> = None;
+    let mut on_event = |event: Event| {
+        let line = match event {
+            Event::Message(m) => Some(if json {
+                message_json(&m)
+            } else {
+                message_line(&m)
+            }),
+            Event::Undecryptable {
+                conversation,
+                reason,
+            } => {
+                eprintln!(
+                    "warning: a message{} could not be decrypted: {reason}",
+                    conversation
+                        .map(|c| format!(" from {c}"))
+                        .unwrap_or_default()
+                );
+                None
+            }
+            Event::SendFailed { id, reason } => {
+                eprintln!("warning: the server rejected message {id}: {reason}");
+                None
+            }
+            Event::ConversationStarted { .. } | Event::Sent { .. } => None,
+        };
+        if let Some(line) = line
+            && print_err.is_none()
+            && let Err(e) = print_line(&line)
+        {
+            print_err = Some(e);
+        }
+    };
+    // SIGINT/SIGTERM end the wait early and cleanly: what is stored gets acknowledged.
+    let wait = Duration::from_secs(wait_secs);
+    let result = tokio::select! {
+        r = client.receive(wait, NETWORK_TIMEOUT, &mut on_event) => Some(r),
+        () = crate::serve::shutdown_signal() => None,
+    };
+    let _ = client.close().await;
+    let Some(result) = result else {
+        return Ok(());
+    };
+    if let Some(e) = print_err {
+        return Err(e);
+    }
+    let report = result?;
+    if let Some(e) = report.outbox_error {
+        eprintln!("warning: queued messages not sent: {e}");
+    }
+    Ok(())
+}
+
+pub(crate) async fn sync(dir: &Path) -> anyhow::Result<()> {
+    let mut client = open_client(dir)?;
+    let result = client.sync(NETWORK_TIMEOUT, &mut |_| {}).await;
+    let _ = client.close().await;
+    let report = result?;
+    if let Some(e) = report.outbox_error {
+        return Err(anyhow::Error::new(e).context("queued messages not sent"));
+    }
+    Ok(())
+}
+
+pub(crate) fn history(dir: &Path, peer: &str, json: bool) -> anyhow::Result<()> {
+    let profile = open_registered(dir)?;
+    hushwire_proto::identity::validate_handle(peer).map_err(ClientError::from)?;
+    let messages = profile.history(peer)?;
+    if messages.is_empty() && !profile.conversations()?.iter().any(|c| c.name == peer) {
+        return Err(user_error(format!("no conversation with {peer}")));
+    }
+    for m in &messages {
+        let line = if json {
+            message_json(m)
+        } else {
+            let mark = match m.state {
+                MessageState::Queued => "  (queued)",
+                MessageState::Failed => "  (failed)",
+                MessageState::Sent | MessageState::Received => "",
+            };
+            format!("{}{mark}", message_line(m))
+        };
+        print_line(&line)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn conversations(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let profile = open_registered(dir)?;
+    for c in profile.conversations()? {
+        print_line(&if json {
+            conversation_json(&c)
+        } else {
+            conversation_line(&c)
+        })?;
+    }
+    Ok(())
+}
+
+pub(crate) fn whoami(dir: &Path) -> anyhow::Result<()> {
+    let profile = open_registered(dir)?;
+    let id = profile.identity().ok_or(ClientError::NotRegistered)?;
+    print_line(&format!("handle: {}", id.handle))?;
+    print_line(&format!("device: {}", id.device_id))?;
+    print_line(&format!("server: {}", id.server_url))?;
+    if let Some(pin) = &id.pin {
+        print_line(&format!("pin: {pin}"))?;
+    }
+    print_line(&format!("profile: {}", dir.display()))?;
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! `hushwire`: the Hushwire server, command-line client and demo in one binary.
+//!
+//! # Layout
+//! - this file: the command line (clap), logging, and the mapping of errors to exit
+//!   codes (0 ok, 1 user error, 2 unexpected, 3 server or network unreachable,
+//!   4 untrusted key — signal-cli's conventions).
+//! - `serve`: `serve` and `admin invite` over the `hushwire-server` library.
+//! - `commands`: the client commands over `hushwire-client`.
+//! - `output`: human and JSON (one object per line) rendering.
+//! - `demo`: the whole story on a throw-away embedded server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod commands;
+mod demo;
+mod output;
+mod serve;
+
+/// An error caused by the user's input (exit code 1).
+#[derive(Debug)]
+pub(crate) struct UserError(pub String);
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+/// Builds an `anyhow::Error` that exits with code 1.
+pub(crate) fn user_error(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UserError(msg.into()))
+}
+
+/// End-to-end encrypted messenger (MLS). The server relays only ciphertext.
+#[derive(Debug, Parser)]
+#[command(name = "hushwire", version)]
+pub(crate) struct Cli {
+    /// Profile directory of the client commands (holds keys and messages).
+    /// Default: the user data directory, e.g. ~/.local/share/hushwire.
+    #[arg(long, global = true, env = "HUSHWIRE_PROFILE", value_name = "DIR")]
+    pub profile: Option<PathBuf>,
+
+    /// Log to stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Who may register on a server.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Registration {
+    /// Anyone who can reach the server.
+    Open,
+    /// Only holders of a code from `hushwire admin invite`.
+    Invite,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a server. Prints `url: https://…` and `pin: sha256:…` once ready; stops
+    /// cleanly on SIGINT/SIGTERM.
+    Serve {
+        /// Address to listen on (port 0 picks a free port). Default: 127.0.0.1:8443.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Data directory (database, generated TLS key). Default: the config file's
+        /// `data_dir`, else the user data directory, e.g. ~/.local/share/hushwire-server.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// TOML configuration file; command-line flags override it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// PEM certificate chain (default: a self-signed certificate in the data dir).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Registration policy. Default: open.
+        #[arg(long, value_enum)]
+        registration: Option<Registration>,
+    },
+    /// Server administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Create an account on a server for this profile.
+    Register {
+        /// The handle to register: 3-32 characters of a-z, 0-9, '_' and '.'.
+        handle: String,
+        /// The server's base URL, as printed by `hushwire serve`.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// The server's key pin, as printed by `hushwire serve`. Without it the
+        /// server's certificate must chain to a public CA.
+        #[arg(long, value_name = "sha256:HEX")]
+        pin: Option<String>,
+        /// Invite code, when the server requires one.
+        #[arg(long, value_name = "CODE")]
+        invite: Option<String>,
+    },
+    /// Send a text message. Prints the message id on the last line of stdout. Exits 0
+    /// once the server has durably accepted it; if the server is unreachable the
+    /// message stays queued (exit 3) and the next `send` or `sync` delivers it.
+    Send {
+        /// The recipient's handle.
+        handle: String,
+        /// The text; `-` reads it from stdin.
+        text: String,
+    },
+    /// Send queued messages, then print every pending incoming message and wait up to
+    /// --timeout seconds for more. Messages are acknowledged only once stored locally.
+    Receive {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to keep waiting for new messages after the pending ones.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        timeout: u64,
+    },
+    /// Send queued messages and fetch pending ones into the local store, silently.
+    Sync,
+    /// Print a conversation from the local store.
+    History {
+        /// The peer's handle.
+        handle: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List conversations from the local store, most recent first.
+    Conversations {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show this profile's identity and server.
+    Whoami,
+    /// Run the whole story on a temporary local server: register alice and bob, message
+    /// both ways (once while bob is offline), and show that the server holds only
+    /// ciphertext.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Print a new single-use invite code.
+    Invite {
+        /// The server's data directory. Default: the user data directory, e.g.
+        /// ~/.local/share/hushwire-server.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Hours the code stays valid.
+        #[arg(long, value_name = "N", default_value_t = 72)]
+        ttl_hours: u64,
+    },
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The exit code for an error, from the most specific cause in its chain.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    use hushwire_client::ClientError as C;
+    use hushwire_e2e::E2eError as E;
+    for cause in err.chain() {
+        if cause.downcast_ref::<UserError>().is_some() {
+            return 1;
+        }
+        if let Some(e) = cause.downcast_ref::<E>() {
+            return e2e_code(e);
+        }
+        if let Some(c) = cause.downcast_ref::<C>() {
+            return match c {
+                C::InvalidHandle(_)
+                | C::InvalidUrl { .. }
+                | C::InvalidPin(_)
+                | C::HandleTaken(_)
+                | C::InviteRequired(_)
+                | C::UnknownHandle(_)
+                | C::NotRegistered
+                | C::AlreadyRegistered(_) => 1,
+                C::E2e(e) => e2e_code(e),
+                C::Unreachable { .. }
+                | C::PinMismatch { .. }
+                | C::UntrustedCertificate(_)
+                | C::Timeout(_)
+                | C::Closed { .. } => 3,
+                C::Api { status, .. } if *status == 429 || *status >= 500 => 3,
+                C::Api { code, .. } if *code == hushwire_proto::wire::ErrorCode::NoKeyPackages => 3,
+                _ => 2,
+            };
+        }
+    }
+    2
+}
+
+fn e2e_code(e: &hushwire_e2e::E2eError) -> u8 {
+    use hushwire_e2e::E2eError as E;
+    match e {
+        E::IdentityChanged { .. } => 4,
+        E::NotRegistered | E::AlreadyRegistered | E::UnknownConversation(_) => 1,
+        E::NoKeyPackages(_) => 3,
+        _ => 2,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", describe(&err));
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// "outer: inner" without repeating causes whose text is already included.
+fn describe(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let profile = cli.profile.clone();
+    match cli.command {
+        Command::Serve {
+            listen,
+            data,
+            config,
+            tls_cert,
+            tls_key,
+            registration,
+        } => {
+            serve::serve(serve::ServeArgs {
+                listen,
+                data,
+                config,
+                tls_cert,
+                tls_key,
+                registration,
+            })
+            .await
+        }
+        Command::Admin {
+            command: AdminCommand::Invite { data, ttl_hours },
+        } => serve::admin_invite(data, ttl_hours).await,
+        Command::Register {
+            handle,
+            server,
+            pin,
+            invite,
+        } => {
+            commands::register(
+                &commands::profile_dir(profile)?,
+                &handle,
+                &server,
+                pin.as_deref(),
+                invite.as_deref(),
+            )
+            .await
+        }
+        Command::Send { handle, text } => {
+            commands::send(&commands::profile_dir(profile)?, &handle, &text).await
+        }
+        Command::Receive { json, timeout } => {
+            commands::receive(&commands::profile_dir(profile)?, json, timeout).await
+        }
+        Command::Sync => commands::sync(&commands::profile_dir(profile)?).await,
+        Command::History { handle, json } => {
+            commands::history(&commands::profile_dir(profile)?, &handle, json)
+        }
+        Command::Conversations { json } => {
+            commands::conversations(&commands::profile_dir(profile)?, json)
+        }
+        Command::Whoami => commands::whoami(&commands::profile_dir(profile)?),
+        Command::Demo => demo::run().await,
+    }
+}

@@ -1,0 +1,81 @@
+//! Rendering: human lines and JSON objects (one per line, signal-cli style).
+
+use std::io::Write;
+
+use hushwire_client::StoredMessage;
+use hushwire_e2e::ConversationSummary;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+
+fn datetime(ms: u64) -> Option<OffsetDateTime> {
+    let nanos = i128::from(ms) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+}
+
+/// `2026-11-27 10:00:00` (UTC).
+pub(crate) fn human_time(ms: u64) -> String {
+    datetime(ms)
+        .and_then(|t| {
+            t.format(format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// RFC 3339 (UTC).
+pub(crate) fn rfc3339(ms: u64) -> String {
+    datetime(ms)
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// `[2026-11-27 10:00:00] bob: hi`
+pub(crate) fn message_line(m: &StoredMessage) -> String {
+    format!("[{}] {}: {}", human_time(m.sent_at_ms), m.from, m.text)
+}
+
+/// `{"type":"message","id":…,"conversation":…,"from":…,"sent_at":…,"text":…}`
+pub(crate) fn message_json(m: &StoredMessage) -> String {
+    json!({
+        "type": "message",
+        "id": m.id,
+        "conversation": m.conversation,
+        "from": m.from,
+        "sent_at": rfc3339(m.sent_at_ms),
+        "text": m.text,
+    })
+    .to_string()
+}
+
+/// `{"type":"conversation","name":…,"last_message_at":…,"messages":N}`
+pub(crate) fn conversation_json(c: &ConversationSummary) -> String {
+    json!({
+        "type": "conversation",
+        "name": c.name,
+        "last_message_at": c.last_message_at_ms.map(rfc3339),
+        "messages": c.message_count,
+    })
+    .to_string()
+}
+
+/// `bob  3 messages, last 2026-11-27 10:00:00`
+pub(crate) fn conversation_line(c: &ConversationSummary) -> String {
+    let last = c
+        .last_message_at_ms
+        .map(|ms| format!(", last {}", human_time(ms)))
+        .unwrap_or_default();
+    let plural = if c.message_count == 1 { "" } else { "s" };
+    format!("{}  {} message{plural}{last}", c.name, c.message_count)
+}
+
+/// Prints one line to stdout and flushes it (so pipes see live messages at once).
+pub(crate) fn print_line(line: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! `hushwire serve` and `hushwire admin invite`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use hushwire_server::{RegistrationPolicy, ServerConfig};
+
+use crate::{Registration, user_error};
+
+/// The flags of `serve`.
+pub(crate) struct ServeArgs {
+    pub listen: Option<std::net::SocketAddr>,
+    pub data: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub registration: Option<Registration>,
+}
+
+/// The user data directory of the server (`…/hushwire-server`).
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    directories::ProjectDirs::from("", "", "hushwire-server")
+        .map(|d| d.data_dir().to_path_buf())
+        .ok_or_else(|| user_error("no home directory found; pass --data DIR"))
+}
+
+/// Defaults < config file < flags.
+fn build_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
+    let mut config = ServerConfig::default();
+    let mut file_sets_data_dir = false;
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| user_error(format!("cannot read {}: {e}", path.display())))?;
+        config = ServerConfig::from_toml(&text)
+            .map_err(|e| user_error(format!("{}: {e}", path.display())))?;
+        file_sets_data_dir = text
+            .parse::<toml::Table>()
+            .map(|t| t.contains_key("data_dir"))
+            .unwrap_or(false);
+    }
+    if let Some(data) = &args.data {
+        config.data_dir = data.clone();
+    } else if !file_sets_data_dir {
+        config.data_dir = default_data_dir()?;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls.cert = Some(cert.clone());
+        config.tls.key = Some(key.clone());
+    }
+    if let Some(r) = args.registration {
+        config.registration = match r {
+            Registration::Open => RegistrationPolicy::Open,
+            Registration::Invite => RegistrationPolicy::Invite,
+        };
+    }
+    config
+        .validate()
+        .map_err(|e| user_error(format!("invalid configuration: {e}")))?;
+    Ok(config)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    () = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => ctrl_c.await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = build_config(&args)?;
+    let store = hushwire_server::open_sqlite(&config)
+        .await
+        .context("cannot open the server database")?;
+    let running = hushwire_server::bind(config.clone(), store.clone())
+        .await
+        .context("cannot start the server")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "url: {}", running.url())?;
+        writeln!(out, "pin: {}", running.pin())?;
+        out.flush()?;
+    }
+    tracing::info!(data_dir = %config.data_dir.display(), "serving");
+    let result = running.run(shutdown_signal()).await;
+    store.shutdown().await;
+    result.context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub(crate) async fn admin_invite(data: Option<PathBuf>, ttl_hours: u64) -> anyhow::Result<()> {
+    if ttl_hours == 0 {
+        return Err(user_error("--ttl-hours must be at least 1"));
+    }
+    let config = ServerConfig {
+        data_dir: match data {
+            Some(d) => d,
+            None => default_data_dir()?,
+        },
+        ..ServerConfig::default()
+    };
+    let store = hushwire_server::open_sqlite(&config)
+        .await
+        .context("cannot open the server database")?;
+    let ttl = Duration::from_secs(ttl_hours.saturating_mul(3600));
+    let code = hushwire_server::create_invite(&*store, ttl).await;
+    store.shutdown().await;
+    let code = code.context("cannot create the invite")?;
+    crate::output::print_line(&code)?;
+    Ok(())
+}

@@ -1,0 +1,496 @@
+//! Runs the built `hushwire` binary: a real server process on 127.0.0.1 and client
+//! commands in temporary profiles.
+
+// Test helpers outside `#[test]` functions: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hushwire");
+
+/// A `hushwire serve` child process, stopped with SIGTERM on drop.
+struct Server {
+    child: Option<Child>,
+    url: String,
+    pin: String,
+}
+
+impl Server {
+    /// Starts `hushwire serve` on `listen` with `data` and waits for its url and pin.
+    fn start(data: &Path, listen: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", listen, "--data"])
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn hushwire serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut url = None;
+        let mut pin = None;
+        while url.is_none() || pin.is_none() {
+            let line = lines
+                .next()
+                .expect("serve exited before printing url and pin")
+                .unwrap();
+            if let Some(u) = line.strip_prefix("url: ") {
+                url = Some(u.to_string());
+            } else if let Some(p) = line.strip_prefix("pin: ") {
+                pin = Some(p.to_string());
+            }
+        }
+        Server {
+            child: Some(child),
+            url: url.unwrap(),
+            pin: pin.unwrap(),
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn hushwire(profile: &Path, args: &[&str]) -> Output {
+    hushwire_stdin(profile, args, None)
+}
+
+fn hushwire_stdin(profile: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .env_remove("HUSHWIRE_PROFILE")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_code(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+fn register(profile: &Path, handle: &str, server: &Server) {
+    let o = hushwire(
+        profile,
+        &[
+            "register",
+            handle,
+            "--server",
+            &server.url,
+            "--pin",
+            &server.pin,
+        ],
+    );
+    assert_code(&o, 0);
+}
+
+/// `send`, returning the message id from the last line of stdout.
+fn send(profile: &Path, to: &str, text: &str, expect: i32) -> String {
+    let o = hushwire(profile, &["send", to, text]);
+    assert_code(&o, expect);
+    last_line(&o)
+}
+
+fn last_line(o: &Output) -> String {
+    stdout(o)
+        .lines()
+        .last()
+        .expect("some stdout")
+        .trim()
+        .to_string()
+}
+
+fn receive_json(profile: &Path) -> Vec<Value> {
+    let o = hushwire(profile, &["receive", "--json"]);
+    assert_code(&o, 0);
+    stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+}
+
+struct Env {
+    _root: tempfile::TempDir,
+    server_data: PathBuf,
+    alice: PathBuf,
+    bob: PathBuf,
+}
+
+fn env() -> Env {
+    let root = tempfile::tempdir().unwrap();
+    Env {
+        server_data: root.path().join("server"),
+        alice: root.path().join("alice"),
+        bob: root.path().join("bob"),
+        _root: root,
+    }
+}
+
+#[test]
+fn serve_prints_url_and_pin_then_stops_cleanly_on_sigterm() {
+    let e = env();
+    let mut server = Server::start(&e.server_data, "127.0.0.1:0", &[]);
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let hex = server.pin.strip_prefix("sha256:").expect("sha256: pin");
+    assert_eq!(hex.len(), 64);
+    assert!(hex.chars().all(|c| c.is_ascii_hexdigit()));
+    let status = server.stop();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+
+    // Restarting on the same data directory keeps the key, hence the pin.
+    let again = Server::start(&e.server_data, "127.0.0.1:0", &[]);
+    assert_eq!(again.pin, server.pin);
+}
+
+#[test]
+fn register_send_receive_between_two_profiles() {
+    let e = env();
+    let server = Server::start(&e.server_data, "127.0.0.1:0", &[]);
+    register(&e.alice, "alice", &server);
+    register(&e.bob, "bob", &server);
+
+    let o = hushwire(&e.alice, &["whoami"]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("handle: alice"), "{}", stdout(&o));
+
+    let id1 = send(&e.alice, "bob", "hello bob, this is alice", 0);
+    assert!(is_uuid(&id1), "{id1:?}");
+    let id2 = send(&e.alice, "bob", "second one", 0);
+
+    let got = receive_json(&e.bob);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["type"], "message");
+    assert_eq!(got[0]["id"], id1.as_str());
+    assert_eq!(got[0]["conversation"], "alice");
+    assert_eq!(got[0]["from"], "alice");
+    assert_eq!(got[0]["text"], "hello bob, this is alice");
+    assert!(got[0]["sent_at"].as_str().unwrap().contains('T'));
+    assert_eq!(got[1]["id"], id2.as_str());
+    // Acknowledged: nothing is delivered twice.
+    assert!(receive_json(&e.bob).is_empty());
+
+    // Reply with the text on stdin.
+    let o = hushwire_stdin(&e.bob, &["send", "alice", "-"], Some("hi alice\n"));
+    assert_code(&o, 0);
+    let reply = last_line(&o);
+    let got = receive_json(&e.alice);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["id"], reply.as_str());
+    assert_eq!(got[0]["from"], "bob");
+    assert_eq!(got[0]["text"], "hi alice");
+
+    let o = hushwire(&e.alice, &["history", "bob", "--json"]);
+    assert_code(&o, 0);
+    let history: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let texts: Vec<&str> = history
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        ["hello bob, this is alice", "second one", "hi alice"]
+    );
+    assert_eq!(history[0]["from"], "alice");
+    assert_eq!(history[0]["conversation"], "bob");
+
+    let o = hushwire(&e.bob, &["conversations"]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).starts_with("alice"), "{}", stdout(&o));
+
+    // Human output.
+    send(&e.alice, "bob", "plain text please", 0);
+    let o = hushwire(&e.bob, &["receive"]);
+    assert_code(&o, 0);
+    let line = stdout(&o);
+    assert!(
+        line.starts_with('[') && line.trim_end().ends_with("] alice: plain text please"),
+        "{line}"
+    );
+}
+
+#[test]
+fn user_errors_exit_1() {
+    let e = env();
+    let server = Server::start(&e.server_data, "127.0.0.1:0", &[]);
+    // Not registered.
+    assert_code(&hushwire(&e.alice, &["send", "bob", "hi"]), 1);
+    assert_code(&hushwire(&e.alice, &["whoami"]), 1);
+    // Bad arguments and handles.
+    assert_code(&hushwire(&e.alice, &["send"]), 1);
+    assert_code(
+        &hushwire(
+            &e.alice,
+            &[
+                "register",
+                "A!",
+                "--server",
+                &server.url,
+                "--pin",
+                &server.pin,
+            ],
+        ),
+        1,
+    );
+    register(&e.alice, "alice", &server);
+    // Taken handle.
+    let o = hushwire(
+        &e.bob,
+        &[
+            "register",
+            "alice",
+            "--server",
+            &server.url,
+            "--pin",
+            &server.pin,
+        ],
+    );
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("taken"), "{}", stderr(&o));
+    // Unknown recipient: refused, nothing queued.
+    let o = hushwire(&e.alice, &["send", "nobody", "hi"]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("nobody"), "{}", stderr(&o));
+    assert_code(&hushwire(&e.alice, &["history", "nobody"]), 1);
+}
+
+#[test]
+fn register_with_wrong_pin_fails_clearly() {
+    let e = env();
+    let server = Server::start(&e.server_data, "127.0.0.1:0", &[]);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let o = hushwire(
+        &e.alice,
+        &[
+            "register",
+            "alice",
+            "--server",
+            &server.url,
+            "--pin",
+            &wrong,
+        ],
+    );
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains("does not match the pin"), "{err}");
+    assert!(err.contains(&wrong) && err.contains(&server.pin), "{err}");
+    // No identity was created; the right pin still works.
+    assert_code(&hushwire(&e.alice, &["whoami"]), 1);
+    register(&e.alice, "alice", &server);
+}
+
+#[test]
+fn send_while_server_down_stays_queued_and_is_delivered_once() {
+    let e = env();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut server = Server::start(&e.server_data, &listen, &[]);
+    register(&e.alice, "alice", &server);
+    register(&e.bob, "bob", &server);
+    // An existing conversation, then the server goes away.
+    let first = send(&e.alice, "bob", "before the outage", 0);
+    assert_eq!(server.stop().code(), Some(0));
+
+    let o = hushwire(&e.alice, &["send", "bob", "during the outage"]);
+    assert_code(&o, 3);
+    let queued = last_line(&o);
+    assert!(is_uuid(&queued), "{queued:?}");
+    assert!(stderr(&o).contains("queued"), "{}", stderr(&o));
+    let o = hushwire(&e.alice, &["history", "bob"]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("during the outage  (queued)"),
+        "{}",
+        stdout(&o)
+    );
+    // Receiving fails the same way.
+    assert_code(&hushwire(&e.bob, &["receive"]), 3);
+
+    let _server = Server::start(&e.server_data, &listen, &[]);
+    assert_code(&hushwire(&e.alice, &["sync"]), 0);
+    let o = hushwire(&e.alice, &["history", "bob"]);
+    assert!(!stdout(&o).contains("(queued)"), "{}", stdout(&o));
+    // A second sync has nothing left to send.
+    assert_code(&hushwire(&e.alice, &["sync"]), 0);
+    let later = send(&e.alice, "bob", "after the outage", 0);
+
+    let got = receive_json(&e.bob);
+    let ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [first.as_str(), queued.as_str(), later.as_str()],
+        "{got:?}"
+    );
+    assert_eq!(got[1]["text"], "during the outage");
+}
+
+#[test]
+fn demo_runs_and_finds_no_plaintext() {
+    let o = Command::new(BIN).arg("demo").output().unwrap();
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("plaintext found: no"), "{out}");
+    assert!(out.contains("bob received from alice: Hi Bob!"), "{out}");
+    assert!(out.contains("alice received from bob:"), "{out}");
+}
+
+#[test]
+fn help_lists_every_command() {
+    let o = Command::new(BIN).arg("--help").output().unwrap();
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    for cmd in [
+        "serve",
+        "admin",
+        "register",
+        "send",
+        "receive",
+        "sync",
+        "history",
+        "conversations",
+        "whoami",
+        "demo",
+    ] {
+        assert!(out.contains(cmd), "{cmd} missing from:\n{out}");
+    }
+}
+
+#[test]
+fn invite_only_server_needs_an_admin_invite() {
+    let e = env();
+    let server = Server::start(&e.server_data, "127.0.0.1:0", &["--registration", "invite"]);
+    let o = hushwire(
+        &e.alice,
+        &[
+            "register",
+            "alice",
+            "--server",
+            &server.url,
+            "--pin",
+            &server.pin,
+        ],
+    );
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("invite"), "{}", stderr(&o));
+    let o = Command::new(BIN)
+        .args(["admin", "invite", "--data"])
+        .arg(&e.server_data)
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let code = last_line(&o);
+    let o = hushwire(
+        &e.alice,
+        &[
+            "register",
+            "alice",
+            "--server",
+            &server.url,
+            "--pin",
+            &server.pin,
+            "--invite",
+            &code,
+        ],
+    );
+    assert_code(&o, 0);
+}
+
+#[test]
+fn receive_waits_for_live_messages_and_acks_on_sigterm() {
+    let e = env();
+    let server = Server::start(&e.server_data, "127.0.0.1:0", &[]);
+    register(&e.alice, "alice", &server);
+    register(&e.bob, "bob", &server);
+    send(&e.alice, "bob", "first", 0);
+
+    let mut bob = Command::new(BIN)
+        .arg("--profile")
+        .arg(&e.bob)
+        .args(["receive", "--json", "--timeout", "600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(bob.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["text"], "first");
+    // bob is now connected and waiting: this one is pushed live.
+    let id = send(&e.alice, "bob", "live one", 0);
+    let live: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(live["id"], id.as_str());
+    assert_eq!(live["text"], "live one");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &bob.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(bob.wait().unwrap().code(), Some(0));
+    // Both were acknowledged before exiting.
+    assert!(receive_json(&e.bob).is_empty());
+}

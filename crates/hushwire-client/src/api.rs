@@ -1,0 +1,376 @@
+//! The HTTPS API: protobuf bodies, signed requests, typed errors.
+//!
+//! A request is built as an [`ApiRequest`], signed synchronously with a [`Signer`]
+//! (so no borrow of a key store is held across an `.await`), then sent with
+//! [`ApiClient::call`].
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signer as _, SigningKey};
+use hushwire_proto::codec::decode_bounded;
+use hushwire_proto::identity::{REQUEST_AUTH_HEADER, RequestAuth, request_auth_payload};
+use hushwire_proto::limits::MAX_API_BODY_BYTES;
+use hushwire_proto::wire::{self, ErrorCode};
+use hushwire_proto::{PROTOBUF_CONTENT_TYPE, codec};
+use prost::Message;
+use reqwest::Method;
+
+use crate::{ClientError, Endpoint};
+
+/// Milliseconds since the Unix epoch by the local clock.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A timestamp for signing a request: the local clock, but strictly increasing within
+/// the process. The server refuses a signature it has seen before, and two identical
+/// requests signed in the same millisecond would otherwise have the same signature.
+pub fn signing_time_ms() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = unix_ms();
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev.saturating_add(1));
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// Something that signs with a device key on behalf of `handle`/`device_id`.
+pub trait Signer {
+    /// The account's handle.
+    fn handle(&self) -> &str;
+    /// The device id within the account.
+    fn device_id(&self) -> u32;
+    /// Ed25519 signature by the device key.
+    fn sign(&self, payload: &[u8]) -> Result<[u8; 64], ClientError>;
+}
+
+/// A [`Signer`] holding a raw device key: for tools (the load generator) that act as
+/// devices without a profile. The key is zeroized on drop and never printed.
+pub struct KeySigner {
+    handle: String,
+    device_id: u32,
+    key: SigningKey,
+}
+
+impl KeySigner {
+    /// Wraps a device key.
+    pub fn new(handle: impl Into<String>, device_id: u32, key: SigningKey) -> Self {
+        Self {
+            handle: handle.into(),
+            device_id,
+            key,
+        }
+    }
+
+    /// The device's public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+}
+
+impl fmt::Debug for KeySigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeySigner")
+            .field("handle", &self.handle)
+            .field("device_id", &self.device_id)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Signer for KeySigner {
+    fn handle(&self) -> &str {
+        &self.handle
+    }
+    fn device_id(&self) -> u32 {
+        self.device_id
+    }
+    fn sign(&self, payload: &[u8]) -> Result<[u8; 64], ClientError> {
+        Ok(self.key.sign(payload).to_bytes())
+    }
+}
+
+/// One HTTPS API call, before or after signing.
+#[derive(Clone)]
+pub struct ApiRequest {
+    method: Method,
+    route: String,
+    body: Vec<u8>,
+    auth: Option<String>,
+}
+
+impl fmt::Debug for ApiRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiRequest")
+            .field("method", &self.method)
+            .field("route", &self.route)
+            .field("body_len", &self.body.len())
+            .field("signed", &self.auth.is_some())
+            .finish()
+    }
+}
+
+impl ApiRequest {
+    /// A request with a protobuf body (or none for GET).
+    pub fn new(method: Method, route: impl Into<String>, body: Vec<u8>) -> Self {
+        Self {
+            method,
+            route: route.into(),
+            body,
+            auth: None,
+        }
+    }
+
+    /// `POST /v1/register` (not signed).
+    pub fn register(req: &wire::RegisterRequest) -> Self {
+        Self::new(Method::POST, "/v1/register", codec::encode(req))
+    }
+
+    /// `GET /v1/accounts/{handle}` (sign it).
+    pub fn account(handle: &str) -> Self {
+        Self::new(Method::GET, format!("/v1/accounts/{handle}"), Vec::new())
+    }
+
+    /// `PUT /v1/keypackages` (sign it).
+    pub fn upload_key_packages(req: &wire::UploadKeyPackages) -> Self {
+        Self::new(Method::PUT, "/v1/keypackages", codec::encode(req))
+    }
+
+    /// `POST /v1/keypackages/claim` (sign it).
+    pub fn claim_key_packages(req: &wire::ClaimKeyPackages) -> Self {
+        Self::new(Method::POST, "/v1/keypackages/claim", codec::encode(req))
+    }
+
+    /// `GET /v1/keypackages/count?ciphersuite=N` (sign it).
+    pub fn key_package_count(ciphersuite: u16) -> Self {
+        Self::new(
+            Method::GET,
+            format!("/v1/keypackages/count?ciphersuite={ciphersuite}"),
+            Vec::new(),
+        )
+    }
+
+    /// The route, relative to the base URL.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Adds the `x-hushwire-auth` header: the device key's signature over
+    /// [`request_auth_payload`] for this method, path (prefix included), time and body.
+    pub fn sign(
+        mut self,
+        endpoint: &Endpoint,
+        signer: &dyn Signer,
+        unix_ms: u64,
+    ) -> Result<Self, ClientError> {
+        let path_and_query = endpoint.path_and_query(&self.route);
+        let payload = request_auth_payload(
+            self.method.as_str(),
+            &path_and_query,
+            unix_ms,
+            signer.handle(),
+            signer.device_id(),
+            &self.body,
+        );
+        let signature = signer.sign(&payload)?;
+        let auth = RequestAuth {
+            handle: signer.handle().to_string(),
+            device_id: signer.device_id(),
+            unix_ms,
+            signature,
+        };
+        self.auth = Some(auth.to_header());
+        Ok(self)
+    }
+
+    /// The signed header value, if signed.
+    pub fn auth_header(&self) -> Option<&str> {
+        self.auth.as_deref()
+    }
+}
+
+/// Client for the HTTPS routes of one server.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    endpoint: Endpoint,
+}
+
+impl ApiClient {
+    /// Builds an HTTP/1.1 client over the endpoint's pinned TLS configuration.
+    pub fn new(endpoint: Endpoint) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured((*endpoint.tls().config()).clone())
+            // Proxies are configured explicitly (a later Dialer), never from the environment.
+            .no_proxy()
+            .http1_only()
+            .tcp_nodelay(true)
+            .connect_timeout(endpoint.connect_timeout())
+            .timeout(endpoint.connect_timeout() + Duration::from_secs(20))
+            .build()
+            .map_err(|e| ClientError::Protocol(format!("HTTP client: {e}")))?;
+        Ok(Self { http, endpoint })
+    }
+
+    /// The endpoint this client talks to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Sends a request and decodes the protobuf response, or the `ApiError`.
+    pub async fn call<R: Message + Default>(&self, req: ApiRequest) -> Result<R, ClientError> {
+        let url = self.endpoint.https_url(&req.route)?;
+        let mut builder = self.http.request(req.method.clone(), url);
+        if !req.body.is_empty() || req.method != Method::GET {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, PROTOBUF_CONTENT_TYPE)
+                .body(req.body);
+        }
+        if let Some(auth) = req.auth {
+            builder = builder.header(REQUEST_AUTH_HEADER, auth);
+        }
+        let resp = builder.send().await.map_err(|e| self.network_error(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.network_error(&e))?;
+        if status.is_success() {
+            return decode_bounded::<R>(&bytes, MAX_API_BODY_BYTES).map_err(|e| {
+                ClientError::Protocol(format!("undecodable {} response: {e}", req.route))
+            });
+        }
+        let (code, message) = match decode_bounded::<wire::ApiError>(&bytes, MAX_API_BODY_BYTES) {
+            Ok(err) => (
+                ErrorCode::try_from(err.code).unwrap_or(ErrorCode::Unspecified),
+                err.message,
+            ),
+            Err(_) => (
+                ErrorCode::Unspecified,
+                status
+                    .canonical_reason()
+                    .unwrap_or("unexpected response")
+                    .to_string(),
+            ),
+        };
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            code,
+            message,
+        })
+    }
+
+    fn network_error(&self, e: &reqwest::Error) -> ClientError {
+        let fallback = ClientError::Unreachable {
+            url: self.endpoint.base_url(),
+            reason: describe_chain(e),
+        };
+        self.endpoint.tls().classify(e, fallback)
+    }
+}
+
+/// "a: b: c" from an error and its sources.
+pub(crate) fn describe_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    let mut n = 0;
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+        n += 1;
+        if n > 8 {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hushwire_proto::identity::verify;
+
+    #[test]
+    fn signed_requests_cover_method_prefixed_path_time_and_body() {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let signer = KeySigner::new("alice.b", 3, key);
+        let endpoint = Endpoint::new(
+            "https://127.0.0.1:8443/abc123/",
+            Some(&format!("sha256:{}", "ab".repeat(32))),
+        )
+        .unwrap();
+        let body = wire::ClaimKeyPackages {
+            handle: "bob".into(),
+            ciphersuite: 0x004F,
+        };
+        let req = ApiRequest::claim_key_packages(&body)
+            .sign(&endpoint, &signer, 1_700_000_000_123)
+            .unwrap();
+        let auth = RequestAuth::parse(req.auth_header().unwrap()).unwrap();
+        assert_eq!(auth.handle, "alice.b");
+        assert_eq!(auth.device_id, 3);
+        assert_eq!(auth.unix_ms, 1_700_000_000_123);
+        let payload = request_auth_payload(
+            "POST",
+            "/abc123/v1/keypackages/claim",
+            1_700_000_000_123,
+            "alice.b",
+            3,
+            &codec::encode(&body),
+        );
+        verify(&signer.public_key(), &payload, &auth.signature).unwrap();
+        // Any other path, body or time does not verify.
+        let other = request_auth_payload(
+            "POST",
+            "/v1/keypackages/claim",
+            1_700_000_000_123,
+            "alice.b",
+            3,
+            &codec::encode(&body),
+        );
+        assert!(verify(&signer.public_key(), &other, &auth.signature).is_err());
+        assert_eq!(
+            endpoint
+                .https_url("/v1/keypackages/count?ciphersuite=79")
+                .unwrap()
+                .as_str(),
+            "https://127.0.0.1:8443/abc123/v1/keypackages/count?ciphersuite=79"
+        );
+        assert_eq!(
+            endpoint.ws_url().unwrap().as_str(),
+            "wss://127.0.0.1:8443/abc123/v1/ws"
+        );
+        assert!(!format!("{signer:?}").contains("07"));
+    }
+
+    #[test]
+    fn endpoint_rejects_bad_urls() {
+        for url in [
+            "http://x:1",
+            "https://",
+            "not a url",
+            "https://u:p@host/",
+            "https://h/?q=1",
+        ] {
+            assert!(
+                matches!(
+                    Endpoint::new(url, None),
+                    Err(ClientError::InvalidUrl { .. })
+                ),
+                "{url}"
+            );
+        }
+        let ep = Endpoint::new("https://[::1]:9/", None).unwrap();
+        assert_eq!(ep.ws_url().unwrap().as_str(), "wss://[::1]:9/v1/ws");
+    }
+}

@@ -1,0 +1,840 @@
+//! The sync engine: a [`Profile`] plus the connection to its server.
+//!
+//! - [`Client::flush_outbox`] drives [`Profile::next_action`] until the outbox is idle:
+//!   `NeedPeer` → fetch the account and claim key packages, `Submit` → send it on the
+//!   WebSocket and feed the `submit_result` back, `AwaitIncoming` → keep receiving.
+//! - [`Client::receive`] flushes the outbox, processes every pending envelope, waits for
+//!   live pushes, and acknowledges cumulatively — only what the profile has stored.
+//! - Transient failures (unreachable, dropped connection, 5xx/429) reconnect with
+//!   exponential backoff and jitter while the call's deadline allows. Retrying is safe:
+//!   a `Submit` keeps its message id (the server answers a re-submission with
+//!   `duplicate = true`), and the profile skips envelopes it has already stored.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::Duration;
+
+use hushwire_e2e::{Action, E2eError, Event, Identity, Profile, Suite};
+use hushwire_proto::limits::{MAX_API_BODY_BYTES, MAX_KEY_PACKAGES_PER_UPLOAD};
+use hushwire_proto::wire::{self, ClientFrame, ErrorCode, ServerFrame, client_frame, server_frame};
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::api::{Signer, signing_time_ms, unix_ms};
+use crate::connection::frame_name;
+use crate::{ApiClient, ApiRequest, ClientError, Connection, Endpoint};
+
+/// Both suites every device keeps key packages for.
+pub const SUITES: [Suite; 2] = [Suite::XWing, Suite::Classic];
+
+/// Tunables of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// TCP + TLS + WebSocket handshake timeout.
+    pub connect_timeout: Duration,
+    /// Consecutive failed attempts of one step before giving up (the deadline also ends
+    /// retrying).
+    pub max_attempts: u32,
+    /// First backoff delay; doubles per attempt (with jitter) up to `max_backoff`.
+    pub base_backoff: Duration,
+    /// Largest backoff delay.
+    pub max_backoff: Duration,
+    /// Top up one-time key packages to this many per suite...
+    pub key_package_target: u32,
+    /// ...when fewer than this many are left on the server.
+    pub key_package_low_water: u32,
+    /// Acknowledge after this many stored envelopes even if more are coming.
+    pub ack_batch: usize,
+    /// Send a keep-alive ping after this long without traffic while waiting.
+    pub keepalive: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            max_attempts: 4,
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            key_package_target: 20,
+            key_package_low_water: 5,
+            ack_batch: 64,
+            keepalive: Duration::from_secs(25),
+        }
+    }
+}
+
+/// What one [`Client::receive`] or [`Client::sync`] did.
+#[derive(Debug, Default)]
+pub struct ReceiveReport {
+    /// Envelopes newly processed and stored.
+    pub stored: u64,
+    /// The highest seq acknowledged to the server.
+    pub acked_up_to: u64,
+    /// Outbox items still pending afterwards.
+    pub outbox_left: usize,
+    /// Why the outbox could not be flushed, if it could not (receiving went on anyway).
+    pub outbox_error: Option<ClientError>,
+}
+
+/// A [`Signer`] backed by a profile's device key.
+pub struct ProfileSigner<'a> {
+    profile: &'a Profile,
+    identity: &'a Identity,
+}
+
+impl<'a> ProfileSigner<'a> {
+    /// Fails with [`ClientError::NotRegistered`] before registration completed.
+    pub fn new(profile: &'a Profile) -> Result<Self, ClientError> {
+        let identity = profile.identity().ok_or(ClientError::NotRegistered)?;
+        Ok(Self { profile, identity })
+    }
+}
+
+impl Signer for ProfileSigner<'_> {
+    fn handle(&self) -> &str {
+        &self.identity.handle
+    }
+    fn device_id(&self) -> u32 {
+        self.identity.device_id
+    }
+    fn sign(&self, payload: &[u8]) -> Result<[u8; 64], ClientError> {
+        Ok(self.profile.sign(payload)?)
+    }
+}
+
+/// The live WebSocket and its acknowledgement state.
+struct Live {
+    conn: Connection,
+    /// The server sent `drained` on this connection.
+    drained: bool,
+    /// Highest seq the profile has durably stored (or had stored before).
+    stored_up_to: u64,
+    /// Highest seq acknowledged on this connection.
+    acked_up_to: u64,
+    /// Stored but not yet acknowledged envelopes.
+    unacked: usize,
+    /// A delivery was left unprocessed (deferred mode): nothing later on this
+    /// connection may be processed, or the skipped one would be lost.
+    deferred: bool,
+    last_traffic: Instant,
+}
+
+/// What one incoming frame turned out to be.
+enum Incoming {
+    Envelope,
+    Drained,
+    SubmitResult(u64, wire::SubmitResult),
+    Other,
+}
+
+/// A registered profile and its server connection: the sync engine.
+pub struct Client {
+    profile: Profile,
+    api: ApiClient,
+    endpoint: Endpoint,
+    options: ClientOptions,
+    live: Option<Live>,
+    next_request_id: u64,
+    events: VecDeque<Event>,
+    stored_this_session: u64,
+    key_packages_checked: bool,
+    defer_deliveries: bool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field(
+                "identity",
+                &self.profile.identity().map(|i| (&i.handle, i.device_id)),
+            )
+            .field("server", &self.endpoint.base_url())
+            .field("connected", &self.live.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Outbox errors that also end a `receive`: the network is down, the server's key is
+/// wrong, or a contact's identity changed (the user must decide).
+fn stops_receiving(e: &ClientError) -> bool {
+    e.is_network()
+        || matches!(
+            e,
+            ClientError::PinMismatch { .. }
+                | ClientError::UntrustedCertificate(_)
+                | ClientError::E2e(E2eError::IdentityChanged { .. })
+        )
+}
+
+fn deadline_after(d: Duration) -> Instant {
+    Instant::now() + d
+}
+
+impl Client {
+    /// Opens the profile in `dir`; it must be registered.
+    pub fn open(dir: &Path, options: ClientOptions) -> Result<Self, ClientError> {
+        Self::from_profile(Profile::open(dir)?, options)
+    }
+
+    /// Wraps an open, registered profile, connecting to the server it registered with.
+    pub fn from_profile(profile: Profile, options: ClientOptions) -> Result<Self, ClientError> {
+        let identity = profile.identity().ok_or(ClientError::NotRegistered)?;
+        let endpoint = Endpoint::new(&identity.server_url, identity.pin.as_deref())?
+            .with_connect_timeout(options.connect_timeout);
+        let api = ApiClient::new(endpoint.clone())?;
+        Ok(Self {
+            profile,
+            api,
+            endpoint,
+            options,
+            live: None,
+            next_request_id: 1,
+            events: VecDeque::new(),
+            stored_this_session: 0,
+            key_packages_checked: false,
+            defer_deliveries: false,
+        })
+    }
+
+    /// The profile (history, conversations...).
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// The profile, mutably (for local-only operations).
+    pub fn profile_mut(&mut self) -> &mut Profile {
+        &mut self.profile
+    }
+
+    /// The registered identity.
+    pub fn identity(&self) -> Result<&Identity, ClientError> {
+        self.profile.identity().ok_or(ClientError::NotRegistered)
+    }
+
+    /// The server endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Stores `text` for `peer` in the history and the outbox (no network). Returns the
+    /// message id, which stays the same across every retry.
+    pub fn queue_text(&mut self, peer: &str, text: &str) -> Result<String, ClientError> {
+        hushwire_proto::identity::validate_handle(peer)?;
+        Ok(self.profile.queue_text(peer, text, unix_ms())?)
+    }
+
+    /// With `defer`, incoming deliveries that arrive while sending are left on the server
+    /// (neither stored nor acknowledged) for the next `receive`, unless the outbox needs
+    /// them to make progress. This is what a one-shot `send` wants, so that a later
+    /// `receive` shows those messages.
+    pub fn set_defer_deliveries(&mut self, defer: bool) {
+        self.defer_deliveries = defer;
+    }
+
+    /// Whether a conversation with `peer` exists locally.
+    pub fn has_conversation(&self, peer: &str) -> Result<bool, ClientError> {
+        Ok(self.profile.conversations()?.iter().any(|c| c.name == peer))
+    }
+
+    /// Fetches an account (signed `GET /v1/accounts/{handle}`); 404 is
+    /// [`ClientError::UnknownHandle`].
+    pub async fn fetch_account(&self, handle: &str) -> Result<wire::AccountInfo, ClientError> {
+        let req = self.signed(ApiRequest::account(handle))?;
+        match self.api.call::<wire::AccountInfo>(req).await {
+            Err(ClientError::Api {
+                status: 404,
+                code: ErrorCode::NotFound | ErrorCode::Unspecified,
+                ..
+            }) => Err(ClientError::UnknownHandle(handle.to_string())),
+            other => other,
+        }
+    }
+
+    fn signed(&self, req: ApiRequest) -> Result<ApiRequest, ClientError> {
+        let signer = ProfileSigner::new(&self.profile)?;
+        req.sign(&self.endpoint, &signer, signing_time_ms())
+    }
+
+    // ------------------------------------------------------------------ connection
+
+    async fn connect(&mut self) -> Result<(), ClientError> {
+        let pending = Connection::open(&self.endpoint).await?;
+        let auth = {
+            let signer = ProfileSigner::new(&self.profile)?;
+            pending.auth_response(&signer)?
+        };
+        let conn = pending
+            .authenticate(auth, self.options.connect_timeout)
+            .await?;
+        let stored_up_to = self.profile.last_received_seq()?;
+        tracing::debug!(server = %self.endpoint.base_url(), "connected");
+        self.live = Some(Live {
+            conn,
+            drained: false,
+            stored_up_to,
+            acked_up_to: 0,
+            unacked: 0,
+            deferred: false,
+            last_traffic: Instant::now(),
+        });
+        Ok(())
+    }
+
+    async fn ensure_connected(&mut self) -> Result<(), ClientError> {
+        if self.live.is_none() {
+            self.connect().await?;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges what is stored and closes the WebSocket normally; the next call
+    /// reconnects.
+    pub async fn disconnect(&mut self) {
+        if self.flush_ack().await.is_ok()
+            && let Some(live) = self.live.take()
+        {
+            live.conn.close().await;
+        }
+        self.live = None;
+    }
+
+    fn drop_connection(&mut self) {
+        // Dropping the stream closes the TCP connection; unacknowledged entries are
+        // delivered again next time.
+        self.live = None;
+    }
+
+    /// Acknowledges everything stored, if anything is unacknowledged.
+    async fn flush_ack(&mut self) -> Result<(), ClientError> {
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        if live.stored_up_to > live.acked_up_to {
+            let up_to = live.stored_up_to;
+            live.conn
+                .send(&ClientFrame {
+                    request_id: 0,
+                    body: Some(client_frame::Body::Ack(wire::Ack { up_to_seq: up_to })),
+                })
+                .await?;
+            live.acked_up_to = up_to;
+            live.unacked = 0;
+            tracing::debug!(up_to, "acknowledged");
+        }
+        Ok(())
+    }
+
+    /// The next frame, or `None` at `until`. Pending acks are sent before blocking, and
+    /// a keep-alive ping after a long silence.
+    async fn next_frame(&mut self, until: Instant) -> Result<Option<ServerFrame>, ClientError> {
+        loop {
+            let keepalive = self.options.keepalive;
+            let live = self
+                .live
+                .as_mut()
+                .ok_or_else(|| ClientError::Protocol("not connected".into()))?;
+            let has_unacked = live.stored_up_to > live.acked_up_to;
+            let ping_at = live.last_traffic + keepalive;
+            // Wait briefly for a frame already on its way, so acks batch up; then ack
+            // and wait for real.
+            let slice_end = if has_unacked {
+                (Instant::now() + Duration::from_millis(15)).min(until)
+            } else {
+                until.min(ping_at)
+            };
+            match tokio::time::timeout_at(slice_end, live.conn.recv()).await {
+                Ok(frame) => {
+                    live.last_traffic = Instant::now();
+                    return frame.map(Some);
+                }
+                Err(_) => {
+                    if has_unacked {
+                        self.flush_ack().await?;
+                    } else if Instant::now() >= until {
+                        return Ok(None);
+                    } else if Instant::now() >= ping_at {
+                        live.conn
+                            .send(&ClientFrame {
+                                request_id: 0,
+                                body: Some(client_frame::Body::Ping(wire::Ping {
+                                    client_time_ms: unix_ms(),
+                                })),
+                            })
+                            .await?;
+                        live.last_traffic = Instant::now();
+                    }
+                    if Instant::now() >= until {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one frame: envelopes are stored through the profile.
+    async fn dispatch(&mut self, frame: ServerFrame) -> Result<Incoming, ClientError> {
+        match frame.body {
+            Some(server_frame::Body::Deliver(envelope)) => {
+                self.store_envelope(&envelope).await?;
+                Ok(Incoming::Envelope)
+            }
+            Some(server_frame::Body::Drained(d)) => {
+                if let Some(live) = self.live.as_mut() {
+                    live.drained = true;
+                }
+                tracing::debug!(last_seq = d.last_seq, "mailbox drained");
+                self.flush_ack().await?;
+                Ok(Incoming::Drained)
+            }
+            Some(server_frame::Body::SubmitResult(result)) => {
+                Ok(Incoming::SubmitResult(frame.request_id, result))
+            }
+            Some(server_frame::Body::Pong(_)) => Ok(Incoming::Other),
+            Some(server_frame::Body::Error(e)) => Err(ClientError::Protocol(format!(
+                "server error frame ({:?}): {}",
+                ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                e.message
+            ))),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected {} frame",
+                frame_name(other.as_ref())
+            ))),
+        }
+    }
+
+    /// Stores one envelope (fetching unknown accounts as needed), then counts it for the
+    /// next acknowledgement.
+    async fn store_envelope(&mut self, envelope: &wire::Envelope) -> Result<(), ClientError> {
+        if let Some(live) = self.live.as_mut()
+            && (self.defer_deliveries || live.deferred)
+        {
+            // Not stored, not acknowledged: the server delivers it again next time.
+            live.deferred = true;
+            return Ok(());
+        }
+        let already = self
+            .live
+            .as_ref()
+            .is_some_and(|l| envelope.seq <= l.stored_up_to);
+        if !already {
+            let mut fetched = 0;
+            loop {
+                match self.profile.receive(envelope, unix_ms()) {
+                    Ok(events) => {
+                        self.events.extend(events);
+                        self.stored_this_session += 1;
+                        break;
+                    }
+                    Err(E2eError::NeedAccount(handle)) if fetched < 3 => {
+                        fetched += 1;
+                        let account = self.fetch_account(&handle).await?;
+                        self.profile.learn_account(&account)?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let batch = self.options.ack_batch;
+        let full = match self.live.as_mut() {
+            Some(live) => {
+                live.stored_up_to = live.stored_up_to.max(envelope.seq);
+                live.unacked += 1;
+                live.unacked >= batch
+            }
+            None => false,
+        };
+        if full {
+            self.flush_ack().await?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, on_event: &mut (dyn FnMut(Event) + Send)) {
+        while let Some(e) = self.events.pop_front() {
+            on_event(e);
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .options
+            .base_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.options.max_backoff);
+        // "Equal jitter": half fixed, half random, so retries of many clients spread out.
+        let half = exp / 2;
+        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(0);
+        half + Duration::from_millis(rand::thread_rng().gen_range(0..=jitter_ms))
+    }
+
+    /// After a failed step: whether to retry (after sleeping) or give up.
+    async fn should_retry(
+        &mut self,
+        err: &ClientError,
+        attempt: &mut u32,
+        deadline: Instant,
+    ) -> bool {
+        self.drop_connection();
+        if !err.is_transient() {
+            return false;
+        }
+        *attempt += 1;
+        if *attempt >= self.options.max_attempts {
+            return false;
+        }
+        let delay = self.backoff(*attempt - 1);
+        if Instant::now() + delay >= deadline {
+            return false;
+        }
+        tracing::info!(error = %err, attempt = *attempt, ?delay, "retrying");
+        tokio::time::sleep(delay).await;
+        true
+    }
+
+    // ------------------------------------------------------------------ outbox
+
+    /// Sends every outbox item, within `timeout`. Events (sent confirmations, messages
+    /// received meanwhile) go to `on_event`. On error the unsent items stay queued with
+    /// their ids.
+    pub async fn flush_outbox(
+        &mut self,
+        timeout: Duration,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<(), ClientError> {
+        let deadline = deadline_after(timeout);
+        let mut attempt = 0;
+        loop {
+            let step = self.outbox_step(deadline).await;
+            self.emit(on_event);
+            match step {
+                Ok(true) => return Ok(()),
+                Ok(false) => attempt = 0,
+                Err(e) => {
+                    if !self.should_retry(&e, &mut attempt, deadline).await {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One action of the outbox. `Ok(true)` once idle.
+    async fn outbox_step(&mut self, deadline: Instant) -> Result<bool, ClientError> {
+        if Instant::now() >= deadline {
+            return Err(ClientError::Timeout("sending the outbox".into()));
+        }
+        match self.profile.next_action(unix_ms())? {
+            Action::Idle => Ok(true),
+            Action::NeedPeer { handle, suite } => {
+                let account = self.fetch_account(&handle).await?;
+                let claim = wire::ClaimKeyPackages {
+                    handle: handle.clone(),
+                    ciphersuite: u32::from(suite.code()),
+                };
+                let req = self.signed(ApiRequest::claim_key_packages(&claim))?;
+                let claimed = match self.api.call::<wire::ClaimedKeyPackages>(req).await {
+                    Err(ClientError::Api {
+                        code: ErrorCode::NoKeyPackages,
+                        ..
+                    }) => {
+                        return Err(E2eError::NoKeyPackages(handle).into());
+                    }
+                    Err(ClientError::Api {
+                        status: 404,
+                        code: ErrorCode::NotFound,
+                        ..
+                    }) => return Err(ClientError::UnknownHandle(handle)),
+                    other => other?,
+                };
+                self.profile
+                    .provide_peer(&account, &claimed.key_packages, unix_ms())?;
+                Ok(false)
+            }
+            Action::Submit(submit) => {
+                self.ensure_connected().await?;
+                let result = self.submit(&submit, deadline).await?;
+                let events = self
+                    .profile
+                    .submit_result(&submit.message_id, &result, unix_ms())?;
+                self.events.extend(events);
+                Ok(false)
+            }
+            Action::AwaitIncoming => {
+                // Progress needs incoming commits: process deliveries from now on, on a
+                // connection that has skipped none.
+                self.defer_deliveries = false;
+                if self.live.as_ref().is_some_and(|l| l.deferred) {
+                    self.drop_connection();
+                }
+                self.ensure_connected().await?;
+                match self.next_frame(deadline).await? {
+                    Some(frame) => {
+                        self.dispatch(frame).await?;
+                        Ok(false)
+                    }
+                    None => Err(ClientError::Timeout(
+                        "the outbox waits for a commit from another member".into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Sends a `Submit` and waits for its result, storing deliveries meanwhile.
+    async fn submit(
+        &mut self,
+        submit: &wire::Submit,
+        deadline: Instant,
+    ) -> Result<wire::SubmitResult, ClientError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let live = self
+            .live
+            .as_mut()
+            .ok_or_else(|| ClientError::Protocol("not connected".into()))?;
+        live.conn
+            .send(&ClientFrame {
+                request_id,
+                body: Some(client_frame::Body::Submit(submit.clone())),
+            })
+            .await?;
+        loop {
+            let Some(frame) = self.next_frame(deadline).await? else {
+                return Err(ClientError::Timeout(
+                    "waiting for the server to accept".into(),
+                ));
+            };
+            match self.dispatch(frame).await? {
+                Incoming::SubmitResult(id, result) if id == request_id => return Ok(result),
+                _ => {}
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ receiving
+
+    /// Flushes the outbox, stores every pending envelope, then keeps receiving live pushes
+    /// for `wait`. Every stored envelope is acknowledged before returning. `timeout` bounds
+    /// the connection work before the wait.
+    pub async fn receive(
+        &mut self,
+        wait: Duration,
+        timeout: Duration,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<ReceiveReport, ClientError> {
+        let mut report = ReceiveReport::default();
+        self.stored_this_session = 0;
+        self.defer_deliveries = false;
+        if self.live.is_some() {
+            // `drained` is only meaningful right after login: start on a fresh connection
+            // so that everything the server holds now is fetched before returning.
+            let _ = self.flush_ack().await;
+            self.drop_connection();
+        }
+        // A failing outbox (say, an unknown peer at its head) must not stop receiving.
+        if let Err(e) = self.flush_outbox(timeout, on_event).await {
+            if stops_receiving(&e) {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "outbox not sent");
+            report.outbox_error = Some(e);
+        }
+        let deadline = deadline_after(timeout);
+        self.drain(deadline, on_event).await?;
+        if self.profile.outbox_len()? > 0 && report.outbox_error.is_none() {
+            // Processing may have queued something (e.g. after a stale epoch).
+            if let Err(e) = self.flush_outbox(timeout, on_event).await {
+                if stops_receiving(&e) {
+                    return Err(e);
+                }
+                report.outbox_error = Some(e);
+            }
+        }
+        if !self.key_packages_checked {
+            self.key_packages_checked = true;
+            if let Err(e) = self.top_up_key_packages().await {
+                tracing::warn!(error = %e, "key package top-up failed");
+            }
+        }
+        let until = deadline_after(wait);
+        let mut attempt = 0;
+        loop {
+            let step = self.wait_step(until).await;
+            self.emit(on_event);
+            match step {
+                Ok(true) => break,
+                Ok(false) => attempt = 0,
+                Err(e) => {
+                    if !self.should_retry(&e, &mut attempt, until).await {
+                        if Instant::now() >= until && e.is_transient() {
+                            break;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        self.flush_ack().await?;
+        report.stored = self.stored_this_session;
+        report.acked_up_to = self.live.as_ref().map(|l| l.acked_up_to).unwrap_or(0);
+        report.outbox_left = self.profile.outbox_len()?;
+        Ok(report)
+    }
+
+    /// Connects if needed and processes frames until the mailbox is drained.
+    async fn drain(
+        &mut self,
+        deadline: Instant,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<(), ClientError> {
+        let mut attempt = 0;
+        loop {
+            let step = self.drain_step(deadline).await;
+            self.emit(on_event);
+            match step {
+                Ok(true) => return Ok(()),
+                Ok(false) => attempt = 0,
+                Err(e) => {
+                    if !self.should_retry(&e, &mut attempt, deadline).await {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn drain_step(&mut self, deadline: Instant) -> Result<bool, ClientError> {
+        self.ensure_connected().await?;
+        if self.live.as_ref().is_some_and(|l| l.drained) {
+            return Ok(true);
+        }
+        match self.next_frame(deadline).await? {
+            Some(frame) => {
+                self.dispatch(frame).await?;
+                Ok(false)
+            }
+            None => Err(ClientError::Timeout("fetching the mailbox".into())),
+        }
+    }
+
+    /// One frame of the live wait. `Ok(true)` when the wait is over.
+    async fn wait_step(&mut self, until: Instant) -> Result<bool, ClientError> {
+        if Instant::now() >= until {
+            return Ok(true);
+        }
+        self.ensure_connected().await?;
+        match self.next_frame(until).await? {
+            Some(frame) => {
+                self.dispatch(frame).await?;
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// Flushes the outbox and stores everything pending, without waiting for more.
+    pub async fn sync(
+        &mut self,
+        timeout: Duration,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<ReceiveReport, ClientError> {
+        self.receive(Duration::ZERO, timeout, on_event).await
+    }
+
+    /// Acknowledges what is stored and closes the WebSocket normally.
+    pub async fn close(mut self) -> Profile {
+        self.disconnect().await;
+        self.profile
+    }
+
+    // ------------------------------------------------------------------ key packages
+
+    /// Checks the server's count of this device's key packages for both suites and
+    /// uploads fresh ones when fewer than the low-water mark are left, and a last-resort
+    /// one when missing.
+    pub async fn top_up_key_packages(&mut self) -> Result<u32, ClientError> {
+        let mut uploaded = 0;
+        for suite in SUITES {
+            let req = self.signed(ApiRequest::key_package_count(suite.code()))?;
+            let count: wire::KeyPackageCount = self.api.call(req).await?;
+            let mut uploads = Vec::new();
+            if count.available < self.options.key_package_low_water {
+                let n = self
+                    .options
+                    .key_package_target
+                    .saturating_sub(count.available);
+                let n = usize::try_from(n).unwrap_or(0);
+                for kp in self.profile.key_packages(suite, n, false)? {
+                    uploads.push(wire::KeyPackageUpload {
+                        key_package: kp.into(),
+                        last_resort: false,
+                    });
+                }
+            }
+            if !count.has_last_resort {
+                for kp in self.profile.key_packages(suite, 1, true)? {
+                    uploads.push(wire::KeyPackageUpload {
+                        key_package: kp.into(),
+                        last_resort: true,
+                    });
+                }
+            }
+            uploaded += self.upload_key_packages(uploads).await?;
+        }
+        Ok(uploaded)
+    }
+
+    /// Uploads key packages in bodies within the protocol's limits.
+    async fn upload_key_packages(
+        &mut self,
+        uploads: Vec<wire::KeyPackageUpload>,
+    ) -> Result<u32, ClientError> {
+        let mut stored = 0;
+        let mut batch: Vec<wire::KeyPackageUpload> = Vec::new();
+        let mut batch_bytes = 0;
+        let budget = MAX_API_BODY_BYTES / 2;
+        let mut it = uploads.into_iter().peekable();
+        while let Some(kp) = it.next() {
+            batch_bytes += kp.key_package.len() + 8;
+            batch.push(kp);
+            let next_len = it.peek().map(|k| k.key_package.len() + 8).unwrap_or(0);
+            if it.peek().is_none()
+                || batch.len() >= MAX_KEY_PACKAGES_PER_UPLOAD
+                || batch_bytes + next_len > budget
+            {
+                let body = wire::UploadKeyPackages {
+                    key_packages: std::mem::take(&mut batch),
+                };
+                batch_bytes = 0;
+                let req = self.signed(ApiRequest::upload_key_packages(&body))?;
+                let resp: wire::UploadKeyPackagesResponse = self.api.call(req).await?;
+                stored += resp.stored;
+            }
+        }
+        Ok(stored)
+    }
+}
+
+/// Makes `one_time` + 1 last-resort key packages per suite and uploads them.
+pub(crate) async fn upload_initial_key_packages(
+    client: &mut Client,
+    one_time: usize,
+) -> Result<u32, ClientError> {
+    let mut uploads = Vec::new();
+    for suite in SUITES {
+        for kp in client.profile.key_packages(suite, one_time, false)? {
+            uploads.push(wire::KeyPackageUpload {
+                key_package: kp.into(),
+                last_resort: false,
+            });
+        }
+        for kp in client.profile.key_packages(suite, 1, true)? {
+            uploads.push(wire::KeyPackageUpload {
+                key_package: kp.into(),
+                last_resort: true,
+            });
+        }
+    }
+    client.upload_key_packages(uploads).await
+}

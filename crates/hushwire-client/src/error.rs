@@ -1,0 +1,113 @@
+//! The one error type of the client library.
+
+use hushwire_e2e::E2eError;
+use hushwire_proto::identity::HandleError;
+use hushwire_proto::wire::ErrorCode;
+
+/// Everything that can go wrong between a front end and the server.
+///
+/// Front ends map these to exit codes or UI states; [`ClientError::is_transient`] says
+/// whether retrying later may help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The handle is not of the form `[a-z0-9_.]{3,32}`.
+    #[error("invalid handle: {0}")]
+    InvalidHandle(#[from] HandleError),
+    /// The server URL cannot be used.
+    #[error("invalid server URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The pin is not `sha256:<64 hex>`.
+    #[error("invalid pin {0:?}: expected sha256:<64 hex digits>")]
+    InvalidPin(String),
+    /// No connection could be made (DNS, TCP, TLS alert, timeout).
+    #[error("server {url} is unreachable: {reason}")]
+    Unreachable {
+        /// The server's base URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The server presented a key other than the pinned one.
+    #[error(
+        "the server's TLS key does not match the pin: expected {expected}, the server presented {got}"
+    )]
+    PinMismatch {
+        /// The pin the profile or the command line asked for.
+        expected: String,
+        /// The pin of the key the server presented.
+        got: String,
+    },
+    /// Without a pin, the server's certificate does not verify against the Web PKI roots.
+    #[error("the server's TLS certificate is not trusted ({0}); pass its pin with --pin sha256:…")]
+    UntrustedCertificate(String),
+    /// The handle is registered already.
+    #[error("handle {0:?} is taken")]
+    HandleTaken(String),
+    /// The server's registration policy needs an invite code, and none or a bad one was given.
+    #[error("the server requires a valid invite code: {0}")]
+    InviteRequired(String),
+    /// No account has this handle.
+    #[error("no account is registered as {0:?}")]
+    UnknownHandle(String),
+    /// The profile has no identity yet.
+    #[error("this profile is not registered; run `hushwire register` first")]
+    NotRegistered,
+    /// The profile holds an identity already.
+    #[error("this profile is registered already as {0:?}")]
+    AlreadyRegistered(String),
+    /// The server answered an API call with an error.
+    #[error("server refused the request ({code:?}, HTTP {status}): {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Protocol error code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The server broke the protocol (undecodable frame, unexpected frame, bad response).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The WebSocket was closed.
+    #[error("connection closed by the server (code {code}): {reason}")]
+    Closed {
+        /// WebSocket close code (1006 when the connection dropped without a close frame).
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// The operation did not finish before its deadline.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The end-to-end layer (local store, MLS state) failed.
+    #[error(transparent)]
+    E2e(#[from] E2eError),
+}
+
+impl ClientError {
+    /// Whether trying again later (a reconnect) may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::Timeout(_) => true,
+            // 1000 normal closure mid-session, 1001 going away, 1006 dropped, 1011 internal,
+            // 1012/1013 restart/try again later.
+            Self::Closed { code, .. } => matches!(code, 1000 | 1001 | 1006 | 1011 | 1012 | 1013),
+            Self::Api { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// Whether the server could not be reached or dropped us (exit code 3 in the CLI).
+    pub fn is_network(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable { .. } | Self::Timeout(_) | Self::Closed { .. }
+        ) || matches!(self, Self::Api { status, .. } if *status >= 500)
+    }
+}

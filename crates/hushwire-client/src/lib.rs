@@ -1,0 +1,40 @@
+//! Hushwire client library: the connection to a Hushwire server and the sync engine
+//! every front end (CLI, TUI, daemons) drives.
+//!
+//! The server is the MLS Delivery Service and only ever sees ciphertext; all
+//! encryption and the local store live in [`hushwire_e2e::Profile`]. This crate moves
+//! bytes between a profile and the server, reliably: outbox items keep their ids across
+//! retries, incoming envelopes are acknowledged only after the profile stored them, and
+//! transient failures are retried with exponential backoff and jitter.
+//!
+//! # Layout
+//! - [`tls`]: TLS 1.3 client configuration; the pinned-key verifier.
+//! - [`endpoint`]: [`Endpoint`] — base URL, TLS setup and the (swappable) dialer.
+//! - [`api`]: [`ApiClient`] for the HTTPS routes; signed requests ([`Signer`]).
+//! - [`connection`]: the raw authenticated WebSocket [`Connection`] (also used by the
+//!   load generator without a profile).
+//! - `register`: [`register`] — create an identity and register it on a server.
+//! - `client`: [`Client`] — the sync engine: flush the outbox, receive, key packages.
+//! - `error`: [`ClientError`].
+
+pub mod api;
+pub mod connection;
+pub mod endpoint;
+mod error;
+pub mod tls;
+
+#[cfg(test)]
+mod test_support;
+
+pub use api::{ApiClient, ApiRequest, KeySigner, Signer};
+pub use connection::{Connection, FrameReceiver, FrameSender, PendingConnection};
+pub use endpoint::{Dialer, Endpoint};
+pub use error::ClientError;
+mod client;
+mod register;
+
+pub use client::{Client, ClientOptions, ProfileSigner, ReceiveReport, SUITES};
+pub use register::{INITIAL_KEY_PACKAGES, Registered, register};
+
+/// Re-exported so front ends need not depend on `hushwire-e2e` for the common types.
+pub use hushwire_e2e::{Event, Identity, MessageState, StoredMessage};

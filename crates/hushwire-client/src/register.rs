@@ -1,0 +1,92 @@
+//! Registration: create an identity in a profile and register it on a server.
+
+use std::path::Path;
+
+use hushwire_e2e::{Identity, Profile};
+use hushwire_proto::identity::validate_handle;
+use hushwire_proto::wire::{self, ErrorCode};
+
+use crate::api::unix_ms;
+use crate::client::{ClientOptions, upload_initial_key_packages};
+use crate::{ApiClient, ApiRequest, Client, ClientError, Endpoint};
+
+/// One-time key packages uploaded per suite at registration (plus one last-resort).
+pub const INITIAL_KEY_PACKAGES: usize = 20;
+
+/// The outcome of [`register`].
+#[derive(Debug)]
+pub struct Registered {
+    /// The new identity.
+    pub identity: Identity,
+    /// Key packages the server stored.
+    pub key_packages: u32,
+    /// Set when registration succeeded but the key package upload failed; the next
+    /// `receive`/`sync` tops them up.
+    pub key_package_error: Option<ClientError>,
+}
+
+/// Registers `handle` on `server_url` from the profile in `profile_dir`:
+/// checks the handle locally, checks that the server is reachable and presents the
+/// pinned key, creates the account and device keys, `POST /v1/register`, records the
+/// device id, then uploads key packages for both suites.
+pub async fn register(
+    profile_dir: &Path,
+    handle: &str,
+    server_url: &str,
+    pin: Option<&str>,
+    invite: Option<&str>,
+    options: ClientOptions,
+) -> Result<Registered, ClientError> {
+    validate_handle(handle)?;
+    let endpoint = Endpoint::new(server_url, pin)?.with_connect_timeout(options.connect_timeout);
+    let mut profile = Profile::open(profile_dir)?;
+    if let Some(identity) = profile.identity() {
+        return Err(ClientError::AlreadyRegistered(identity.handle.clone()));
+    }
+    // Fail on a wrong pin or an unreachable server before making any keys.
+    endpoint.probe().await?;
+    let registration = profile.create_identity(handle, unix_ms())?;
+    let api = ApiClient::new(endpoint.clone())?;
+    let request = wire::RegisterRequest {
+        handle: handle.to_string(),
+        account_key: registration.account_key.to_vec().into(),
+        device: Some(registration.device),
+        invite: invite.unwrap_or_default().to_string(),
+    };
+    let response: wire::RegisterResponse = match api.call(ApiRequest::register(&request)).await {
+        Ok(r) => r,
+        Err(ClientError::Api {
+            code: ErrorCode::HandleTaken,
+            message,
+            ..
+        }) => {
+            tracing::debug!(%message, "handle taken");
+            return Err(ClientError::HandleTaken(handle.to_string()));
+        }
+        Err(ClientError::Api {
+            code: ErrorCode::InviteRequired,
+            message,
+            ..
+        }) => {
+            return Err(ClientError::InviteRequired(message));
+        }
+        Err(e) => return Err(e),
+    };
+    profile.complete_registration(
+        &endpoint.base_url(),
+        endpoint.pin().as_deref(),
+        response.device_id,
+    )?;
+    let mut client = Client::from_profile(profile, options)?;
+    let (key_packages, key_package_error) =
+        match upload_initial_key_packages(&mut client, INITIAL_KEY_PACKAGES).await {
+            Ok(n) => (n, None),
+            Err(e) => (0, Some(e)),
+        };
+    let identity = client.identity()?.clone();
+    Ok(Registered {
+        identity,
+        key_packages,
+        key_package_error,
+    })
+}
