@@ -519,6 +519,20 @@ impl Client {
         }
     }
 
+    /// The server has no account `handle`: the texts queued for it can never go out.
+    /// They are marked failed and leave the outbox (so the items behind them are not
+    /// blocked), and the caller gets [`ClientError::UnknownHandle`].
+    fn fail_start(&mut self, handle: String) -> ClientError {
+        match self
+            .profile
+            .fail_conversation_start(&handle, "no account has this handle")
+        {
+            Ok(events) => self.events.extend(events),
+            Err(e) => return e.into(),
+        }
+        ClientError::UnknownHandle(handle)
+    }
+
     /// One action of the outbox. `Ok(true)` once idle.
     async fn outbox_step(&mut self, deadline: Instant) -> Result<bool, ClientError> {
         if Instant::now() >= deadline {
@@ -527,7 +541,10 @@ impl Client {
         match self.profile.next_action(unix_ms())? {
             Action::Idle => Ok(true),
             Action::NeedPeer { handle, suite } => {
-                let account = self.fetch_account(&handle).await?;
+                let account = match self.fetch_account(&handle).await {
+                    Err(ClientError::UnknownHandle(h)) => return Err(self.fail_start(h)),
+                    other => other?,
+                };
                 let claim = wire::ClaimKeyPackages {
                     handle: handle.clone(),
                     ciphersuite: u32::from(suite.code()),
@@ -544,7 +561,7 @@ impl Client {
                         status: 404,
                         code: ErrorCode::NotFound,
                         ..
-                    }) => return Err(ClientError::UnknownHandle(handle)),
+                    }) => return Err(self.fail_start(handle)),
                     other => other?,
                 };
                 self.profile

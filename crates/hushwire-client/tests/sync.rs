@@ -232,7 +232,7 @@ async fn raw_connection_authenticates_with_a_device_key_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_recipient_is_reported_and_receiving_still_works() {
+async fn an_unknown_recipient_fails_its_texts_and_receiving_still_works() {
     let server = TestServer::start().await;
     let root = tempfile::tempdir().unwrap();
     let mut alice = user(&server, root.path(), "alice").await;
@@ -243,8 +243,11 @@ async fn an_unknown_recipient_is_reported_and_receiving_still_works() {
     alice.queue_text("nobody", "lost?").unwrap();
     let err = alice.flush_outbox(T, &mut |_| {}).await.unwrap_err();
     assert!(matches!(err, ClientError::UnknownHandle(_)), "{err:?}");
+    // The text failed for good and left the outbox; syncing goes on cleanly.
     let report = alice.sync(T, &mut |_| {}).await.unwrap();
-    assert!(report.outbox_error.is_some());
-    assert_eq!(report.outbox_left, 1);
+    assert!(report.outbox_error.is_none(), "{:?}", report.outbox_error);
+    assert_eq!(report.outbox_left, 0);
+    let history = alice.profile().history("nobody").unwrap();
+    assert_eq!(history[0].state, hushwire_client::MessageState::Failed);
     server.stop().await;
 }

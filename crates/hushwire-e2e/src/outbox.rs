@@ -224,6 +224,25 @@ impl Profile {
         Ok(uuid_text(&id))
     }
 
+    /// Gives up starting a conversation with `peer` (say, the server says no such account
+    /// exists): every queued text to `peer` that was never encrypted is marked Failed and
+    /// leaves the outbox, in one transaction, so the items behind it can go out. Returns
+    /// a [`Event::SendFailed`] for each.
+    pub fn fail_conversation_start(
+        &mut self,
+        peer: &str,
+        reason: &str,
+    ) -> Result<Vec<Event>, E2eError> {
+        let (me, _) = self.me()?;
+        let me = me.handle.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let events = fail_queued_texts(&tx, &me, peer, reason)?;
+        tx.commit()?;
+        Ok(events)
+    }
+
     /// Queues a key-rotation commit (self-update) in the conversation's send group.
     pub fn queue_self_update(&mut self, peer: &str) -> Result<(), E2eError> {
         let _ = self.me()?;

@@ -61,7 +61,7 @@ pub fn encode<M: Message>(msg: &M) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{client_frame, Ping};
+    use crate::wire::{Ping, client_frame};
 
     #[test]
     fn round_trip_client_frame() {
@@ -76,8 +76,17 @@ mod tests {
     #[test]
     fn rejects_oversized_and_garbage() {
         let big = vec![0u8; MAX_FRAME_BYTES + 1];
-        assert!(matches!(decode_client_frame(&big), Err(DecodeError::TooLarge { .. })));
-        assert!(matches!(decode_client_frame(&[0xff, 0xff, 0xff]), Err(DecodeError::Malformed(_))));
-        assert_eq!(decode_client_frame(&[]), Err(DecodeError::Missing("ClientFrame.body")));
+        assert!(matches!(
+            decode_client_frame(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_client_frame(&[0xff, 0xff, 0xff]),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert_eq!(
+            decode_client_frame(&[]),
+            Err(DecodeError::Missing("ClientFrame.body"))
+        );
     }
 }

@@ -50,7 +50,9 @@ pub enum SignatureError {
 pub fn verify(public_key: &[u8], payload: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
     let key: [u8; 32] = public_key.try_into().map_err(|_| SignatureError::BadKey)?;
     let key = VerifyingKey::from_bytes(&key).map_err(|_| SignatureError::BadKey)?;
-    let sig: [u8; 64] = signature.try_into().map_err(|_| SignatureError::BadEncoding)?;
+    let sig: [u8; 64] = signature
+        .try_into()
+        .map_err(|_| SignatureError::BadEncoding)?;
     let sig = Signature::from_bytes(&sig);
     key.verify_strict(payload, &sig)
         .map_err(|_| SignatureError::Mismatch)
@@ -122,7 +124,10 @@ impl RequestAuth {
     /// Formats the header value.
     pub fn to_header(&self) -> String {
         let sig: String = self.signature.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}.{}.{}.{}", self.handle, self.device_id, self.unix_ms, sig)
+        format!(
+            "{}.{}.{}.{}",
+            self.handle, self.device_id, self.unix_ms, sig
+        )
     }
 
     /// Parses the header value. Handles may contain '.', so fields are split from the right.
@@ -178,7 +183,10 @@ mod tests {
         assert!(validate_handle("alice").is_ok());
         assert!(validate_handle("a.b_c9").is_ok());
         assert_eq!(validate_handle("al"), Err(HandleError::Length(2)));
-        assert_eq!(validate_handle(&"a".repeat(33)), Err(HandleError::Length(33)));
+        assert_eq!(
+            validate_handle(&"a".repeat(33)),
+            Err(HandleError::Length(33))
+        );
         assert_eq!(validate_handle("Alice"), Err(HandleError::Character('A')));
         assert_eq!(validate_handle("al ice"), Err(HandleError::Character(' ')));
     }
@@ -198,7 +206,10 @@ mod tests {
         let pk = sk.verifying_key().to_bytes();
         assert!(verify(&pk, &payload, &parsed.signature).is_ok());
         let other = request_auth_payload("POST", "/v1/x", 5, "bob.b", 2, b"bodz");
-        assert_eq!(verify(&pk, &other, &parsed.signature), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&pk, &other, &parsed.signature),
+            Err(SignatureError::Mismatch)
+        );
         assert!(RequestAuth::parse("garbage").is_none());
     }
 

@@ -283,11 +283,20 @@ mod tests {
     fn rejects_bad_input() {
         assert_eq!(parse_header(&[]), Err(MlsHeaderError::Truncated));
         assert_eq!(parse_header(&[0, 2, 0, 2]), Err(MlsHeaderError::Version(2)));
-        assert_eq!(parse_header(&[0, 1, 0, 9]), Err(MlsHeaderError::WireFormat(9)));
+        assert_eq!(
+            parse_header(&[0, 1, 0, 9]),
+            Err(MlsHeaderError::WireFormat(9))
+        );
         // non-minimal varint (length 5 encoded in two bytes)
-        assert_eq!(parse_header(&[0, 1, 0, 2, 0x40, 5]), Err(MlsHeaderError::VarInt));
+        assert_eq!(
+            parse_header(&[0, 1, 0, 2, 0x40, 5]),
+            Err(MlsHeaderError::VarInt)
+        );
         // truncated group id
-        assert_eq!(parse_header(&[0, 1, 0, 2, 10, 1, 2]), Err(MlsHeaderError::Truncated));
+        assert_eq!(
+            parse_header(&[0, 1, 0, 2, 10, 1, 2]),
+            Err(MlsHeaderError::Truncated)
+        );
         let mut m = synthetic_private_message(b"g", 1, ContentType::Application, b"x");
         m[2 + 2 + 2 + 8] = 9;
         assert_eq!(parse_header(&m), Err(MlsHeaderError::ContentType(9)));

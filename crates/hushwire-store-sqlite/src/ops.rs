@@ -509,7 +509,8 @@ impl WriterState {
         let mut welcomes = Vec::new();
         let mut group_info = None;
         let kind;
-        // Recipients of the message itself (sorted, deduplicated, sender excluded).
+        // Recipients of the message itself (sorted, deduplicated, sender excluded): the
+        // roster before the message (for a commit, the old roster).
         let mut audience: Vec<DeviceId> = group.members.clone();
         match sub.kind {
             SubmitKind::Application => kind = EnvelopeKind::Application,
@@ -547,9 +548,7 @@ impl WriterState {
                     to.dedup();
                     welcomes.push((out.payload, to));
                 }
-                audience.extend_from_slice(&members);
-                audience.sort_unstable();
-                audience.dedup();
+                // The audience stays the old roster: added devices get a Welcome.
                 new_members = Some(members);
                 group_info = gi;
                 group.epoch = group.epoch.saturating_add(1);

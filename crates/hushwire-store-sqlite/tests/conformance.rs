@@ -206,10 +206,10 @@ async fn concurrent_submitters_are_durable_and_contiguous() {
 
     let store = open(&path);
     let got = store.fetch(receiver.id, 0, usize::MAX).await.unwrap();
-    // Seqs 1 and 2 (commit, Welcome) were acknowledged by create_group.
+    // Seq 1 (the Welcome) was acknowledged by create_group.
     let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
     assert!(
-        seqs == (3..=n + 2).collect::<Vec<u64>>(),
+        seqs == (2..=n + 1).collect::<Vec<u64>>(),
         "mailbox seqs not contiguous"
     );
     let g = store.group(b"g").await.unwrap().unwrap();
@@ -260,9 +260,10 @@ async fn a_failing_job_does_not_sink_its_batch() {
     }
     let got = store.fetch(bob.id, 0, usize::MAX).await.unwrap();
     assert_eq!(got.len(), 48);
+    // Seq 1 (the Welcome) was acknowledged by create_group.
     assert_eq!(
         got.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        (3..=50).collect::<Vec<u64>>()
+        (2..=49).collect::<Vec<u64>>()
     );
     let g = store.group(b"g").await.unwrap().unwrap();
     assert_eq!((g.epoch, g.last_seq), (1, 49));
@@ -298,11 +299,12 @@ async fn expiry_and_key_packages_after_reopen() {
     let store = open(&path);
     assert_eq!(store.expire(NOW + 11).await.unwrap(), 1);
     let left = store.fetch(bob.id, 0, 10).await.unwrap();
-    assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4]);
-    // The expired entry's seq (3) is not reused after another restart.
+    // bob's Welcome (seq 1) was acknowledged by create_group; "short" was seq 2.
+    assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3]);
+    // The expired entry's seq (2) is not reused after another restart.
     drop(store);
     let store = open(&path);
-    store.ack(bob.id, 4).await.unwrap();
+    assert_eq!(store.ack(bob.id, 3).await.unwrap(), 1);
     drop(store);
     let store = open(&path);
     let r = accepted(
@@ -312,7 +314,7 @@ async fn expiry_and_key_packages_after_reopen() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(r.deliveries[0].envelope.seq, 5);
+    assert_eq!(r.deliveries[0].envelope.seq, 4);
     assert_eq!(store.claim_key_packages("bob", CS).await.unwrap().len(), 1);
     assert_eq!(store.expire(EXPIRES + 1).await.unwrap(), 1);
 }

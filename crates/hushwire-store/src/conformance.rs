@@ -333,7 +333,8 @@ pub fn accepted(outcome: SubmitOutcome) -> Result<Accepted, Failure> {
 
 /// Creates group `group` from `creator` with `members` (creator included), welcomes
 /// the others, and acknowledges every mailbox entry so cases start from empty
-/// mailboxes. The group ends at epoch 1.
+/// mailboxes. The creating commit reaches nobody: each other member gets exactly one
+/// entry, its Welcome. The group ends at epoch 1.
 pub async fn create_group(
     store: &dyn Store,
     group: &[u8],
@@ -356,6 +357,14 @@ pub async fn create_group(
             .await?,
     )?;
     ensure_eq!(a.epoch, 1);
+    ensure_eq!(a.deliveries.len(), others.len());
+    ensure!(
+        a.deliveries
+            .iter()
+            .all(|d| d.envelope.kind == EnvelopeKind::Welcome && d.device != creator.id),
+        "group creation delivered more than Welcomes: {:?}",
+        a.deliveries
+    );
     for m in members {
         drain(store, m.id).await?;
     }
@@ -766,8 +775,8 @@ pub async fn key_packages_concurrent_claims(store: Arc<dyn Store>) -> CaseResult
 // Delivery
 // ---------------------------------------------------------------------------------------
 
-/// A commit at epoch 0 to an unknown group creates it; the commit goes to the new
-/// roster minus the sender and the Welcome to its recipients.
+/// A commit at epoch 0 to an unknown group creates it; its old roster is the sender
+/// alone, so the commit itself reaches nobody and each Welcome goes to its recipients.
 pub async fn delivery_group_creation(store: Arc<dyn Store>) -> CaseResult {
     let s = &*store;
     let alice = register(s, "alice").await?;
@@ -802,25 +811,29 @@ pub async fn delivery_group_creation(store: Arc<dyn Store>) -> CaseResult {
     ensure_eq!((gi.epoch, gi.data), (1, Bytes::from("gi:1")));
 
     ensure_eq!(s.pending(alice.id).await?, 0);
+    // Added devices get only their Welcome, never the commit.
     for (dev, w) in [(&bob, "w-bob"), (&carol, "w-carol")] {
         let got = fetch_all(s, dev.id).await?;
-        ensure_eq!(got.len(), 2);
-        let c = &got[0];
-        ensure_eq!((c.seq, c.kind, c.group_seq), (1, EnvelopeKind::Commit, 1));
-        ensure_eq!(c.message_id, message_id);
-        ensure_eq!(c.group_id, Bytes::from_static(b"g1"));
-        ensure_eq!(c.sender, alice.addr);
-        ensure_eq!(c.server_time_ms, NOW);
-        ensure_eq!(payload_str(c), "commit:0");
-        let wl = &got[1];
+        ensure_eq!(got.len(), 1);
+        let wl = &got[0];
         ensure_eq!(
             (wl.seq, wl.kind, wl.group_seq),
-            (2, EnvelopeKind::Welcome, 0)
+            (1, EnvelopeKind::Welcome, 0)
         );
+        ensure_eq!(wl.message_id, message_id);
         ensure_eq!(wl.sender, alice.addr);
         ensure_eq!(wl.group_id, Bytes::from_static(b"g1"));
+        ensure_eq!(wl.server_time_ms, NOW);
         ensure_eq!(payload_str(wl), w);
     }
+    ensure_eq!(a.deliveries.len(), 2);
+    ensure!(
+        a.deliveries
+            .iter()
+            .all(|d| d.envelope.kind == EnvelopeKind::Welcome),
+        "the creating commit was delivered: {:?}",
+        a.deliveries
+    );
 
     // The deliveries returned are exactly the entries created.
     let mut from_result: Vec<(DeviceId, Envelope)> = a
@@ -1163,10 +1176,10 @@ pub async fn delivery_fanout(store: Arc<dyn Store>) -> CaseResult {
         let got = fetch_all(s, dev.id).await?;
         ensure_eq!(got.len(), 1);
         let e = &got[0];
-        // Seqs 1 and 2 (commit, Welcome) were acknowledged by create_group.
+        // Seq 1 (the Welcome) was acknowledged by create_group.
         ensure_eq!(
             (e.seq, e.group_seq, e.kind),
-            (3, 2, EnvelopeKind::Application)
+            (2, 2, EnvelopeKind::Application)
         );
         ensure_eq!(e.message_id, msg.message_id);
         ensure_eq!(e.sender, a1.addr);
@@ -1195,8 +1208,9 @@ pub async fn delivery_fanout(store: Arc<dyn Store>) -> CaseResult {
     Ok(())
 }
 
-/// A commit goes to the old and the new roster minus the sender; afterwards only the
-/// new roster receives.
+/// A commit goes to the old roster minus the sender (a removed member learns of its
+/// removal); an added device gets only its Welcome. Afterwards only the new roster
+/// receives.
 pub async fn delivery_commit_fanout_old_and_new(store: Arc<dyn Store>) -> CaseResult {
     let s = &*store;
     let a = register(s, "alice").await?;
@@ -1232,16 +1246,30 @@ pub async fn delivery_commit_fanout_old_and_new(store: Arc<dyn Store>) -> CaseRe
     ensure_eq!(kinds(fetch_all(s, a.id).await?), vec![]);
     ensure_eq!(kinds(fetch_all(s, b.id).await?), vec![EnvelopeKind::Commit]);
     ensure_eq!(kinds(fetch_all(s, c.id).await?), vec![EnvelopeKind::Commit]);
+    let got = fetch_all(s, d.id).await?;
+    ensure_eq!(kinds(got.clone()), vec![EnvelopeKind::Welcome]);
     ensure_eq!(
-        kinds(fetch_all(s, d.id).await?),
-        vec![EnvelopeKind::Commit, EnvelopeKind::Welcome]
+        (got[0].group_seq, payload_str(&got[0])),
+        (0, "w-dave".into())
     );
-    ensure_eq!(r.deliveries.len(), 4);
+    let mut delivered: Vec<(DeviceId, EnvelopeKind)> = r
+        .deliveries
+        .iter()
+        .map(|x| (x.device, x.envelope.kind))
+        .collect();
+    delivered.sort_by_key(|(dev, _)| *dev);
+    let mut expected = vec![
+        (b.id, EnvelopeKind::Commit),
+        (c.id, EnvelopeKind::Commit),
+        (d.id, EnvelopeKind::Welcome),
+    ];
+    expected.sort_by_key(|(dev, _)| *dev);
+    ensure_eq!(delivered, expected);
 
     // Carol is out, dave is in.
     accepted(s.submit(application(&b, b"g", 2, "after")).await?)?;
     ensure_eq!(s.pending(c.id).await?, 1);
-    ensure_eq!(s.pending(d.id).await?, 3);
+    ensure_eq!(s.pending(d.id).await?, 2);
     ensure_eq!(s.pending(a.id).await?, 1);
     ensure_eq!(
         s.submit(application(&c, b"g", 2, "let me in")).await?,
@@ -1316,6 +1344,24 @@ pub async fn delivery_body_stored_once(store: Arc<dyn Store>) -> CaseResult {
         ))
         .await?,
     )?;
+    // The commit went to the old roster (bob, carol, dave); erin and frank hold only
+    // w1 and w2.
+    ensure_eq!(s.pending(b.id).await?, 1);
+    ensure_eq!(s.pending(c.id).await?, 1);
+    ensure_eq!(s.pending(d.id).await?, 2);
+    for dev in [&e, &f] {
+        ensure_eq!(
+            fetch_all(s, dev.id)
+                .await?
+                .iter()
+                .map(|x| (x.kind, payload_str(x)))
+                .collect::<Vec<_>>(),
+            vec![
+                (EnvelopeKind::Welcome, "w1".to_owned()),
+                (EnvelopeKind::Welcome, "w2".to_owned())
+            ]
+        );
+    }
     ensure_eq!(s.expire(EXPIRES + 1).await?, 4);
     for dev in [&a, &b, &c, &d, &e, &f] {
         ensure_eq!(s.pending(dev.id).await?, 0);
@@ -1368,10 +1414,10 @@ pub async fn delivery_concurrent_submitters(store: Arc<dyn Store>) -> CaseResult
     }
     ensure_eq!(group_seqs, (2..=101).collect::<BTreeSet<u64>>());
     let got = fetch_all(s, receiver.id).await?;
-    // Seqs 1 and 2 (commit, Welcome) were acknowledged by create_group.
+    // Seq 1 (the Welcome) was acknowledged by create_group.
     ensure_eq!(
         got.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        (3..=102).collect::<Vec<u64>>()
+        (2..=101).collect::<Vec<u64>>()
     );
     // Each sender's own messages arrive in the order it sent them.
     let mut per_sender: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -1405,27 +1451,28 @@ pub async fn mailbox_seq_contiguous(store: Arc<dyn Store>) -> CaseResult {
     let c = register(s, "carol").await?;
     create_group(s, b"g1", &a, &[&a, &c]).await?;
     create_group(s, b"g2", &b, &[&b, &c]).await?;
-    // create_group acknowledged carol's Welcomes and commits (seqs 1..=4).
+    // create_group acknowledged carol's two Welcomes (seqs 1..=2); the creating
+    // commits never reached her.
     accepted(s.submit(application(&a, b"g1", 1, "1")).await?)?;
     accepted(s.submit(application(&b, b"g2", 1, "2")).await?)?;
     accepted(s.submit(application(&a, b"g1", 1, "3")).await?)?;
     let got = fetch_all(s, c.id).await?;
-    ensure_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 6, 7]);
+    ensure_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
     ensure_eq!(
         got.iter().map(payload_str).collect::<Vec<_>>(),
         vec!["1", "2", "3"]
     );
-    ensure_eq!(s.ack(c.id, 7).await?, 3);
+    ensure_eq!(s.ack(c.id, 5).await?, 3);
     let r = accepted(s.submit(application(&b, b"g2", 1, "4")).await?)?;
     ensure_eq!(r.deliveries.len(), 1);
-    ensure_eq!(r.deliveries[0].envelope.seq, 8);
+    ensure_eq!(r.deliveries[0].envelope.seq, 6);
     ensure_eq!(
         fetch_all(s, c.id)
             .await?
             .iter()
             .map(|e| e.seq)
             .collect::<Vec<_>>(),
-        vec![8]
+        vec![6]
     );
     // Seqs are per device: alice's mailbox has its own numbering.
     let r = accepted(s.submit(application(&c, b"g1", 1, "to alice")).await?)?;
@@ -1443,15 +1490,15 @@ pub async fn mailbox_fetch_paging(store: Arc<dyn Store>) -> CaseResult {
     for i in 0..10 {
         accepted(s.submit(application(&a, b"g", 1, &format!("m{i}"))).await?)?;
     }
-    // bob's seqs 1 and 2 (commit, welcome) were acknowledged by create_group.
+    // bob's seq 1 (the Welcome) was acknowledged by create_group.
     let seqs = |v: &[Envelope]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
     let all = s.fetch(b.id, 0, 100).await?;
-    ensure_eq!(seqs(&all), (3..=12).collect::<Vec<u64>>());
+    ensure_eq!(seqs(&all), (2..=11).collect::<Vec<u64>>());
     ensure_eq!(payload_str(&all[0]), "m0");
-    ensure_eq!(seqs(&s.fetch(b.id, 0, 3).await?), vec![3, 4, 5]);
+    ensure_eq!(seqs(&s.fetch(b.id, 0, 3).await?), vec![2, 3, 4]);
     ensure_eq!(seqs(&s.fetch(b.id, 5, 3).await?), vec![6, 7, 8]);
-    ensure_eq!(seqs(&s.fetch(b.id, 10, 100).await?), vec![11, 12]);
-    ensure_eq!(seqs(&s.fetch(b.id, 12, 100).await?), Vec::<u64>::new());
+    ensure_eq!(seqs(&s.fetch(b.id, 9, 100).await?), vec![10, 11]);
+    ensure_eq!(seqs(&s.fetch(b.id, 11, 100).await?), Vec::<u64>::new());
     ensure_eq!(seqs(&s.fetch(b.id, 0, 0).await?), Vec::<u64>::new());
     ensure_eq!(
         seqs(&s.fetch(DeviceId(u64::MAX / 2), 0, 10).await?),
@@ -1472,17 +1519,17 @@ pub async fn mailbox_ack(store: Arc<dyn Store>) -> CaseResult {
     for i in 0..6 {
         accepted(s.submit(application(&a, b"g", 1, &format!("m{i}"))).await?)?;
     }
-    // bob holds seqs 3..=8.
+    // bob holds seqs 2..=7 (his Welcome, seq 1, was acknowledged by create_group).
     ensure_eq!(s.pending(b.id).await?, 6);
-    ensure_eq!(s.ack(b.id, 2).await?, 0);
-    ensure_eq!(s.ack(b.id, 5).await?, 3);
+    ensure_eq!(s.ack(b.id, 1).await?, 0);
+    ensure_eq!(s.ack(b.id, 4).await?, 3);
     ensure_eq!(s.pending(b.id).await?, 3);
-    ensure_eq!(s.ack(b.id, 5).await?, 0);
     ensure_eq!(s.ack(b.id, 4).await?, 0);
+    ensure_eq!(s.ack(b.id, 3).await?, 0);
     let left = fetch_all(s, b.id).await?;
     ensure_eq!(
         left.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        vec![6, 7, 8]
+        vec![5, 6, 7]
     );
     ensure_eq!(
         left.iter().map(payload_str).collect::<Vec<_>>(),
@@ -1492,7 +1539,7 @@ pub async fn mailbox_ack(store: Arc<dyn Store>) -> CaseResult {
     ensure_eq!(s.ack(b.id, 1000).await?, 3);
     ensure_eq!(s.pending(b.id).await?, 0);
     let r = accepted(s.submit(application(&a, b"g", 1, "later")).await?)?;
-    ensure_eq!(r.deliveries[0].envelope.seq, 9);
+    ensure_eq!(r.deliveries[0].envelope.seq, 8);
     ensure_eq!(s.pending(b.id).await?, 1);
     // Another device's ack touches only its own mailbox.
     ensure_eq!(s.ack(a.id, u64::MAX).await?, 0);
@@ -1546,14 +1593,15 @@ pub async fn mailbox_expiry(store: Arc<dyn Store>) -> CaseResult {
     let left = fetch_all(s, b.id).await?;
     ensure_eq!(left.len(), 1);
     ensure_eq!(payload_str(&left[0]), "long");
-    ensure_eq!(left[0].seq, 4);
+    // bob's Welcome was seq 1, "short" seq 2.
+    ensure_eq!(left[0].seq, 3);
 
     // The idempotency record of the expired message is gone: the id is new again.
     let mut again = application(&a, b"g", 1, "short again");
     again.message_id = short_id;
     let r = accepted(s.submit(again).await?)?;
     ensure_eq!((r.duplicate, r.group_seq), (false, 4));
-    ensure_eq!(r.deliveries[0].envelope.seq, 5);
+    ensure_eq!(r.deliveries[0].envelope.seq, 4);
     // The long one's record is kept.
     let dup = accepted(s.submit(long).await?)?;
     ensure_eq!((dup.duplicate, dup.group_seq), (true, 3));
@@ -1561,7 +1609,7 @@ pub async fn mailbox_expiry(store: Arc<dyn Store>) -> CaseResult {
     ensure_eq!(s.expire(EXPIRES + 1).await?, 2);
     ensure_eq!(s.pending(b.id).await?, 0);
     let r = accepted(s.submit(application(&a, b"g", 1, "next")).await?)?;
-    ensure_eq!(r.deliveries[0].envelope.seq, 6);
+    ensure_eq!(r.deliveries[0].envelope.seq, 5);
     Ok(())
 }
 
@@ -1576,8 +1624,8 @@ pub struct Written {
     pub alice: DeviceRecord,
     /// bob/1.
     pub bob: DeviceRecord,
-    /// bob's mailbox (seqs 3..=5 after acknowledging 1..=2); alice's is empty after
-    /// acknowledging seq 1.
+    /// bob's mailbox (seqs 2..=4 after acknowledging his Welcome, seq 1); alice's is
+    /// empty after acknowledging seq 1.
     pub bob_mailbox: Vec<Envelope>,
     /// An accepted application message, to re-submit as a duplicate.
     pub sent: Submission,
@@ -1611,7 +1659,16 @@ pub async fn persistence_write(store: Arc<dyn Store>) -> Result<Written, Failure
         ))
         .await?,
     )?;
-    s.ack(bob.id, 2).await?;
+    // bob got only the Welcome (seq 1), not the creating commit.
+    ensure_eq!(
+        fetch_all(s, bob.id)
+            .await?
+            .iter()
+            .map(|e| (e.seq, e.kind))
+            .collect::<Vec<_>>(),
+        vec![(1, EnvelopeKind::Welcome)]
+    );
+    ensure_eq!(s.ack(bob.id, 1).await?, 1);
     // alice's mailbox is emptied by an ack before the store is reopened.
     accepted(s.submit(application(&bob, b"g", 1, "from bob")).await?)?;
     ensure_eq!(s.ack(alice.id, 1).await?, 1);
@@ -1625,7 +1682,7 @@ pub async fn persistence_write(store: Arc<dyn Store>) -> Result<Written, Failure
     let bob_mailbox = fetch_all(s, bob.id).await?;
     ensure_eq!(
         bob_mailbox.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        vec![3, 4, 5]
+        vec![2, 3, 4]
     );
     Ok(Written {
         alice,
@@ -1665,13 +1722,13 @@ pub async fn persistence_verify(store: Arc<dyn Store>, w: Written) -> CaseResult
         (dup.group_seq, dup.epoch, dup.duplicate),
         (w.sent_outcome.group_seq, 1, true)
     );
-    // Counters continue: group seq 6, bob's next seq 6.
+    // Counters continue: group seq 6, bob's next seq 5.
     let r = accepted(
         s.submit(application(&w.alice, b"g", 1, "after reopen"))
             .await?,
     )?;
     ensure_eq!(r.group_seq, 6);
-    ensure_eq!(r.deliveries[0].envelope.seq, 6);
+    ensure_eq!(r.deliveries[0].envelope.seq, 5);
     // alice's mailbox was empty at reopen: her acknowledged seq 1 is not reused.
     ensure_eq!(s.pending(w.alice.id).await?, 0);
     let r = accepted(s.submit(application(&w.bob, b"g", 1, "to alice")).await?)?;

@@ -184,8 +184,9 @@ pub enum SubmitKind {
 /// 4. A commit is accepted only if `epoch` equals the group's epoch, else
 ///    [`SubmitOutcome::StaleEpoch`]. Accepting it increments the epoch, replaces the roster
 ///    (every roster device must exist: else [`StoreError::UnknownDevice`] and nothing
-///    changes), and stores the GroupInfo. It is fanned out to the old and new roster
-///    except the sender; each Welcome to its recipients.
+///    changes), and stores the GroupInfo. It is fanned out to the old roster except the
+///    sender (members being removed learn of it); devices the commit adds get their
+///    Welcome instead, never the commit they cannot process.
 /// 5. Application messages and proposals are not fenced; they go to the roster except the
 ///    sender.
 /// 6. The body is stored once; each recipient's mailbox gets the next seq of that device
