@@ -44,6 +44,7 @@ pub(crate) async fn register(
     server: &str,
     pin: Option<&str>,
     invite: Option<&str>,
+    suite: hushwire_e2e::Suite,
 ) -> anyhow::Result<()> {
     let registered =
         hushwire_client::register(dir, handle, server, pin, invite, ClientOptions::default())
@@ -60,6 +61,7 @@ pub(crate) async fn register(
             "warning: registered, but uploading key packages failed ({e}); `hushwire sync` retries"
         );
     }
+    hushwire_e2e::Profile::open(dir)?.set_default_suite(suite)?;
     let id = &registered.identity;
     print_line(&format!(
         "registered {} (device {}) on {}",
@@ -90,7 +92,12 @@ fn read_text(text: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
-pub(crate) async fn send(dir: &Path, peer: &str, text: &str) -> anyhow::Result<()> {
+pub(crate) async fn send(
+    dir: &Path,
+    peer: &str,
+    text: &str,
+    suite: Option<hushwire_e2e::Suite>,
+) -> anyhow::Result<()> {
     let text = read_text(text)?;
     let mut client = open_client(dir)?;
     hushwire_proto::identity::validate_handle(peer).map_err(ClientError::from)?;
@@ -109,7 +116,20 @@ pub(crate) async fn send(dir: &Path, peer: &str, text: &str) -> anyhow::Result<(
             Err(e) => return Err(e.into()),
         }
     }
-    let id = client.queue_text(peer, &text).map_err(|e| match e {
+    // A suite chosen for this send applies only if it starts the conversation.
+    let restore = match suite {
+        Some(s) if !client.has_conversation(peer)? => {
+            let previous = client.profile().default_suite()?;
+            client.profile_mut().set_default_suite(s)?;
+            Some(previous)
+        }
+        _ => None,
+    };
+    let queued = client.queue_text(peer, &text);
+    if let Some(previous) = restore {
+        client.profile_mut().set_default_suite(previous)?;
+    }
+    let id = queued.map_err(|e| match e {
         ClientError::E2e(hushwire_e2e::E2eError::Protocol(msg)) => user_error(msg),
         other => other.into(),
     })?;

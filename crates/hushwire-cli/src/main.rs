@@ -20,6 +20,24 @@ mod output;
 mod serve;
 
 /// An error caused by the user's input (exit code 1).
+/// MLS ciphersuites a conversation can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SuiteArg {
+    /// 0x004F MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519: post-quantum hybrid (X-Wing).
+    Xwing,
+    /// 0x0001 MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519: classic, smaller.
+    Classic,
+}
+
+impl From<SuiteArg> for hushwire_e2e::Suite {
+    fn from(s: SuiteArg) -> Self {
+        match s {
+            SuiteArg::Xwing => Self::XWing,
+            SuiteArg::Classic => Self::Classic,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct UserError(pub String);
 
@@ -106,6 +124,9 @@ pub(crate) enum Command {
         /// Invite code, when the server requires one.
         #[arg(long, value_name = "CODE")]
         invite: Option<String>,
+        /// Ciphersuite of the conversations this profile starts.
+        #[arg(long, value_enum, default_value_t = SuiteArg::Xwing)]
+        suite: SuiteArg,
     },
     /// Send a text message. Prints the message id on the last line of stdout. Exits 0
     /// once the server has durably accepted it; if the server is unreachable the
@@ -115,6 +136,10 @@ pub(crate) enum Command {
         handle: String,
         /// The text; `-` reads it from stdin.
         text: String,
+        /// Ciphersuite, if this message starts the conversation (default: the
+        /// profile's, set at registration).
+        #[arg(long, value_enum)]
+        suite: Option<SuiteArg>,
     },
     /// Send queued messages, then print every pending incoming message and wait up to
     /// --timeout seconds for more. Messages are acknowledged only once stored locally.
@@ -300,6 +325,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server,
             pin,
             invite,
+            suite,
         } => {
             commands::register(
                 &commands::profile_dir(profile)?,
@@ -307,11 +333,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &server,
                 pin.as_deref(),
                 invite.as_deref(),
+                suite.into(),
             )
             .await
         }
-        Command::Send { handle, text } => {
-            commands::send(&commands::profile_dir(profile)?, &handle, &text).await
+        Command::Send {
+            handle,
+            text,
+            suite,
+        } => {
+            commands::send(
+                &commands::profile_dir(profile)?,
+                &handle,
+                &text,
+                suite.map(Into::into),
+            )
+            .await
         }
         Command::Receive { json, timeout } => {
             commands::receive(&commands::profile_dir(profile)?, json, timeout).await

@@ -58,18 +58,24 @@ pub(crate) fn conversation_json(c: &ConversationSummary) -> String {
         "name": c.name,
         "last_message_at": c.last_message_at_ms.map(rfc3339),
         "messages": c.message_count,
+        "suite": suite_name(c.suite),
     })
     .to_string()
 }
 
-/// `bob  3 messages, last 2026-11-27 10:00:00`
+/// `bob  3 messages, last 2026-11-27 10:00:00, xwing`
 pub(crate) fn conversation_line(c: &ConversationSummary) -> String {
     let last = c
         .last_message_at_ms
         .map(|ms| format!(", last {}", human_time(ms)))
         .unwrap_or_default();
     let plural = if c.message_count == 1 { "" } else { "s" };
-    format!("{}  {} message{plural}{last}", c.name, c.message_count)
+    format!(
+        "{}  {} message{plural}{last}, {}",
+        c.name,
+        c.message_count,
+        suite_name(c.suite)
+    )
 }
 
 /// Prints one line to stdout and flushes it (so pipes see live messages at once).
@@ -78,4 +84,12 @@ pub(crate) fn print_line(line: &str) -> anyhow::Result<()> {
     writeln!(out, "{line}")?;
     out.flush()?;
     Ok(())
+}
+
+/// The CLI name of a ciphersuite, as `--suite` takes it.
+pub(crate) fn suite_name(s: hushwire_e2e::Suite) -> &'static str {
+    match s {
+        hushwire_e2e::Suite::XWing => "xwing",
+        hushwire_e2e::Suite::Classic => "classic",
+    }
 }

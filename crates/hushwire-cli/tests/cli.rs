@@ -275,6 +275,72 @@ fn register_send_receive_between_two_profiles() {
     );
 }
 
+/// New conversations use X-Wing unless the profile (at registration) or the first
+/// `send` chooses the classic suite; the receiving side follows the starter's choice.
+#[test]
+fn ciphersuite_can_be_chosen() {
+    let e = env();
+    let server = Server::start(&e.server_data, "127.0.0.1:0", &[]);
+    register(&e.alice, "alice", &server);
+    register(&e.bob, "bob", &server);
+    let carol = e.alice.parent().unwrap().join("carol");
+    let o = hushwire(
+        &carol,
+        &[
+            "register",
+            "carol",
+            "--server",
+            &server.url,
+            "--pin",
+            &server.pin,
+            "--suite",
+            "classic",
+        ],
+    );
+    assert_code(&o, 0);
+
+    send(&e.alice, "bob", "post-quantum by default", 0);
+    let o = hushwire_stdin(
+        &e.bob,
+        &["send", "carol", "classic by choice", "--suite", "classic"],
+        None,
+    );
+    assert_code(&o, 0);
+    send(&carol, "alice", "classic by profile", 0);
+    for p in [&e.alice, &e.bob, &carol] {
+        hushwire(p, &["sync"]);
+    }
+    let suites = |p: &Path| -> Vec<(String, String)> {
+        let o = hushwire(p, &["conversations", "--json"]);
+        assert_code(&o, 0);
+        let mut v: Vec<(String, String)> = stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().into(),
+                    c["suite"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        suites(&e.alice),
+        [pair("bob", "xwing"), pair("carol", "classic")]
+    );
+    assert_eq!(
+        suites(&e.bob),
+        [pair("alice", "xwing"), pair("carol", "classic")]
+    );
+    assert_eq!(
+        suites(&carol),
+        [pair("alice", "classic"), pair("bob", "classic")]
+    );
+}
+
 #[test]
 fn user_errors_exit_1() {
     let e = env();

@@ -356,7 +356,8 @@ impl Profile {
         kv_set(&self.conn, KV_DEFAULT_SUITE, i64::from(suite.code()))
     }
 
-    pub(crate) fn default_suite(&self) -> Result<Suite, E2eError> {
+    /// The suite new conversations use (X-Wing, 0x004F, unless set otherwise).
+    pub fn default_suite(&self) -> Result<Suite, E2eError> {
         Ok(kv_get(&self.conn, KV_DEFAULT_SUITE)?
             .and_then(|c| u16::try_from(c).ok())
             .and_then(Suite::from_code)

@@ -10,7 +10,7 @@
 //!
 //! # Layout
 //! - `types`: records, submissions and outcomes.
-//! - [`conformance`] (feature `conformance`): one suite, run by every backend's tests.
+//! - `conformance` (feature `conformance`): one suite, run by every backend's tests.
 
 use async_trait::async_trait;
 

@@ -183,7 +183,7 @@ pub enum SubmitKind {
 /// 3. The sender must be in the group's roster, else [`SubmitOutcome::NotMember`].
 /// 4. A commit is accepted only if `epoch` equals the group's epoch, else
 ///    [`SubmitOutcome::StaleEpoch`]. Accepting it increments the epoch, replaces the roster
-///    (every roster device must exist: else [`StoreError::UnknownDevice`] and nothing
+///    (every roster device must exist: else [`StoreError::UnknownDevice`](crate::StoreError::UnknownDevice) and nothing
 ///    changes), and stores the GroupInfo. It is fanned out to the old roster except the
 ///    sender (members being removed learn of it); devices the commit adds get their
 ///    Welcome instead, never the commit they cannot process.
@@ -233,11 +233,11 @@ pub struct Accepted {
 pub struct Delivered {
     /// The recipient device.
     pub device: DeviceId,
-    /// The entry as [`Mailboxes::fetch`] would return it.
+    /// The entry as [`Mailboxes::fetch`](crate::Mailboxes::fetch) would return it.
     pub envelope: Envelope,
 }
 
-/// Result of [`Delivery::submit`].
+/// Result of [`Delivery::submit`](crate::Delivery::submit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubmitOutcome {
     /// Appended (or found as a duplicate).
