@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hushwire_client::{Client, ClientError, ClientOptions, Event, MessageState};
-use hushwire_e2e::Profile;
+use hushwire_e2e::{Profile, TimelineItem};
 
-use crate::output::{conversation_json, conversation_line, message_json, message_line, print_line};
+use crate::output::{
+    conversation_json, conversation_line, group_event_json, group_event_line, message_json,
+    message_line, print_line,
+};
 use crate::user_error;
 
 /// How long a command may spend on network work before giving up (3).
-const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `--profile`, else the user data directory (`…/hushwire`).
 pub(crate) fn profile_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -24,9 +27,12 @@ pub(crate) fn profile_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| user_error("no home directory found; pass --profile DIR"))
 }
 
-fn open_client(dir: &Path) -> anyhow::Result<Client> {
+pub(crate) fn open_client(dir: &Path) -> anyhow::Result<Client> {
     let profile = open_registered(dir)?;
-    Ok(Client::from_profile(profile, ClientOptions::default())?)
+    let mut client = Client::from_profile(profile, ClientOptions::default())?;
+    // The profile's ways in: direct, relays, proxy (`hushwire relay …`, `--proxy`).
+    client.set_routes(hushwire_client::RouteBook::load(dir)?)?;
+    Ok(client)
 }
 
 fn open_registered(dir: &Path) -> anyhow::Result<Profile> {
@@ -100,13 +106,20 @@ pub(crate) async fn send(
 ) -> anyhow::Result<()> {
     let text = read_text(text)?;
     let mut client = open_client(dir)?;
-    hushwire_proto::identity::validate_handle(peer).map_err(ClientError::from)?;
+    let group = hushwire_e2e::group::is_group_name(peer);
+    if group {
+        if !client.has_conversation(peer)? {
+            return Err(user_error(format!("no group {peer}")));
+        }
+    } else {
+        hushwire_proto::identity::validate_handle(peer).map_err(ClientError::from)?;
+    }
     if peer == client.identity()?.handle {
         return Err(user_error("you cannot send a message to yourself"));
     }
     // A first message to a handle: check it exists before queueing, so that a typo does
     // not sit at the head of the outbox. If the server is unreachable, queue anyway.
-    if !client.has_conversation(peer)? {
+    if !group && !client.has_conversation(peer)? {
         match client.fetch_account(peer).await {
             Ok(_) => {}
             Err(e @ ClientError::UnknownHandle(_)) => return Err(e.into()),
@@ -190,7 +203,19 @@ pub(crate) async fn receive(dir: &Path, json: bool, wait_secs: u64) -> anyhow::R
                 eprintln!("warning: the server rejected message {id}: {reason}");
                 None
             }
-            Event::ConversationStarted { .. } | Event::Sent { .. } => None,
+            Event::Group(g) => Some(if json {
+                group_event_json(&g)
+            } else {
+                group_event_line(&g)
+            }),
+            Event::GroupOperationFailed {
+                conversation,
+                reason,
+            } => {
+                eprintln!("warning: a change to {conversation} failed: {reason}");
+                None
+            }
+            _ => None,
         };
         if let Some(line) = line
             && print_err.is_none()
@@ -232,12 +257,25 @@ pub(crate) async fn sync(dir: &Path) -> anyhow::Result<()> {
 
 pub(crate) fn history(dir: &Path, peer: &str, json: bool) -> anyhow::Result<()> {
     let profile = open_registered(dir)?;
-    hushwire_proto::identity::validate_handle(peer).map_err(ClientError::from)?;
-    let messages = profile.history(peer)?;
-    if messages.is_empty() && !profile.conversations()?.iter().any(|c| c.name == peer) {
+    if !hushwire_e2e::group::is_group_name(peer) {
+        hushwire_proto::identity::validate_handle(peer).map_err(ClientError::from)?;
+    }
+    let timeline = profile.timeline(peer)?;
+    if timeline.is_empty() && !profile.conversations()?.iter().any(|c| c.name == peer) {
         return Err(user_error(format!("no conversation with {peer}")));
     }
-    for m in &messages {
+    for item in &timeline {
+        let m = match item {
+            TimelineItem::Message(m) => m,
+            TimelineItem::Group(g) => {
+                print_line(&if json {
+                    group_event_json(g)
+                } else {
+                    group_event_line(g)
+                })?;
+                continue;
+            }
+        };
         let line = if json {
             message_json(m)
         } else {

@@ -16,7 +16,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod commands;
 mod demo;
+mod group;
 mod output;
+mod relay;
 mod serve;
 
 /// An error caused by the user's input (exit code 1).
@@ -67,6 +69,12 @@ pub(crate) struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Reach the server through a proxy, for this and every later command of the
+    /// profile (it is stored): `socks5h://HOST:PORT` (Tor, local circumvention tools;
+    /// names resolved by the proxy) or `http://HOST:PORT` (HTTP CONNECT). `none` clears.
+    #[arg(long, global = true, env = "HUSHWIRE_PROXY", value_name = "URL")]
+    pub proxy: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -104,6 +112,19 @@ pub(crate) enum Command {
         /// Registration policy. Default: open.
         #[arg(long, value_enum)]
         registration: Option<Registration>,
+        /// Directory of the decoy website shown to everyone without the secret path
+        /// (default: a built-in neutral page in the data directory).
+        #[arg(long, value_name = "DIR")]
+        site: Option<PathBuf>,
+    },
+    /// Run a volunteer relay (`--listen --upstream --upstream-pin`), or manage this
+    /// profile's relays (`add`, `list`, `remove`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Relay {
+        #[command(subcommand)]
+        command: Option<relay::RelayCommand>,
+        #[command(flatten)]
+        run: relay::RelayRunArgs,
     },
     /// Server administration.
     Admin {
@@ -127,12 +148,16 @@ pub(crate) enum Command {
         /// Ciphersuite of the conversations this profile starts.
         #[arg(long, value_enum, default_value_t = SuiteArg::Xwing)]
         suite: SuiteArg,
+        /// A relay link to reach the server through when the direct route is blocked
+        /// (repeatable; kept in the profile).
+        #[arg(long, value_name = "LINK")]
+        relay: Vec<String>,
     },
     /// Send a text message. Prints the message id on the last line of stdout. Exits 0
     /// once the server has durably accepted it; if the server is unreachable the
     /// message stays queued (exit 3) and the next `send` or `sync` delivers it.
     Send {
-        /// The recipient's handle.
+        /// The recipient's handle, or a group as `#TITLE`.
         handle: String,
         /// The text; `-` reads it from stdin.
         text: String,
@@ -140,6 +165,12 @@ pub(crate) enum Command {
         /// profile's, set at registration).
         #[arg(long, value_enum)]
         suite: Option<SuiteArg>,
+    },
+    /// Group chats: create, add, remove, leave, promote, demote, rename, members. A group
+    /// is the conversation `#TITLE` in send, history and receive.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
     },
     /// Send queued messages, then print every pending incoming message and wait up to
     /// --timeout seconds for more. Messages are acknowledged only once stored locally.
@@ -155,7 +186,7 @@ pub(crate) enum Command {
     Sync,
     /// Print a conversation from the local store.
     History {
-        /// The peer's handle.
+        /// The peer's handle, or a group as `#TITLE`.
         handle: String,
         /// One JSON object per line.
         #[arg(long)]
@@ -219,6 +250,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             return match c {
                 C::InvalidHandle(_)
                 | C::InvalidUrl { .. }
+                | C::InvalidProxy { .. }
                 | C::InvalidPin(_)
                 | C::HandleTaken(_)
                 | C::InviteRequired(_)
@@ -298,6 +330,20 @@ fn describe(err: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let profile = cli.profile.clone();
+    let client_command = !matches!(
+        cli.command,
+        Command::Serve { .. }
+            | Command::Admin { .. }
+            | Command::Demo
+            | Command::Relay { command: None, .. }
+    );
+    if client_command && cli.proxy.is_some() {
+        relay::apply_route_flags(
+            &commands::profile_dir(profile.clone())?,
+            cli.proxy.as_deref(),
+            &[],
+        )?;
+    }
     match cli.command {
         Command::Serve {
             listen,
@@ -306,6 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             registration,
+            site,
         } => {
             serve::serve(serve::ServeArgs {
                 listen,
@@ -314,9 +361,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tls_cert,
                 tls_key,
                 registration,
+                site,
             })
             .await
         }
+        Command::Relay { command: None, run } => relay::run(run).await,
+        Command::Relay {
+            command: Some(command),
+            ..
+        } => relay::manage(&commands::profile_dir(profile)?, command),
         Command::Admin {
             command: AdminCommand::Invite { data, ttl_hours },
         } => serve::admin_invite(data, ttl_hours).await,
@@ -326,7 +379,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             pin,
             invite,
             suite,
+            relay,
         } => {
+            relay::apply_route_flags(&commands::profile_dir(profile.clone())?, None, &relay)?;
             commands::register(
                 &commands::profile_dir(profile)?,
                 &handle,
@@ -353,6 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Receive { json, timeout } => {
             commands::receive(&commands::profile_dir(profile)?, json, timeout).await
         }
+        Command::Group { command } => group::run(&commands::profile_dir(profile)?, command).await,
         Command::Sync => commands::sync(&commands::profile_dir(profile)?).await,
         Command::History { handle, json } => {
             commands::history(&commands::profile_dir(profile)?, &handle, json)

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use hushwire_client::StoredMessage;
-use hushwire_e2e::ConversationSummary;
+use hushwire_e2e::{ConversationSummary, GroupEvent, GroupEventKind};
 use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -49,6 +49,41 @@ pub(crate) fn message_json(m: &StoredMessage) -> String {
         "text": m.text,
     })
     .to_string()
+}
+
+/// `{"type":"group","event":"added","conversation":"#T","by":…,"handles":[…],"at":…}`
+/// (`"title"` too for `renamed`).
+pub(crate) fn group_event_json(e: &GroupEvent) -> String {
+    let mut v = json!({
+        "type": "group",
+        "event": e.kind.as_str(),
+        "conversation": e.conversation,
+        "by": e.by,
+        "handles": e.handles,
+        "at": rfc3339(e.at_ms),
+    });
+    if let (Some(title), Some(obj)) = (&e.title, v.as_object_mut()) {
+        obj.insert("title".into(), json!(title));
+    }
+    v.to_string()
+}
+
+/// `[2026-11-27 10:00:00] #Trip: alice added bob, carol`
+pub(crate) fn group_event_line(e: &GroupEvent) -> String {
+    let who = e.handles.join(", ");
+    let what = match e.kind {
+        GroupEventKind::Added => format!("{} added {who}", e.by),
+        GroupEventKind::Removed => format!("{} removed {who}", e.by),
+        GroupEventKind::Left => format!("{} left", e.by),
+        GroupEventKind::Renamed => format!(
+            "{} renamed the group to \"{}\"",
+            e.by,
+            e.title.as_deref().unwrap_or_default()
+        ),
+        GroupEventKind::Promoted => format!("{} made {who} admin", e.by),
+        GroupEventKind::Demoted => format!("{} removed {who} as admin", e.by),
+    };
+    format!("[{}] {}: {what}", human_time(e.at_ms), e.conversation)
 }
 
 /// `{"type":"conversation","name":…,"last_message_at":…,"messages":N}`

@@ -17,6 +17,7 @@ pub(crate) struct ServeArgs {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub registration: Option<Registration>,
+    pub site: Option<PathBuf>,
 }
 
 /// The user data directory of the server (`…/hushwire-server`).
@@ -51,6 +52,9 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls.cert = Some(cert.clone());
         config.tls.key = Some(key.clone());
+    }
+    if let Some(site) = &args.site {
+        config.site_dir = Some(site.clone());
     }
     if let Some(r) = args.registration {
         config.registration = match r {

@@ -560,3 +560,108 @@ fn receive_waits_for_live_messages_and_acks_on_sigterm() {
     // Both were acknowledged before exiting.
     assert!(receive_json(&e.bob).is_empty());
 }
+
+/// The group commands end to end through the binary: create, send and receive with
+/// `#TITLE`, membership events in `receive --json` and `history --json`, members,
+/// promote, rename, remove, leave, and the admin check.
+#[test]
+fn group_commands() {
+    let e = env();
+    let carol = e._root.path().join("carol");
+    let server = Server::start(&e.server_data, "127.0.0.1:0", &[]);
+    register(&e.alice, "alice", &server);
+    register(&e.bob, "bob", &server);
+    register(&carol, "carol", &server);
+
+    let o = hushwire(
+        &e.alice,
+        &["group", "create", "Trip", "--members", "bob,carol"],
+    );
+    assert_code(&o, 0);
+    assert_eq!(last_line(&o), "#Trip");
+    send(&e.alice, "#Trip", "hello group", 0);
+    let got = receive_json(&e.bob);
+    let added = got
+        .iter()
+        .find(|v| v["type"] == "group")
+        .expect("an added event");
+    assert_eq!(added["event"], "added");
+    assert_eq!(added["conversation"], "#Trip");
+    assert_eq!(added["by"], "alice");
+    let msg = got.iter().find(|v| v["type"] == "message").unwrap();
+    assert_eq!(msg["conversation"], "#Trip");
+    assert_eq!(msg["from"], "alice");
+    assert_eq!(msg["text"], "hello group");
+
+    // bob is no admin: refused locally with a user error.
+    let o = hushwire(&e.bob, &["group", "remove", "#Trip", "carol"]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("admin"), "{}", stderr(&o));
+    let o = hushwire(&e.alice, &["group", "promote", "#Trip", "bob"]);
+    assert_code(&o, 0);
+    let o = hushwire(&e.alice, &["group", "rename", "#Trip", "Holiday"]);
+    assert_code(&o, 0);
+    let got = receive_json(&e.bob);
+    let events: Vec<&str> = got
+        .iter()
+        .filter(|v| v["type"] == "group")
+        .map(|v| v["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["promoted", "renamed"], "{got:?}");
+    let o = hushwire(&e.bob, &["group", "members", "#Holiday", "--json"]);
+    assert_code(&o, 0);
+    let v: Value = serde_json::from_str(&last_line(&o)).unwrap();
+    assert_eq!(v["title"], "Holiday");
+    let admins: Vec<&str> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["admin"] == true)
+        .map(|m| m["handle"].as_str().unwrap())
+        .collect();
+    assert_eq!(admins, ["alice", "bob"]);
+
+    // bob, now an admin, removes carol; carol sees it and is locked out.
+    let o = hushwire(&e.bob, &["group", "remove", "#Holiday", "carol"]);
+    assert_code(&o, 0);
+    send(&e.bob, "#Holiday", "without carol", 0);
+    let got = receive_json(&carol);
+    assert!(
+        got.iter()
+            .any(|v| v["event"] == "removed" && v["handles"][0] == "carol"),
+        "{got:?}"
+    );
+    assert!(!got.iter().any(|v| v["text"] == "without carol"), "{got:?}");
+    let o = hushwire(&carol, &["send", "#Holiday", "am I still here?"]);
+    assert_code(&o, 1);
+
+    // bob leaves; alice's client commits it.
+    let o = hushwire(&e.bob, &["group", "leave", "#Holiday"]);
+    assert_code(&o, 0);
+    receive_json(&e.alice);
+    let o = hushwire(&e.alice, &["history", "#Holiday", "--json"]);
+    assert_code(&o, 0);
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["type"] == "group")
+        .map(|v| v["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["added", "promoted", "renamed", "removed", "left"],
+        "{lines:?}"
+    );
+    let texts: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["type"] == "message")
+        .map(|v| v["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["hello group", "without carol"]);
+    let o = hushwire(&e.alice, &["group", "members", "#Holiday"]);
+    assert_code(&o, 0);
+    assert!(!stdout(&o).contains("bob"), "{}", stdout(&o));
+}

@@ -5,7 +5,13 @@
 //! [`ApiClient::call`].
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 
 use ed25519_dalek::{Signer as _, SigningKey};
 use hushwire_proto::codec::decode_bounded;
@@ -140,6 +146,11 @@ impl ApiRequest {
         Self::new(Method::GET, format!("/v1/accounts/{handle}"), Vec::new())
     }
 
+    /// `POST /v1/accounts`: several accounts at once (sign it).
+    pub fn accounts(req: &wire::AccountsRequest) -> Self {
+        Self::new(Method::POST, "/v1/accounts", codec::encode(req))
+    }
+
     /// `PUT /v1/keypackages` (sign it).
     pub fn upload_key_packages(req: &wire::UploadKeyPackages) -> Self {
         Self::new(Method::PUT, "/v1/keypackages", codec::encode(req))
@@ -148,6 +159,15 @@ impl ApiRequest {
     /// `POST /v1/keypackages/claim` (sign it).
     pub fn claim_key_packages(req: &wire::ClaimKeyPackages) -> Self {
         Self::new(Method::POST, "/v1/keypackages/claim", codec::encode(req))
+    }
+
+    /// `POST /v1/keypackages/claim-batch` (sign it).
+    pub fn claim_key_packages_batch(req: &wire::ClaimKeyPackagesBatch) -> Self {
+        Self::new(
+            Method::POST,
+            "/v1/keypackages/claim-batch",
+            codec::encode(req),
+        )
     }
 
     /// `GET /v1/keypackages/count?ciphersuite=N` (sign it).
@@ -198,27 +218,22 @@ impl ApiRequest {
     }
 }
 
-/// Client for the HTTPS routes of one server.
+/// Client for the HTTPS routes of one server: HTTP/1.1 over the endpoint's own
+/// connections (so routes, proxies and relays apply), one kept-alive connection reused
+/// while it lasts.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
-    http: reqwest::Client,
     endpoint: Endpoint,
+    idle: Arc<Mutex<Option<SendRequest<Full<Bytes>>>>>,
 }
 
 impl ApiClient {
-    /// Builds an HTTP/1.1 client over the endpoint's pinned TLS configuration.
+    /// A client for `endpoint`.
     pub fn new(endpoint: Endpoint) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured((*endpoint.tls().config()).clone())
-            // Proxies are configured explicitly (a later Dialer), never from the environment.
-            .no_proxy()
-            .http1_only()
-            .tcp_nodelay(true)
-            .connect_timeout(endpoint.connect_timeout())
-            .timeout(endpoint.connect_timeout() + Duration::from_secs(20))
-            .build()
-            .map_err(|e| ClientError::Protocol(format!("HTTP client: {e}")))?;
-        Ok(Self { http, endpoint })
+        Ok(Self {
+            endpoint,
+            idle: Arc::new(Mutex::new(None)),
+        })
     }
 
     /// The endpoint this client talks to.
@@ -226,21 +241,88 @@ impl ApiClient {
         &self.endpoint
     }
 
+    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut slot = self.idle.lock().ok()?;
+        slot.take().filter(|s| !s.is_closed())
+    }
+
+    fn put_idle(&self, sender: SendRequest<Full<Bytes>>) {
+        if let Ok(mut slot) = self.idle.lock() {
+            *slot = Some(sender);
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let tls = self.endpoint.connect_tls().await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| self.network_error(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "API connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
     /// Sends a request and decodes the protobuf response, or the `ApiError`.
     pub async fn call<R: Message + Default>(&self, req: ApiRequest) -> Result<R, ClientError> {
+        let limit = self.endpoint.connect_timeout() + Duration::from_secs(20);
+        tokio::time::timeout(limit, self.call_inner(req))
+            .await
+            .map_err(|_| ClientError::Timeout("waiting for the server's answer".into()))?
+    }
+
+    async fn call_inner<R: Message + Default>(&self, req: ApiRequest) -> Result<R, ClientError> {
         let url = self.endpoint.https_url(&req.route)?;
-        let mut builder = self.http.request(req.method.clone(), url);
-        if !req.body.is_empty() || req.method != Method::GET {
-            builder = builder
-                .header(reqwest::header::CONTENT_TYPE, PROTOBUF_CONTENT_TYPE)
-                .body(req.body);
-        }
-        if let Some(auth) = req.auth {
-            builder = builder.header(REQUEST_AUTH_HEADER, auth);
-        }
-        let resp = builder.send().await.map_err(|e| self.network_error(&e))?;
+        let path = self.endpoint.path_and_query(&req.route);
+        let build = || {
+            let mut builder = hyper::Request::builder()
+                .method(req.method.clone())
+                .uri(path.as_str())
+                .header(hyper::header::HOST, host_header(&url));
+            if !req.body.is_empty() || req.method != Method::GET {
+                builder = builder.header(hyper::header::CONTENT_TYPE, PROTOBUF_CONTENT_TYPE);
+            }
+            if let Some(auth) = &req.auth {
+                builder = builder.header(REQUEST_AUTH_HEADER, auth.as_str());
+            }
+            builder
+                .body(Full::new(Bytes::from(req.body.clone())))
+                .map_err(|e| ClientError::Protocol(format!("building the request: {e}")))
+        };
+        // A kept-alive connection may have been closed by the server meanwhile: if
+        // sending on it fails before any answer, retry once on a fresh one.
+        let resp = match self.take_idle() {
+            Some(mut sender) => match sender.send_request(build()?).await {
+                Ok(resp) => Some((resp, sender)),
+                Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => None,
+                Err(e) => return Err(self.network_error(&e)),
+            },
+            None => None,
+        };
+        let (resp, sender) = match resp {
+            Some(r) => r,
+            None => {
+                let mut sender = self.connect().await?;
+                let resp = sender
+                    .send_request(build()?)
+                    .await
+                    .map_err(|e| self.network_error(&e))?;
+                (resp, sender)
+            }
+        };
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.network_error(&e))?;
+        let body = Limited::new(resp.into_body(), MAX_API_BODY_BYTES + 1024);
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.endpoint.base_url(),
+                reason: format!("reading the response: {e}"),
+            })?
+            .to_bytes();
+        self.put_idle(sender);
         if status.is_success() {
             return decode_bounded::<R>(&bytes, MAX_API_BODY_BYTES).map_err(|e| {
                 ClientError::Protocol(format!("undecodable {} response: {e}", req.route))
@@ -266,12 +348,24 @@ impl ApiClient {
         })
     }
 
-    fn network_error(&self, e: &reqwest::Error) -> ClientError {
-        let fallback = ClientError::Unreachable {
+    fn network_error(&self, e: &hyper::Error) -> ClientError {
+        ClientError::Unreachable {
             url: self.endpoint.base_url(),
             reason: describe_chain(e),
-        };
-        self.endpoint.tls().classify(e, fallback)
+        }
+    }
+}
+
+/// The `Host` header for a URL (`host:port`, IPv6 in brackets).
+fn host_header(url: &reqwest::Url) -> String {
+    let host = match url.host() {
+        Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
+        Some(h) => h.to_string(),
+        None => String::new(),
+    };
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
     }
 }
 

@@ -24,6 +24,8 @@ use crate::api::{Signer, signing_time_ms, unix_ms};
 use crate::connection::frame_name;
 use crate::{ApiClient, ApiRequest, ClientError, Connection, Endpoint};
 
+mod group;
+
 /// Both suites every device keeps key packages for.
 pub const SUITES: [Suite; 2] = [Suite::XWing, Suite::Classic];
 
@@ -118,6 +120,14 @@ struct Live {
     /// connection may be processed, or the skipped one would be lost.
     deferred: bool,
     last_traffic: Instant,
+    /// This silence's keep-alive interval: `keepalive` jittered by ±30%, drawn again
+    /// after every ping so heartbeats have no fixed period an observer could match.
+    keepalive_due: Duration,
+}
+
+/// `keepalive` scaled by a random factor in [0.7, 1.3].
+fn jittered(keepalive: Duration) -> Duration {
+    keepalive.mul_f64(rand::thread_rng().gen_range(0.7..=1.3))
 }
 
 /// What one incoming frame turned out to be.
@@ -172,9 +182,21 @@ fn deadline_after(d: Duration) -> Instant {
 }
 
 impl Client {
-    /// Opens the profile in `dir`; it must be registered.
+    /// Opens the profile in `dir`; it must be registered. Connections use the
+    /// profile's routes (`routes.json`, see [`RouteBook`](crate::RouteBook)).
     pub fn open(dir: &Path, options: ClientOptions) -> Result<Self, ClientError> {
-        Self::from_profile(Profile::open(dir)?, options)
+        let routes = crate::RouteBook::load(dir)?;
+        let mut client = Self::from_profile(Profile::open(dir)?, options)?;
+        client.set_routes(routes)?;
+        Ok(client)
+    }
+
+    /// Sends every later connection over `routes` (direct, relays, proxy).
+    pub fn set_routes(&mut self, routes: crate::RouteBook) -> Result<(), ClientError> {
+        self.live = None;
+        self.endpoint = self.endpoint.clone().with_routes(routes);
+        self.api = ApiClient::new(self.endpoint.clone())?;
+        Ok(())
     }
 
     /// Wraps an open, registered profile, connecting to the server it registered with.
@@ -220,7 +242,9 @@ impl Client {
     /// Stores `text` for `peer` in the history and the outbox (no network). Returns the
     /// message id, which stays the same across every retry.
     pub fn queue_text(&mut self, peer: &str, text: &str) -> Result<String, ClientError> {
-        hushwire_proto::identity::validate_handle(peer)?;
+        if !hushwire_e2e::group::is_group_name(peer) {
+            hushwire_proto::identity::validate_handle(peer)?;
+        }
         Ok(self.profile.queue_text(peer, text, unix_ms())?)
     }
 
@@ -277,6 +301,7 @@ impl Client {
             unacked: 0,
             deferred: false,
             last_traffic: Instant::now(),
+            keepalive_due: jittered(self.options.keepalive),
         });
         Ok(())
     }
@@ -335,7 +360,7 @@ impl Client {
                 .as_mut()
                 .ok_or_else(|| ClientError::Protocol("not connected".into()))?;
             let has_unacked = live.stored_up_to > live.acked_up_to;
-            let ping_at = live.last_traffic + keepalive;
+            let ping_at = live.last_traffic + live.keepalive_due;
             // Wait briefly for a frame already on its way, so acks batch up; then ack
             // and wait for real.
             let slice_end = if has_unacked {
@@ -363,6 +388,7 @@ impl Client {
                             })
                             .await?;
                         live.last_traffic = Instant::now();
+                        live.keepalive_due = jittered(keepalive);
                     }
                     if Instant::now() >= until {
                         return Ok(None);
@@ -418,21 +444,34 @@ impl Client {
             .as_ref()
             .is_some_and(|l| envelope.seq <= l.stored_up_to);
         if !already {
-            let mut fetched = 0;
+            // Each account is fetched at most once per envelope: asking again for one
+            // already given means fetching does not help.
+            let mut fetched = std::collections::HashSet::new();
             loop {
-                match self.profile.receive(envelope, unix_ms()) {
+                let needed = match self.profile.receive(envelope, unix_ms()) {
                     Ok(events) => {
                         self.events.extend(events);
                         self.stored_this_session += 1;
                         break;
                     }
-                    Err(E2eError::NeedAccount(handle)) if fetched < 3 => {
-                        fetched += 1;
-                        let account = self.fetch_account(&handle).await?;
+                    Err(E2eError::NeedAccount(handle)) => vec![handle],
+                    Err(E2eError::NeedAccounts(handles)) => handles,
+                    Err(e) => return Err(e.into()),
+                };
+                if needed.iter().any(|h| fetched.contains(h)) {
+                    return Err(ClientError::Protocol(format!(
+                        "the server's account for {needed:?} does not authenticate the message"
+                    )));
+                }
+                if let [handle] = needed.as_slice() {
+                    let account = self.fetch_account(handle).await?;
+                    self.profile.learn_account(&account)?;
+                } else {
+                    for account in self.fetch_accounts(&needed).await? {
                         self.profile.learn_account(&account)?;
                     }
-                    Err(e) => return Err(e.into()),
                 }
+                fetched.extend(needed);
             }
         }
         let batch = self.options.ack_batch;
@@ -577,6 +616,21 @@ impl Client {
                 self.events.extend(events);
                 Ok(false)
             }
+            Action::NeedMembers {
+                conversation,
+                handles,
+                suite,
+            } => {
+                self.provide_members(&conversation, &handles, suite).await?;
+                Ok(false)
+            }
+            Action::NeedGroupInfo {
+                conversation,
+                group_id,
+            } => {
+                self.provide_group_info(&conversation, &group_id).await?;
+                Ok(false)
+            }
             Action::AwaitIncoming => {
                 // Progress needs incoming commits: process deliveries from now on, on a
                 // connection that has skipped none.
@@ -659,7 +713,10 @@ impl Client {
         }
         let deadline = deadline_after(timeout);
         self.drain(deadline, on_event).await?;
-        if self.profile.outbox_len()? > 0 && report.outbox_error.is_none() {
+        // Everything the server holds is processed: a group still waiting for an epoch no
+        // commit will bring is stuck (its state fell behind or broke) and rejoins.
+        let rejoining = !self.rejoin_stuck_groups()?.is_empty();
+        if self.profile.outbox_len()? > 0 && (rejoining || report.outbox_error.is_none()) {
             // Processing may have queued something (e.g. after a stale epoch).
             if let Err(e) = self.flush_outbox(timeout, on_event).await {
                 if stops_receiving(&e) {

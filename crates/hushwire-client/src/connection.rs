@@ -11,7 +11,6 @@ use hushwire_proto::codec::{self, decode_server_frame};
 use hushwire_proto::identity::ws_auth_payload;
 use hushwire_proto::limits::MAX_FRAME_BYTES;
 use hushwire_proto::wire::{self, ClientFrame, ServerFrame, client_frame, server_frame};
-use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,9 +19,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::api::{KeySigner, Signer};
+use crate::endpoint::Transport;
 use crate::{ClientError, Endpoint};
 
-type Ws = WebSocketStream<TlsStream<TcpStream>>;
+type Ws = WebSocketStream<TlsStream<Transport>>;
 
 /// A WebSocket configuration sized for our frames: a frame is at most
 /// [`MAX_FRAME_BYTES`], and buffers stay small so thousands of connections fit.
@@ -30,9 +30,16 @@ fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES + 1024))
         .max_frame_size(Some(MAX_FRAME_BYTES + 1024))
-        .read_buffer_size(16 * 1024)
-        .write_buffer_size(0)
+        // tungstenite zero-fills this much before every read (and reads decrypted bytes
+        // from rustls, not from the socket): 16 KiB cost more than the frames did.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_FRAME_BYTES + 1024 + WRITE_BUFFER + 1024)
 }
+
+/// Bytes of fed frames queued before they are written without a flush
+/// ([`Connection::feed`]). `send` always flushes, so it writes at once.
+const WRITE_BUFFER: usize = 4 * 1024;
 
 /// A connection that received its challenge and awaits [`PendingConnection::authenticate`].
 pub struct PendingConnection {
@@ -173,9 +180,28 @@ impl Connection {
 
     /// Sends one frame.
     pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
-        let bytes = codec::encode(frame);
+        let bytes = codec::encode_padded(frame);
         self.ws
             .send(Message::Binary(bytes.into()))
+            .await
+            .map_err(|e| map_ws_error(&self.endpoint, e))
+    }
+
+    /// Queues one frame without flushing it: frames fed together leave in one write at
+    /// the next [`Connection::flush`] (or [`Connection::send`]), or once
+    /// [`WRITE_BUFFER`] bytes are queued.
+    pub async fn feed(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
+        let bytes = codec::encode_padded(frame);
+        self.ws
+            .feed(Message::Binary(bytes.into()))
+            .await
+            .map_err(|e| map_ws_error(&self.endpoint, e))
+    }
+
+    /// Writes out every frame fed so far.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        self.ws
+            .flush()
             .await
             .map_err(|e| map_ws_error(&self.endpoint, e))
     }
@@ -230,7 +256,7 @@ impl std::fmt::Debug for FrameSender {
 impl FrameSender {
     /// Sends one frame.
     pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
-        let bytes = codec::encode(frame);
+        let bytes = codec::encode_padded(frame);
         self.sink
             .send(Message::Binary(bytes.into()))
             .await

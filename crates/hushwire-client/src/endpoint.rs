@@ -1,21 +1,42 @@
-//! Where the server is and how to reach it: base URL, TLS setup and the dialer.
+//! Where the server is and how to reach it: base URL, TLS setup, routes and dialing.
 //!
-//! Every connection (HTTPS API and WebSocket) is made from an [`Endpoint`]. The dialer
-//! is the one place that opens TCP streams, so SOCKS5 or HTTP CONNECT proxies can be
-//! added later as [`Dialer`] variants without touching the protocol code.
+//! Every connection (HTTPS API and WebSocket) is made by [`Endpoint::connect_tls`]: it
+//! tries the profile's routes ([`RouteBook`]) in order — the one that worked last
+//! first — each within [`Endpoint::attempt_timeout`], opening TCP directly or through
+//! a SOCKS5 / HTTP CONNECT proxy (the server's name is resolved by the proxy), or a
+//! tunnel through a volunteer relay. TLS to the server, pinned, always runs end to end
+//! over whatever transport the route gave: a relay or proxy sees only ciphertext.
 
 use std::time::Duration;
 
 use reqwest::Url;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use hushwire_proto::relay_link::RelayLink;
+
 use crate::ClientError;
+use crate::routes::{ProxyKind, ProxyUrl, Route, RouteBook};
 use crate::tls::{TlsSetup, parse_pin, pin_to_string};
 
-/// How TCP connections to the server are opened.
+/// A byte stream a route provides: TCP, or a tunnel through a proxy or relay.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// What TLS to the server runs over.
+pub type Transport = Box<dyn Io>;
+
+/// How long one route may take before the next is tried, when there are several.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Largest proxy or relay response head read.
+const MAX_HANDSHAKE_HEAD: usize = 8 * 1024;
+
+/// How TCP connections are opened (kept for callers of the first API; routes and
+/// proxies are configured with [`Endpoint::with_routes`]).
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub enum Dialer {
@@ -32,8 +53,9 @@ pub struct Endpoint {
     port: u16,
     server_name: ServerName<'static>,
     tls: TlsSetup,
-    dialer: Dialer,
+    routes: RouteBook,
     connect_timeout: Duration,
+    attempt_timeout: Duration,
 }
 
 impl Endpoint {
@@ -76,9 +98,32 @@ impl Endpoint {
             port,
             server_name,
             tls: TlsSetup::new(pin)?,
-            dialer: Dialer::Direct,
+            routes: RouteBook::default(),
             connect_timeout: Duration::from_secs(10),
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
         })
+    }
+
+    /// Uses these routes (and their proxy) for every connection.
+    pub fn with_routes(mut self, routes: RouteBook) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// The routes in use.
+    pub fn routes(&self) -> &RouteBook {
+        &self.routes
+    }
+
+    /// Sets how long one route may take before the next is tried.
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// How long one route may take before the next is tried (when there are several).
+    pub fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout
     }
 
     /// Sets how long a TCP + TLS connection may take.
@@ -147,34 +192,99 @@ impl Endpoint {
         }
     }
 
-    /// Opens a TCP connection through the dialer, with TCP_NODELAY.
-    pub async fn dial(&self) -> Result<TcpStream, ClientError> {
-        match self.dialer {
-            Dialer::Direct => {
-                let fut = TcpStream::connect((self.host.as_str(), self.port));
-                let stream = tokio::time::timeout(self.connect_timeout, fut)
+    /// Opens a TCP connection to `host:port`, directly or through the proxy.
+    async fn tcp(&self, host: &str, port: u16) -> Result<Transport, String> {
+        match self.routes.proxy() {
+            None => {
+                let stream = TcpStream::connect((host, port))
                     .await
-                    .map_err(|_| self.unreachable("connection timed out"))?
-                    .map_err(|e| self.unreachable(e))?;
-                stream.set_nodelay(true).map_err(|e| self.unreachable(e))?;
-                Ok(stream)
+                    .map_err(|e| e.to_string())?;
+                let _ = stream.set_nodelay(true);
+                Ok(Box::new(stream))
+            }
+            Some(proxy) => proxy_connect(proxy, host, port).await,
+        }
+    }
+
+    /// The transport of one route.
+    async fn transport(&self, route: &Route) -> Result<Transport, String> {
+        match route {
+            Route::Direct => self.tcp(&self.host, self.port).await,
+            Route::Relay(link) => {
+                let tcp = self.tcp(&link.host, link.port).await?;
+                relay_tunnel(link, tcp).await
             }
         }
     }
 
-    /// Opens a TLS 1.3 connection to the server, enforcing the pin.
-    pub async fn connect_tls(&self) -> Result<TlsStream<TcpStream>, ClientError> {
-        let tcp = self.dial().await?;
+    /// TLS to the server over one route.
+    async fn connect_via(&self, route: &Route) -> Result<TlsStream<Transport>, ClientError> {
+        let transport = self
+            .transport(route)
+            .await
+            .map_err(|e| self.unreachable(format!("{}: {e}", route.label())))?;
         let connector = TlsConnector::from(self.tls.config());
-        let fut = connector.connect(self.server_name.clone(), tcp);
-        match tokio::time::timeout(self.connect_timeout, fut).await {
-            Err(_) => Err(self.unreachable("TLS handshake timed out")),
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => {
-                let fallback = self.unreachable(format!("TLS handshake failed: {e}"));
+        match connector.connect(self.server_name.clone(), transport).await {
+            Ok(stream) => Ok(stream),
+            Err(e) => {
+                let fallback =
+                    self.unreachable(format!("{}: TLS handshake failed: {e}", route.label()));
                 Err(self.tls.classify(&e, fallback))
             }
         }
+    }
+
+    /// Opens a TLS 1.3 connection to the server, enforcing the pin, over the first
+    /// route that works (see the module doc). Blocking shows as resets, timeouts or a
+    /// broken handshake on a route; the next one is tried at once, and what worked is
+    /// remembered in the profile's routes.
+    pub async fn connect_tls(&self) -> Result<TlsStream<Transport>, ClientError> {
+        let order = self.routes.attempt_order();
+        let per_attempt = if order.len() > 1 {
+            self.attempt_timeout.min(self.connect_timeout)
+        } else {
+            self.connect_timeout
+        };
+        let mut failures: Vec<ClientError> = Vec::new();
+        for route in &order {
+            let attempt = tokio::time::timeout(per_attempt, self.connect_via(route)).await;
+            let err = match attempt {
+                Ok(Ok(stream)) => {
+                    if !failures.is_empty() {
+                        tracing::info!(route = %route.label(), "connected over a fallback route");
+                    }
+                    self.routes.record_success(route);
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => e,
+                Err(_) => self.unreachable(format!("{}: timed out", route.label())),
+            };
+            tracing::info!(route = %route.label(), error = %err, "route failed");
+            self.routes.record_failure(route);
+            failures.push(err);
+        }
+        // A wrong key is a security matter: report it rather than "unreachable".
+        if let Some(pos) = failures.iter().position(|e| {
+            matches!(
+                e,
+                ClientError::PinMismatch { .. } | ClientError::UntrustedCertificate(_)
+            )
+        }) {
+            return Err(failures.swap_remove(pos));
+        }
+        if failures.len() == 1
+            && let Some(e) = failures.pop()
+        {
+            return Err(e);
+        }
+        let reasons: Vec<String> = failures
+            .iter()
+            .map(|e| match e {
+                ClientError::Unreachable { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        Err(self.unreachable(format!("every route failed: {}", reasons.join("; "))))
     }
 
     /// Checks that the server is reachable and presents the expected key.
@@ -182,5 +292,118 @@ impl Endpoint {
         let stream = self.connect_tls().await?;
         drop(stream);
         Ok(())
+    }
+}
+
+/// Reads a response head (up to the blank line) byte by byte, so nothing after it is
+/// consumed.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<String, String> {
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_HANDSHAKE_HEAD {
+            return Err("response head too large".into());
+        }
+        let n = stream.read(&mut byte).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed during the handshake".into());
+        }
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// The status code of a response head.
+fn status_of(head: &str) -> Option<u16> {
+    let line = head.lines().next()?;
+    let mut parts = line.split(' ');
+    let version = parts.next()?;
+    if !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A TCP connection to `host:port` through `proxy`; the proxy resolves the name.
+async fn proxy_connect(proxy: &ProxyUrl, host: &str, port: u16) -> Result<Transport, String> {
+    let via = |e: &dyn std::fmt::Display| format!("proxy {proxy}: {e}");
+    match proxy.kind {
+        ProxyKind::Socks5h => {
+            let stream = tokio_socks::tcp::Socks5Stream::connect(
+                (proxy.host.as_str(), proxy.port),
+                (host, port),
+            )
+            .await
+            .map_err(|e| via(&e))?;
+            let _ = stream.set_nodelay(true);
+            Ok(Box::new(stream))
+        }
+        ProxyKind::HttpConnect => {
+            let mut stream = TcpStream::connect((proxy.host.as_str(), proxy.port))
+                .await
+                .map_err(|e| via(&e))?;
+            let _ = stream.set_nodelay(true);
+            let target = authority(host, port);
+            let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .map_err(|e| via(&e))?;
+            let head = read_head(&mut stream).await.map_err(|e| via(&e))?;
+            match status_of(&head) {
+                Some(200) => Ok(Box::new(stream)),
+                Some(code) => Err(via(&format!("CONNECT refused with HTTP {code}"))),
+                None => Err(via(&"not an HTTP proxy")),
+            }
+        }
+    }
+}
+
+/// Opens the relay's tunnel over `tcp`: TLS to the relay (its pin), then an upgrade
+/// request on the secret path. From the `101` on, the stream is a byte pipe to the
+/// relay's upstream server.
+async fn relay_tunnel(link: &RelayLink, tcp: Transport) -> Result<Transport, String> {
+    let relay = |e: &dyn std::fmt::Display| format!("relay {}: {e}", link.address());
+    let setup = TlsSetup::new(Some(link.pin)).map_err(|e| relay(&e))?;
+    let name = ServerName::try_from(link.host.clone()).map_err(|e| relay(&e))?;
+    let mut tls = TlsConnector::from(setup.config())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            let fallback = ClientError::Unreachable {
+                url: link.address(),
+                reason: format!("TLS handshake failed: {e}"),
+            };
+            relay(&setup.classify(&e, fallback))
+        })?;
+    let key = {
+        use base64::Engine as _;
+        let nonce: [u8; 16] = rand::random();
+        base64::engine::general_purpose::STANDARD.encode(nonce)
+    };
+    let request = format!(
+        "GET /{} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+        link.secret,
+        authority(&link.host, link.port)
+    );
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| relay(&e))?;
+    let head = read_head(&mut tls).await.map_err(|e| relay(&e))?;
+    match status_of(&head) {
+        Some(101) => Ok(Box::new(tls)),
+        Some(429) => Err(relay(&"the relay's rate limit for this address is reached")),
+        Some(code) => Err(relay(&format!(
+            "refused the tunnel with HTTP {code} (wrong secret, or not a Hushwire relay)"
+        ))),
+        None => Err(relay(&"not an HTTP server")),
     }
 }

@@ -22,6 +22,22 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The proxy URL cannot be used.
+    #[error("invalid proxy {proxy:?}: {reason}")]
+    InvalidProxy {
+        /// The proxy as given.
+        proxy: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The profile's routes file cannot be read or written.
+    #[error("routes file {path}: {reason}")]
+    Routes {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// The pin is not `sha256:<64 hex>`.
     #[error("invalid pin {0:?}: expected sha256:<64 hex digits>")]
     InvalidPin(String),

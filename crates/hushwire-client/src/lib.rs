@@ -9,7 +9,10 @@
 //!
 //! # Layout
 //! - [`tls`]: TLS 1.3 client configuration; the pinned-key verifier.
-//! - [`endpoint`]: [`Endpoint`] — base URL, TLS setup and the (swappable) dialer.
+//! - [`endpoint`]: [`Endpoint`] — base URL, TLS setup, and dialing over routes:
+//!   direct, SOCKS5 / HTTP CONNECT proxies, volunteer relays; automatic failover.
+//! - [`routes`]: [`RouteBook`] — a profile's ways in (`routes.json`) and what it
+//!   learned about them.
 //! - [`api`]: [`ApiClient`] for the HTTPS routes; signed requests ([`Signer`]).
 //! - [`connection`]: the raw authenticated WebSocket [`Connection`] (also used by the
 //!   load generator without a profile).
@@ -21,6 +24,7 @@ pub mod api;
 pub mod connection;
 pub mod endpoint;
 mod error;
+pub mod routes;
 pub mod tls;
 
 #[cfg(test)]
@@ -28,8 +32,9 @@ mod test_support;
 
 pub use api::{ApiClient, ApiRequest, KeySigner, Signer};
 pub use connection::{Connection, FrameReceiver, FrameSender, PendingConnection};
-pub use endpoint::{Dialer, Endpoint};
+pub use endpoint::{Dialer, Endpoint, Transport};
 pub use error::ClientError;
+pub use routes::{ProxyKind, ProxyUrl, Route, RouteBook};
 mod client;
 mod register;
 

@@ -25,7 +25,8 @@ pub struct Registered {
     pub key_package_error: Option<ClientError>,
 }
 
-/// Registers `handle` on `server_url` from the profile in `profile_dir`:
+/// Registers `handle` on `server_url` from the profile in `profile_dir` (over the
+/// profile's routes, `routes.json`, if it has any):
 /// checks the handle locally, checks that the server is reachable and presents the
 /// pinned key, creates the account and device keys, `POST /v1/register`, records the
 /// device id, then uploads key packages for both suites.
@@ -38,7 +39,11 @@ pub async fn register(
     options: ClientOptions,
 ) -> Result<Registered, ClientError> {
     validate_handle(handle)?;
-    let endpoint = Endpoint::new(server_url, pin)?.with_connect_timeout(options.connect_timeout);
+    // The profile's routes (relays, proxy) apply to registration too.
+    let routes = crate::RouteBook::load(profile_dir)?;
+    let endpoint = Endpoint::new(server_url, pin)?
+        .with_connect_timeout(options.connect_timeout)
+        .with_routes(routes);
     let mut profile = Profile::open(profile_dir)?;
     if let Some(identity) = profile.identity() {
         return Err(ClientError::AlreadyRegistered(identity.handle.clone()));
@@ -78,6 +83,7 @@ pub async fn register(
         response.device_id,
     )?;
     let mut client = Client::from_profile(profile, options)?;
+    client.set_routes(endpoint.routes().clone())?;
     let (key_packages, key_package_error) =
         match upload_initial_key_packages(&mut client, INITIAL_KEY_PACKAGES).await {
             Ok(n) => (n, None),

@@ -6,6 +6,10 @@ use openmls::prelude::{
     MergeCommitError, MergePendingCommitError, NewGroupError, ProcessMessageError, SelfUpdateError,
     WelcomeError,
 };
+use openmls::prelude::{
+    CommitToPendingProposalsError, CreateGroupContextExtProposalError, ExportGroupInfoError,
+    ExternalCommitError, LeaveGroupError, RemoveMembersError,
+};
 
 use openmls::framing::errors::{MlsMessageError, ProtocolMessageError};
 
@@ -28,6 +32,10 @@ pub enum E2eError {
     /// `learn_account`, then retry. Nothing was changed.
     #[error("account {0:?} is not known yet; fetch it and call learn_account")]
     NeedAccount(String),
+    /// Several accounts are not known yet (e.g. the members of a group a Welcome joins):
+    /// fetch every one, call `learn_account` for each, then retry. Nothing was changed.
+    #[error("accounts {0:?} are not known yet; fetch them and call learn_account")]
+    NeedAccounts(Vec<String>),
     /// A contact's account key differs from the one pinned on first use.
     #[error("the account key of {handle:?} changed since it was first seen")]
     IdentityChanged {
@@ -48,6 +56,9 @@ pub enum E2eError {
     /// Input that violates the protocol (bad handle, bad message id, unexpected message...).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The group's policy does not allow this (e.g. a non-admin adding members).
+    #[error("not allowed: {0}")]
+    NotAuthorized(String),
     /// The local database failed.
     #[error("storage error: {0}")]
     Storage(String),
@@ -121,6 +132,24 @@ pub enum MlsError {
     /// An OpenMLS internal error.
     #[error("OpenMLS library error: {0}")]
     Library(#[from] LibraryError),
+    /// `MlsGroup::remove_members`.
+    #[error("removing members: {0}")]
+    RemoveMembers(#[from] RemoveMembersError<StorageError>),
+    /// `MlsGroup::leave_group`.
+    #[error("leaving a group: {0}")]
+    Leave(#[from] LeaveGroupError<StorageError>),
+    /// `MlsGroup::update_group_context_extensions`.
+    #[error("changing the group's info: {0}")]
+    GroupContextExtensions(#[from] CreateGroupContextExtProposalError<StorageError>),
+    /// `MlsGroup::commit_to_pending_proposals`.
+    #[error("committing pending proposals: {0}")]
+    CommitPending(#[from] CommitToPendingProposalsError<StorageError>),
+    /// Rejoining by External Commit.
+    #[error("rejoining by external commit: {0}")]
+    ExternalCommit(#[from] ExternalCommitError<StorageError>),
+    /// Exporting a GroupInfo.
+    #[error("exporting a GroupInfo: {0}")]
+    ExportGroupInfo(#[from] ExportGroupInfoError),
     /// The group is not in OpenMLS storage although our tables name it.
     #[error("group state missing from storage")]
     GroupMissing,
@@ -151,4 +180,10 @@ via_mls!(
     ProtocolMessageError,
     openmls::prelude::tls_codec::Error,
     LibraryError,
+    RemoveMembersError<StorageError>,
+    LeaveGroupError<StorageError>,
+    CreateGroupContextExtProposalError<StorageError>,
+    CommitToPendingProposalsError<StorageError>,
+    ExternalCommitError<StorageError>,
+    ExportGroupInfoError,
 );

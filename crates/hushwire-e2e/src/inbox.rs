@@ -11,12 +11,13 @@ use std::collections::{BTreeSet, HashSet};
 use hushwire_proto::mls::{ContentType, MlsHeader, parse_header};
 use hushwire_proto::wire::{Content, Envelope, content::Body};
 use openmls::prelude::{
-    MlsGroup, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider, ProcessedMessageContent,
-    StagedWelcome, tls_codec::Deserialize as _,
+    MlsGroup, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider, ProcessedMessageContent, Proposal,
+    Sender, StagedWelcome, tls_codec::Deserialize as _,
 };
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::group::GroupEventKind;
 use crate::outbox::{group_config, load_group, reset_lost_commit};
 use crate::profile::{DeviceAddr, KV_LAST_SEQ, LeafCheck, check_leaf, parse_credential, uuid_text};
 use crate::store::{Provider, kv_set, to_sql_u64};
@@ -207,6 +208,10 @@ pub(crate) fn drain_buffer_or_postpone(
             tracing::debug!(%handle, "buffered messages wait for an account");
             Ok(vec![])
         }
+        Err(Fail::Fatal(E2eError::NeedAccounts(handles))) => {
+            tracing::debug!(?handles, "buffered messages wait for accounts");
+            Ok(vec![])
+        }
         Err(Fail::Fatal(e)) => Err(e),
         Err(Fail::Skip | Fail::Invalid { .. }) => Ok(vec![]),
     }
@@ -336,9 +341,23 @@ fn process(ctx: &mut Ctx<'_>, envelope: &Envelope) -> Result<Outcome, Fail> {
                     }
                     process_application(ctx, &mut group, &conversation, envelope)
                 }
+                ContentType::Proposal if is_group_chat(ctx.conn, &h.group_id)? => {
+                    if h.epoch > local {
+                        return Ok(Outcome::Buffer {
+                            group_id: h.group_id,
+                            epoch: h.epoch,
+                        });
+                    }
+                    if h.epoch < local {
+                        // For an epoch that is over: its commit did not include it. The
+                        // leaver proposes again.
+                        return Ok(done(vec![]));
+                    }
+                    process_proposal(ctx, &mut group, &conversation, envelope)
+                }
                 ContentType::Proposal => {
-                    // Hushwire clients never send standalone proposals; storing one would
-                    // let anyone steer our next commit.
+                    // 1:1 clients never send standalone proposals; storing one would let
+                    // anyone steer our next commit.
                     Err(invalid(conv, "standalone proposals are not accepted"))
                 }
             }
@@ -382,15 +401,66 @@ fn process_commit(
     let processed = group
         .process_message(&provider, message)
         .map_err(|e| invalid(conv, format!("commit rejected by MLS: {e}")))?;
+    let external = matches!(processed.sender(), Sender::NewMemberCommit);
+    let committer = parse_credential(processed.credential()).map_err(|r| invalid(conv, r))?;
     let staged = match processed.into_content() {
         ProcessedMessageContent::StagedCommitMessage(staged) => staged,
         ProcessedMessageContent::OwnPrivateMessage => return Ok(done(vec![])),
         _ => return Err(invalid(conv, "a commit header with other content")),
     };
+    let chat = is_group_chat(ctx.conn, &group_id)?;
+    // Group policy, checked before anything is merged.
+    let changes = if chat {
+        crate::group::authorize_commit(group, &staged, &committer, external)
+            .map_err(|r| invalid(conv, format!("commit not authorized: {r}")))?
+    } else {
+        vec![]
+    };
     let removed = staged.self_removed();
     group
         .merge_staged_commit(&provider, *staged)
         .map_err(|e| invalid(conv, format!("merging commit: {e}")))?;
+    if chat {
+        let mut events = apply_group_changes(
+            ctx.conn,
+            group,
+            &group_id,
+            conversation.to_string(),
+            changes,
+            &ctx.me.handle,
+            ctx.now_ms,
+        )?;
+        if removed || !group.is_active() {
+            ctx.conn.execute(
+                "UPDATE groups SET state = 'inactive' WHERE group_id = ?1",
+                params![group_id],
+            )?;
+            ctx.conn.execute(
+                "UPDATE group_chats SET leaving = 0 WHERE group_id = ?1",
+                params![group_id],
+            )?;
+            ctx.conn.execute(
+                "DELETE FROM outbox WHERE group_id = ?1 AND kind != 'text'",
+                params![group_id],
+            )?;
+            return Ok(done(events));
+        }
+        validate_members(ctx, group, conversation, true)?;
+        let leaving: i64 = ctx.conn.query_row(
+            "SELECT leaving FROM group_chats WHERE group_id = ?1",
+            params![group_id],
+            |r| r.get(0),
+        )?;
+        if leaving != 0 {
+            // Our leave proposal was not part of this commit: propose again.
+            queue_front_once(ctx.conn, &group_id, "gleave", ctx.now_ms)?;
+        }
+        events.retain(|_| true);
+        return Ok(Outcome::Done {
+            events,
+            touched: Some(group_id),
+        });
+    }
     if removed || !group.is_active() {
         ctx.conn.execute(
             "UPDATE groups SET state = 'inactive' WHERE group_id = ?1",
@@ -403,17 +473,36 @@ fn process_commit(
         return Ok(done(vec![]));
     }
     // Authenticate the new membership; on failure the savepoint undoes the merge.
-    validate_members(ctx, group, conversation)?;
+    validate_members(ctx, group, conversation, false)?;
     Ok(Outcome::Done {
         events: vec![],
         touched: Some(group_id),
     })
 }
 
-/// Every leaf is a certified device of us or of the conversation's peer, and our own
+/// Every leaf is a certified device (in a 1:1 chat: of us or of the peer), and our own
 /// leaf is this device.
-fn validate_members(ctx: &mut Ctx<'_>, group: &MlsGroup, conversation: &str) -> Result<(), Fail> {
+fn validate_members(
+    ctx: &mut Ctx<'_>,
+    group: &MlsGroup,
+    conversation: &str,
+    group_chat: bool,
+) -> Result<(), Fail> {
     let conv = Some(conversation);
+    let missing: BTreeSet<String> = group
+        .members()
+        .filter_map(
+            |m| match check_leaf(ctx.conn, ctx.fresh, &m.credential, &m.signature_key) {
+                Err(LeafCheck::NeedAccount(h)) => Some(h),
+                _ => None,
+            },
+        )
+        .collect();
+    if missing.len() > 1 {
+        return Err(Fail::Fatal(E2eError::NeedAccounts(
+            missing.into_iter().collect(),
+        )));
+    }
     for member in group.members() {
         let addr = check_leaf(
             ctx.conn,
@@ -422,7 +511,7 @@ fn validate_members(ctx: &mut Ctx<'_>, group: &MlsGroup, conversation: &str) -> 
             &member.signature_key,
         )
         .map_err(|e| leaf_fail(conv, e))?;
-        if addr.handle != ctx.me.handle && addr.handle != conversation {
+        if !group_chat && addr.handle != ctx.me.handle && addr.handle != conversation {
             return Err(invalid(
                 conv,
                 format!("{} is not part of this conversation", addr.handle),
@@ -527,6 +616,10 @@ fn join_welcome(ctx: &mut Ctx<'_>, envelope: &Envelope) -> Result<Outcome, Fail>
     )
     .map_err(|e| invalid(None, format!("cannot join: {e}")))?;
     let group_id = staged.group_context().group_id().as_slice().to_vec();
+    if let Some(meta) = crate::group::metadata_of(staged.group_context().extensions()) {
+        let meta = meta.map_err(|r| invalid(None, r))?;
+        return join_group_chat(ctx, staged, group_id, meta, suite);
+    }
     let known: i64 = ctx.conn.query_row(
         "SELECT COUNT(*) FROM groups WHERE group_id = ?1",
         params![group_id],
@@ -604,6 +697,270 @@ fn join_welcome(ctx: &mut Ctx<'_>, envelope: &Envelope) -> Result<Outcome, Fail>
     };
     Ok(Outcome::Done {
         events,
+        touched: Some(group_id),
+    })
+}
+
+/// Whether `group_id` is a group chat (not a 1:1 conversation's group).
+pub(crate) fn is_group_chat(conn: &Connection, group_id: &[u8]) -> Result<bool, E2eError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM group_chats WHERE group_id = ?1",
+        params![group_id],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// Queues a group item in front of the outbox unless one of that kind is queued.
+fn queue_front_once(
+    conn: &Connection,
+    group_id: &[u8],
+    kind: &str,
+    now_ms: u64,
+) -> Result<(), E2eError> {
+    let queued: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM outbox WHERE group_id = ?1 AND kind = ?2",
+        params![group_id, kind],
+        |r| r.get(0),
+    )?;
+    if queued > 0 {
+        return Ok(());
+    }
+    let conversation: String = conn.query_row(
+        "SELECT conversation FROM group_chats WHERE group_id = ?1",
+        params![group_id],
+        |r| r.get(0),
+    )?;
+    let id = crate::profile::new_message_id(now_ms);
+    conn.execute(
+        "INSERT INTO outbox (ord, kind, conversation, item_id, message_id, group_id, params)
+         VALUES ((SELECT COALESCE(MIN(ord), 1) - 1 FROM outbox), ?1, ?2, ?3, ?3, ?4, '{}')",
+        params![kind, conversation, &id[..], group_id],
+    )?;
+    Ok(())
+}
+
+/// Records a commit's membership/metadata changes in the timeline (renaming the
+/// conversation first if the title changed) and returns them as events.
+pub(crate) fn apply_group_changes(
+    conn: &Connection,
+    _group: &MlsGroup,
+    group_id: &[u8],
+    mut conversation: String,
+    changes: Vec<crate::group::Change>,
+    my_handle: &str,
+    now_ms: u64,
+) -> Result<Vec<Event>, E2eError> {
+    if let Some(title) = changes.iter().find_map(|(k, _, _, t)| {
+        (*k == GroupEventKind::Renamed)
+            .then_some(t.clone())
+            .flatten()
+    }) {
+        conversation = crate::group::rename_conversation(conn, group_id, &title)?;
+    }
+    let mut events = Vec::with_capacity(changes.len());
+    for (kind, by, handles, title) in changes {
+        let outgoing = by == my_handle;
+        let ev = crate::group::record_event(
+            conn,
+            &conversation,
+            group_id,
+            kind,
+            &by,
+            handles,
+            title,
+            outgoing,
+            now_ms,
+        )?;
+        events.push(Event::Group(ev));
+    }
+    Ok(events)
+}
+
+/// A proposal in a group chat: only a member's own removal (leaving) is accepted. It is
+/// stored for the next commit, and a commit of it is queued in front of the outbox.
+fn process_proposal(
+    ctx: &mut Ctx<'_>,
+    group: &mut MlsGroup,
+    conversation: &str,
+    envelope: &Envelope,
+) -> Result<Outcome, Fail> {
+    let conv = Some(conversation);
+    let message = protocol_message(envelope, conversation)?;
+    let provider = Provider::new(ctx.conn);
+    let processed = group
+        .process_message(&provider, message)
+        .map_err(|e| invalid(conv, format!("proposal rejected by MLS: {e}")))?;
+    let sender_leaf = match processed.sender() {
+        Sender::Member(i) => *i,
+        _ => return Err(invalid(conv, "a proposal from outside the group")),
+    };
+    let queued = match processed.into_content() {
+        ProcessedMessageContent::ProposalMessage(q) => q,
+        _ => return Err(invalid(conv, "a proposal header with other content")),
+    };
+    match queued.proposal() {
+        Proposal::Remove(r) if r.removed() == sender_leaf => {}
+        _ => {
+            return Err(invalid(conv, "only a member's own removal may be proposed"));
+        }
+    }
+    group
+        .store_pending_proposal(provider.storage(), *queued)
+        .map_err(E2eError::from)?;
+    let group_id = group.group_id().as_slice().to_vec();
+    let leaving: i64 = ctx.conn.query_row(
+        "SELECT leaving FROM group_chats WHERE group_id = ?1",
+        params![group_id],
+        |r| r.get(0),
+    )?;
+    if leaving == 0 {
+        queue_front_once(ctx.conn, &group_id, "gcommit", ctx.now_ms)?;
+    }
+    Ok(done(vec![]))
+}
+
+/// Joins a group chat from a Welcome: the sender must be allowed to add members, every
+/// member must be a certified device, and our leaf must be this device.
+fn join_group_chat(
+    ctx: &mut Ctx<'_>,
+    staged: StagedWelcome,
+    group_id: Vec<u8>,
+    meta: hushwire_proto::wire::GroupMetadata,
+    suite: Suite,
+) -> Result<Outcome, Fail> {
+    let provider = Provider::new(ctx.conn);
+    let existing: Option<(String, String)> = ctx
+        .conn
+        .query_row(
+            "SELECT c.conversation, g.state FROM group_chats c
+             JOIN groups g ON g.group_id = c.group_id WHERE c.group_id = ?1",
+            params![group_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((_, state)) = &existing
+        && state != "inactive"
+    {
+        return Err(Fail::Skip);
+    }
+    // Ask for every unknown account at once (a large group's Welcome names many).
+    let missing: BTreeSet<String> = staged
+        .members()
+        .filter_map(
+            |m| match check_leaf(ctx.conn, ctx.fresh, &m.credential, &m.signature_key) {
+                Err(LeafCheck::NeedAccount(h)) => Some(h),
+                _ => None,
+            },
+        )
+        .collect();
+    if missing.len() > 1 {
+        return Err(Fail::Fatal(E2eError::NeedAccounts(
+            missing.into_iter().collect(),
+        )));
+    }
+    let mut members = std::collections::BTreeMap::new();
+    for member in staged.members() {
+        let addr: DeviceAddr = check_leaf(
+            ctx.conn,
+            ctx.fresh,
+            &member.credential,
+            &member.signature_key,
+        )
+        .map_err(|e| leaf_fail(None, e))?;
+        members
+            .entry(addr.handle)
+            .or_insert_with(Vec::new)
+            .push((member.index, addr.device_id));
+    }
+    let sender_leaf = staged
+        .welcome_sender()
+        .map_err(|e| invalid(None, format!("Welcome sender: {e}")))?;
+    let sender = parse_credential(sender_leaf.credential()).map_err(|r| invalid(None, r))?;
+    if sender.handle != ctx.me.handle
+        && !crate::group::may_change_membership(&meta, &members, &sender.handle)
+    {
+        return Err(invalid(
+            None,
+            format!(
+                "Welcome not authorized: {} may not add members (not an admin)",
+                sender.handle
+            ),
+        ));
+    }
+    let own = staged
+        .own_leaf_node()
+        .ok_or_else(|| invalid(None, "our own leaf is missing"))?;
+    let own_addr = parse_credential(own.credential()).map_err(|r| invalid(None, r))?;
+    if own_addr.handle != ctx.me.handle
+        || own_addr.device_id != ctx.me.device_id
+        || own.signature_key().as_slice() != ctx.me.device_key.as_slice()
+    {
+        return Err(invalid(
+            None,
+            "the Welcome's leaf for us is not this device",
+        ));
+    }
+    if existing.is_some()
+        && let Ok(mut old) = load_group(ctx.conn, &group_id)
+    {
+        old.delete(provider.storage()).map_err(E2eError::from)?;
+    }
+    let group = staged
+        .into_group(&provider)
+        .map_err(|e| invalid(None, format!("cannot join: {e}")))?;
+    let conversation = match existing {
+        Some((name, _)) => {
+            ctx.conn.execute(
+                "UPDATE groups SET state = 'active' WHERE group_id = ?1",
+                params![group_id],
+            )?;
+            ctx.conn.execute(
+                "UPDATE group_chats SET leaving = 0 WHERE group_id = ?1",
+                params![group_id],
+            )?;
+            crate::group::rename_conversation(ctx.conn, &group_id, &meta.title)
+                .map_err(Fail::Fatal)
+                .unwrap_or(name)
+        }
+        None => {
+            let name = crate::group::unique_name(ctx.conn, &meta.title, None)?;
+            ctx.conn.execute(
+                "INSERT INTO conversations (peer, suite, created_at_ms) VALUES (?1, ?2, ?3)",
+                params![name, suite.code(), to_sql_u64(ctx.now_ms)?],
+            )?;
+            ctx.conn.execute(
+                "INSERT INTO group_chats (group_id, conversation) VALUES (?1, ?2)",
+                params![group_id, name],
+            )?;
+            ctx.conn.execute(
+                "INSERT INTO groups (group_id, conversation, suite, state, created_at_ms)
+                 VALUES (?1, ?2, ?3, 'active', ?4)",
+                params![group_id, name, suite.code(), to_sql_u64(ctx.now_ms)?],
+            )?;
+            name
+        }
+    };
+    crate::group_ops::store_recovery_key(ctx.conn, &group_id, &meta)?;
+    tracing::debug!(epoch = group.epoch().as_u64(), "joined a group chat");
+    let ev = crate::group::record_event(
+        ctx.conn,
+        &conversation,
+        &group_id,
+        GroupEventKind::Added,
+        &sender.handle,
+        vec![ctx.me.handle.clone()],
+        None,
+        false,
+        ctx.now_ms,
+    )?;
+    Ok(Outcome::Done {
+        events: vec![
+            Event::ConversationStarted {
+                conversation: conversation.clone(),
+            },
+            Event::Group(ev),
+        ],
         touched: Some(group_id),
     })
 }

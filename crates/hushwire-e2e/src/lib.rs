@@ -35,13 +35,24 @@
 //! profile database, like OpenMLS's own state.
 
 mod error;
+pub mod group;
+mod group_ops;
 mod inbox;
 pub mod keys;
 mod outbox;
 mod profile;
 mod store;
 
+/// The exact MLS configuration the profiles use, for benchmarks that measure it on bare
+/// OpenMLS groups (`examples/group_costs.rs`). Not a stable API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::group::meta_extensions;
+    pub use crate::outbox::{group_config_with, leaf_capabilities};
+}
+
 pub use error::{E2eError, MlsError};
+pub use group::{GroupDetails, GroupEvent, GroupEventKind, GroupMember};
 pub use profile::{GroupStatus, Profile};
 
 use openmls::prelude::Ciphersuite;
@@ -75,7 +86,9 @@ impl Suite {
         }
     }
 
-    pub(crate) fn ciphersuite(self) -> Ciphersuite {
+    /// The OpenMLS ciphersuite.
+    #[doc(hidden)]
+    pub fn ciphersuite(self) -> Ciphersuite {
         match self {
             Suite::XWing => Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519,
             Suite::Classic => Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
@@ -132,6 +145,24 @@ pub enum Action {
     /// Send this, then report the server's answer with [`Profile::submit_result`]. The same
     /// bytes are returned until it is resolved.
     Submit(hushwire_proto::wire::Submit),
+    /// A group operation needs members' devices: fetch each handle's `AccountInfo` and
+    /// claim its key packages for `suite`, then call [`Profile::provide_members`].
+    NeedMembers {
+        /// The group chat.
+        conversation: String,
+        /// The handles (this account's own handle too, for its other devices).
+        handles: Vec<String>,
+        /// The group's suite.
+        suite: Suite,
+    },
+    /// A rejoin needs the group's GroupInfo from the server
+    /// (`GET /v1/groups/{hex}/info`): call [`Profile::provide_group_info`].
+    NeedGroupInfo {
+        /// The group chat.
+        conversation: String,
+        /// The MLS group id.
+        group_id: Vec<u8>,
+    },
 }
 
 /// Delivery state of a stored message.
@@ -187,6 +218,15 @@ pub struct StoredMessage {
     pub state: MessageState,
 }
 
+/// One entry of a conversation's timeline ([`Profile::timeline`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimelineItem {
+    /// A text.
+    Message(StoredMessage),
+    /// A group chat's membership or metadata change.
+    Group(GroupEvent),
+}
+
 /// One line of the conversation list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationSummary {
@@ -202,6 +242,7 @@ pub struct ConversationSummary {
 
 /// Something that happened while processing input.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A new message was stored.
     Message(StoredMessage),
@@ -221,6 +262,15 @@ pub enum Event {
     Sent {
         /// The message id.
         id: String,
+    },
+    /// A group chat's membership or metadata changed (also stored in its timeline).
+    Group(GroupEvent),
+    /// The server rejected one of our group operations (it was dropped).
+    GroupOperationFailed {
+        /// The group chat.
+        conversation: String,
+        /// The server's reason.
+        reason: String,
     },
     /// The server rejected an own message; it is marked failed.
     SendFailed {

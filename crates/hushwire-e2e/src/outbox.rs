@@ -44,7 +44,20 @@ const PAD_TO: usize = 64;
 /// - Everything, commits included, is a PrivateMessage: the server learns only the
 ///   header (group, epoch, content type) and gets the roster from the `Submit`.
 pub(crate) fn group_config(suite: Suite) -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
+    group_config_with(suite, None)
+}
+
+/// [`group_config`] with group-context extensions (a group chat's metadata).
+pub fn group_config_with(
+    suite: Suite,
+    extensions: Option<openmls::prelude::Extensions<openmls::prelude::GroupContext>>,
+) -> MlsGroupCreateConfig {
+    let builder = MlsGroupCreateConfig::builder();
+    let builder = match extensions {
+        Some(e) => builder.with_group_context_extensions(e),
+        None => builder,
+    };
+    builder
         .ciphersuite(suite.ciphersuite())
         .capabilities(leaf_capabilities())
         .use_ratchet_tree_extension(true)
@@ -55,10 +68,14 @@ pub(crate) fn group_config(suite: Suite) -> MlsGroupCreateConfig {
 }
 
 /// Capabilities of all our leaves. Declaring `last_resort` lets a key package carry the
-/// LastResort extension (RFC 9420 requires extensions to be listed in capabilities).
-pub(crate) fn leaf_capabilities() -> Capabilities {
+/// LastResort extension (RFC 9420 requires extensions to be listed in capabilities); the
+/// group metadata extension lets the leaf join group chats, which require it.
+pub fn leaf_capabilities() -> Capabilities {
     Capabilities::builder()
-        .extensions(vec![ExtensionType::LastResort])
+        .extensions(vec![
+            ExtensionType::LastResort,
+            ExtensionType::Unknown(crate::group::GROUP_METADATA_EXTENSION),
+        ])
         .build()
 }
 
@@ -117,6 +134,7 @@ pub(crate) fn encode_content(id: &[u8], sent_at_ms: u64, text: &str) -> Vec<u8> 
 }
 
 struct Head {
+    params: Option<String>,
     ord: i64,
     kind: String,
     conversation: String,
@@ -128,7 +146,7 @@ struct Head {
 }
 
 const HEAD_COLUMNS: &str =
-    "ord, kind, conversation, item_id, message_id, group_id, submit, await_epoch";
+    "ord, kind, conversation, item_id, message_id, group_id, submit, await_epoch, params";
 
 fn head_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Head> {
     Ok(Head {
@@ -140,6 +158,7 @@ fn head_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Head> {
         group_id: r.get(5)?,
         submit: r.get(6)?,
         await_epoch: r.get(7)?,
+        params: r.get(8)?,
     })
 }
 
@@ -169,7 +188,8 @@ pub(crate) fn reset_lost_commit(
 ) -> Result<(), E2eError> {
     conn.execute(
         "UPDATE outbox SET submit = NULL, message_id = ?1, await_epoch = ?2
-         WHERE group_id = ?3 AND kind = 'update' AND submit IS NOT NULL",
+         WHERE group_id = ?3 AND kind IN ('update', 'gadd', 'gremove', 'gmeta', 'gcommit')
+         AND submit IS NOT NULL",
         params![
             &new_message_id(now_ms)[..],
             to_sql_u64(await_epoch)?,
@@ -185,7 +205,31 @@ impl Profile {
     pub fn queue_text(&mut self, peer: &str, text: &str, now_ms: u64) -> Result<String, E2eError> {
         let (me, _) = self.me()?;
         let me = me.clone();
-        check_peer(&me.handle, peer)?;
+        if crate::group::is_group_name(peer) {
+            let group_id = crate::group_ops::chat_group(&self.conn, peer)?;
+            let row: Option<(String, i64)> = self
+                .conn
+                .query_row(
+                    "SELECT COALESCE((SELECT state FROM groups WHERE group_id = ?1), 'pending'),
+                            leaving FROM group_chats WHERE group_id = ?1",
+                    params![group_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match row {
+                Some((state, _)) if state == "inactive" || state == "failed" => {
+                    return Err(E2eError::Protocol(format!(
+                        "you are no longer a member of {peer}"
+                    )));
+                }
+                Some((_, leaving)) if leaving != 0 => {
+                    return Err(E2eError::Protocol(format!("you are leaving {peer}")));
+                }
+                _ => {}
+            }
+        } else {
+            check_peer(&me.handle, peer)?;
+        }
         if text.len() > MAX_TEXT_BYTES {
             return Err(E2eError::Protocol(format!(
                 "text of {} bytes exceeds {MAX_TEXT_BYTES}",
@@ -282,6 +326,19 @@ impl Profile {
             match head.kind.as_str() {
                 "text" => {
                     let Some(group_id) = send_group(&self.conn, &head.conversation)? else {
+                        if crate::group::is_group_name(&head.conversation) {
+                            // The group is gone (we were removed or left) or failed.
+                            let tx = self
+                                .conn
+                                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                            tx.execute(
+                                "UPDATE messages SET state = ?1 WHERE sender = ?2 AND id = ?3",
+                                params![MessageState::Failed.to_i64(), me.handle, head.item_id],
+                            )?;
+                            tx.execute("DELETE FROM outbox WHERE ord = ?1", params![head.ord])?;
+                            tx.commit()?;
+                            continue;
+                        }
                         let suite =
                             conversation_suite(&self.conn, &head.conversation)?.unwrap_or_default();
                         return Ok(Action::NeedPeer {
@@ -317,6 +374,22 @@ impl Profile {
                     }
                     return self.build_update_submit(&head, &group_id, &signer);
                 }
+                "gcreate" | "gadd" | "gremove" | "gmeta" | "gcommit" | "gleave" | "grejoin" => {
+                    let group_id = head.group_id.clone().unwrap_or_default();
+                    match self.group_next_action(
+                        head.ord,
+                        &head.kind,
+                        &head.conversation,
+                        &head.item_id,
+                        &group_id,
+                        head.params.as_deref(),
+                        head.await_epoch,
+                        &signer,
+                    )? {
+                        Some(action) => return Ok(action),
+                        None => continue,
+                    }
+                }
                 _ => {
                     // A 'create' item always carries its Submit; anything else is corrupt.
                     tracing::warn!(kind = %head.kind, "dropping an outbox item without a Submit");
@@ -346,6 +419,11 @@ impl Profile {
         if group.pending_commit().is_some() {
             // Only the outbox head ever holds a pending commit, so this cannot happen
             // unless the store was tampered with. Never encrypt over it.
+            return Ok(Action::AwaitIncoming);
+        }
+        if group.pending_proposals().next().is_some() {
+            // A member's leave proposal waits for its commit (queued in front of us).
+            tx.commit()?;
             return Ok(Action::AwaitIncoming);
         }
         let plaintext = encode_content(&head.item_id, crate::store::from_sql_u64(sent_at), &text);
@@ -590,12 +668,95 @@ impl Profile {
                     id: uuid_text(&head.item_id),
                 });
             }
+            (Some(Outcome::Accepted(_)), "gleave") => {
+                let group_id = head.group_id.clone().unwrap_or_default();
+                tx.execute(
+                    "UPDATE group_chats SET leaving = 1 WHERE group_id = ?1",
+                    params![group_id],
+                )?;
+                tx.execute("DELETE FROM outbox WHERE ord = ?1", params![head.ord])?;
+            }
             (Some(Outcome::Accepted(_)), _) => {
                 let group_id = head.group_id.clone().unwrap_or_default();
                 let mut group = load_group(&tx, &group_id)?;
-                if group.pending_commit().is_some() {
+                if let Some(staged) = group.pending_commit()
+                    && head.kind.starts_with('g')
+                {
+                    let me_addr = DeviceAddr {
+                        handle: me.handle.clone(),
+                        device_id: me.device_id,
+                    };
+                    let changes = if head.kind == "gcreate" {
+                        let added: std::collections::BTreeSet<String> = staged
+                            .add_proposals()
+                            .filter_map(|a| {
+                                parse_credential(
+                                    a.add_proposal().key_package().leaf_node().credential(),
+                                )
+                                .ok()
+                            })
+                            .map(|a| a.handle)
+                            .filter(|h| *h != me.handle)
+                            .collect();
+                        vec![(
+                            crate::group::GroupEventKind::Added,
+                            me.handle.clone(),
+                            added.into_iter().collect(),
+                            None,
+                        )]
+                    } else {
+                        crate::group::authorize_commit(
+                            &group,
+                            staged,
+                            &me_addr,
+                            head.kind == "grejoin",
+                        )
+                        .unwrap_or_default()
+                    };
                     let provider = Provider::new(&tx);
                     group.merge_pending_commit(&provider)?;
+                    let mut conversation: String = tx.query_row(
+                        "SELECT conversation FROM group_chats WHERE group_id = ?1",
+                        params![group_id],
+                        |r| r.get(0),
+                    )?;
+                    if head.kind == "grejoin"
+                        && let Some(Ok(meta)) = crate::group::metadata_of(group.extensions())
+                    {
+                        // Renames we missed while our state was broken.
+                        conversation =
+                            crate::group::rename_conversation(&tx, &group_id, &meta.title)?;
+                    }
+                    events.extend(crate::inbox::apply_group_changes(
+                        &tx,
+                        &group,
+                        &group_id,
+                        conversation,
+                        changes,
+                        &me.handle,
+                        now_ms,
+                    )?);
+                    tx.execute(
+                        "UPDATE groups SET state = 'active' WHERE group_id = ?1 AND state = 'pending'",
+                        params![group_id],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM outbox_key_packages WHERE item_id = ?1",
+                        params![head.item_id],
+                    )?;
+                } else if group.pending_commit().is_some() {
+                    let provider = Provider::new(&tx);
+                    group.merge_pending_commit(&provider)?;
+                } else if head.kind == "grejoin" {
+                    // OpenMLS builds the joiner's group at the new epoch already: the
+                    // server's acceptance makes it ours.
+                    tx.execute(
+                        "UPDATE groups SET state = 'active' WHERE group_id = ?1 AND state = 'pending'",
+                        params![group_id],
+                    )?;
+                    if let Some(Ok(meta)) = crate::group::metadata_of(group.extensions()) {
+                        crate::group::rename_conversation(&tx, &group_id, &meta.title)?;
+                    }
                 } else {
                     tracing::error!("server accepted a commit we no longer hold as pending");
                 }
@@ -614,7 +775,20 @@ impl Profile {
                 };
                 events.extend(inbox::drain_buffer_or_postpone(&mut ctx, &group_id)?);
             }
-            (Some(Outcome::StaleEpoch(stale)), "update") => {
+            (Some(Outcome::StaleEpoch(_)), "grejoin") => {
+                // The GroupInfo we rejoined from is outdated (a commit came first, or its
+                // committer could not publish one). Give up for now: the next sync finds
+                // the group stuck again and retries with what the server then has.
+                tx.execute("DELETE FROM outbox WHERE ord = ?1", params![head.ord])?;
+                events.push(Event::GroupOperationFailed {
+                    conversation: head.conversation.clone(),
+                    reason: "rejoin raced another commit; retried on the next sync".into(),
+                });
+            }
+            (
+                Some(Outcome::StaleEpoch(stale)),
+                "update" | "gadd" | "gremove" | "gmeta" | "gcommit",
+            ) => {
                 let group_id = head.group_id.clone().unwrap_or_default();
                 let mut group = load_group(&tx, &group_id)?;
                 {
@@ -657,7 +831,7 @@ impl Profile {
                             let provider = Provider::new(&tx);
                             group.clear_pending_commit(provider.storage())?;
                         }
-                        if kind == "create" {
+                        if kind == "create" || kind == "gcreate" {
                             tx.execute(
                                 "UPDATE groups SET state = 'failed' WHERE group_id = ?1",
                                 params![group_id],
@@ -671,6 +845,14 @@ impl Profile {
                                 &reason,
                             )?);
                         }
+                        tx.execute(
+                            "DELETE FROM outbox_key_packages WHERE item_id = ?1",
+                            params![head.item_id],
+                        )?;
+                        events.push(Event::GroupOperationFailed {
+                            conversation: head.conversation.clone(),
+                            reason: reason.clone(),
+                        });
                         tracing::warn!(kind, %reason, "commit not accepted");
                     }
                 }
@@ -719,6 +901,18 @@ fn check_peer(me: &str, peer: &str) -> Result<(), E2eError> {
         ));
     }
     Ok(())
+}
+
+/// [`check_key_package`] for the group operations.
+pub(crate) fn check_key_package_pub(
+    provider: &Provider<'_>,
+    conn: &Connection,
+    fresh: &mut HashSet<String>,
+    suite: Suite,
+    handle: &str,
+    claimed: &ClaimedKeyPackage,
+) -> Result<(KeyPackage, DeviceAddr), String> {
+    check_key_package(provider, conn, fresh, suite, handle, claimed)
 }
 
 /// Validates one claimed key package: parses and verifies it, checks the suite and that

@@ -393,7 +393,7 @@ impl Profile {
     pub fn history(&self, conversation: &str) -> Result<Vec<StoredMessage>, E2eError> {
         let mut stmt = self.conn.prepare(
             "SELECT id, conversation, sender, sent_at_ms, received_at_ms, body, outgoing, state
-             FROM messages WHERE conversation = ?1 ORDER BY n",
+             FROM messages WHERE conversation = ?1 AND kind = 0 ORDER BY n",
         )?;
         let rows = stmt.query_map(params![conversation], |r| {
             let id: Vec<u8> = r.get(0)?;
@@ -412,13 +412,51 @@ impl Profile {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// A conversation's timeline: its messages and (for a group chat) its membership and
+    /// metadata changes, in local order.
+    pub fn timeline(&self, conversation: &str) -> Result<Vec<crate::TimelineItem>, E2eError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, conversation, sender, sent_at_ms, received_at_ms, body, outgoing, state,
+                    kind
+             FROM messages WHERE conversation = ?1 ORDER BY n",
+        )?;
+        let rows = stmt.query_map(params![conversation], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            let received: Option<i64> = r.get(4)?;
+            let kind: i64 = r.get(8)?;
+            let m = StoredMessage {
+                id: uuid_text(&id),
+                conversation: r.get(1)?,
+                from: r.get(2)?,
+                sent_at_ms: from_sql_u64(r.get(3)?),
+                received_at_ms: received.map(from_sql_u64),
+                text: r.get(5)?,
+                outgoing: r.get(6)?,
+                state: MessageState::from_i64(r.get(7)?),
+            };
+            Ok((kind, m))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kind, m) = row?;
+            if kind == 0 {
+                out.push(crate::TimelineItem::Message(m));
+            } else if let Some(ev) =
+                crate::group::parse_event(m.conversation, m.from, &m.text, m.sent_at_ms)
+            {
+                out.push(crate::TimelineItem::Group(ev));
+            }
+        }
+        Ok(out)
+    }
+
     /// All conversations, most recent first.
     pub fn conversations(&self) -> Result<Vec<ConversationSummary>, E2eError> {
         let mut stmt = self.conn.prepare(
             "SELECT c.peer, c.suite,
                     (SELECT MAX(COALESCE(m.received_at_ms, m.sent_at_ms)) FROM messages m
                      WHERE m.conversation = c.peer),
-                    (SELECT COUNT(*) FROM messages m WHERE m.conversation = c.peer)
+                    (SELECT COUNT(*) FROM messages m WHERE m.conversation = c.peer AND m.kind = 0)
              FROM conversations c",
         )?;
         let rows = stmt.query_map([], |r| {

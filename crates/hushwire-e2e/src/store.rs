@@ -151,6 +151,35 @@ const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL
     );
     "#,
+    // v2: group chats.
+    r#"
+    -- Parameters of group operations (JSON), e.g. {"handles":["bob"]}.
+    ALTER TABLE outbox ADD COLUMN params TEXT;
+    -- 0: a text; 1: a group event (body is its JSON), shown in the timeline only.
+    ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+    -- Group chats (conversations named '#TITLE', disambiguated locally as '#TITLE~2').
+    -- leaving: we proposed our own removal and wait for a member to commit it.
+    CREATE TABLE group_chats (
+        group_id BLOB PRIMARY KEY,
+        conversation TEXT NOT NULL UNIQUE,
+        leaving INTEGER NOT NULL DEFAULT 0
+    );
+    -- Key packages claimed for a pending group operation (kept so that a commit redone
+    -- after a lost race reuses them).
+    CREATE TABLE outbox_key_packages (
+        item_id BLOB NOT NULL,
+        handle TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        key_package BLOB NOT NULL,
+        PRIMARY KEY (item_id, handle, device_id)
+    );
+    "#,
+    // v3
+    r#"
+    -- The key sealing the group's published GroupInfo (GroupMetadata.recovery_key), kept
+    -- outside the MLS state so that a member whose state broke can still rejoin.
+    ALTER TABLE group_chats ADD COLUMN recovery_key BLOB;
+    "#,
 ];
 
 /// Opens (creating if needed) the profile database and brings both schemas up to date.

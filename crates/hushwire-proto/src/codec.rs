@@ -58,6 +58,68 @@ pub fn encode<M: Message>(msg: &M) -> Vec<u8> {
     msg.encode_to_vec()
 }
 
+/// Field number of the `bytes padding` field every `ClientFrame`/`ServerFrame` may
+/// carry (wire.proto reserves it). Decoders skip it like any unknown field.
+pub const PADDING_FIELD: u32 = 15;
+
+/// The size buckets frames are padded to: powers of two from 256 bytes to 64 KiB, then
+/// multiples of 64 KiB up to [`MAX_FRAME_BYTES`]. An observer of the encrypted stream
+/// sees only which bucket a frame fell into.
+pub fn frame_bucket(len: usize) -> Option<usize> {
+    const FIRST: usize = 256;
+    const STEP: usize = 64 * 1024;
+    let bucket = if len <= FIRST {
+        FIRST
+    } else if len <= STEP {
+        len.next_power_of_two()
+    } else {
+        len.div_ceil(STEP).checked_mul(STEP)?
+    };
+    (bucket <= MAX_FRAME_BYTES).then_some(bucket)
+}
+
+fn varint_len(mut v: usize) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// Encodes a frame padded with a `padding` field (15) so that its size is a
+/// [`frame_bucket`]. A frame too close to [`MAX_FRAME_BYTES`] to be padded is returned
+/// unpadded.
+pub fn encode_padded<M: Message>(msg: &M) -> Vec<u8> {
+    let len = msg.encoded_len();
+    let mut want = len + 2;
+    while let Some(target) = frame_bucket(want) {
+        // target = len + 1 (tag) + varint_len(n) + n
+        for vl in 1..=4 {
+            let Some(n) = target.checked_sub(len + 1 + vl) else {
+                continue;
+            };
+            if varint_len(n) == vl {
+                let mut out = Vec::with_capacity(target);
+                // Encoding into a Vec cannot fail; fall back to unpadded if it did.
+                if msg.encode(&mut out).is_err() {
+                    return msg.encode_to_vec();
+                }
+                prost::encoding::encode_key(
+                    PADDING_FIELD,
+                    prost::encoding::WireType::LengthDelimited,
+                    &mut out,
+                );
+                prost::encoding::encode_varint(n as u64, &mut out);
+                out.resize(target, 0);
+                return out;
+            }
+        }
+        want = target + 1;
+    }
+    msg.encode_to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +133,40 @@ mod tests {
         };
         let back = decode_client_frame(&encode(&f)).unwrap();
         assert_eq!(back, f);
+    }
+
+    #[test]
+    fn padded_frames_fill_buckets_and_decode_unchanged() {
+        for text_len in [
+            0usize, 1, 100, 230, 240, 253, 254, 255, 256, 1000, 5000, 70_000,
+        ] {
+            let f = ServerFrame {
+                request_id: 3,
+                body: Some(crate::wire::server_frame::Body::Error(crate::wire::Error {
+                    code: 1,
+                    message: "x".repeat(text_len),
+                })),
+            };
+            let bytes = encode_padded(&f);
+            let bucket = frame_bucket(f.encoded_len() + 2).unwrap();
+            assert!(
+                bytes.len() == bucket || bytes.len() == frame_bucket(bucket + 1).unwrap(),
+                "{text_len}: {} not a bucket",
+                bytes.len()
+            );
+            assert_eq!(Some(bytes.len()), frame_bucket(bytes.len()));
+            assert_eq!(decode_server_frame(&bytes).unwrap(), f);
+        }
+        let c = ClientFrame {
+            request_id: 7,
+            body: Some(client_frame::Body::Ping(Ping { client_time_ms: 9 })),
+        };
+        let bytes = encode_padded(&c);
+        assert_eq!(bytes.len(), 256);
+        assert_eq!(decode_client_frame(&bytes).unwrap(), c);
+        assert_eq!(frame_bucket(300), Some(512));
+        assert_eq!(frame_bucket(65_537), Some(131_072));
+        assert_eq!(frame_bucket(MAX_FRAME_BYTES + 1), None);
     }
 
     #[test]

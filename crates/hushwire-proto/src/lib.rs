@@ -15,6 +15,7 @@ pub mod codec;
 pub mod identity;
 pub mod limits;
 pub mod mls;
+pub mod relay_link;
 
 /// Generated protobuf types (package `hushwire.v1`).
 #[allow(clippy::all, missing_docs)]

@@ -14,3 +14,10 @@ pub const MAX_ROSTER: usize = 8 * 1024;
 pub const MAX_GROUP_ID_BYTES: usize = 64;
 /// Message ids are exactly this long (a UUID).
 pub const MESSAGE_ID_BYTES: usize = 16;
+
+/// Most handles in one `ClaimKeyPackagesBatch`.
+pub const MAX_CLAIM_BATCH: usize = 1024;
+
+/// A `ClaimKeyPackagesBatch` costs one claim of the rate limit per this many handles
+/// (started).
+pub const CLAIM_BATCH_HANDLES_PER_CLAIM: usize = 32;

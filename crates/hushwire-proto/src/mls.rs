@@ -3,6 +3,14 @@
 //! The parser reads only as far as the fields it returns and never allocates more than
 //! the input it was given. Ciphertext after the header is not inspected.
 
+/// First bytes of a *sealed* GroupInfo (`Submit.group_info` of group chats): then a
+/// 24-byte nonce and the XChaCha20-Poly1305 ciphertext of an `MLSMessage(GroupInfo)`.
+/// The server stores it opaquely; only members hold the key.
+pub const SEALED_GROUP_INFO_MAGIC: &[u8; 5] = b"HWGI\x01";
+
+/// Smallest well-formed sealed GroupInfo: magic, nonce and the 16-byte tag.
+pub const SEALED_GROUP_INFO_MIN_BYTES: usize = SEALED_GROUP_INFO_MAGIC.len() + 24 + 16;
+
 /// RFC 9420 wire formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WireFormat {

@@ -33,12 +33,18 @@ pub fn app(server: &Server) -> Router {
     Router::new()
         .route(&format!("{p}/v1/register"), post(register))
         .route(&format!("{p}/v1/accounts/{{handle}}"), get(account))
+        .route(&format!("{p}/v1/accounts"), post(accounts_batch))
         .route(&format!("{p}/v1/keypackages"), put(upload_key_packages))
         .route(
             &format!("{p}/v1/keypackages/claim"),
             post(claim_key_packages),
         )
+        .route(
+            &format!("{p}/v1/keypackages/claim-batch"),
+            post(claim_key_packages_batch),
+        )
         .route(&format!("{p}/v1/keypackages/count"), get(key_package_count))
+        .route(&format!("{p}/v1/groups/{{group_id}}/info"), get(group_info))
         .route(&format!("{p}/v1/ws"), get(websocket))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -174,6 +180,53 @@ async fn register(
 }
 
 #[tracing::instrument(skip_all)]
+fn account_info(record: hushwire_store::AccountRecord) -> wire::AccountInfo {
+    wire::AccountInfo {
+        handle: record.handle,
+        account_key: record.account_key.into(),
+        devices: record
+            .devices
+            .into_iter()
+            .filter(|d| !d.revoked)
+            .map(|d| wire::DeviceInfo {
+                device_id: d.addr.device_id,
+                certificate: Some(wire::DeviceCertificate {
+                    device_key: d.device_key.into(),
+                    created_at_ms: d.cert_created_at_ms,
+                    signature: d.cert_signature.into(),
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// Several accounts in one request; unknown handles are left out.
+#[tracing::instrument(skip_all)]
+async fn accounts_batch(
+    State(server): State<Server>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Proto<wire::AccountsResponse>, ApiError> {
+    use hushwire_proto::limits::MAX_CLAIM_BATCH;
+    let (_, bytes) = signed(&server, &method, &uri, &headers, bytes).await?;
+    let req: wire::AccountsRequest = decode(&bytes)?;
+    if req.handles.is_empty() || req.handles.len() > MAX_CLAIM_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "a batch asks for 1 to {MAX_CLAIM_BATCH} accounts"
+        )));
+    }
+    let mut accounts = Vec::with_capacity(req.handles.len());
+    for handle in &req.handles {
+        validate_handle(handle).map_err(|e| ApiError::InvalidHandle(format!("{handle:?}: {e}")))?;
+        if let Some(record) = server.shared.store.account(handle).await? {
+            accounts.push(account_info(record));
+        }
+    }
+    Ok(Proto(wire::AccountsResponse { accounts }))
+}
+
 async fn account(
     State(server): State<Server>,
     Path(handle): Path<String>,
@@ -190,23 +243,7 @@ async fn account(
         .account(&handle)
         .await?
         .ok_or(ApiError::NotFound("unknown account"))?;
-    Ok(Proto(wire::AccountInfo {
-        handle: record.handle,
-        account_key: record.account_key.into(),
-        devices: record
-            .devices
-            .into_iter()
-            .filter(|d| !d.revoked)
-            .map(|d| wire::DeviceInfo {
-                device_id: d.addr.device_id,
-                certificate: Some(wire::DeviceCertificate {
-                    device_key: d.device_key.into(),
-                    created_at_ms: d.cert_created_at_ms,
-                    signature: d.cert_signature.into(),
-                }),
-            })
-            .collect(),
-    }))
+    Ok(Proto(account_info(record)))
 }
 
 #[tracing::instrument(skip_all)]
@@ -293,6 +330,60 @@ async fn claim_key_packages(
     }))
 }
 
+/// Claims for several handles (a new group's members): one rate-limit claim per started
+/// [`CLAIM_BATCH_HANDLES_PER_CLAIM`](hushwire_proto::limits::CLAIM_BATCH_HANDLES_PER_CLAIM)
+/// handles, all taken before anything is claimed.
+#[tracing::instrument(skip_all)]
+async fn claim_key_packages_batch(
+    State(server): State<Server>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Proto<wire::ClaimedKeyPackagesBatch>, ApiError> {
+    use hushwire_proto::limits::{CLAIM_BATCH_HANDLES_PER_CLAIM, MAX_CLAIM_BATCH};
+    let (device, bytes) = signed(&server, &method, &uri, &headers, bytes).await?;
+    let shared = &server.shared;
+    let req: wire::ClaimKeyPackagesBatch = decode(&bytes)?;
+    if req.handles.is_empty() || req.handles.len() > MAX_CLAIM_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "a batch claims for 1 to {MAX_CLAIM_BATCH} handles"
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for h in &req.handles {
+        validate_handle(h).map_err(|e| ApiError::InvalidHandle(format!("{h:?}: {e}")))?;
+        if !seen.insert(h.as_str()) {
+            return Err(ApiError::BadRequest(format!("{h:?} appears twice")));
+        }
+    }
+    let suite = ciphersuite(req.ciphersuite)?;
+    let cost = req.handles.len().div_ceil(CLAIM_BATCH_HANDLES_PER_CLAIM);
+    let now = std::time::Instant::now();
+    for _ in 0..cost {
+        if !shared.claim_limiter.check(device.id, now) {
+            return Err(ApiError::RateLimited);
+        }
+    }
+    let mut claimed = Vec::with_capacity(req.handles.len());
+    for handle in req.handles {
+        let packages = shared.store.claim_key_packages(&handle, suite).await?;
+        let unknown_account = packages.is_empty() && shared.store.account(&handle).await?.is_none();
+        claimed.push(wire::ClaimedForHandle {
+            handle,
+            unknown_account,
+            key_packages: packages
+                .into_iter()
+                .map(|c| wire::ClaimedKeyPackage {
+                    device_id: c.device_id,
+                    key_package: c.data,
+                })
+                .collect(),
+        });
+    }
+    Ok(Proto(wire::ClaimedKeyPackagesBatch { claimed }))
+}
+
 #[tracing::instrument(skip_all)]
 async fn key_package_count(
     State(server): State<Server>,
@@ -334,12 +425,15 @@ async fn websocket(
     let limits = &server.shared.config.limits;
     let tasks = server.shared.tasks.clone();
     let permit = permit.map(|axum::Extension(p)| p);
+    // Frames arrive padded up to their size bucket: a frame within the limit may be
+    // padded up to the limit's bucket.
+    let frame_limit = codec::frame_bucket(limits.max_frame_bytes).unwrap_or(limits.max_frame_bytes);
     Ok(upgrade
         .read_buffer_size(ws::READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(limits.max_frame_bytes + ws::WRITE_SLACK)
-        .max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
+        .write_buffer_size(ws::WRITE_BUFFER)
+        .max_write_buffer_size(frame_limit + ws::WRITE_BUFFER + ws::WRITE_SLACK)
+        .max_message_size(frame_limit)
+        .max_frame_size(frame_limit)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
             // axum spawns this future itself; the tracker token makes shutdown wait for it.
@@ -350,4 +444,52 @@ async fn websocket(
                 ws::serve(server, socket, peer).await;
             }
         }))
+}
+
+/// `GET /v1/groups/{group_id hex}/info`: the latest GroupInfo of a group, for an External
+/// Commit rejoin. Only a device in the group's roster may read it; to anyone else the
+/// group does not exist (404), so its id reveals nothing.
+async fn group_info(
+    State(server): State<Server>,
+    Path(group_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Proto<wire::GroupInfoResponse>, ApiError> {
+    let (device, _) = signed(&server, &method, &uri, &headers, bytes).await?;
+    let group_id = decode_hex(&group_id)
+        .filter(|g| !g.is_empty() && g.len() <= hushwire_proto::limits::MAX_GROUP_ID_BYTES)
+        .ok_or_else(|| ApiError::BadRequest("group id must be 1 to 64 bytes of hex".into()))?;
+    let store = &server.shared.store;
+    let group = store
+        .group(&group_id)
+        .await?
+        .filter(|g| g.roster.contains(&device.addr))
+        .ok_or(ApiError::NotFound("unknown group"))?;
+    let info = store
+        .group_info(&group_id)
+        .await?
+        .ok_or(ApiError::NotFound(
+            "no GroupInfo was published for this group",
+        ))?;
+    tracing::debug!(
+        epoch = group.epoch,
+        info_epoch = info.epoch,
+        "GroupInfo served"
+    );
+    Ok(Proto(wire::GroupInfoResponse {
+        epoch: info.epoch,
+        group_info: info.data,
+    }))
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
 }

@@ -66,6 +66,14 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Largest HTTPS API body, in bytes. Default: `limits::MAX_API_BODY_BYTES` (256 KiB).
     pub max_body_bytes: usize,
+    /// Most members (distinct handles) in a group's roster; a commit with more is
+    /// rejected `LIMIT_EXCEEDED`. Default: 1024.
+    pub max_group_members: usize,
+    /// Largest MLS application message (a chat message) in bytes; larger ones are
+    /// rejected `TOO_LARGE` (`max_message_bytes` applies too, whichever is lower).
+    /// Commits are bounded by `max_message_bytes` only.
+    /// Default: 128 KiB (a 64 KiB text plus MLS overhead).
+    pub max_group_message_bytes: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +82,8 @@ impl Default for Limits {
             max_frame_bytes: limits::MAX_FRAME_BYTES,
             max_message_bytes: limits::MAX_MLS_MESSAGE_BYTES,
             max_body_bytes: limits::MAX_API_BODY_BYTES,
+            max_group_members: 1024,
+            max_group_message_bytes: 128 * 1024,
         }
     }
 }
@@ -89,8 +99,13 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// TLS certificate and key. Default: self-signed, generated on first start.
     pub tls: TlsConfig,
-    /// Path prefix every route lives under, e.g. `/abc123`. Default: `""` (none).
+    /// Secret path prefix every API route lives under, e.g. `/abc123`; part of the URL
+    /// users receive. Default: `""`, which means a random one generated on first start
+    /// and kept in `{data_dir}/path_prefix`. Everything outside it is the decoy site.
     pub path_prefix: String,
+    /// Directory of the decoy website served at `/` to everyone without the prefix.
+    /// Default: `{data_dir}/site`, holding a built-in neutral page.
+    pub site_dir: Option<PathBuf>,
     /// Who may register. Default: `open`.
     pub registration: RegistrationPolicy,
     /// Days after which undelivered messages are deleted. Default: 30.
@@ -119,6 +134,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("hushwire-data"),
             tls: TlsConfig::default(),
             path_prefix: String::new(),
+            site_dir: None,
             registration: RegistrationPolicy::Open,
             retention_days: 30,
             max_connections: 10_000,
@@ -239,6 +255,18 @@ impl ServerConfig {
                 format!("must be between 1024 and {}", limits::MAX_API_BODY_BYTES),
             ));
         }
+        if !(2..=limits::MAX_ROSTER).contains(&l.max_group_members) {
+            return Err(invalid(
+                "limits.max_group_members",
+                format!("must be between 2 and {}", limits::MAX_ROSTER),
+            ));
+        }
+        if !(256..=limits::MAX_MLS_MESSAGE_BYTES).contains(&l.max_group_message_bytes) {
+            return Err(invalid(
+                "limits.max_group_message_bytes",
+                format!("must be between 256 and {}", limits::MAX_MLS_MESSAGE_BYTES),
+            ));
+        }
         for (field, v) in [
             ("auth_timeout_secs", self.auth_timeout_secs),
             ("handshake_timeout_secs", self.handshake_timeout_secs),
@@ -260,6 +288,18 @@ impl ServerConfig {
     /// Retention as milliseconds.
     pub fn retention_ms(&self) -> u64 {
         u64::from(self.retention_days) * 24 * 3600 * 1000
+    }
+
+    /// The decoy site's directory: `site_dir`, else `{data_dir}/site`.
+    pub fn site_path(&self) -> PathBuf {
+        self.site_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("site"))
+    }
+
+    /// Where the generated path prefix is kept: `{data_dir}/path_prefix`.
+    pub fn prefix_path(&self) -> PathBuf {
+        self.data_dir.join("path_prefix")
     }
 
     /// Where the embedded database lives: `{data_dir}/hushwire.db`.
@@ -331,7 +371,17 @@ impl fmt::Display for ServerConfig {
                 "(self-signed)"
             }
         )?;
-        writeln!(f, "path_prefix = {:?}", self.path_prefix)?;
+        // The prefix is a secret: anyone who knows it can tell this is a Hushwire server.
+        writeln!(
+            f,
+            "path_prefix = {}",
+            if self.path_prefix.is_empty() {
+                "(generated in data_dir/path_prefix)"
+            } else {
+                "set"
+            }
+        )?;
+        writeln!(f, "site_dir = {}", self.site_path().display())?;
         writeln!(f, "registration = {:?}", self.registration)?;
         writeln!(f, "retention_days = {}", self.retention_days)?;
         writeln!(f, "max_connections = {}", self.max_connections)?;
@@ -343,8 +393,12 @@ impl fmt::Display for ServerConfig {
         )?;
         write!(
             f,
-            "limits = frame {} B, message {} B, body {} B",
-            self.limits.max_frame_bytes, self.limits.max_message_bytes, self.limits.max_body_bytes
+            "limits = frame {} B, message {} B, body {} B, group members {}, group message {} B",
+            self.limits.max_frame_bytes,
+            self.limits.max_message_bytes,
+            self.limits.max_body_bytes,
+            self.limits.max_group_members,
+            self.limits.max_group_message_bytes
         )
     }
 }

@@ -45,7 +45,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hushwire_store::{DeviceId, Store};
 pub use hushwire_store_sqlite::{SqliteOptions, SqliteStore};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     /// Every connection and WebSocket task, waited for on shutdown.
     pub(crate) tasks: TaskTracker,
     pub(crate) metrics: Metrics,
+    /// The decoy website everyone without the path prefix sees.
+    pub(crate) site: hushwire_decoy::DecoySite,
 }
 
 /// The server's shared state: configuration, store, hub, limiters. Cheap to clone.
@@ -169,6 +171,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             metrics: Metrics::default(),
+            site: hushwire_decoy::DecoySite::new(config.site_path()),
             config,
         };
         Ok(Self {
@@ -179,6 +182,17 @@ impl Server {
     /// The configuration in force.
     pub fn config(&self) -> &ServerConfig {
         &self.shared.config
+    }
+
+    /// Whether a request path is under the secret prefix (compared in constant time).
+    pub(crate) fn in_prefix(&self, path: &str) -> bool {
+        let prefix = self.shared.config.path_prefix.as_str();
+        let Some(head) = path.as_bytes().get(..prefix.len()) else {
+            return false;
+        };
+        let rest = &path.as_bytes()[prefix.len()..];
+        let head = String::from_utf8_lossy(head);
+        hushwire_decoy::secret::matches(&head, prefix) && (rest.is_empty() || rest[0] == b'/')
     }
 
     /// Current counters.
@@ -211,19 +225,94 @@ impl std::fmt::Debug for RunningServer {
     }
 }
 
-/// Validates the config, loads or creates the TLS material and binds the listener
-/// (port 0 picks a free port). Installs aws-lc-rs as rustls' default provider.
+/// Characters of a generated path prefix (6 bits each: 132 bits).
+const PREFIX_CHARS: usize = 22;
+
+/// The secret path prefix: the configured one, else the one kept in
+/// `{data_dir}/path_prefix`, generated (mode 0600) on first start.
+pub fn resolve_prefix(config: &ServerConfig) -> Result<String, ServerError> {
+    if !config.path_prefix.is_empty() {
+        return Ok(config.path_prefix.clone());
+    }
+    let path = config.prefix_path();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let prefix = text.trim().to_string();
+            let mut check = config.clone();
+            check.path_prefix = prefix.clone();
+            if prefix.is_empty() || check.validate().is_err() {
+                return Err(ServerError::io(
+                    format!(
+                        "{} holds no valid path prefix; remove it to generate a new one (users must then get the new URL)",
+                        path.display()
+                    ),
+                    std::io::Error::from(std::io::ErrorKind::InvalidData),
+                ));
+            }
+            Ok(prefix)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let prefix = format!("/{}", hushwire_decoy::secret::generate(PREFIX_CHARS));
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                ServerError::io(format!("cannot create {}", config.data_dir.display()), e)
+            })?;
+            let tmp = path.with_extension("tmp");
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let write = |opts: &std::fs::OpenOptions| -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = opts.open(&tmp)?;
+                f.write_all(format!("{prefix}\n").as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)
+            };
+            write(&opts)
+                .map_err(|e| ServerError::io(format!("cannot write {}", path.display()), e))?;
+            tracing::info!("generated a secret path prefix");
+            Ok(prefix)
+        }
+        Err(e) => Err(ServerError::io(
+            format!("cannot read {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// Validates the config, resolves the secret path prefix, prepares the decoy site,
+/// loads or creates the TLS material and binds the listener (port 0 picks a free port).
+/// Installs aws-lc-rs as rustls' default provider.
 pub async fn bind(
-    config: ServerConfig,
+    mut config: ServerConfig,
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
     tls::install_default_provider();
     config.validate()?;
-    let tls = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || tls::load_or_create(&config))
-            .await
-            .map_err(|e| ServerError::io("TLS set-up task", std::io::Error::other(e)))??
+    let (tls, config) = {
+        tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+            config.path_prefix = resolve_prefix(&config)?;
+            let site = config.site_path();
+            if config.site_dir.is_none() {
+                hushwire_decoy::DecoySite::builtin_in(&site).map_err(|e| {
+                    ServerError::io(
+                        format!("cannot write the decoy site in {}", site.display()),
+                        e,
+                    )
+                })?;
+            } else if !site.is_dir() {
+                return Err(ServerError::io(
+                    format!("decoy site directory {}", site.display()),
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
+            }
+            Ok((tls::load_or_create(&config)?, config))
+        })
+        .await
+        .map_err(|e| ServerError::io("TLS set-up task", std::io::Error::other(e)))??
     };
     let listener = TcpListener::bind(config.listen)
         .await
@@ -252,6 +341,11 @@ impl RunningServer {
             "https://{}{}",
             self.local_addr, self.server.shared.config.path_prefix
         )
+    }
+
+    /// The secret path prefix (part of [`url`](Self::url)).
+    pub fn path_prefix(&self) -> &str {
+        &self.server.shared.config.path_prefix
     }
 
     /// The certificate pin, `sha256:<hex>`.
@@ -405,19 +499,59 @@ async fn serve_connection(
         },
         () = shared.shutdown.cancelled() => return,
     };
+    let h2 = hushwire_decoy::tls::negotiated_h2(tls.get_ref().1);
     let permit = ConnPermit { _slot: slot };
-    let service =
+    let service = {
+        let server = server.clone();
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(permit.clone());
             let mut router = router.clone();
-            async move { tower::Service::call(&mut router, req).await }
-        });
+            let server = server.clone();
+            async move {
+                if server.in_prefix(req.uri().path()) {
+                    tower::Service::call(&mut router, req).await
+                } else {
+                    Ok(decoy_response(&server, &req).await)
+                }
+            }
+        })
+    };
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(128)
+            .serve_connection(TokioIo::new(tls), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+                }
+            }
+            () = shared.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+        return;
+    }
+    // HTTP/1.x: the decoy answers until a request for the prefix arrives; hyper takes
+    // the connection from that request on.
+    let timeouts = hushwire_decoy::http1::Timeouts::default();
+    let outcome = tokio::select! {
+        o = hushwire_decoy::http1::serve(tls, &shared.site, timeouts, |head| server.in_prefix(head.path())) => o,
+        () = shared.shutdown.cancelled() => return,
+    };
+    let io = match outcome {
+        hushwire_decoy::http1::Outcome::Closed => return,
+        hushwire_decoy::http1::Outcome::Secret { io, .. } => io,
+    };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.handshake_timeout())
         .max_buf_size(shared.config.limits.max_body_bytes.max(16 * 1024) + 16 * 1024)
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -431,6 +565,19 @@ async fn serve_connection(
             let _ = conn.await;
         }
     }
+}
+
+/// The decoy site's answer to a request outside the prefix (on a connection that
+/// already made a prefixed request, or over HTTP/2).
+async fn decoy_response<B>(server: &Server, req: &hyper::Request<B>) -> axum::response::Response {
+    let info = hushwire_decoy::site::info_from_http(req);
+    let resp = server.shared.site.respond(&info).await;
+    let reason = resp.reason;
+    let mut resp = resp.into_http().map(axum::body::Body::from);
+    if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason.as_bytes()) {
+        resp.extensions_mut().insert(reason);
+    }
+    resp
 }
 
 async fn expiry_loop(server: Server) {

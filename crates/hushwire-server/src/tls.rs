@@ -1,4 +1,4 @@
-//! TLS 1.3 (rustls, aws-lc-rs) and the certificate pin.
+//! TLS (rustls, aws-lc-rs; the settings of a common web server) and the certificate pin.
 //!
 //! With a configured certificate and key, those are used. Otherwise a self-signed
 //! certificate for `localhost`, `127.0.0.1` and `::1` is generated on first start into
@@ -58,7 +58,8 @@ pub enum TlsError {
 /// The server's TLS setup and the pin clients use.
 #[derive(Clone)]
 pub struct TlsMaterial {
-    /// rustls server configuration (TLS 1.3 only, ALPN http/1.1).
+    /// rustls server configuration: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`, as a
+    /// common web server offers (see `hushwire_decoy::tls`).
     pub config: Arc<rustls::ServerConfig>,
     /// `sha256:<hex>` of the certificate's SubjectPublicKeyInfo.
     pub pin: String,
@@ -109,11 +110,9 @@ fn build(
     let pin = format_pin(spki.as_ref());
     let certified = rustls::sign::CertifiedKey::new(chain, signing_key);
     certified.keys_match()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = hushwire_decoy::tls::server_config(Arc::new(
+        rustls::sign::SingleCertAndKey::from(certified),
+    ))?;
     Ok(TlsMaterial {
         config: Arc::new(config),
         pin,

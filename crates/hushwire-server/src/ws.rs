@@ -12,19 +12,23 @@
 //! The device is registered in the hub *before* the backlog is read, so no entry can
 //! fall between the two.
 //!
-//! **Memory.** An idle connection holds the socket (small tungstenite read buffer, no
-//! write buffer), a 32-slot pointer queue and this task's future. Rarely used, larger
+//! **Writes.** Frames are fed to the socket and flushed once per wake-up, together with
+//! the pushes already queued for the device (`flush_with_queued`).
+//!
+//! **Memory.** An idle connection holds the socket (small tungstenite read buffer, a
+//! write buffer sized by what it last sent), a 32-slot pointer queue and this task's future. Rarely used, larger
 //! work (submits, mailbox reads) runs in boxed futures so it does not enlarge the idle
 //! state.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
+use futures_util::SinkExt;
 use hushwire_proto::codec::{self, DecodeError};
 use hushwire_proto::identity::validate_handle;
 use hushwire_proto::limits::{MAX_GROUP_ID_BYTES, MAX_ROSTER, MESSAGE_ID_BYTES};
@@ -35,11 +39,10 @@ use hushwire_store::{
     SubmitOutcome, WelcomeOut,
 };
 use rand::RngCore;
-use tracing::Instrument;
 
 use crate::config::Limits;
 use crate::error::{Close, submit_rejection, wire_error};
-use crate::hub::Registration;
+use crate::hub::{PUSH_QUEUE, Registration};
 use crate::{GaugeGuard, Server, auth, now_ms};
 
 /// tungstenite's read buffer per connection. Frames larger than this are read in
@@ -47,6 +50,10 @@ use crate::{GaugeGuard, Server, auth, now_ms};
 pub(crate) const READ_BUFFER: usize = 1024;
 /// Room for frame headers above the largest frame in tungstenite's write buffer.
 pub(crate) const WRITE_SLACK: usize = 1024;
+/// Bytes of frames tungstenite collects before it writes them out on its own: frames
+/// fed together (a submit result and the pushes queued meanwhile) leave in one flush,
+/// so one TLS record and one write. The buffer grows only while frames are fed.
+pub(crate) const WRITE_BUFFER: usize = 4 * 1024;
 /// Mailbox entries read per store call.
 const FETCH_PAGE: usize = 64;
 /// How long the server waits for the peer's close frame after sending its own.
@@ -67,23 +74,22 @@ impl From<Close> for End {
 }
 
 /// Serves one upgraded WebSocket until it ends.
+///
+/// No tracing span wraps the session: entering one on every poll of every connection
+/// showed up in profiles. The few events name the peer instead.
 pub(crate) async fn serve(server: Server, mut socket: WebSocket, peer: SocketAddr) {
-    let span = tracing::info_span!("ws", peer = %peer.ip(), device = tracing::field::Empty);
-    async move {
-        let _gauge = GaugeGuard::new(&server.shared.metrics.websockets);
-        tracing::debug!("WebSocket opened");
-        let end = session(&server, &mut socket).await;
-        match end {
-            End::Close(close) => {
-                tracing::debug!(code = close.code, reason = %close.reason, "closing WebSocket");
-                let linger = close.code != Close::TOO_BIG;
-                finish(&mut socket, close, linger).await;
-            }
-            End::Gone => tracing::debug!("WebSocket closed by peer"),
+    let _gauge = GaugeGuard::new(&server.shared.metrics.websockets);
+    let peer = peer.ip();
+    tracing::debug!(%peer, "WebSocket opened");
+    let end = session(&server, &mut socket, peer).await;
+    match end {
+        End::Close(close) => {
+            tracing::debug!(%peer, code = close.code, reason = %close.reason, "closing WebSocket");
+            let linger = close.code != Close::TOO_BIG;
+            finish(&mut socket, close, linger).await;
         }
+        End::Gone => tracing::debug!(%peer, "WebSocket closed by peer"),
     }
-    .instrument(span)
-    .await;
 }
 
 /// Sends the close frame, then (unless the reader is unusable) waits briefly for the
@@ -106,7 +112,7 @@ async fn finish(socket: &mut WebSocket, close: Close, linger: bool) {
     .await;
 }
 
-async fn session(server: &Server, socket: &mut WebSocket) -> End {
+async fn session(server: &Server, socket: &mut WebSocket, peer: IpAddr) -> End {
     let shared = &server.shared;
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -135,12 +141,11 @@ async fn session(server: &Server, socket: &mut WebSocket) -> End {
     let device = match auth::authenticate_ws(shared.store.as_ref(), &nonce, &auth).await {
         Ok(d) => d,
         Err(close) => {
-            tracing::info!(reason = %close.reason, "WebSocket authentication refused");
+            tracing::info!(%peer, reason = %close.reason, "WebSocket authentication refused");
             return close.into();
         }
     };
-    tracing::Span::current().record("device", tracing::field::display(&device.addr));
-    tracing::debug!("device logged in");
+    tracing::debug!(%peer, device = %device.addr, "device logged in");
     let ok = server_frame::Body::AuthOk(wire::AuthOk {
         server_time_ms: now_ms(),
     });
@@ -158,6 +163,7 @@ async fn session(server: &Server, socket: &mut WebSocket) -> End {
         server,
         device: &device,
         delivered: 0,
+        unflushed: false,
     };
     conn.run(socket, &mut registration).await
 }
@@ -185,6 +191,8 @@ struct Connection<'a> {
     device: &'a DeviceRecord,
     /// Highest mailbox seq sent on this connection (0: none yet).
     delivered: u64,
+    /// Frames were fed to the socket since its last flush.
+    unflushed: bool,
 }
 
 impl Connection<'_> {
@@ -238,7 +246,46 @@ impl Connection<'_> {
             if let Err(end) = step {
                 return end;
             }
+            // Whatever else is already queued for this device leaves with it, in one
+            // flush (one TLS record and one write where it fits).
+            if let Err(end) = self.flush_with_queued(socket, reg).await {
+                return end;
+            }
         }
+    }
+
+    /// Feeds the pushes already queued (at most one queue's worth), then flushes
+    /// everything fed since the last flush.
+    async fn flush_with_queued(
+        &mut self,
+        socket: &mut WebSocket,
+        reg: &mut Registration,
+    ) -> Result<(), End> {
+        if self.unflushed {
+            for _ in 0..PUSH_QUEUE {
+                match reg.rx.try_recv() {
+                    Ok(envelope) => self.pushed(socket, envelope).await?,
+                    Err(_) => break,
+                }
+            }
+            self.unflushed = false;
+            socket.flush().await.map_err(|_| End::Gone)?;
+        }
+        Ok(())
+    }
+
+    /// Queues a frame on the socket without flushing it (see `flush_with_queued`).
+    async fn feed(
+        &mut self,
+        socket: &mut WebSocket,
+        request_id: u64,
+        body: server_frame::Body,
+    ) -> Result<(), End> {
+        self.unflushed = true;
+        socket
+            .feed(Message::Binary(encode(request_id, body)))
+            .await
+            .map_err(|_| End::Gone)
     }
 
     /// A live push from the hub.
@@ -247,7 +294,7 @@ impl Connection<'_> {
             return Ok(());
         }
         if envelope.seq == self.delivered + 1 {
-            send(socket, 0, deliver(&envelope)).await?;
+            self.feed(socket, 0, deliver(&envelope)).await?;
             self.delivered = envelope.seq;
             return Ok(());
         }
@@ -295,10 +342,12 @@ impl Connection<'_> {
                 // A client cannot have stored what it was not sent on this connection.
                 let up_to = ack.up_to_seq.min(self.delivered);
                 if up_to > 0 {
+                    // A hint: queued for the next group commit, not awaited. A lost ack
+                    // only means a redelivery, which the client skips by seq.
                     self.server
                         .shared
                         .store
-                        .ack(self.device.id, up_to)
+                        .ack_hint(self.device.id, up_to)
                         .await
                         .map_err(|e| End::Close(Close::internal(&e)))?;
                 }
@@ -374,7 +423,7 @@ impl Connection<'_> {
         let result = server_frame::Body::SubmitResult(wire::SubmitResult {
             outcome: Some(outcome),
         });
-        send(socket, request_id, result).await
+        self.feed(socket, request_id, result).await
     }
 }
 
@@ -400,18 +449,22 @@ fn deliver(e: &Envelope) -> server_frame::Body {
     })
 }
 
+fn encode(request_id: u64, body: server_frame::Body) -> Bytes {
+    let frame = wire::ServerFrame {
+        request_id,
+        body: Some(body),
+    };
+    Bytes::from(codec::encode_padded(&frame))
+}
+
+/// Sends one frame and flushes it.
 async fn send(
     socket: &mut WebSocket,
     request_id: u64,
     body: server_frame::Body,
 ) -> Result<(), End> {
-    let frame = wire::ServerFrame {
-        request_id,
-        body: Some(body),
-    };
-    let bytes = Bytes::from(codec::encode(&frame));
     socket
-        .send(Message::Binary(bytes))
+        .send(Message::Binary(encode(request_id, body)))
         .await
         .map_err(|_| End::Gone)
 }
@@ -541,12 +594,30 @@ fn validate_submit(
         ContentType::Application | ContentType::Proposal if carries_commit_data => {
             return Err(bad("roster, welcomes and group_info are only for commits"));
         }
-        ContentType::Application => SubmitKind::Application,
+        ContentType::Application => {
+            if submit.mls_message.len() > limits.max_group_message_bytes {
+                return Err(wire_error(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "application message exceeds {} bytes",
+                        limits.max_group_message_bytes
+                    ),
+                ));
+            }
+            SubmitKind::Application
+        }
         ContentType::Proposal => SubmitKind::Proposal,
         ContentType::Commit => {
             let roster = addresses(submit.roster, "roster")?;
             if !roster.contains(sender) {
                 return Err(bad("a commit's roster must include the sender"));
+            }
+            let members: HashSet<&str> = roster.iter().map(|a| a.handle.as_str()).collect();
+            if members.len() > limits.max_group_members {
+                return Err(wire_error(
+                    ErrorCode::LimitExceeded,
+                    format!("a group has at most {} members", limits.max_group_members),
+                ));
             }
             if submit.welcomes.len() > MAX_ROSTER {
                 return Err(wire_error(ErrorCode::LimitExceeded, "too many welcomes"));
@@ -569,6 +640,12 @@ fn validate_submit(
             }
             let group_info = if submit.group_info.is_empty() {
                 None
+            } else if submit.group_info.starts_with(mls::SEALED_GROUP_INFO_MAGIC) {
+                // Sealed by the members (group chats): opaque to the server.
+                if submit.group_info.len() < mls::SEALED_GROUP_INFO_MIN_BYTES {
+                    return Err(bad("sealed group_info is truncated"));
+                }
+                Some(submit.group_info)
             } else {
                 match mls::parse_header(&submit.group_info) {
                     Ok(MlsHeader::GroupInfo { group_id, .. }) if group_id == submit.group_id => {}

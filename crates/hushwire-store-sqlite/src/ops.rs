@@ -187,15 +187,13 @@ impl WriterState {
                 let last: i64 = self
                     .conn
                     .prepare_cached(
-                        "SELECT max(d.seq_floor, \
-                           coalesce((SELECT max(seq) FROM mailbox WHERE device = d.id), 0)) \
-                         FROM devices d WHERE d.id = ?1",
+                        "SELECT max( \
+                           coalesce((SELECT seq_floor FROM mailbox_floor WHERE device = ?1), 0), \
+                           coalesce((SELECT max(seq) FROM mailbox WHERE device = ?1), 0))",
                     )
                     .db()?
                     .query_row([to_i64(device.0)], |r| r.get(0))
-                    .optional()
-                    .db()?
-                    .unwrap_or(0);
+                    .db()?;
                 from_i64(last)
             }
         };
@@ -731,11 +729,18 @@ impl WriterState {
         let Some(max_seq) = removed.iter().map(|(s, _)| *s).max() else {
             return Ok(0);
         };
-        self.conn
-            .prepare_cached("UPDATE devices SET seq_floor = max(seq_floor, ?2) WHERE id = ?1")
+        // The floor matters only once the mailbox is empty: while an entry above
+        // `max_seq` remains, max(mailbox.seq) already exceeds every removed seq, and the
+        // ack (or sweep) that removes that entry records the floor then.
+        let more = self
+            .conn
+            .prepare_cached("SELECT 1 FROM mailbox WHERE device = ?1 AND seq > ?2 LIMIT 1")
             .db()?
-            .execute(params![dev, max_seq])
+            .exists(params![dev, max_seq])
             .db()?;
+        if !more {
+            self.raise_floor(dev, max_seq)?;
+        }
         let mut refs: HashMap<i64, i64> = HashMap::with_capacity(removed.len());
         for (_, message) in &removed {
             *refs.entry(*message).or_default() += 1;
@@ -759,34 +764,160 @@ impl WriterState {
         Ok(removed.len() as u64)
     }
 
-    pub(crate) fn expire(&mut self, now_ms: u64) -> Result<u64, StoreError> {
-        let now = to_i64(now_ms);
+    /// Records that mailbox seqs up to `seq` of device `dev` were handed out and removed.
+    fn raise_floor(&mut self, dev: i64, seq: i64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "UPDATE devices SET seq_floor = max(seq_floor, m.top) \
-                 FROM (SELECT device, max(seq) AS top FROM mailbox \
-                       WHERE expires_at_ms < ?1 GROUP BY device) AS m \
-                 WHERE devices.id = m.device",
+                "INSERT INTO mailbox_floor (device, seq_floor) VALUES (?1, ?2) \
+                 ON CONFLICT (device) DO UPDATE SET seq_floor = max(seq_floor, excluded.seq_floor)",
             )
             .db()?
-            .execute([now])
+            .execute(params![dev, seq])
             .db()?;
-        self.conn
-            .prepare_cached("DELETE FROM mailbox WHERE expires_at_ms < ?1")
-            .db()?
-            .execute([now])
-            .db()?;
-        let bodies = self
-            .conn
-            .prepare_cached("DELETE FROM messages WHERE expires_at_ms < ?1")
-            .db()?
-            .execute([now])
-            .db()?;
-        self.conn
-            .prepare_cached("DELETE FROM dedup WHERE expires_at_ms < ?1")
-            .db()?
-            .execute([now])
-            .db()?;
-        Ok(bodies as u64)
+        Ok(())
     }
+
+    /// One bounded step of the retention sweep (see [`ExpireCursor`]): looks at up to
+    /// `step` rows from the cursor on and deletes the expired ones. Steps run as
+    /// separate jobs, so a large sweep never holds the writer for long.
+    pub(crate) fn expire_step(
+        &mut self,
+        now_ms: u64,
+        cursor: ExpireCursor,
+        step: usize,
+    ) -> Result<ExpireStep, StoreError> {
+        let now = to_i64(now_ms);
+        let limit = i64::try_from(step.max(1)).unwrap_or(i64::MAX);
+        match cursor {
+            ExpireCursor::Mailbox { device, seq } => {
+                // Scans the primary key; no index on the expiry (see migration 0002).
+                let rows: Vec<(i64, i64, i64)> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT device, seq, expires_at_ms FROM mailbox \
+                         WHERE (device, seq) > (?1, ?2) ORDER BY device, seq LIMIT ?3",
+                    )
+                    .db()?
+                    .query_map(params![device, seq, limit], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .db()?
+                    .collect::<Result<_, _>>()
+                    .db()?;
+                let Some(&(last_dev, last_seq, _)) = rows.last() else {
+                    return Ok(ExpireStep {
+                        next: Some(ExpireCursor::Messages { id: 0 }),
+                        bodies: 0,
+                    });
+                };
+                let mut floors: HashMap<i64, i64> = HashMap::new();
+                for &(dev, seq, expires) in &rows {
+                    if expires >= now {
+                        continue;
+                    }
+                    self.conn
+                        .prepare_cached("DELETE FROM mailbox WHERE device = ?1 AND seq = ?2")
+                        .db()?
+                        .execute(params![dev, seq])
+                        .db()?;
+                    let f = floors.entry(dev).or_insert(seq);
+                    *f = (*f).max(seq);
+                }
+                for (dev, seq) in floors {
+                    self.raise_floor(dev, seq)?;
+                }
+                let next = if rows.len() < step.max(1) {
+                    ExpireCursor::Messages { id: 0 }
+                } else {
+                    ExpireCursor::Mailbox {
+                        device: last_dev,
+                        seq: last_seq,
+                    }
+                };
+                Ok(ExpireStep {
+                    next: Some(next),
+                    bodies: 0,
+                })
+            }
+            ExpireCursor::Messages { id } => {
+                // Bodies whose retention ended go whatever their refcount: every mailbox
+                // entry of a body shares its expiry and went in the previous steps.
+                let rows: Vec<(i64, i64)> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT id, expires_at_ms FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    )
+                    .db()?
+                    .query_map(params![id, limit], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .db()?
+                    .collect::<Result<_, _>>()
+                    .db()?;
+                let mut bodies = 0u64;
+                for &(mid, expires) in &rows {
+                    if expires < now {
+                        bodies += self
+                            .conn
+                            .prepare_cached("DELETE FROM messages WHERE id = ?1")
+                            .db()?
+                            .execute([mid])
+                            .db()? as u64;
+                    }
+                }
+                let next = match rows.last() {
+                    Some(&(last, _)) if rows.len() >= step.max(1) => {
+                        ExpireCursor::Messages { id: last }
+                    }
+                    _ => ExpireCursor::Dedup,
+                };
+                Ok(ExpireStep {
+                    next: Some(next),
+                    bodies,
+                })
+            }
+            ExpireCursor::Dedup => {
+                let deleted = self
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM dedup WHERE (message_id, sender) IN \
+                         (SELECT message_id, sender FROM dedup WHERE expires_at_ms < ?1 LIMIT ?2)",
+                    )
+                    .db()?
+                    .execute(params![now, limit])
+                    .db()?;
+                Ok(ExpireStep {
+                    next: (deleted >= step.max(1)).then_some(ExpireCursor::Dedup),
+                    bodies: 0,
+                })
+            }
+        }
+    }
+}
+
+/// Where the retention sweep continues: mailbox entries (by primary key), then message
+/// bodies (by id), then idempotency records (by their expiry index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExpireCursor {
+    /// After this (device, seq).
+    Mailbox { device: i64, seq: i64 },
+    /// After this message id.
+    Messages { id: i64 },
+    /// Expired idempotency records, oldest first.
+    Dedup,
+}
+
+impl ExpireCursor {
+    /// The start of a sweep.
+    pub(crate) const START: Self = Self::Mailbox {
+        device: i64::MIN,
+        seq: i64::MIN,
+    };
+}
+
+/// What one sweep step did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExpireStep {
+    /// Where to continue; `None` when the sweep is complete.
+    pub(crate) next: Option<ExpireCursor>,
+    /// Message bodies deleted in this step.
+    pub(crate) bodies: u64,
 }

@@ -8,10 +8,13 @@ use crate::SqliteStoreError;
 use rusqlite::Connection;
 
 /// `(version, sql)`, in order, starting at 1 with no gaps.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_initial.sql")),
+    (2, include_str!("../migrations/0002_lean_delivery.sql")),
+];
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The database's schema version (0 for a new database).
 pub(crate) fn current_version(conn: &Connection) -> Result<i64, SqliteStoreError> {

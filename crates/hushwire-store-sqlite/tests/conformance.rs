@@ -5,7 +5,9 @@
 #![allow(clippy::expect_used)]
 
 use hushwire_store::conformance::{self, CS, EXPIRES, NOW, accepted, application, register};
-use hushwire_store::{Delivery, KeyPackages, Mailboxes, Store, StoreError, SubmitOutcome};
+use hushwire_store::{
+    Accounts, Delivery, KeyPackages, Mailboxes, Store, StoreError, SubmitOutcome,
+};
 use hushwire_store_sqlite::{SCHEMA_VERSION, SqliteOptions, SqliteStore, SqliteStoreError};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -317,4 +319,91 @@ async fn expiry_and_key_packages_after_reopen() {
     assert_eq!(r.deliveries[0].envelope.seq, 4);
     assert_eq!(store.claim_key_packages("bob", CS).await.unwrap().len(), 1);
     assert_eq!(store.expire(EXPIRES + 1).await.unwrap(), 1);
+}
+
+/// `ack_hint` returns before the ack is durable, but it is applied before any write
+/// queued after it, and the seq floor it records survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_hints_apply_in_order_and_keep_seqs_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hushwire.db");
+    let store = open(&path);
+    let alice = register(&store, "alice").await.unwrap();
+    let bob = register(&store, "bob").await.unwrap();
+    conformance::create_group(&store, b"g", &alice, &[&alice, &bob])
+        .await
+        .unwrap();
+    for text in ["one", "two", "three"] {
+        accepted(
+            store
+                .submit(application(&alice, b"g", 1, text))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+    }
+    // bob's Welcome was seq 1 (acknowledged by create_group); the texts are 2..=4.
+    store.ack_hint(bob.id, 3).await.unwrap();
+    store.ack_hint(bob.id, 2).await.unwrap(); // an older hint changes nothing
+    // A durable write queued after the hints sees them applied.
+    assert_eq!(store.ack(bob.id, 0).await.unwrap(), 0);
+    let left = store.fetch(bob.id, 0, 10).await.unwrap();
+    assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4]);
+
+    // Emptying the mailbox by a hint, then restarting: seqs are not reused.
+    store.ack_hint(bob.id, 4).await.unwrap();
+    drop(store); // finishes what is queued, hints included
+    let store = open(&path);
+    assert_eq!(store.pending(bob.id).await.unwrap(), 0);
+    let r = accepted(
+        store
+            .submit(application(&alice, b"g", 1, "five"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r.deliveries[0].envelope.seq, 5);
+    // The bodies of acknowledged messages are gone: only "five" is left to expire.
+    assert_eq!(store.expire(EXPIRES + 1).await.unwrap(), 1);
+}
+
+/// A database written by schema version 1 (seq floors in `devices`, expiry indexes)
+/// migrates to the current version and keeps its floors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrates_version_1_seq_floors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hushwire.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../migrations/0001_initial.sql"))
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO accounts VALUES ('alice', x'00', 0), ('bob', x'00', 0);
+             INSERT INTO devices (id, handle, device_no, device_key, cert_created_at_ms,
+                                  cert_signature, seq_floor)
+                 VALUES (1, 'alice', 1, x'00', 0, x'00', 0), (2, 'bob', 1, x'00', 0, x'00', 41);
+             INSERT INTO groups VALUES (x'67', 1, 7, 0);
+             INSERT INTO group_members VALUES (x'67', 1), (x'67', 2);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = open(&path);
+    let alice = store
+        .device(&hushwire_store::DeviceAddr {
+            handle: "alice".into(),
+            device_id: 1,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let r = accepted(
+        store
+            .submit(application(&alice, b"g", 1, "after upgrade"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r.group_seq, 8);
+    assert_eq!(r.deliveries[0].envelope.seq, 42);
 }

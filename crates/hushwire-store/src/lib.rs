@@ -136,6 +136,14 @@ pub trait Mailboxes: Send + Sync {
     /// Deletes every entry with `seq <= up_to_seq`; message bodies no mailbox refers to
     /// any more are deleted too. Returns the number of entries removed.
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError>;
+    /// [`Mailboxes::ack`] as a hint, for the live connection's acks: the backend may
+    /// apply it later and coalesce it with the device's next acks, and it returns once
+    /// the ack is queued, before it is durable. Losing one (a crash before it is
+    /// applied) only causes a redelivery, which clients skip by seq. The default applies
+    /// it at once.
+    async fn ack_hint(&self, device: DeviceId, up_to_seq: u64) -> Result<(), StoreError> {
+        self.ack(device, up_to_seq).await.map(|_| ())
+    }
     /// Number of entries waiting for the device.
     async fn pending(&self, device: DeviceId) -> Result<u64, StoreError>;
     /// Deletes mailbox entries, message bodies and idempotency records whose retention

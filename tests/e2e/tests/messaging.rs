@@ -94,7 +94,13 @@ async fn server_restart_between_send_and_receive_loses_nothing() {
 
     // Same data dir and the same port, so the profiles' stored URL still works.
     let mut config = hushwire_tests::test_config(&data);
-    config.listen = url.trim_start_matches("https://").parse().unwrap();
+    config.listen = url
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let server = TestServer::start_with(config).await;
     assert_eq!(server.pin, pin, "the certificate survives a restart");
 
@@ -142,7 +148,13 @@ async fn unreachable_server_keeps_message_in_outbox() {
     drop(alice); // the process ends with the message still queued
 
     let mut config = hushwire_tests::test_config(&data);
-    config.listen = url.trim_start_matches("https://").parse().unwrap();
+    config.listen = url
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let server = TestServer::start_with(config).await;
     let mut alice = open(root.path(), "alice");
     receive(&mut alice).await; // any command that connects flushes the outbox

@@ -322,6 +322,19 @@ impl Client {
                     self.profile.provide_peer(&account, &kps, now).unwrap();
                     progressed = true;
                 }
+                Action::NeedMembers { handles, suite, .. } => {
+                    let accounts: Vec<_> = handles
+                        .iter()
+                        .filter_map(|h| ds.accounts.get(h).cloned())
+                        .collect();
+                    let kps: Vec<_> = handles
+                        .iter()
+                        .map(|h| (h.clone(), ds.claim(h, suite)))
+                        .collect();
+                    self.profile.provide_members(&accounts, &kps, now).unwrap();
+                    progressed = true;
+                }
+                Action::NeedGroupInfo { .. } => panic!("this harness keeps no GroupInfo"),
                 Action::Submit(s) => {
                     let result = ds.submit(&self.dev(), &s);
                     let ev = self

@@ -95,6 +95,8 @@ async fn signed_requests() {
     let c = server.client();
     let alice = c.new_user("alice").await;
     let path = "/v1/accounts/alice";
+    // What signatures cover: the path as the server receives it, prefix included.
+    let full = format!("{}{}", c.prefix, path);
 
     // Good.
     let info: wire::AccountInfo = c.signed(&alice, "GET", path, vec![]).await.decode();
@@ -129,13 +131,13 @@ async fn signed_requests() {
     // Stale and future timestamps.
     for skew in [-(6 * 60 * 1000i64), 6 * 60 * 1000] {
         let t = (now_ms() as i64 + skew) as u64;
-        let h = alice.auth_header("GET", path, &[], t);
+        let h = alice.auth_header("GET", &full, &[], t);
         c.raw("GET", path, vec![], &[(REQUEST_AUTH_HEADER, h)])
             .await
             .expect_error(401, ErrorCode::Unauthenticated);
     }
     // Replay.
-    let h = alice.auth_header("GET", path, &[], now_ms());
+    let h = alice.auth_header("GET", &full, &[], now_ms());
     assert_eq!(
         c.raw("GET", path, vec![], &[(REQUEST_AUTH_HEADER, h.clone())])
             .await
@@ -180,11 +182,34 @@ async fn path_prefix_is_part_of_every_route_and_signature() {
         .await
         .decode();
     assert_eq!(info.handle, "alice");
+    // Without the prefix, the API does not exist: the decoy site answers, as nginx would.
     let mut bare = server.client();
     bare.prefix = String::new();
-    bare.raw("POST", "/v1/register", vec![], &[])
-        .await
-        .expect_error(404, ErrorCode::NotFound);
+    let resp = bare.raw("POST", "/v1/register", vec![], &[]).await;
+    assert_eq!(resp.status, 404);
+    assert!(
+        std::str::from_utf8(&resp.body)
+            .unwrap()
+            .contains("<center>nginx</center>")
+    );
+    let resp = bare.raw("GET", "/", vec![], &[]).await;
+    assert_eq!(resp.status, 200);
+    // A wrong prefix of the right length is just another unknown path.
+    bare.prefix = "/abc124".into();
+    assert_eq!(bare.raw("GET", "/v1/ws", vec![], &[]).await.status, 404);
+}
+
+#[tokio::test]
+async fn a_prefix_is_generated_once_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let mut first = TestServer::start_config(config.clone()).await;
+    assert!(first.prefix.len() > 16, "{}", first.prefix);
+    assert!(first.url.ends_with(&first.prefix));
+    first.stop().await;
+    let mut second = TestServer::start_config(config).await;
+    assert_eq!(second.prefix, first.prefix);
+    second.stop().await;
 }
 
 fn upload(packages: &[(bytes::Bytes, bool)]) -> Vec<u8> {

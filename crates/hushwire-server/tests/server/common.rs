@@ -77,8 +77,8 @@ impl TestServer {
 
     pub async fn start_config(config: ServerConfig) -> Self {
         let store = hushwire_server::open_sqlite(&config).await.unwrap();
-        let prefix = config.path_prefix.clone();
         let running: RunningServer = hushwire_server::bind(config, store.clone()).await.unwrap();
+        let prefix = running.path_prefix().to_owned();
         let (tx, rx) = oneshot::channel::<()>();
         let addr = running.local_addr();
         let url = running.url();
@@ -189,11 +189,16 @@ impl ServerCertVerifier for PinVerifier {
 
     fn verify_tls12_signature(
         &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 not allowed".into()))
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(

@@ -60,7 +60,7 @@ async fn a_client_pinning_another_key_is_refused() {
 }
 
 #[tokio::test]
-async fn tls12_is_refused() {
+async fn tls12_is_served_like_a_common_web_server() {
     let server = TestServer::start().await;
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -77,5 +77,6 @@ async fn tls12_is_refused() {
             tcp,
         )
         .await;
-    assert!(r.is_err(), "TLS 1.2 handshake must fail");
+    // nginx accepts TLS 1.2 by default; refusing it would set the server apart.
+    assert!(r.is_ok(), "TLS 1.2 handshake must succeed");
 }

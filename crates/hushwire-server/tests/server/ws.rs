@@ -78,8 +78,15 @@ async fn revoked_device_cannot_log_in() {
 }
 
 /// alice creates a group with bob (and optionally more); returns the epoch after.
+/// As a real client does, the creating commit carries a Welcome for every added member:
+/// they receive that Welcome (kind WELCOME, group_seq 0), never the commit itself.
 async fn create_group(ws: &mut Ws, group: &[u8], members: &[&Identity], id: u64) -> u64 {
-    let a = accepted(ws.submit(id, commit(group, 0, id, members)).await);
+    let mut c = commit(group, 0, id, members);
+    c.welcomes = vec![wire::WelcomeOut {
+        welcome: welcome_bytes(),
+        recipients: members.iter().skip(1).map(|m| m.addr()).collect(),
+    }];
+    let a = accepted(ws.submit(id, c).await);
     assert_eq!(a.group_seq, 1);
     assert!(!a.duplicate);
     a.epoch
@@ -133,7 +140,7 @@ async fn bad_frames_close_only_that_connection() {
     alice_ws.backlog().await;
     create_group(&mut alice_ws, b"g1", &[&alice, &bob], 1).await;
     let e = bob_ws.expect_deliver().await;
-    assert_eq!(e.kind, EnvelopeKind::Commit as i32);
+    assert_eq!(e.kind, EnvelopeKind::Welcome as i32);
 }
 
 #[tokio::test]
@@ -149,9 +156,10 @@ async fn submit_is_pushed_to_the_online_recipient() {
 
     let epoch = create_group(&mut alice_ws, b"g1", &[&alice, &bob], 1).await;
     assert_eq!(epoch, 1);
+    // bob was added: he gets the Welcome (outside the group log), not the commit.
     let e = bob_ws.expect_deliver().await;
-    assert_eq!(e.kind, EnvelopeKind::Commit as i32);
-    assert_eq!(e.group_seq, 1);
+    assert_eq!(e.kind, EnvelopeKind::Welcome as i32);
+    assert_eq!(e.group_seq, 0);
     assert_eq!(e.sender.as_ref().unwrap().handle, "alice");
     let first_seq = e.seq;
 
@@ -194,8 +202,9 @@ async fn offline_recipient_gets_backlog_then_drained_and_ack_deletes() {
     assert_eq!(backlog.len(), 4);
     assert!(backlog.windows(2).all(|w| w[1].seq == w[0].seq + 1));
     assert_eq!(last, backlog[3].seq);
+    // The Welcome (group_seq 0), then the three messages of the group log.
     let group_seqs: Vec<u64> = backlog.iter().map(|e| e.group_seq).collect();
-    assert_eq!(group_seqs, vec![1, 2, 3, 4]);
+    assert_eq!(group_seqs, vec![0, 2, 3, 4]);
 
     // Ack the first two; the other two come again on the next connection.
     bob_ws
@@ -249,7 +258,11 @@ async fn duplicate_submit_returns_the_original_result() {
 
     let mut bob_ws = c.login(&bob).await;
     let (backlog, _) = bob_ws.backlog().await;
-    assert_eq!(backlog.len(), 2, "commit + one copy of the message");
+    assert_eq!(
+        backlog.len(),
+        2,
+        "commit + one copy of the message: {backlog:?}"
+    );
 }
 
 #[tokio::test]
