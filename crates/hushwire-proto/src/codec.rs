@@ -63,17 +63,22 @@ pub fn encode<M: Message>(msg: &M) -> Vec<u8> {
 pub const PADDING_FIELD: u32 = 15;
 
 /// The size buckets frames are padded to: powers of two from 256 bytes to 64 KiB, then
-/// multiples of 64 KiB up to [`MAX_FRAME_BYTES`]. An observer of the encrypted stream
-/// sees only which bucket a frame fell into.
+/// eight buckets per doubling up to [`MAX_FRAME_BYTES`] (64, 72, 80, … 128, 144, … KiB),
+/// so large frames — commits of big groups — grow by at most 12.5% rather than nearly
+/// doubling. An observer of the encrypted stream sees only which bucket a frame fell
+/// into.
 pub fn frame_bucket(len: usize) -> Option<usize> {
     const FIRST: usize = 256;
-    const STEP: usize = 64 * 1024;
+    const LAST_POWER: usize = 64 * 1024;
     let bucket = if len <= FIRST {
         FIRST
-    } else if len <= STEP {
+    } else if len <= LAST_POWER {
         len.next_power_of_two()
     } else {
-        len.div_ceil(STEP).checked_mul(STEP)?
+        // 2^high < len <= 2^(high+1); steps of 2^high / 8.
+        let high = usize::BITS - 1 - (len - 1).leading_zeros();
+        let step = (1usize << high) / 8;
+        len.div_ceil(step).checked_mul(step)?
     };
     (bucket <= MAX_FRAME_BYTES).then_some(bucket)
 }
@@ -165,7 +170,19 @@ mod tests {
         assert_eq!(bytes.len(), 256);
         assert_eq!(decode_client_frame(&bytes).unwrap(), c);
         assert_eq!(frame_bucket(300), Some(512));
-        assert_eq!(frame_bucket(65_537), Some(131_072));
+        assert_eq!(frame_bucket(65_537), Some(73_728));
+        assert_eq!(frame_bucket(84_700), Some(90_112));
+        assert_eq!(frame_bucket(131_072), Some(131_072));
+        assert_eq!(frame_bucket(131_073), Some(147_456));
+        assert_eq!(frame_bucket(MAX_FRAME_BYTES), Some(MAX_FRAME_BYTES));
+        // Every bucket is its own bucket, and buckets only grow.
+        let mut last = 0;
+        for len in (1..=MAX_FRAME_BYTES).step_by(997) {
+            let b = frame_bucket(len).unwrap();
+            assert!(b >= len && b >= last && frame_bucket(b) == Some(b));
+            assert!(len <= 256 || b - len <= len / 8 || b <= 64 * 1024);
+            last = b;
+        }
         assert_eq!(frame_bucket(MAX_FRAME_BYTES + 1), None);
     }
 
