@@ -472,13 +472,6 @@ impl ConnTask {
                             Err(_) => break,
                         }
                     }
-                    // A pending ack rides along in the same write instead of costing one
-                    // of its own when its timer fires (cumulative, so nothing is lost).
-                    if last_seq > acked {
-                        self.feed_ack(last_seq).await?;
-                        acked = last_seq;
-                        ack_armed = false;
-                    }
                     self.conn.flush().await.map_err(describe_client_error)?;
                 }
                 () = &mut ack_timer, if ack_armed => {

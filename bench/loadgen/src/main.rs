@@ -10,6 +10,8 @@
 //! - `run`: open-loop constant-rate traffic, latency from the intended send time
 //!   (no coordinated omission), throughput in a measurement window after a warm-up.
 //! - `idle`: server RSS per idle authenticated connection at several counts, with a fit.
+//! - `fanout`: one group of N devices; per-recipient and fan-out completion times of
+//!   paced messages, server CPU per message at several group sizes.
 //! - `max`: searches the highest offered rate the server sustains (delivered ≈
 //!   offered, nothing lost, p99 bounded), one fresh server per probe.
 //!
@@ -21,6 +23,7 @@
 //! - `session`: server + devices + connections of one run.
 //! - `traffic`: the scheduler and the traffic report.
 //! - `idle`: idle mode.
+//! - `fanout`: fan-out mode (its own connection tasks, per-message records).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +34,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::time::Instant;
 
 mod devices;
+mod fanout;
 mod idle;
 mod procfs;
 mod sched;
@@ -115,6 +119,8 @@ enum Mode {
     Idle(IdleArgs),
     /// Search the highest sustained rate (fresh server per probe).
     Max(MaxArgs),
+    /// Fan-out of one group message to N connected devices (one group of all of them).
+    Fanout(fanout::FanoutArgs),
 }
 
 #[derive(Debug, Args)]
@@ -289,6 +295,9 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 println!("{}", report.human());
             }
+        }
+        Mode::Fanout(a) => {
+            fanout::run_mode(&opts, a, c.seed, c.json, c.deadline_secs).await?;
         }
         Mode::Max(a) => {
             let devices = even(a.devices)?;

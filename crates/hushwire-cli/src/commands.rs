@@ -35,7 +35,7 @@ pub(crate) fn open_client(dir: &Path) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-fn open_registered(dir: &Path) -> anyhow::Result<Profile> {
+pub(crate) fn open_registered(dir: &Path) -> anyhow::Result<Profile> {
     let profile = Profile::open(dir)
         .with_context(|| format!("cannot open the profile in {}", dir.display()))?;
     if profile.identity().is_none() {
@@ -208,6 +208,11 @@ pub(crate) async fn receive(dir: &Path, json: bool, wait_secs: u64) -> anyhow::R
             } else {
                 group_event_line(&g)
             }),
+            Event::RelayLink(m) => Some(if json {
+                crate::relay::shared_link_json(&m)
+            } else {
+                crate::relay::shared_link_line(&m)
+            }),
             Event::GroupOperationFailed {
                 conversation,
                 reason,
@@ -272,6 +277,14 @@ pub(crate) fn history(dir: &Path, peer: &str, json: bool) -> anyhow::Result<()> 
                     group_event_json(g)
                 } else {
                     group_event_line(g)
+                })?;
+                continue;
+            }
+            TimelineItem::RelayLink(m) => {
+                print_line(&if json {
+                    crate::relay::shared_link_json(m)
+                } else {
+                    crate::relay::shared_link_line(m)
                 })?;
                 continue;
             }

@@ -116,9 +116,20 @@ pub(crate) enum Command {
         /// (default: a built-in neutral page in the data directory).
         #[arg(long, value_name = "DIR")]
         site: Option<PathBuf>,
+        /// Get the certificate for this public DNS name from an ACME CA (Let's Encrypt by
+        /// default), validated by TLS-ALPN-01 on the server's port (the CA connects to
+        /// port 443). Repeatable; the first is the URL's host. Kept in DATA/acme.
+        #[arg(long, value_name = "DOMAIN", conflicts_with = "tls_cert")]
+        acme_domain: Vec<String>,
+        /// Contact for the ACME account, e.g. mailto:ops@example.org.
+        #[arg(long, value_name = "URI")]
+        acme_contact: Option<String>,
+        /// ACME directory URL (default: Let's Encrypt production).
+        #[arg(long, value_name = "URL")]
+        acme_directory: Option<String>,
     },
     /// Run a volunteer relay (`--listen --upstream --upstream-pin`), or manage this
-    /// profile's relays (`add`, `list`, `remove`).
+    /// profile's relays (`add`, `list`, `remove`, `share`, `add-shared`).
     #[command(args_conflicts_with_subcommands = true)]
     Relay {
         #[command(subcommand)]
@@ -353,6 +364,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_key,
             registration,
             site,
+            acme_domain,
+            acme_contact,
+            acme_directory,
         } => {
             serve::serve(serve::ServeArgs {
                 listen,
@@ -362,6 +376,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tls_key,
                 registration,
                 site,
+                acme_domains: acme_domain,
+                acme_contact,
+                acme_directory,
             })
             .await
         }
@@ -369,7 +386,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay {
             command: Some(command),
             ..
-        } => relay::manage(&commands::profile_dir(profile)?, command),
+        } => relay::manage(&commands::profile_dir(profile)?, command).await,
         Command::Admin {
             command: AdminCommand::Invite { data, ttl_hours },
         } => serve::admin_invite(data, ttl_hours).await,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use hushwire_client::{ClientError, Endpoint, ProxyUrl, Route, RouteBook};
+use hushwire_client::{ClientError, Endpoint, ProxyUrl, Route, RouteBook, StoredMessage};
 use hushwire_proto::relay_link::RelayLink;
 use hushwire_relay::{RelayConfig, RelayLimits};
 
@@ -63,6 +63,147 @@ pub(crate) enum RelayCommand {
         /// The link or HOST:PORT.
         relay: String,
     },
+    /// Send a relay link to a contact (or a group), end-to-end encrypted, so links
+    /// spread through trust rather than public lists. Without LINK, shares every relay
+    /// of this profile. Prints each message id.
+    Share {
+        /// The contact's handle, or a group as `#TITLE`.
+        handle: String,
+        /// `hushwire-relay://…` (default: this profile's relays).
+        link: Option<String>,
+    },
+    /// Add a relay link a contact shared (the id `receive` printed) to this profile's
+    /// ways in. Shared links are never added without this.
+    AddShared {
+        /// The message id of the shared link.
+        id: String,
+    },
+}
+
+/// `[2026-11-27 10:00:00] alice shared a relay: relay.example.org:443 (to use it:
+/// hushwire relay add-shared ID)`. The secret stays off the human line.
+pub(crate) fn shared_link_line(m: &StoredMessage) -> String {
+    let address = RelayLink::parse(&m.text)
+        .map(|l| l.address())
+        .unwrap_or_else(|_| "(invalid link)".into());
+    let hint = if m.outgoing {
+        String::new()
+    } else {
+        format!(" (to use it: hushwire relay add-shared {})", m.id)
+    };
+    format!(
+        "[{}] {} shared a relay: {address}{hint}",
+        crate::output::human_time(m.sent_at_ms),
+        m.from
+    )
+}
+
+/// `{"type":"relay_link","id":…,"conversation":…,"from":…,"sent_at":…,"relay":"HOST:PORT",
+/// "link":…}`
+pub(crate) fn shared_link_json(m: &StoredMessage) -> String {
+    let address = RelayLink::parse(&m.text).map(|l| l.address()).ok();
+    serde_json::json!({
+        "type": "relay_link",
+        "id": m.id,
+        "conversation": m.conversation,
+        "from": m.from,
+        "sent_at": crate::output::rfc3339(m.sent_at_ms),
+        "relay": address,
+        "link": m.text,
+    })
+    .to_string()
+}
+
+/// `relay share HANDLE [LINK]`: queue the link(s), flush, print the ids.
+async fn share(dir: &Path, peer: &str, link: Option<&str>) -> anyhow::Result<()> {
+    let links: Vec<RelayLink> = match link {
+        Some(l) => vec![parse_link(l)?],
+        None => RouteBook::load(dir)?.relays().cloned().collect(),
+    };
+    if links.is_empty() {
+        return Err(user_error(
+            "this profile has no relays to share; pass a LINK (hushwire-relay://…)",
+        ));
+    }
+    let mut client = crate::commands::open_client(dir)?;
+    let group = hushwire_e2e::group::is_group_name(peer);
+    if group {
+        if !client.has_conversation(peer)? {
+            return Err(user_error(format!("no group {peer}")));
+        }
+    } else {
+        hushwire_proto::identity::validate_handle(peer).map_err(ClientError::from)?;
+        if peer == client.identity()?.handle {
+            return Err(user_error("you cannot share a relay with yourself"));
+        }
+        // A typo must not sit at the head of the outbox; unreachable: queue anyway.
+        if !client.has_conversation(peer)? {
+            match client.fetch_account(peer).await {
+                Ok(_) => {}
+                Err(e @ ClientError::UnknownHandle(_)) => return Err(e.into()),
+                Err(e) if e.is_network() => {
+                    tracing::info!(error = %e, "cannot check the recipient now; queueing");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let mut ids = Vec::new();
+    for link in &links {
+        let id = client
+            .queue_relay_link(peer, &link.to_string())
+            .map_err(|e| match e {
+                ClientError::E2e(hushwire_e2e::E2eError::Protocol(msg)) => user_error(msg),
+                other => other.into(),
+            })?;
+        ids.push(id);
+    }
+    client.set_defer_deliveries(true);
+    let flushed = client
+        .flush_outbox(crate::commands::NETWORK_TIMEOUT, &mut |_| {})
+        .await;
+    let mut pending = Vec::new();
+    for id in &ids {
+        if client.profile().is_outbox_item_pending(id)? {
+            pending.push(id.clone());
+        }
+    }
+    let _ = client.close().await;
+    for id in &ids {
+        crate::output::print_line(id)?;
+    }
+    match flushed {
+        Err(e) if !pending.is_empty() => {
+            eprintln!(
+                "warning: {} queued but not sent: {e}\n\
+                 it will be sent by the next `hushwire send` or `hushwire sync`",
+                pending.join(", ")
+            );
+            Err(e.into())
+        }
+        _ if !pending.is_empty() => Err(anyhow::anyhow!(
+            "{} still queued; run `hushwire sync` to retry",
+            pending.join(", ")
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `relay add-shared ID`: the user accepts a shared link into the routes.
+fn add_shared(dir: &Path, id: &str) -> anyhow::Result<()> {
+    let profile = crate::commands::open_registered(dir)?;
+    let shared = profile
+        .shared_relay_link(id)?
+        .ok_or_else(|| user_error(format!("no shared relay link with id {id}")))?;
+    drop(profile);
+    let link = parse_link(&shared.text)?;
+    let address = link.address();
+    RouteBook::add_relay(dir, link)?;
+    crate::output::print_line(&format!(
+        "added relay {address} (shared by {})",
+        shared.from
+    ))?;
+    Ok(())
 }
 
 fn parse_link(text: &str) -> anyhow::Result<RelayLink> {
@@ -100,17 +241,16 @@ pub(crate) fn apply_route_flags(
     Ok(())
 }
 
-pub(crate) fn manage(dir: &Path, command: RelayCommand) -> anyhow::Result<()> {
+pub(crate) async fn manage(dir: &Path, command: RelayCommand) -> anyhow::Result<()> {
     match command {
         RelayCommand::Add { link } => {
             let link = parse_link(&link)?;
             let address = link.address();
-            RouteBook::edit(dir, |_, list, _| {
-                list.retain(|l| l.address() != link.address());
-                list.push(link);
-            })?;
+            RouteBook::add_relay(dir, link)?;
             crate::output::print_line(&format!("added relay {address}"))?;
         }
+        RelayCommand::Share { handle, link } => share(dir, &handle, link.as_deref()).await?,
+        RelayCommand::AddShared { id } => add_shared(dir, &id)?,
         RelayCommand::List { links } => {
             let book = RouteBook::load(dir)?;
             let last = book.last_good();

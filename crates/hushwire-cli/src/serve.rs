@@ -18,6 +18,9 @@ pub(crate) struct ServeArgs {
     pub tls_key: Option<PathBuf>,
     pub registration: Option<Registration>,
     pub site: Option<PathBuf>,
+    pub acme_domains: Vec<String>,
+    pub acme_contact: Option<String>,
+    pub acme_directory: Option<String>,
 }
 
 /// The user data directory of the server (`…/hushwire-server`).
@@ -55,6 +58,23 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(site) = &args.site {
         config.site_dir = Some(site.clone());
+    }
+    if !args.acme_domains.is_empty() {
+        config.acme.domains = args.acme_domains.clone();
+        // ACME replaces a certificate named in the config file.
+        config.tls.cert = None;
+        config.tls.key = None;
+    }
+    if let Some(contact) = &args.acme_contact {
+        config.acme.contact = Some(contact.clone());
+    }
+    if let Some(directory) = &args.acme_directory {
+        config.acme.directory = directory.clone();
+    }
+    if (args.acme_contact.is_some() || args.acme_directory.is_some()) && !config.acme.enabled() {
+        return Err(user_error(
+            "--acme-contact and --acme-directory need --acme-domain (or [acme] domains)",
+        ));
     }
     if let Some(r) = args.registration {
         config.registration = match r {
@@ -100,7 +120,16 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "url: {}", running.url())?;
-        writeln!(out, "pin: {}", running.pin())?;
+        if running.uses_acme() {
+            writeln!(
+                out,
+                "certificate: ACME ({}) from {}; clients need no --pin",
+                config.acme.domains.join(", "),
+                config.acme.directory
+            )?;
+        } else {
+            writeln!(out, "pin: {}", running.pin())?;
+        }
         out.flush()?;
     }
     tracing::info!(data_dir = %config.data_dir.display(), "serving");

@@ -665,3 +665,76 @@ fn group_commands() {
     assert_code(&o, 0);
     assert!(!stdout(&o).contains("bob"), "{}", stdout(&o));
 }
+
+/// `relay share` sends a relay link end-to-end encrypted; the receiver sees it in
+/// `receive --json` and `history`, and it joins the routes only on `relay add-shared`.
+#[test]
+fn relay_share_then_add_shared() {
+    const LINK: &str = "hushwire-relay://relay.example.org:8443?s=Zk3pQ9vT2mW8xY4rB7nC1d&pin=\
+                        00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let e = env();
+    let server = Server::start(&e.server_data, "127.0.0.1:0", &[]);
+    register(&e.alice, "alice", &server);
+    register(&e.bob, "bob", &server);
+
+    // Without a LINK and without relays of its own, alice has nothing to share.
+    let o = hushwire(&e.alice, &["relay", "share", "bob"]);
+    assert_code(&o, 1);
+    let o = hushwire(&e.alice, &["relay", "share", "bob", "not a link"]);
+    assert_code(&o, 1);
+    let o = hushwire(&e.alice, &["relay", "add", LINK]);
+    assert_code(&o, 0);
+    let o = hushwire(&e.alice, &["relay", "share", "bob"]);
+    assert_code(&o, 0);
+    let id = last_line(&o);
+    assert!(is_uuid(&id), "{id:?}");
+    assert!(
+        !stderr(&o).contains("Zk3pQ9vT2mW8xY4rB7nC1d"),
+        "{}",
+        stderr(&o)
+    );
+
+    let got = receive_json(&e.bob);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["type"], "relay_link");
+    assert_eq!(got[0]["id"], id.as_str());
+    assert_eq!(got[0]["from"], "alice");
+    assert_eq!(got[0]["conversation"], "alice");
+    assert_eq!(got[0]["relay"], "relay.example.org:8443");
+    assert_eq!(got[0]["link"], LINK);
+
+    // Not added by itself.
+    let o = hushwire(&e.bob, &["relay", "list"]);
+    assert_code(&o, 0);
+    assert_eq!(stdout(&o).lines().count(), 1, "{}", stdout(&o));
+    assert!(stdout(&o).starts_with("direct"), "{}", stdout(&o));
+    let o = hushwire(&e.bob, &["history", "alice"]);
+    assert_code(&o, 0);
+    let line = stdout(&o);
+    assert!(
+        line.contains("alice shared a relay: relay.example.org:8443")
+            && line.contains(&format!("relay add-shared {id}"))
+            && !line.contains("Zk3pQ9vT2mW8xY4rB7nC1d"),
+        "{line}"
+    );
+
+    let o = hushwire(
+        &e.bob,
+        &[
+            "relay",
+            "add-shared",
+            "0190b5d2-0000-7000-8000-000000000000",
+        ],
+    );
+    assert_code(&o, 1);
+    let o = hushwire(&e.bob, &["relay", "add-shared", &id]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("added relay relay.example.org:8443 (shared by alice)"));
+    let o = hushwire(&e.bob, &["relay", "list", "--links"]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("direct"), "{lines:?}");
+    assert_eq!(lines[1], format!("relay {LINK}"));
+}

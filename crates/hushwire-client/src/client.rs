@@ -248,6 +248,17 @@ impl Client {
         Ok(self.profile.queue_text(peer, text, unix_ms())?)
     }
 
+    /// Stores a volunteer relay's `link` for `peer` (a contact or a group chat) in the
+    /// history and the outbox, like a text: it goes out end-to-end encrypted with the next
+    /// flush. The receiver sees an [`Event::RelayLink`](hushwire_e2e::Event::RelayLink)
+    /// and adds it only if its user accepts ([`crate::RouteBook::add_relay`]).
+    pub fn queue_relay_link(&mut self, peer: &str, link: &str) -> Result<String, ClientError> {
+        if !hushwire_e2e::group::is_group_name(peer) {
+            hushwire_proto::identity::validate_handle(peer)?;
+        }
+        Ok(self.profile.queue_relay_link(peer, link, unix_ms())?)
+    }
+
     /// With `defer`, incoming deliveries that arrive while sending are left on the server
     /// (neither stored nor acknowledged) for the next `receive`, unless the outbox needs
     /// them to make progress. This is what a one-shot `send` wants, so that a later

@@ -189,7 +189,7 @@ impl Connection {
 
     /// Queues one frame without flushing it: frames fed together leave in one write at
     /// the next [`Connection::flush`] (or [`Connection::send`]), or once
-    /// [`WRITE_BUFFER`] bytes are queued.
+    /// `WRITE_BUFFER` bytes are queued.
     pub async fn feed(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
         let bytes = codec::encode_padded(frame);
         self.ws

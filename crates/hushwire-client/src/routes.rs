@@ -264,6 +264,16 @@ impl RouteBook {
         Self::load(dir)
     }
 
+    /// Adds `link` to the profile's relays (after the direct route and the relays
+    /// already there; a link for the same HOST:PORT is replaced in place of the old one
+    /// at the end) and saves the book.
+    pub fn add_relay(dir: &Path, link: RelayLink) -> Result<Self, ClientError> {
+        Self::edit(dir, |_, list, _| {
+            list.retain(|l| l.address() != link.address());
+            list.push(link);
+        })
+    }
+
     /// The proxy, if any.
     pub fn proxy(&self) -> Option<&ProxyUrl> {
         self.inner.proxy.as_ref()

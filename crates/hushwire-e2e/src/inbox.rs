@@ -551,8 +551,15 @@ fn process_application(
     if content.id.len() != hushwire_proto::limits::MESSAGE_ID_BYTES {
         return Err(invalid(conv, "content id is not 16 bytes"));
     }
-    let text = match content.body {
-        Some(Body::Text(t)) => t.text,
+    let (text, kind) = match content.body {
+        Some(Body::Text(t)) => (t.text, crate::outbox::KIND_TEXT),
+        Some(Body::RelayLink(r)) => {
+            // Stored only if it is a well-formed link; never logged (it holds the
+            // relay's secret). Nothing is added to the routes without the user.
+            let link = hushwire_proto::relay_link::RelayLink::parse(&r.link)
+                .map_err(|e| invalid(conv, e.to_string()))?;
+            (link.to_string(), crate::outbox::KIND_RELAY_LINK)
+        }
         None => return Err(invalid(conv, "content without a body")),
     };
     let outgoing = sender.handle == ctx.me.handle;
@@ -563,8 +570,8 @@ fn process_application(
     };
     let inserted = ctx.conn.execute(
         "INSERT OR IGNORE INTO messages (id, conversation, sender, sender_device, group_id,
-             sent_at_ms, received_at_ms, body, outgoing, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             sent_at_ms, received_at_ms, body, outgoing, state, kind)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             content.id.as_ref(),
             conversation,
@@ -575,13 +582,19 @@ fn process_application(
             to_sql_u64(ctx.now_ms)?,
             text,
             outgoing,
-            state.to_i64()
+            state.to_i64(),
+            kind
         ],
     )?;
     if inserted == 0 {
         return Ok(done(vec![])); // duplicate content id from this sender
     }
-    Ok(done(vec![Event::Message(StoredMessage {
+    let event = if kind == crate::outbox::KIND_RELAY_LINK {
+        Event::RelayLink
+    } else {
+        Event::Message
+    };
+    Ok(done(vec![event(StoredMessage {
         id: uuid_text(&content.id),
         conversation: conversation.to_string(),
         from: sender.handle,

@@ -6,7 +6,8 @@
 //!
 //! - registration: [`Profile::create_identity`] → server → [`Profile::complete_registration`],
 //!   then [`Profile::key_packages`] to upload;
-//! - sending: [`Profile::queue_text`] / [`Profile::queue_self_update`] fill the outbox;
+//! - sending: [`Profile::queue_text`] / [`Profile::queue_relay_link`] /
+//!   [`Profile::queue_self_update`] fill the outbox;
 //!   the client loops on [`Profile::next_action`] (`Submit` it, `NeedPeer` → claim key
 //!   packages and call [`Profile::provide_peer`], `AwaitIncoming` → keep receiving,
 //!   `Idle`) and reports each server answer with [`Profile::submit_result`];
@@ -225,6 +226,9 @@ pub enum TimelineItem {
     Message(StoredMessage),
     /// A group chat's membership or metadata change.
     Group(GroupEvent),
+    /// A volunteer relay's link someone shared (`text` is the link, secret included:
+    /// show it to the user, never log it).
+    RelayLink(StoredMessage),
 }
 
 /// One line of the conversation list.
@@ -246,6 +250,10 @@ pub struct ConversationSummary {
 pub enum Event {
     /// A new message was stored.
     Message(StoredMessage),
+    /// A relay link shared by a contact was stored (`text` is the link, its secret
+    /// included: show it, never log it). It is not added to any route until the user
+    /// accepts it ([`Profile::shared_relay_link`]).
+    RelayLink(StoredMessage),
     /// A new conversation (or a new group of it) appeared from a Welcome.
     ConversationStarted {
         /// The peer's handle.

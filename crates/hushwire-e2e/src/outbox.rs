@@ -47,7 +47,7 @@ pub(crate) fn group_config(suite: Suite) -> MlsGroupCreateConfig {
     group_config_with(suite, None)
 }
 
-/// [`group_config`] with group-context extensions (a group chat's metadata).
+/// `group_config` with group-context extensions (a group chat's metadata).
 pub fn group_config_with(
     suite: Suite,
     extensions: Option<openmls::prelude::Extensions<openmls::prelude::GroupContext>>,
@@ -109,14 +109,31 @@ pub(crate) fn roster(group: &MlsGroup) -> Vec<wire::DeviceAddress> {
         .collect()
 }
 
-/// `Content` bytes, padded to a multiple of [`PAD_TO`].
-pub(crate) fn encode_content(id: &[u8], sent_at_ms: u64, text: &str) -> Vec<u8> {
+/// The `Content` body a stored message is sent as: `kind` is the `messages.kind` column
+/// ([`KIND_TEXT`] or [`KIND_RELAY_LINK`]) and `body` its text.
+pub(crate) fn content_body(kind: i64, body: String) -> wire::content::Body {
+    if kind == KIND_RELAY_LINK {
+        wire::content::Body::RelayLink(wire::RelayLinkShare { link: body })
+    } else {
+        wire::content::Body::Text(wire::Text { text: body })
+    }
+}
+
+/// `messages.kind` of a text.
+pub(crate) const KIND_TEXT: i64 = 0;
+/// `messages.kind` of a shared relay link (its body is the link).
+pub(crate) const KIND_RELAY_LINK: i64 = 2;
+
+/// `Content` bytes with `body`, padded to a multiple of [`PAD_TO`].
+pub(crate) fn encode_content_body(
+    id: &[u8],
+    sent_at_ms: u64,
+    body: wire::content::Body,
+) -> Vec<u8> {
     let mut content = Content {
         id: id.to_vec().into(),
         sent_at_ms,
-        body: Some(wire::content::Body::Text(wire::Text {
-            text: text.to_string(),
-        })),
+        body: Some(body),
         padding: Default::default(),
     };
     let base = content.encoded_len();
@@ -203,6 +220,30 @@ impl Profile {
     /// Queues a text for `peer`: stores it in the history (state Queued) and appends an
     /// outbox item, in one transaction. Returns the message id (UUIDv7).
     pub fn queue_text(&mut self, peer: &str, text: &str, now_ms: u64) -> Result<String, E2eError> {
+        self.queue_content(peer, text, KIND_TEXT, now_ms)
+    }
+
+    /// Queues a volunteer relay's link for `peer` (a contact or a group chat), sent
+    /// end-to-end encrypted like a text, through the same outbox, and kept in the history
+    /// (a [`crate::TimelineItem::RelayLink`]). The link must parse. Returns the message id.
+    pub fn queue_relay_link(
+        &mut self,
+        peer: &str,
+        link: &str,
+        now_ms: u64,
+    ) -> Result<String, E2eError> {
+        let link = hushwire_proto::relay_link::RelayLink::parse(link)
+            .map_err(|e| E2eError::Protocol(e.to_string()))?;
+        self.queue_content(peer, &link.to_string(), KIND_RELAY_LINK, now_ms)
+    }
+
+    fn queue_content(
+        &mut self,
+        peer: &str,
+        text: &str,
+        kind: i64,
+        now_ms: u64,
+    ) -> Result<String, E2eError> {
         let (me, _) = self.me()?;
         let me = me.clone();
         if crate::group::is_group_name(peer) {
@@ -247,8 +288,8 @@ impl Profile {
         )?;
         tx.execute(
             "INSERT INTO messages (id, conversation, sender, sender_device, group_id, sent_at_ms,
-                 received_at_ms, body, outgoing, state)
-             VALUES (?1, ?2, ?3, ?4, NULL, ?5, NULL, ?6, 1, ?7)",
+                 received_at_ms, body, outgoing, state, kind)
+             VALUES (?1, ?2, ?3, ?4, NULL, ?5, NULL, ?6, 1, ?7, ?8)",
             params![
                 &id[..],
                 peer,
@@ -256,7 +297,8 @@ impl Profile {
                 me.device_id,
                 to_sql_u64(now_ms)?,
                 text,
-                MessageState::Queued.to_i64()
+                MessageState::Queued.to_i64(),
+                kind
             ],
         )?;
         tx.execute(
@@ -410,10 +452,10 @@ impl Profile {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (text, sent_at): (String, i64) = tx.query_row(
-            "SELECT body, sent_at_ms FROM messages WHERE sender = ?1 AND id = ?2",
+        let (text, sent_at, kind): (String, i64, i64) = tx.query_row(
+            "SELECT body, sent_at_ms, kind FROM messages WHERE sender = ?1 AND id = ?2",
             params![my_handle, head.item_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let mut group = load_group(&tx, group_id)?;
         if group.pending_commit().is_some() {
@@ -426,7 +468,11 @@ impl Profile {
             tx.commit()?;
             return Ok(Action::AwaitIncoming);
         }
-        let plaintext = encode_content(&head.item_id, crate::store::from_sql_u64(sent_at), &text);
+        let plaintext = encode_content_body(
+            &head.item_id,
+            crate::store::from_sql_u64(sent_at),
+            content_body(kind, text),
+        );
         let mls_message = {
             let provider = Provider::new(&tx);
             group

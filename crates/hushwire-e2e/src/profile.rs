@@ -439,8 +439,10 @@ impl Profile {
         let mut out = Vec::new();
         for row in rows {
             let (kind, m) = row?;
-            if kind == 0 {
+            if kind == crate::outbox::KIND_TEXT {
                 out.push(crate::TimelineItem::Message(m));
+            } else if kind == crate::outbox::KIND_RELAY_LINK {
+                out.push(crate::TimelineItem::RelayLink(m));
             } else if let Some(ev) =
                 crate::group::parse_event(m.conversation, m.from, &m.text, m.sent_at_ms)
             {
@@ -448,6 +450,44 @@ impl Profile {
             }
         }
         Ok(out)
+    }
+
+    /// The relay link shared in message `id` (as `receive` reported it), sent or
+    /// received: what a user accepts into their ways in. `None` if there is no such
+    /// shared link; an error if two senders used the same id.
+    pub fn shared_relay_link(&self, id: &str) -> Result<Option<StoredMessage>, E2eError> {
+        let Ok(uuid) = uuid::Uuid::parse_str(id) else {
+            return Ok(None);
+        };
+        let mut stmt = self.conn.prepare(
+            "SELECT id, conversation, sender, sent_at_ms, received_at_ms, body, outgoing, state
+             FROM messages WHERE id = ?1 AND kind = ?2 ORDER BY n",
+        )?;
+        let rows = stmt.query_map(
+            params![&uuid.as_bytes()[..], crate::outbox::KIND_RELAY_LINK],
+            |r| {
+                let id: Vec<u8> = r.get(0)?;
+                let received: Option<i64> = r.get(4)?;
+                Ok(StoredMessage {
+                    id: uuid_text(&id),
+                    conversation: r.get(1)?,
+                    from: r.get(2)?,
+                    sent_at_ms: from_sql_u64(r.get(3)?),
+                    received_at_ms: received.map(from_sql_u64),
+                    text: r.get(5)?,
+                    outgoing: r.get(6)?,
+                    state: MessageState::from_i64(r.get(7)?),
+                })
+            },
+        )?;
+        let mut found: Vec<StoredMessage> = rows.collect::<Result<_, _>>()?;
+        if found.len() > 1 {
+            return Err(E2eError::Protocol(format!(
+                "{} shared links have the id {id}",
+                found.len()
+            )));
+        }
+        Ok(found.pop())
     }
 
     /// All conversations, most recent first.

@@ -33,6 +33,98 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
+/// Let's Encrypt's production directory, the default ACME directory.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Certificates from an ACME CA (RFC 8555) for public deployments: the server answers
+/// the CA's TLS-ALPN-01 challenge (RFC 8737) on its own port, so the domains must resolve
+/// to this server and the CA must reach it on port 443 (listen there, or forward 443 to
+/// it). Off while `domains` is empty; exclusive with `[tls] cert/key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// DNS names the certificate covers (no wildcards, no IP addresses); the first one is
+    /// the host of the printed URL. Default: none (ACME off).
+    pub domains: Vec<String>,
+    /// Contact URI the CA may write to about the certificate, e.g.
+    /// `mailto:ops@example.org`. Default: none.
+    pub contact: Option<String>,
+    /// ACME directory URL. Default: Let's Encrypt production.
+    pub directory: String,
+    /// Where the account key, certificate and key are kept. Default: `{data_dir}/acme`.
+    pub cache_dir: Option<PathBuf>,
+    /// PEM root certificate of the ACME server's own HTTPS endpoint, for a private or
+    /// test CA (e.g. Pebble). Default: none (the system's trust store).
+    pub directory_root: Option<PathBuf>,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            domains: Vec::new(),
+            contact: None,
+            directory: LETS_ENCRYPT_DIRECTORY.to_string(),
+            cache_dir: None,
+            directory_root: None,
+        }
+    }
+}
+
+impl AcmeConfig {
+    /// Whether ACME is on.
+    pub fn enabled(&self) -> bool {
+        !self.domains.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.domains.len() > 100 {
+            return Err(invalid("acme.domains", "at most 100 names"));
+        }
+        for d in &self.domains {
+            if !is_dns_name(d) {
+                return Err(invalid(
+                    "acme.domains",
+                    format!(
+                        "{d:?} is not a DNS name (TLS-ALPN-01 covers neither wildcards nor IP addresses)"
+                    ),
+                ));
+            }
+        }
+        if let Some(c) = &self.contact
+            && !(c.starts_with("mailto:") && c.len() > "mailto:".len() && c.contains('@'))
+        {
+            return Err(invalid(
+                "acme.contact",
+                "must be a mailto: URI, e.g. mailto:ops@example.org",
+            ));
+        }
+        if !self.directory.starts_with("https://") {
+            return Err(invalid("acme.directory", "must be an https:// URL"));
+        }
+        Ok(())
+    }
+}
+
+/// A fully qualified DNS name: 2+ labels of letters, digits and inner hyphens, ≤ 253
+/// characters, not all-numeric at the end (so not an IP address).
+fn is_dns_name(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+        && labels
+            .last()
+            .is_some_and(|tld| !tld.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Rate limits (token buckets refilled continuously; the burst equals the per-minute
 /// rate).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +191,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// TLS certificate and key. Default: self-signed, generated on first start.
     pub tls: TlsConfig,
+    /// Certificates from an ACME CA (`[acme]`). Default: off.
+    pub acme: AcmeConfig,
     /// Secret path prefix every API route lives under, e.g. `/abc123`; part of the URL
     /// users receive. Default: `""`, which means a random one generated on first start
     /// and kept in `{data_dir}/path_prefix`. Everything outside it is the decoy site.
@@ -133,6 +227,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             data_dir: PathBuf::from("hushwire-data"),
             tls: TlsConfig::default(),
+            acme: AcmeConfig::default(),
             path_prefix: String::new(),
             site_dir: None,
             registration: RegistrationPolicy::Open,
@@ -210,6 +305,13 @@ impl ServerConfig {
                 ));
             }
             _ => {}
+        }
+        self.acme.validate()?;
+        if self.acme.enabled() && self.tls.cert.is_some() {
+            return Err(invalid(
+                "acme",
+                "set either `[acme] domains` or `[tls] cert/key`, not both",
+            ));
         }
         validate_prefix(&self.path_prefix)?;
         if !(1..=3650).contains(&self.retention_days) {
@@ -302,6 +404,14 @@ impl ServerConfig {
         self.data_dir.join("path_prefix")
     }
 
+    /// Where ACME state is kept: `acme.cache_dir`, else `{data_dir}/acme`.
+    pub fn acme_cache_dir(&self) -> PathBuf {
+        self.acme
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("acme"))
+    }
+
     /// Where the embedded database lives: `{data_dir}/hushwire.db`.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("hushwire.db")
@@ -371,6 +481,14 @@ impl fmt::Display for ServerConfig {
                 "(self-signed)"
             }
         )?;
+        if self.acme.enabled() {
+            writeln!(
+                f,
+                "acme = {} from {}",
+                self.acme.domains.join(", "),
+                self.acme.directory
+            )?;
+        }
         // The prefix is a secret: anyone who knows it can tell this is a Hushwire server.
         writeln!(
             f,

@@ -20,6 +20,7 @@
 //! # Layout
 //! - [`config`]: [`ServerConfig`], TOML-loadable, defaults documented per field, validated.
 //! - [`tls`]: rustls (TLS 1.3, aws-lc-rs), the self-signed certificate and its pin.
+//! - [`acme`]: certificates from an ACME CA (instant-acme, TLS-ALPN-01), renewal.
 //! - this file: [`Server`] (shared state), [`bind`] / [`RunningServer::run`] (the TLS
 //!   accept loop, connection limit, graceful shutdown), the retention task, invites.
 //! - `api`: the HTTPS routes ([`app`]), protobuf bodies and body limits.
@@ -53,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub mod acme;
 mod api;
 mod auth;
 pub mod config;
@@ -63,7 +65,7 @@ pub mod tls;
 mod ws;
 
 pub use api::app;
-pub use config::{ConfigError, RegistrationPolicy, ServerConfig};
+pub use config::{AcmeConfig, ConfigError, RegistrationPolicy, ServerConfig};
 pub use error::{ApiError, ServerError};
 pub use tls::{TlsError, TlsMaterial};
 
@@ -335,12 +337,27 @@ impl RunningServer {
         self.local_addr
     }
 
-    /// The base URL clients use: `https://{addr}{prefix}`.
+    /// The base URL clients use: `https://{addr}{prefix}`; with ACME, the first ACME
+    /// domain instead of the address (and no port when it is 443).
     pub fn url(&self) -> String {
-        format!(
-            "https://{}{}",
-            self.local_addr, self.server.shared.config.path_prefix
-        )
+        let config = &self.server.shared.config;
+        match config.acme.domains.first() {
+            Some(domain) if self.local_addr.port() == 443 => {
+                format!("https://{domain}{}", config.path_prefix)
+            }
+            Some(domain) => format!(
+                "https://{domain}:{}{}",
+                self.local_addr.port(),
+                config.path_prefix
+            ),
+            None => format!("https://{}{}", self.local_addr, config.path_prefix),
+        }
+    }
+
+    /// Whether the certificate comes from an ACME CA (clients then need no pin; the pin
+    /// changes with every renewal).
+    pub fn uses_acme(&self) -> bool {
+        self.tls.acme.is_some()
     }
 
     /// The secret path prefix (part of [`url`](Self::url)).
@@ -373,6 +390,14 @@ impl RunningServer {
         tracing::info!(addr = %local_addr, pin = %tls.pin, "hushwire server listening");
 
         shared.tasks.spawn(expiry_loop(server.clone()));
+        if let Some(store) = &tls.acme {
+            shared.tasks.spawn(acme::maintain(
+                shared.config.acme.clone(),
+                shared.config.acme_cache_dir(),
+                Arc::clone(store),
+                shared.shutdown.clone(),
+            ));
+        }
 
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(10);
@@ -499,6 +524,10 @@ async fn serve_connection(
         },
         () = shared.shutdown.cancelled() => return,
     };
+    if tls.get_ref().1.alpn_protocol() == Some(acme::ACME_TLS_ALPN) {
+        // A CA's TLS-ALPN-01 validation: the handshake was the answer (RFC 8737 §3).
+        return;
+    }
     let h2 = hushwire_decoy::tls::negotiated_h2(tls.get_ref().1);
     let permit = ConnPermit { _slot: slot };
     let service = {

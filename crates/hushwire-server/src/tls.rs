@@ -65,6 +65,8 @@ pub struct TlsMaterial {
     pub pin: String,
     /// The certificate file in use.
     pub cert_path: PathBuf,
+    /// With ACME on: the resolver whose certificate [`crate::acme::maintain`] replaces.
+    pub acme: Option<Arc<crate::acme::CertStore>>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -83,8 +85,13 @@ pub fn install_default_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-/// Loads the configured certificate, or loads/creates the self-signed one.
+/// Loads the configured certificate, or loads/creates the self-signed one. With ACME
+/// on: the cached ACME certificate if it is still valid for the configured domains,
+/// else the self-signed one until the first order completes.
 pub fn load_or_create(config: &ServerConfig) -> Result<TlsMaterial, TlsError> {
+    if config.acme.enabled() {
+        return load_acme(config);
+    }
     let (cert_path, key_path) = match (&config.tls.cert, &config.tls.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => {
@@ -117,10 +124,43 @@ fn build(
         config: Arc::new(config),
         pin,
         cert_path,
+        acme: None,
     })
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+fn load_acme(config: &ServerConfig) -> Result<TlsMaterial, TlsError> {
+    let cache = config.acme_cache_dir();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let (key, validity, cert_path) =
+        match crate::acme::load_cached(&cache, &config.acme.domains, std::time::SystemTime::now())?
+        {
+            Some((key, validity)) => (key, Some(validity), cache.join("cert.pem")),
+            None => {
+                let dir = config.data_dir.join("tls");
+                let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+                ensure_self_signed(&dir, &cert, &key)?;
+                let signing = provider.key_provider.load_private_key(read_key(&key)?)?;
+                let certified = rustls::sign::CertifiedKey::new(read_certs(&cert)?, signing);
+                certified.keys_match()?;
+                (Arc::new(certified), None, cert)
+            }
+        };
+    let spki = key.key.public_key().ok_or(TlsError::NoPublicKey)?;
+    let pin = format_pin(spki.as_ref());
+    let store = Arc::new(crate::acme::CertStore::new(key, validity));
+    let mut tls = hushwire_decoy::tls::server_config(store.clone())?;
+    // Validation handshakes offer only acme-tls/1; ordinary clients never offer it, so
+    // they see nginx's h2/http1.1 exactly as before.
+    tls.alpn_protocols.push(crate::acme::ACME_TLS_ALPN.to_vec());
+    Ok(TlsMaterial {
+        config: Arc::new(tls),
+        pin,
+        cert_path,
+        acme: Some(store),
+    })
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     move |source| TlsError::Io {
         path: path.to_path_buf(),
         source,
@@ -156,7 +196,7 @@ fn ensure_self_signed(dir: &Path, cert: &Path, key: &Path) -> Result<(), TlsErro
     Ok(())
 }
 
-fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
+pub(crate) fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
     let tmp = path.with_extension("pem.tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
@@ -190,7 +230,7 @@ fn warn_if_key_readable(key: &Path) {
     let _ = key;
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let data = std::fs::read(path).map_err(io_err(path))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<Result<_, _>>()
@@ -204,7 +244,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let data = std::fs::read(path).map_err(io_err(path))?;
     rustls_pemfile::private_key(&mut data.as_slice())
         .map_err(io_err(path))?

@@ -69,9 +69,10 @@ pub struct SqliteOptions {
     /// Most write operations committed together (default 512).
     pub max_batch: usize,
     /// Under load (the previous commit carried more than one operation), how long the
-    /// writer keeps a batch open for more operations before committing it (default
-    /// 500 µs; zero disables). Fewer, larger commits cost less CPU per operation; an
-    /// operation alone in its batch (low load) never waits.
+    /// writer keeps a small batch (under 32 operations) open for more before committing
+    /// it (default 500 µs; zero disables). Fewer, larger commits cost less CPU per
+    /// operation; an operation alone in its batch (low load) never waits, nor does a
+    /// large batch.
     pub commit_window: Duration,
     /// Write operations that may wait for the writer before callers are held back
     /// (default 8192).
@@ -84,8 +85,9 @@ pub struct SqliteOptions {
     /// reader gets a quarter of it.
     pub cache_kib: u32,
     /// WAL size, in pages, past which a commit also checkpoints (default 8192, 32 MiB
-    /// with 4 KiB pages). Larger means fewer, bigger checkpoints (pages rewritten in
-    /// the WAL are copied once).
+    /// with 4 KiB pages). The checkpoint runs on the writer thread and holds the commits
+    /// behind it for the copy and an fsync of the database file. Larger means rarer
+    /// stalls and fewer copies (pages rewritten in the WAL are copied once).
     pub wal_autocheckpoint_pages: u32,
 }
 

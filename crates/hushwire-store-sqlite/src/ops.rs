@@ -731,13 +731,20 @@ impl WriterState {
         };
         // The floor matters only once the mailbox is empty: while an entry above
         // `max_seq` remains, max(mailbox.seq) already exceeds every removed seq, and the
-        // ack (or sweep) that removes that entry records the floor then.
-        let more = self
-            .conn
-            .prepare_cached("SELECT 1 FROM mailbox WHERE device = ?1 AND seq > ?2 LIMIT 1")
-            .db()?
-            .exists(params![dev, max_seq])
-            .db()?;
+        // ack (or sweep) that removes that entry records the floor then. If a seq above
+        // `max_seq` was handed out (the cache knows), such an entry remains, or the sweep
+        // that removed it raised the floor past it: no need to look.
+        let handed_out_more = self
+            .seqs
+            .get(&device)
+            .is_some_and(|last| to_i64(*last) > max_seq);
+        let more = handed_out_more
+            || self
+                .conn
+                .prepare_cached("SELECT 1 FROM mailbox WHERE device = ?1 AND seq > ?2 LIMIT 1")
+                .db()?
+                .exists(params![dev, max_seq])
+                .db()?;
         if !more {
             self.raise_floor(dev, max_seq)?;
         }

@@ -106,6 +106,10 @@ pub(crate) struct Batching {
     pub(crate) window: std::time::Duration,
 }
 
+/// A batch this large is not held open: its commit cost is already shared widely, and
+/// waiting would only add latency.
+const WINDOW_TARGET: usize = 32;
+
 /// Takes what is already queued into `batch`/`acks`, up to the batch bound. Acks count
 /// towards a (larger) bound too, so this ends even if acks keep coming.
 fn drain(
@@ -132,8 +136,9 @@ fn drain(
 /// Group commit: a batch is everything queued when the writer gets to it. Under load,
 /// that alone gives small batches (a commit's fsync takes about a millisecond here, and
 /// each commit costs a fixed ~100 µs of CPU for its WAL frames and fsync). So when the
-/// previous batch had more than one job (callers overlap), the batch stays open for
-/// `window` before it runs. A lone job (low load) never waits.
+/// previous batch had more than one job (callers overlap) and fewer than
+/// [`WINDOW_TARGET`] jobs are waiting, the batch stays open for `window` before it runs.
+/// A lone job (low load) never waits, nor does a batch that is already large.
 pub(crate) fn run(mut state: WriterState, mut rx: mpsc::Receiver<Msg>, batching: Batching) {
     let Batching { max_batch, window } = batching;
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
@@ -148,7 +153,8 @@ pub(crate) fn run(mut state: WriterState, mut rx: mpsc::Receiver<Msg>, batching:
             Some(Msg::Ack { device, up_to_seq }) => add_ack(&mut acks, device, up_to_seq),
         }
         drain(&mut rx, &mut batch, &mut acks, &mut shutdown, max_batch);
-        if last_batch > 1 && !window.is_zero() && !batch.is_empty() && batch.len() < max_batch {
+        let small = batch.len() < WINDOW_TARGET.min(max_batch);
+        if last_batch > 1 && small && !window.is_zero() && !batch.is_empty() {
             std::thread::sleep(window);
             drain(&mut rx, &mut batch, &mut acks, &mut shutdown, max_batch);
         }

@@ -39,7 +39,7 @@ fn group_events(c: &Client, conv: &str) -> Vec<(GroupEventKind, String, Vec<Stri
         .into_iter()
         .filter_map(|t| match t {
             TimelineItem::Group(e) => Some((e.kind, e.by, e.handles)),
-            TimelineItem::Message(_) => None,
+            TimelineItem::Message(_) | TimelineItem::RelayLink(_) => None,
         })
         .collect()
 }

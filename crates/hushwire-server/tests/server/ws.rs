@@ -215,7 +215,9 @@ async fn offline_recipient_gets_backlog_then_drained_and_ack_deletes() {
             }),
         )
         .await;
-    bob_ws.ping().await; // the ack was processed before the pong
+    // Acks are hints the store applies with its next commit, without holding up the
+    // connection: wait (bounded) until this one has been applied.
+    wait_pending(&server, &bob, 2).await;
     drop(bob_ws);
     let mut bob_ws = c.login(&bob).await;
     let (again, last2) = bob_ws.backlog().await;
@@ -227,7 +229,7 @@ async fn offline_recipient_gets_backlog_then_drained_and_ack_deletes() {
     bob_ws
         .send(0, client_frame::Body::Ack(wire::Ack { up_to_seq: last2 }))
         .await;
-    bob_ws.ping().await;
+    wait_pending(&server, &bob, 0).await;
     drop(bob_ws);
     let mut bob_ws = c.login(&bob).await;
     assert_eq!(bob_ws.backlog().await, (vec![], 0));
@@ -236,6 +238,31 @@ async fn offline_recipient_gets_backlog_then_drained_and_ack_deletes() {
     accepted(alice_ws.submit(5, app_message(b"g1", 1, 5, b"live")).await);
     let e = bob_ws.expect_deliver().await;
     assert_eq!(e.seq, last2 + 1);
+}
+
+/// Waits (at most 5 s) until `who`'s mailbox holds exactly `n` entries.
+async fn wait_pending(server: &TestServer, who: &Identity, n: u64) {
+    use hushwire_store::{Accounts, DeviceAddr, Mailboxes};
+    let addr = who.addr();
+    let device = server
+        .store
+        .device(&DeviceAddr {
+            handle: addr.handle.clone(),
+            device_id: addr.device_id,
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let mut pending = u64::MAX;
+    for _ in 0..100 {
+        pending = server.store.pending(device).await.unwrap();
+        if pending == n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("mailbox holds {pending} entries, expected {n}");
 }
 
 #[tokio::test]
