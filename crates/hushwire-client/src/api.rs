@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use ed25519_dalek::{Signer as _, SigningKey};
 use hushwire_proto::codec::decode_bounded;
 use hushwire_proto::identity::{REQUEST_AUTH_HEADER, RequestAuth, request_auth_payload};
-use hushwire_proto::limits::MAX_API_BODY_BYTES;
+use hushwire_proto::limits::{MAX_API_BODY_BYTES, MAX_API_RESPONSE_BYTES};
 use hushwire_proto::wire::{self, ErrorCode};
 use hushwire_proto::{PROTOBUF_CONTENT_TYPE, codec};
 use prost::Message;
@@ -313,7 +313,7 @@ impl ApiClient {
             }
         };
         let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_API_BODY_BYTES + 1024);
+        let body = Limited::new(resp.into_body(), MAX_API_RESPONSE_BYTES);
         let bytes = body
             .collect()
             .await
@@ -324,7 +324,7 @@ impl ApiClient {
             .to_bytes();
         self.put_idle(sender);
         if status.is_success() {
-            return decode_bounded::<R>(&bytes, MAX_API_BODY_BYTES).map_err(|e| {
+            return decode_bounded::<R>(&bytes, MAX_API_RESPONSE_BYTES).map_err(|e| {
                 ClientError::Protocol(format!("undecodable {} response: {e}", req.route))
             });
         }

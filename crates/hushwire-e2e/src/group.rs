@@ -35,10 +35,14 @@ use crate::store::to_sql_u64;
 /// The MLS extension type holding a group chat's [`GroupMetadata`] (private-use range).
 pub const GROUP_METADATA_EXTENSION: u16 = 0xF0A1;
 
-/// Largest number of member devices of a post-quantum (X-Wing) group. Above it, one
-/// membership change would make the server send more than 100 MB in total (commit
-/// size grows linearly with the group; measured in BENCHMARKS.md, "Groups").
-pub const XWING_MAX_DEVICES: usize = 256;
+/// Largest number of member devices of a post-quantum (X-Wing) group. Two bounds, both
+/// measured in BENCHMARKS.md ("Groups"): one removal costs the server about
+/// 1.2 KB × n² of egress (84 MB at 256 devices, over 100 MB soon after); and an add's
+/// frame carries the Welcome and the sealed GroupInfo, about 2.6 KB per device each,
+/// which must stay within the frame budget (7/8 of `MAX_FRAME_BYTES`) so that every
+/// commit publishes the GroupInfo a member with lost state rejoins from: 160 × 5.2 KB ≈
+/// 830 KB fits, 180 devices would not.
+pub const XWING_MAX_DEVICES: usize = 160;
 
 /// `Suite` auto-selection at creation: X-Wing when the new group has at most this many
 /// devices (leaving room to grow up to [`XWING_MAX_DEVICES`]), classic above.

@@ -4,8 +4,11 @@
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// Largest single MLS message inside a frame.
 pub const MAX_MLS_MESSAGE_BYTES: usize = 512 * 1024;
-/// Largest HTTPS API body.
+/// Largest HTTPS API request body, and largest error body.
 pub const MAX_API_BODY_BYTES: usize = 256 * 1024;
+/// Largest successful HTTPS API response a client accepts: a stored GroupInfo (which
+/// carries the ratchet tree of a large group) can be as large as a frame.
+pub const MAX_API_RESPONSE_BYTES: usize = MAX_FRAME_BYTES + 64 * 1024;
 /// Most key packages in one upload.
 pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 200;
 /// Most devices in a commit roster.
