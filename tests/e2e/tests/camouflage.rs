@@ -117,6 +117,8 @@ async fn handshake(addr: &str, tls12_only: bool, sni: bool) -> Option<Option<Vec
     Some(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
 }
 
+/// nginx runs as one process (`master_process off`), so killing it leaves no orphaned
+/// worker behind.
 struct Nginx(Child);
 
 impl Drop for Nginx {
@@ -141,7 +143,7 @@ fn start_nginx(dir: &Path, site: &Path, cert: &Path, key: &Path) -> (Nginx, Stri
     std::fs::write(
         &conf,
         format!(
-            "daemon off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n include /etc/nginx/mime.types;\n default_type application/octet-stream;\n access_log off;\n server_tokens off;\n client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n server {{\n  listen 127.0.0.1:{port} ssl http2;\n  ssl_certificate {};\n  ssl_certificate_key {};\n  root {};\n }}\n}}\n",
+            "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n include /etc/nginx/mime.types;\n default_type application/octet-stream;\n access_log off;\n server_tokens off;\n client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n server {{\n  listen 127.0.0.1:{port} ssl http2;\n  ssl_certificate {};\n  ssl_certificate_key {};\n  root {};\n }}\n}}\n",
             cert.display(),
             key.display(),
             site.display()
