@@ -482,15 +482,14 @@ fn process_commit(
 
 /// Every leaf is a certified device (in a 1:1 chat: of us or of the peer), and our own
 /// leaf is this device.
-fn validate_members(
+/// Asks for every unknown account among `members` at once (a large group's Welcome or
+/// commit names many): with more than one missing, fails with
+/// [`E2eError::NeedAccounts`]; a single missing one is reported by the per-leaf check.
+fn ask_missing_accounts(
     ctx: &mut Ctx<'_>,
-    group: &MlsGroup,
-    conversation: &str,
-    group_chat: bool,
+    members: impl Iterator<Item = openmls::group::Member>,
 ) -> Result<(), Fail> {
-    let conv = Some(conversation);
-    let missing: BTreeSet<String> = group
-        .members()
+    let missing: BTreeSet<String> = members
         .filter_map(
             |m| match check_leaf(ctx.conn, ctx.fresh, &m.credential, &m.signature_key) {
                 Err(LeafCheck::NeedAccount(h)) => Some(h),
@@ -503,6 +502,17 @@ fn validate_members(
             missing.into_iter().collect(),
         )));
     }
+    Ok(())
+}
+
+fn validate_members(
+    ctx: &mut Ctx<'_>,
+    group: &MlsGroup,
+    conversation: &str,
+    group_chat: bool,
+) -> Result<(), Fail> {
+    let conv = Some(conversation);
+    ask_missing_accounts(ctx, group.members())?;
     for member in group.members() {
         let addr = check_leaf(
             ctx.conn,
@@ -857,21 +867,7 @@ fn join_group_chat(
     {
         return Err(Fail::Skip);
     }
-    // Ask for every unknown account at once (a large group's Welcome names many).
-    let missing: BTreeSet<String> = staged
-        .members()
-        .filter_map(
-            |m| match check_leaf(ctx.conn, ctx.fresh, &m.credential, &m.signature_key) {
-                Err(LeafCheck::NeedAccount(h)) => Some(h),
-                _ => None,
-            },
-        )
-        .collect();
-    if missing.len() > 1 {
-        return Err(Fail::Fatal(E2eError::NeedAccounts(
-            missing.into_iter().collect(),
-        )));
-    }
+    ask_missing_accounts(ctx, staged.members())?;
     let mut members = std::collections::BTreeMap::new();
     for member in staged.members() {
         let addr: DeviceAddr = check_leaf(
