@@ -374,6 +374,7 @@ pub async fn setup_groups(
                     recipients: vec![b.address()],
                 }],
                 group_info: Default::default(),
+                expire_after_ms: 0,
             })),
         };
         conn.tx

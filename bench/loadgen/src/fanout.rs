@@ -462,6 +462,7 @@ async fn create_group(
                 recipients: others,
             }],
             group_info: Default::default(),
+            expire_after_ms: 0,
         })),
     };
     conns

@@ -14,6 +14,8 @@
 //!   paced messages, server CPU per message at several group sizes.
 //! - `max`: searches the highest offered rate the server sustains (delivered ≈
 //!   offered, nothing lost, p99 bounded), one fresh server per probe.
+//! - `media`: attachment throughput (end-to-end vs the same bytes without end-to-end
+//!   encryption) and client/server peak RSS while moving a large file.
 //!
 //! # Layout
 //! - `sched`: the pure parts (schedule, payload stamp, line fit), unit-tested.
@@ -36,6 +38,7 @@ use tokio::time::Instant;
 mod devices;
 mod fanout;
 mod idle;
+mod media;
 mod procfs;
 mod sched;
 mod server;
@@ -121,6 +124,9 @@ enum Mode {
     Max(MaxArgs),
     /// Fan-out of one group message to N connected devices (one group of all of them).
     Fanout(fanout::FanoutArgs),
+    /// Attachments: end-to-end send+receive throughput of a large file against the same
+    /// bytes moved without end-to-end encryption; client and server peak RSS.
+    Media(media::MediaArgs),
 }
 
 #[derive(Debug, Args)]
@@ -298,6 +304,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Mode::Fanout(a) => {
             fanout::run_mode(&opts, a, c.seed, c.json, c.deadline_secs).await?;
+        }
+        Mode::Media(a) => {
+            let budget = Duration::from_secs(3600);
+            let deadline = Instant::now() + c.deadline_secs.map_or(budget, Duration::from_secs);
+            within(deadline, media::run_mode(&opts.server, a, c.json)).await?;
         }
         Mode::Max(a) => {
             let devices = even(a.devices)?;

@@ -24,14 +24,17 @@ pub struct ServerOpts {
 }
 
 /// The bench configuration: rate limits lifted (every device registers from 127.0.0.1),
-/// room for ~20k connections. Everything else is the server's default (durable writes).
+/// room for ~20k connections, a 1 TiB blob quota (the media mode moves many GiB).
+/// Everything else is the server's default (durable writes).
 fn bench_config(max_connections: usize) -> String {
     format!(
         "# Written by hushwire-loadgen: registration/claim limits lifted for the bench.\n\
          max_connections = {max_connections}\n\
          [rate_limits]\n\
          registrations_per_ip_per_minute = 10000000\n\
-         claims_per_device_per_minute = 10000000\n"
+         claims_per_device_per_minute = 10000000\n\
+         [media]\n\
+         quota_bytes = 1099511627776\n"
     )
 }
 

@@ -32,6 +32,8 @@ pub(crate) fn open_client(dir: &Path) -> anyhow::Result<Client> {
     let mut client = Client::from_profile(profile, ClientOptions::default())?;
     // The profile's ways in: direct, relays, proxy (`hushwire relay …`, `--proxy`).
     client.set_routes(hushwire_client::RouteBook::load(dir)?)?;
+    // Partial downloads and, by default, received files.
+    client.set_media_dir(dir.join("media"));
     Ok(client)
 }
 
@@ -76,7 +78,7 @@ pub(crate) async fn register(
     Ok(())
 }
 
-fn read_text(text: &str) -> anyhow::Result<String> {
+pub(crate) fn read_text(text: &str) -> anyhow::Result<String> {
     let text = if text == "-" {
         let mut buf = String::new();
         std::io::stdin()
@@ -103,6 +105,7 @@ pub(crate) async fn send(
     peer: &str,
     text: &str,
     suite: Option<hushwire_e2e::Suite>,
+    view_once: bool,
 ) -> anyhow::Result<()> {
     let text = read_text(text)?;
     let mut client = open_client(dir)?;
@@ -138,7 +141,15 @@ pub(crate) async fn send(
         }
         _ => None,
     };
-    let queued = client.queue_text(peer, &text);
+    let queued = if view_once {
+        let now = hushwire_client::api::unix_ms();
+        client
+            .profile_mut()
+            .queue_text_with(peer, &text, None, true, now)
+            .map_err(ClientError::from)
+    } else {
+        client.queue_text(peer, &text)
+    };
     if let Some(previous) = restore {
         client.profile_mut().set_default_suite(previous)?;
     }
@@ -177,8 +188,18 @@ pub(crate) async fn send(
     }
 }
 
-pub(crate) async fn receive(dir: &Path, json: bool, wait_secs: u64) -> anyhow::Result<()> {
+pub(crate) async fn receive(
+    dir: &Path,
+    json: bool,
+    download_dir: Option<PathBuf>,
+    wait_secs: u64,
+) -> anyhow::Result<()> {
     let mut client = open_client(dir)?;
+    // Received files are saved as they arrive (and earlier pending ones first).
+    let download_dir = download_dir.unwrap_or_else(|| dir.join("media"));
+    client.set_auto_download(Some(download_dir));
+    client.set_progress(crate::media::progress_bars());
+    crate::media::resume_uploads(&mut client).await?;
     let mut print_err: Option<anyhow::Error> = None;
     let mut on_event = |event: Event| {
         let line = match event {
@@ -213,6 +234,16 @@ pub(crate) async fn receive(dir: &Path, json: bool, wait_secs: u64) -> anyhow::R
             } else {
                 crate::relay::shared_link_line(&m)
             }),
+            Event::Attachment(m, info) => {
+                if let Some(e) = &info.error {
+                    eprintln!("warning: the file of message {} was not saved: {e}", m.id);
+                }
+                Some(if json {
+                    crate::media::attachment_message_json(&m, &info)
+                } else {
+                    crate::media::attachment_line(&m, &info)
+                })
+            }
             Event::GroupOperationFailed {
                 conversation,
                 reason,
@@ -220,7 +251,8 @@ pub(crate) async fn receive(dir: &Path, json: bool, wait_secs: u64) -> anyhow::R
                 eprintln!("warning: a change to {conversation} failed: {reason}");
                 None
             }
-            _ => None,
+            // Receipts, reactions, edits, deletes, typing, presence, requests, timers.
+            other => crate::features::event_line(&other, json),
         };
         if let Some(line) = line
             && print_err.is_none()
@@ -251,6 +283,8 @@ pub(crate) async fn receive(dir: &Path, json: bool, wait_secs: u64) -> anyhow::R
 
 pub(crate) async fn sync(dir: &Path) -> anyhow::Result<()> {
     let mut client = open_client(dir)?;
+    client.set_progress(crate::media::progress_bars());
+    crate::media::resume_uploads(&mut client).await?;
     let result = client.sync(NETWORK_TIMEOUT, &mut |_| {}).await;
     let _ = client.close().await;
     let report = result?;
@@ -261,11 +295,25 @@ pub(crate) async fn sync(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub(crate) fn history(dir: &Path, peer: &str, json: bool) -> anyhow::Result<()> {
-    let profile = open_registered(dir)?;
-    if !hushwire_e2e::group::is_group_name(peer) {
+    let mut profile = open_registered(dir)?;
+    let group = hushwire_e2e::group::is_group_name(peer);
+    if !group {
         hushwire_proto::identity::validate_handle(peer).map_err(ClientError::from)?;
     }
+    // Disappearing messages whose time is up are deleted, not shown.
+    profile.sweep_expired(hushwire_client::api::unix_ms())?;
     let timeline = profile.timeline(peer)?;
+    let reactions = profile.reactions(peer)?;
+    let receipts = profile.receipts(peer)?;
+    // Whose receipts make a message delivered / read: every other member.
+    let members = if group {
+        profile
+            .group_details(peer)
+            .map(|d| d.members.len().saturating_sub(1))
+            .unwrap_or(1)
+    } else {
+        1
+    };
     if timeline.is_empty() && !profile.conversations()?.iter().any(|c| c.name == peer) {
         return Err(user_error(format!("no conversation with {peer}")));
     }
@@ -288,16 +336,28 @@ pub(crate) fn history(dir: &Path, peer: &str, json: bool) -> anyhow::Result<()> 
                 })?;
                 continue;
             }
+            TimelineItem::Attachment(m, info) => {
+                print_line(&if json {
+                    crate::media::attachment_message_json(m, info)
+                } else {
+                    crate::media::attachment_line(m, info)
+                })?;
+                continue;
+            }
         };
         let line = if json {
-            message_json(m)
+            crate::features::history_json(m, &reactions, &receipts, members)
         } else {
             let mark = match m.state {
                 MessageState::Queued => "  (queued)",
                 MessageState::Failed => "  (failed)",
                 MessageState::Sent | MessageState::Received => "",
             };
-            format!("{}{mark}", message_line(m))
+            format!(
+                "{}{mark}{}",
+                message_line(m),
+                crate::features::history_suffix(m, &reactions, &receipts, members)
+            )
         };
         print_line(&line)?;
     }
@@ -305,12 +365,37 @@ pub(crate) fn history(dir: &Path, peer: &str, json: bool) -> anyhow::Result<()> 
 }
 
 pub(crate) fn conversations(dir: &Path, json: bool) -> anyhow::Result<()> {
-    let profile = open_registered(dir)?;
+    let mut profile = open_registered(dir)?;
+    profile.sweep_expired(hushwire_client::api::unix_ms())?;
     for c in profile.conversations()? {
-        print_line(&if json {
-            conversation_json(&c)
+        // What a 1:1 contact last shared of their presence.
+        let presence = if hushwire_e2e::group::is_group_name(&c.name) {
+            None
         } else {
-            conversation_line(&c)
+            profile.presence_of(&c.name)?
+        };
+        print_line(&if json {
+            let mut v: serde_json::Value = serde_json::from_str(&conversation_json(&c))?;
+            if let (Some(p), Some(obj)) = (presence, v.as_object_mut()) {
+                obj.insert(
+                    "presence".into(),
+                    serde_json::json!({
+                        "online": p.online,
+                        "last_seen": p.last_seen_ms.map(crate::output::rfc3339),
+                    }),
+                );
+            }
+            v.to_string()
+        } else {
+            let seen = match presence {
+                Some(p) if p.online => "  (online)".to_string(),
+                Some(p) => p
+                    .last_seen_ms
+                    .map(|t| format!("  (last seen {})", crate::output::human_time(t)))
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            format!("{}{seen}", conversation_line(&c))
         })?;
     }
     Ok(())

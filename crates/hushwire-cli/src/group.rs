@@ -1,5 +1,5 @@
 //! `hushwire group …`: group chats (create, add, remove, leave, promote, demote, rename,
-//! members). A group is the conversation `#TITLE` (`#TITLE~2` when a title is taken
+//! reset, members). A group is the conversation `#TITLE` (`#TITLE~2` when a title is taken
 //! locally); `send`, `history` and `receive` take and show it like a handle.
 //!
 //! Every changing command queues the operation in the profile's outbox (with the local
@@ -82,6 +82,14 @@ pub(crate) enum GroupCommand {
         /// The new title.
         title: String,
     },
+    /// Rebuild a group as a new end-to-end encrypted group with the same title, admins
+    /// and members, keeping the chat history (admins only). The way out when this device
+    /// refused a change the group's rules do not allow (the group "diverged"): the
+    /// member who made it is left out.
+    Reset {
+        /// The group, `#TITLE`.
+        group: String,
+    },
     /// List a group's members and admins (from the local store; `sync` first to be
     /// current).
     Members {
@@ -152,7 +160,8 @@ pub(crate) async fn run(dir: &Path, command: GroupCommand) -> anyhow::Result<()>
                 | GroupCommand::Leave { group }
                 | GroupCommand::Promote { group, .. }
                 | GroupCommand::Demote { group, .. }
-                | GroupCommand::Rename { group, .. } => group.clone(),
+                | GroupCommand::Rename { group, .. }
+                | GroupCommand::Reset { group } => group.clone(),
                 GroupCommand::Create { .. } | GroupCommand::Members { .. } => String::new(),
             };
             check_group_name(&name)?;
@@ -169,6 +178,11 @@ pub(crate) async fn run(dir: &Path, command: GroupCommand) -> anyhow::Result<()>
                     p.group_set_admin(&group, &handle, false, now)
                 }
                 GroupCommand::Rename { group, title } => p.group_rename(&group, &title, now),
+                GroupCommand::Reset { group } => p.group_reset(&group, now).map(|left_out| {
+                    if !left_out.is_empty() {
+                        eprintln!("{group}: leaving out {}", left_out.join(", "));
+                    }
+                }),
                 GroupCommand::Create { .. } | GroupCommand::Members { .. } => Ok(()),
             }
             .map_err(local)?;

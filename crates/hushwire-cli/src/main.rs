@@ -16,7 +16,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod commands;
 mod demo;
+mod features;
 mod group;
+mod media;
 mod output;
 mod relay;
 mod serve;
@@ -164,14 +166,29 @@ pub(crate) enum Command {
         #[arg(long, value_name = "LINK")]
         relay: Vec<String>,
     },
-    /// Send a text message. Prints the message id on the last line of stdout. Exits 0
-    /// once the server has durably accepted it; if the server is unreachable the
-    /// message stays queued (exit 3) and the next `send` or `sync` delivers it.
+    /// Send a text message, or a file (`--file`, end-to-end encrypted, up to 2 GiB;
+    /// a progress bar on a terminal). Prints the message id on the last line of stdout.
+    /// Exits 0 once the server has durably accepted it; if the server is unreachable the
+    /// message (or the rest of the upload) stays queued (exit 3) and the next `send` or
+    /// `sync` delivers it.
     Send {
         /// The recipient's handle, or a group as `#TITLE`.
         handle: String,
         /// The text; `-` reads it from stdin.
-        text: String,
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        text: Option<String>,
+        /// Send this file (photo, video, voice note, any file).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// Text shown with the file.
+        #[arg(long, value_name = "TEXT", requires = "file")]
+        caption: Option<String>,
+        /// Flag the file as a voice note.
+        #[arg(long, requires = "file")]
+        voice: bool,
+        /// View once: the recipient sees it once (`hushwire view ID`), then it is gone.
+        #[arg(long, conflicts_with = "file")]
+        view_once: bool,
         /// Ciphersuite, if this message starts the conversation (default: the
         /// profile's, set at registration).
         #[arg(long, value_enum)]
@@ -189,6 +206,9 @@ pub(crate) enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Where received files are saved (default: the profile's `media` directory).
+        #[arg(long, value_name = "DIR")]
+        download_dir: Option<PathBuf>,
         /// Seconds to keep waiting for new messages after the pending ones.
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         timeout: u64,
@@ -208,6 +228,107 @@ pub(crate) enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+    },
+    /// Mark every message of a conversation read (sends read receipts, unless they
+    /// are off).
+    Read {
+        /// The peer's handle, or a group as `#TITLE`.
+        conversation: String,
+    },
+    /// React to a message with an emoji (`""` removes your reaction).
+    React {
+        /// The message id (as `send` printed it, or `id` in receive/history --json).
+        id: String,
+        /// The emoji.
+        emoji: String,
+    },
+    /// Reply to a message, quoting it. Prints the new message id on the last line.
+    Reply {
+        /// The message id.
+        id: String,
+        /// The text; `-` reads it from stdin.
+        text: String,
+    },
+    /// Edit one of your messages, on every device of the conversation.
+    Edit {
+        /// The message id.
+        id: String,
+        /// The new text; `-` reads it from stdin.
+        text: String,
+    },
+    /// Delete a message: yours for everyone (also the server's queued copies),
+    /// someone else's on this device.
+    Delete {
+        /// The message id.
+        id: String,
+    },
+    /// Open a view-once message (once: then it is gone).
+    View {
+        /// The message id.
+        id: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a conversation's disappearing-messages timer: 5s .. 90d (s, m, h, d, w), or
+    /// off. In a group chat only admins may.
+    Timer {
+        /// The peer's handle, or a group as `#TITLE`.
+        conversation: String,
+        /// e.g. 5s, 1h, 7d, off.
+        duration: String,
+    },
+    /// Tell a conversation you are typing (or stopped, with --stop). Never stored.
+    Typing {
+        /// The peer's handle, or a group as `#TITLE`.
+        conversation: String,
+        /// Stopped typing.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Ask a contact whether they are online (they answer if their setting shares it
+    /// with you; yours must share it with them).
+    Presence {
+        /// The contact's handle.
+        handle: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, value_name = "SECS", default_value_t = 5)]
+        timeout: u64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List message requests: first messages from people who are not your contacts.
+    Requests {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept someone's message request: they become a contact.
+    Accept {
+        /// Their handle.
+        handle: String,
+    },
+    /// Delete someone's message request (its messages, on this device).
+    Decline {
+        /// Their handle.
+        handle: String,
+    },
+    /// Block an account: its messages are dropped, and the server stops queueing them.
+    Block {
+        /// Their handle.
+        handle: String,
+    },
+    /// Unblock an account.
+    Unblock {
+        /// Their handle.
+        handle: String,
+    },
+    /// Show or change settings: `settings read-receipts on|off`, `settings presence
+    /// everyone|contacts|nobody`.
+    Settings {
+        #[command(subcommand)]
+        command: Option<features::SettingsCommand>,
     },
     /// Show this profile's identity and server.
     Whoami,
@@ -267,7 +388,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 | C::InviteRequired(_)
                 | C::UnknownHandle(_)
                 | C::NotRegistered
-                | C::AlreadyRegistered(_) => 1,
+                | C::AlreadyRegistered(_)
+                | C::File { .. } => 1,
                 C::E2e(e) => e2e_code(e),
                 C::Unreachable { .. }
                 | C::PinMismatch { .. }
@@ -412,18 +534,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send {
             handle,
             text,
+            file,
+            caption,
+            voice,
+            view_once,
             suite,
+        } => match (file, text) {
+            (Some(file), _) => {
+                media::send_file(
+                    &commands::profile_dir(profile)?,
+                    &handle,
+                    &file,
+                    caption.unwrap_or_default(),
+                    voice,
+                    suite.map(Into::into),
+                )
+                .await
+            }
+            (None, _) if caption.is_some() || voice => {
+                Err(user_error("--caption and --voice go with --file"))
+            }
+            (None, text) => {
+                commands::send(
+                    &commands::profile_dir(profile)?,
+                    &handle,
+                    text.as_deref().unwrap_or_default(),
+                    suite.map(Into::into),
+                    view_once,
+                )
+                .await
+            }
+        },
+        Command::Receive {
+            json,
+            download_dir,
+            timeout,
         } => {
-            commands::send(
+            commands::receive(
                 &commands::profile_dir(profile)?,
-                &handle,
-                &text,
-                suite.map(Into::into),
+                json,
+                download_dir,
+                timeout,
             )
             .await
-        }
-        Command::Receive { json, timeout } => {
-            commands::receive(&commands::profile_dir(profile)?, json, timeout).await
         }
         Command::Group { command } => group::run(&commands::profile_dir(profile)?, command).await,
         Command::Sync => commands::sync(&commands::profile_dir(profile)?).await,
@@ -432,6 +585,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Conversations { json } => {
             commands::conversations(&commands::profile_dir(profile)?, json)
+        }
+        Command::Read { conversation } => {
+            features::read(&commands::profile_dir(profile)?, &conversation).await
+        }
+        Command::React { id, emoji } => {
+            features::react(&commands::profile_dir(profile)?, &id, &emoji).await
+        }
+        Command::Reply { id, text } => {
+            features::reply(&commands::profile_dir(profile)?, &id, &text).await
+        }
+        Command::Edit { id, text } => {
+            features::edit(&commands::profile_dir(profile)?, &id, &text).await
+        }
+        Command::Delete { id } => features::delete(&commands::profile_dir(profile)?, &id).await,
+        Command::View { id, json } => {
+            features::view(&commands::profile_dir(profile)?, &id, json).await
+        }
+        Command::Timer {
+            conversation,
+            duration,
+        } => features::timer(&commands::profile_dir(profile)?, &conversation, &duration).await,
+        Command::Typing { conversation, stop } => {
+            features::typing(&commands::profile_dir(profile)?, &conversation, stop).await
+        }
+        Command::Presence {
+            handle,
+            timeout,
+            json,
+        } => features::presence(&commands::profile_dir(profile)?, &handle, timeout, json).await,
+        Command::Requests { json } => features::requests(&commands::profile_dir(profile)?, json),
+        Command::Accept { handle } => {
+            features::accept(&commands::profile_dir(profile)?, &handle).await
+        }
+        Command::Decline { handle } => features::decline(&commands::profile_dir(profile)?, &handle),
+        Command::Block { handle } => {
+            features::block(&commands::profile_dir(profile)?, &handle, true).await
+        }
+        Command::Unblock { handle } => {
+            features::block(&commands::profile_dir(profile)?, &handle, false).await
+        }
+        Command::Settings { command } => {
+            features::settings(&commands::profile_dir(profile)?, command)
         }
         Command::Whoami => commands::whoami(&commands::profile_dir(profile)?),
         Command::Demo => demo::run().await,

@@ -35,20 +35,17 @@ pub(crate) fn rfc3339(ms: u64) -> String {
 
 /// `[2026-11-27 10:00:00] bob: hi`
 pub(crate) fn message_line(m: &StoredMessage) -> String {
-    format!("[{}] {}: {}", human_time(m.sent_at_ms), m.from, m.text)
+    // Reply, edited, view once, disappearing (features.rs).
+    crate::features::decorate_line(
+        format!("[{}] {}: {}", human_time(m.sent_at_ms), m.from, m.text),
+        m,
+    )
 }
 
 /// `{"type":"message","id":…,"conversation":…,"from":…,"sent_at":…,"text":…}`
+/// (plus `reply_to`, `view_once`, `expires_at`, `edited_at` when they apply)
 pub(crate) fn message_json(m: &StoredMessage) -> String {
-    json!({
-        "type": "message",
-        "id": m.id,
-        "conversation": m.conversation,
-        "from": m.from,
-        "sent_at": rfc3339(m.sent_at_ms),
-        "text": m.text,
-    })
-    .to_string()
+    crate::features::message_value(m).to_string()
 }
 
 /// `{"type":"group","event":"added","conversation":"#T","by":…,"handles":[…],"at":…}`
@@ -82,6 +79,13 @@ pub(crate) fn group_event_line(e: &GroupEvent) -> String {
         ),
         GroupEventKind::Promoted => format!("{} made {who} admin", e.by),
         GroupEventKind::Demoted => format!("{} removed {who} as admin", e.by),
+        GroupEventKind::Diverged => format!(
+            "this device refused a change by {} that the group's rules do not allow; \
+             until an admin runs `hushwire group reset '{}'` the group cannot change",
+            e.by, e.conversation
+        ),
+        GroupEventKind::Reset if who.is_empty() => format!("{} reset the group", e.by),
+        GroupEventKind::Reset => format!("{} reset the group without {who}", e.by),
     };
     format!("[{}] {}: {what}", human_time(e.at_ms), e.conversation)
 }
@@ -94,6 +98,8 @@ pub(crate) fn conversation_json(c: &ConversationSummary) -> String {
         "last_message_at": c.last_message_at_ms.map(rfc3339),
         "messages": c.message_count,
         "suite": suite_name(c.suite),
+        "timer": crate::features::timer_text(c.expire_timer_ms),
+        "request": c.request,
     })
     .to_string()
 }
@@ -105,8 +111,13 @@ pub(crate) fn conversation_line(c: &ConversationSummary) -> String {
         .map(|ms| format!(", last {}", human_time(ms)))
         .unwrap_or_default();
     let plural = if c.message_count == 1 { "" } else { "s" };
+    let timer = match c.expire_timer_ms {
+        0 => String::new(),
+        t => format!(", disappearing {}", crate::features::timer_text(t)),
+    };
+    let request = if c.request { " (message request)" } else { "" };
     format!(
-        "{}  {} message{plural}{last}, {}",
+        "{}{request}  {} message{plural}{last}, {}{timer}",
         c.name,
         c.message_count,
         suite_name(c.suite)

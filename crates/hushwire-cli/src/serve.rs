@@ -30,7 +30,7 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| user_error("no home directory found; pass --data DIR"))
 }
 
-/// Defaults < config file < flags.
+/// Defaults < config file < environment (`HUSHWIRE_MEDIA_*`) < flags.
 fn build_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     let mut config = ServerConfig::default();
     let mut file_sets_data_dir = false;
@@ -44,6 +44,11 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             .map(|t| t.contains_key("data_dir"))
             .unwrap_or(false);
     }
+    // The environment overrides the file (`HUSHWIRE_MEDIA_*`); flags override both.
+    config
+        .media
+        .apply_env(|k| std::env::var(k).ok())
+        .map_err(|e| user_error(format!("environment: {e}")))?;
     if let Some(data) = &args.data {
         config.data_dir = data.clone();
     } else if !file_sets_data_dir {
@@ -88,25 +93,29 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     Ok(config)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called (not
+/// when first polled), so a signal right after, say, the URL was printed is not lost to
+/// the default action (being killed).
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    () = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
+    let handlers = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        if let (Some(mut term), Some(mut int)) = handlers {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => ctrl_c.await,
+            return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    #[cfg(not(unix))]
-    ctrl_c.await;
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -117,6 +126,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let running = hushwire_server::bind(config.clone(), store.clone())
         .await
         .context("cannot start the server")?;
+    // Listening for SIGINT/SIGTERM before saying we are up.
+    let shutdown = shutdown_signal();
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "url: {}", running.url())?;
@@ -133,7 +144,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     tracing::info!(data_dir = %config.data_dir.display(), "serving");
-    let result = running.run(shutdown_signal()).await;
+    let result = running.run(shutdown).await;
     store.shutdown().await;
     result.context("server failed")?;
     tracing::info!("stopped");

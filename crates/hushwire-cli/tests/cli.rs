@@ -156,7 +156,17 @@ fn last_line(o: &Output) -> String {
         .to_string()
 }
 
+/// `receive --json` without the notifications about conversations (message requests,
+/// receipts: see `conversation_features`), which these tests do not look at.
 fn receive_json(profile: &Path) -> Vec<Value> {
+    receive_json_all(profile)
+        .into_iter()
+        .filter(|v| v["type"] != "request" && v["type"] != "receipt")
+        .collect()
+}
+
+/// Every line of `receive --json`.
+fn receive_json_all(profile: &Path) -> Vec<Value> {
     let o = hushwire(profile, &["receive", "--json"]);
     assert_code(&o, 0);
     stdout(&o)
@@ -481,6 +491,21 @@ fn help_lists_every_command() {
         "conversations",
         "whoami",
         "demo",
+        "read",
+        "react",
+        "reply",
+        "edit",
+        "delete",
+        "view",
+        "timer",
+        "typing",
+        "presence",
+        "requests",
+        "accept",
+        "decline",
+        "block",
+        "unblock",
+        "settings",
     ] {
         assert!(out.contains(cmd), "{cmd} missing from:\n{out}");
     }
@@ -543,11 +568,18 @@ fn receive_waits_for_live_messages_and_acks_on_sigterm() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(bob.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    // The next message line (a first message from alice comes after its request line).
+    let mut next_message = || loop {
+        let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        if v["type"] == "message" {
+            return v;
+        }
+    };
+    let first = next_message();
     assert_eq!(first["text"], "first");
     // bob is now connected and waiting: this one is pushed live.
     let id = send(&e.alice, "bob", "live one", 0);
-    let live: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let live = next_message();
     assert_eq!(live["id"], id.as_str());
     assert_eq!(live["text"], "live one");
 
@@ -737,4 +769,170 @@ fn relay_share_then_add_shared() {
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[0].starts_with("direct"), "{lines:?}");
     assert_eq!(lines[1], format!("relay {LINK}"));
+}
+
+fn lines_of(o: &Output) -> Vec<Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+fn of_type<'a>(got: &'a [Value], t: &str) -> Vec<&'a Value> {
+    got.iter().filter(|v| v["type"] == t).collect()
+}
+
+/// The conversation features' CLI contract (issue 7): requests, receipts, reactions,
+/// replies, edits, deletes, timers, view once, blocking, settings, typing, presence.
+#[test]
+fn conversation_features() {
+    let e = env();
+    let carol = e._root.path().join("carol");
+    let server = Server::start(&e.server_data, "127.0.0.1:0", &[]);
+    register(&e.alice, "alice", &server);
+    register(&e.bob, "bob", &server);
+    register(&carol, "carol", &server);
+
+    let id1 = send(&e.alice, "bob", "hi bob", 0);
+    let id2 = send(&e.alice, "bob", "are you there?", 0);
+    let got = receive_json_all(&e.bob);
+    assert_eq!(got[0]["type"], "request", "{got:?}");
+    assert_eq!(got[0]["from"], "alice");
+    assert_eq!(of_type(&got, "message").len(), 2);
+    let o = hushwire(&e.bob, &["requests", "--json"]);
+    assert_code(&o, 0);
+    let reqs = lines_of(&o);
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        (reqs[0]["from"].as_str(), reqs[0]["messages"].as_u64()),
+        (Some("alice"), Some(2))
+    );
+    // No receipt goes to a requester.
+    assert!(of_type(&receive_json_all(&e.alice), "receipt").is_empty());
+
+    assert_code(&hushwire(&e.bob, &["accept", "alice"]), 0);
+    assert!(lines_of(&hushwire(&e.bob, &["requests", "--json"])).is_empty());
+    let got = receive_json_all(&e.alice);
+    let receipts = of_type(&got, "receipt");
+    assert_eq!(receipts.len(), 2, "{got:?}");
+    assert_eq!(receipts[0]["status"], "delivered");
+    assert_eq!(receipts[0]["message_id"], id1.as_str());
+    assert_eq!(receipts[0]["from"], "bob");
+
+    assert_code(&hushwire(&e.bob, &["read", "alice"]), 0);
+    assert_code(&hushwire(&e.bob, &["react", &id1, "👍"]), 0);
+    let o = hushwire(&e.bob, &["reply", &id1, "yes, here"]);
+    assert_code(&o, 0);
+    let reply = last_line(&o);
+    assert!(is_uuid(&reply), "{reply:?}");
+    let got = receive_json_all(&e.alice);
+    let read: Vec<&str> = of_type(&got, "receipt")
+        .iter()
+        .filter(|r| r["status"] == "read")
+        .map(|r| r["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(read, [id1.as_str(), id2.as_str()]);
+    let reaction = of_type(&got, "reaction");
+    assert_eq!(reaction.len(), 1);
+    assert_eq!(
+        (
+            reaction[0]["message_id"].as_str(),
+            reaction[0]["emoji"].as_str(),
+            reaction[0]["from"].as_str()
+        ),
+        (Some(id1.as_str()), Some("👍"), Some("bob"))
+    );
+    let msg = of_type(&got, "message");
+    assert_eq!(msg[0]["id"], reply.as_str());
+    assert_eq!(msg[0]["reply_to"], id1.as_str());
+
+    // Edits and deletes: the author's only.
+    assert_code(&hushwire(&e.alice, &["edit", &id1, "hi bob (edited)"]), 0);
+    let o = hushwire(&e.bob, &["edit", &id2, "not mine"]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("author"), "{}", stderr(&o));
+    assert_code(&hushwire(&e.bob, &["react", "not-an-id", "👍"]), 1);
+    let got = receive_json_all(&e.bob);
+    let edit = of_type(&got, "edit");
+    assert_eq!(
+        (edit[0]["message_id"].as_str(), edit[0]["text"].as_str()),
+        (Some(id1.as_str()), Some("hi bob (edited)"))
+    );
+    // history --json: current text, reactions, receipt status.
+    let o = hushwire(&e.alice, &["history", "bob", "--json"]);
+    assert_code(&o, 0);
+    let history = lines_of(&o);
+    let first = history.iter().find(|m| m["id"] == id1.as_str()).unwrap();
+    assert_eq!(first["text"], "hi bob (edited)");
+    assert!(first["edited_at"].is_string());
+    assert_eq!(first["reactions"][0]["emoji"], "👍");
+    assert_eq!(first["status"], "read");
+    assert_eq!(first["receipts"][0]["member"], "bob");
+    assert_code(&hushwire(&e.alice, &["delete", &id2]), 0);
+    let got = receive_json_all(&e.bob);
+    let del = of_type(&got, "delete");
+    assert_eq!(del[0]["message_id"], id2.as_str());
+    let o = hushwire(&e.bob, &["history", "alice", "--json"]);
+    assert!(!stdout(&o).contains(&id2), "{}", stdout(&o));
+
+    // Disappearing-messages timer.
+    assert_code(&hushwire(&e.alice, &["timer", "bob", "1s"]), 1);
+    assert_code(&hushwire(&e.alice, &["timer", "bob", "1h"]), 0);
+    let got = receive_json_all(&e.bob);
+    let timer = of_type(&got, "timer");
+    assert_eq!(
+        (timer[0]["timer"].as_str(), timer[0]["by"].as_str()),
+        (Some("1h"), Some("alice"))
+    );
+    let o = hushwire(&e.bob, &["conversations", "--json"]);
+    assert!(stdout(&o).contains("\"timer\":\"1h\""), "{}", stdout(&o));
+    let later = send(&e.alice, "bob", "gone in an hour", 0);
+    let got = receive_json_all(&e.bob);
+    let m = of_type(&got, "message");
+    assert_eq!(m[0]["id"], later.as_str());
+    assert!(m[0]["expires_at"].is_string());
+    assert_code(&hushwire(&e.alice, &["timer", "bob", "off"]), 0);
+
+    // View once.
+    let o = hushwire(&e.alice, &["send", "bob", "look once", "--view-once"]);
+    assert_code(&o, 0);
+    let once = last_line(&o);
+    let got = receive_json_all(&e.bob);
+    let m = of_type(&got, "message");
+    let m = m.iter().find(|m| m["id"] == once.as_str()).unwrap();
+    assert_eq!(
+        (m["view_once"].as_bool(), m["text"].is_null()),
+        (Some(true), true)
+    );
+    let o = hushwire(&e.bob, &["view", &once]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("look once"), "{}", stdout(&o));
+    assert_code(&hushwire(&e.bob, &["view", &once]), 1);
+
+    // Typing and presence (alice is offline: bob learns nothing, cleanly).
+    assert_code(&hushwire(&e.bob, &["typing", "alice"]), 0);
+    let o = hushwire(&e.bob, &["presence", "alice", "--timeout", "1", "--json"]);
+    assert_code(&o, 0);
+    assert_eq!(lines_of(&o).last().unwrap()["type"], "presence");
+
+    // Blocking a stranger.
+    send(&carol, "bob", "buy my stuff", 0);
+    assert_code(&hushwire(&e.bob, &["block", "carol"]), 0);
+    send(&carol, "bob", "really, buy it", 0);
+    let got = receive_json_all(&e.bob);
+    assert!(!got.iter().any(|v| v["from"] == "carol"), "{got:?}");
+    assert!(lines_of(&hushwire(&e.bob, &["requests", "--json"])).is_empty());
+    let o = hushwire(&e.bob, &["settings"]);
+    assert!(stdout(&o).contains("blocked: carol"), "{}", stdout(&o));
+    assert_code(&hushwire(&e.bob, &["unblock", "carol"]), 0);
+    assert_code(&hushwire(&e.bob, &["unblock", "carol"]), 1);
+
+    // Settings.
+    let o = hushwire(&e.bob, &["settings", "read-receipts", "off"]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("read-receipts: off"), "{}", stdout(&o));
+    let o = hushwire(&e.bob, &["settings", "presence", "nobody"]);
+    assert!(stdout(&o).contains("presence: nobody"), "{}", stdout(&o));
+    assert_code(&hushwire(&e.bob, &["presence", "alice"]), 1);
+    assert_code(&hushwire(&e.bob, &["settings", "presence", "sometimes"]), 1);
 }

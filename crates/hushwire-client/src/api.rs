@@ -110,8 +110,12 @@ impl Signer for KeySigner {
 pub struct ApiRequest {
     method: Method,
     route: String,
-    body: Vec<u8>,
+    /// `Bytes`, so a retry (and a multi-MiB blob part) is never copied.
+    body: Bytes,
     auth: Option<String>,
+    content_type: &'static str,
+    /// `Range: bytes=N-` (downloads; not covered by the signature).
+    range_from: Option<u64>,
 }
 
 impl fmt::Debug for ApiRequest {
@@ -131,9 +135,57 @@ impl ApiRequest {
         Self {
             method,
             route: route.into(),
-            body,
+            body: Bytes::from(body),
             auth: None,
+            content_type: PROTOBUF_CONTENT_TYPE,
+            range_from: None,
         }
+    }
+
+    /// `POST /v1/blobs` (sign it).
+    pub fn create_blob(req: &wire::CreateBlob) -> Self {
+        Self::new(Method::POST, "/v1/blobs", codec::encode(req))
+    }
+
+    /// `PUT /v1/blobs/{id}/parts/{index}` with the part's raw bytes (sign it).
+    pub fn put_blob_part(blob_id: &[u8], index: u32, part: Vec<u8>) -> Self {
+        let mut req = Self::new(
+            Method::PUT,
+            format!("/v1/blobs/{}/parts/{index}", hex_id(blob_id)),
+            part,
+        );
+        req.content_type = OCTET_STREAM;
+        req
+    }
+
+    /// `GET /v1/blobs/{id}/status` (sign it).
+    pub fn blob_status(blob_id: &[u8]) -> Self {
+        Self::new(
+            Method::GET,
+            format!("/v1/blobs/{}/status", hex_id(blob_id)),
+            Vec::new(),
+        )
+    }
+
+    /// `GET /v1/blobs/{id}`, from byte `from` on (`Range: bytes=from-` when > 0; sign
+    /// it); send it with [`ApiClient::open_stream`].
+    pub fn download_blob(blob_id: &[u8], from: u64) -> Self {
+        let mut req = Self::new(
+            Method::GET,
+            format!("/v1/blobs/{}", hex_id(blob_id)),
+            Vec::new(),
+        );
+        req.range_from = (from > 0).then_some(from);
+        req
+    }
+
+    /// `DELETE /v1/blobs/{id}` (sign it).
+    pub fn delete_blob(blob_id: &[u8]) -> Self {
+        Self::new(
+            Method::DELETE,
+            format!("/v1/blobs/{}", hex_id(blob_id)),
+            Vec::new(),
+        )
     }
 
     /// `POST /v1/register` (not signed).
@@ -267,10 +319,79 @@ impl ApiClient {
 
     /// Sends a request and decodes the protobuf response, or the `ApiError`.
     pub async fn call<R: Message + Default>(&self, req: ApiRequest) -> Result<R, ClientError> {
-        let limit = self.endpoint.connect_timeout() + Duration::from_secs(20);
+        self.call_with_timeout(req, Duration::from_secs(20)).await
+    }
+
+    /// [`ApiClient::call`] allowing `answer_within` (after the connect timeout) for
+    /// sending the request and reading the answer: large bodies (blob parts) need more.
+    pub async fn call_with_timeout<R: Message + Default>(
+        &self,
+        req: ApiRequest,
+        answer_within: Duration,
+    ) -> Result<R, ClientError> {
+        let limit = self.endpoint.connect_timeout() + answer_within;
         tokio::time::timeout(limit, self.call_inner(req))
             .await
             .map_err(|_| ClientError::Timeout("waiting for the server's answer".into()))?
+    }
+
+    /// Sends a request on a connection of its own and returns the successful response's
+    /// body as a stream (a blob download: no size cap here, the caller bounds it), or the
+    /// `ApiError`. The response head must arrive within the connect timeout + 20 s; the
+    /// caller bounds each chunk's wait.
+    pub async fn open_stream(&self, req: ApiRequest) -> Result<ByteStream, ClientError> {
+        let limit = self.endpoint.connect_timeout() + Duration::from_secs(20);
+        tokio::time::timeout(limit, self.open_stream_inner(req))
+            .await
+            .map_err(|_| ClientError::Timeout("waiting for the server's answer".into()))?
+    }
+
+    async fn open_stream_inner(&self, req: ApiRequest) -> Result<ByteStream, ClientError> {
+        let url = self.endpoint.https_url(&req.route)?;
+        let path = self.endpoint.path_and_query(&req.route);
+        let mut builder = hyper::Request::builder()
+            .method(req.method.clone())
+            .uri(path.as_str())
+            .header(hyper::header::HOST, host_header(&url));
+        if let Some(auth) = &req.auth {
+            builder = builder.header(REQUEST_AUTH_HEADER, auth.as_str());
+        }
+        if let Some(from) = req.range_from {
+            builder = builder.header(hyper::header::RANGE, format!("bytes={from}-"));
+        }
+        let request = builder
+            .body(Full::new(req.body.clone()))
+            .map_err(|e| ClientError::Protocol(format!("building the request: {e}")))?;
+        let mut sender = self.connect().await?;
+        let resp = sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.network_error(&e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = Limited::new(resp.into_body(), MAX_API_BODY_BYTES);
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    url: self.endpoint.base_url(),
+                    reason: format!("reading the response: {e}"),
+                })?
+                .to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let content_range_start = resp
+            .headers()
+            .get(hyper::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_content_range_start);
+        Ok(ByteStream {
+            status: status.as_u16(),
+            content_range_start,
+            body: resp.into_body(),
+            base_url: self.endpoint.base_url(),
+            _sender: sender,
+        })
     }
 
     async fn call_inner<R: Message + Default>(&self, req: ApiRequest) -> Result<R, ClientError> {
@@ -282,13 +403,13 @@ impl ApiClient {
                 .uri(path.as_str())
                 .header(hyper::header::HOST, host_header(&url));
             if !req.body.is_empty() || req.method != Method::GET {
-                builder = builder.header(hyper::header::CONTENT_TYPE, PROTOBUF_CONTENT_TYPE);
+                builder = builder.header(hyper::header::CONTENT_TYPE, req.content_type);
             }
             if let Some(auth) = &req.auth {
                 builder = builder.header(REQUEST_AUTH_HEADER, auth.as_str());
             }
             builder
-                .body(Full::new(Bytes::from(req.body.clone())))
+                .body(Full::new(req.body.clone()))
                 .map_err(|e| ClientError::Protocol(format!("building the request: {e}")))
         };
         // A kept-alive connection may have been closed by the server meanwhile: if
@@ -328,30 +449,103 @@ impl ApiClient {
                 ClientError::Protocol(format!("undecodable {} response: {e}", req.route))
             });
         }
-        let (code, message) = match decode_bounded::<wire::ApiError>(&bytes, MAX_API_BODY_BYTES) {
-            Ok(err) => (
-                ErrorCode::try_from(err.code).unwrap_or(ErrorCode::Unspecified),
-                err.message,
-            ),
-            Err(_) => (
-                ErrorCode::Unspecified,
-                status
-                    .canonical_reason()
-                    .unwrap_or("unexpected response")
-                    .to_string(),
-            ),
-        };
-        Err(ClientError::Api {
-            status: status.as_u16(),
-            code,
-            message,
-        })
+        Err(api_error(status, &bytes))
     }
 
     fn network_error(&self, e: &hyper::Error) -> ClientError {
         ClientError::Unreachable {
             url: self.endpoint.base_url(),
             reason: describe_chain(e),
+        }
+    }
+}
+
+/// An error response as [`ClientError::Api`].
+fn api_error(status: hyper::StatusCode, bytes: &[u8]) -> ClientError {
+    let (code, message) = match decode_bounded::<wire::ApiError>(bytes, MAX_API_BODY_BYTES) {
+        Ok(err) => (
+            ErrorCode::try_from(err.code).unwrap_or(ErrorCode::Unspecified),
+            err.message,
+        ),
+        Err(_) => (
+            ErrorCode::Unspecified,
+            status
+                .canonical_reason()
+                .unwrap_or("unexpected response")
+                .to_string(),
+        ),
+    };
+    ClientError::Api {
+        status: status.as_u16(),
+        code,
+        message,
+    }
+}
+
+/// `Content-Type` of blob parts.
+const OCTET_STREAM: &str = "application/octet-stream";
+
+/// Blob ids in routes: lowercase hex.
+fn hex_id(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first byte of `Content-Range: bytes START-END/TOTAL`.
+fn parse_content_range_start(value: &str) -> Option<u64> {
+    let range = value.trim().strip_prefix("bytes")?.trim_start();
+    let (start, _) = range.split_once('-')?;
+    start.trim().parse().ok()
+}
+
+/// A successful response's body, read chunk by chunk ([`ApiClient::open_stream`]).
+pub struct ByteStream {
+    status: u16,
+    content_range_start: Option<u64>,
+    body: hyper::body::Incoming,
+    base_url: String,
+    /// Keeps the connection's request side alive while the body is read.
+    _sender: SendRequest<Full<Bytes>>,
+}
+
+impl fmt::Debug for ByteStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ByteStream")
+            .field("status", &self.status)
+            .field("content_range_start", &self.content_range_start)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ByteStream {
+    /// The HTTP status (200, or 206 for a range).
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// For a 206: where the range starts (`Content-Range`).
+    pub fn content_range_start(&self) -> Option<u64> {
+        self.content_range_start
+    }
+
+    /// The next chunk of the body; `None` at its end. A broken connection is
+    /// [`ClientError::Unreachable`] (transient).
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ClientError>> {
+        loop {
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        return Some(Ok(data));
+                    }
+                }
+                Err(e) => {
+                    return Some(Err(ClientError::Unreachable {
+                        url: self.base_url.clone(),
+                        reason: format!("reading the download: {}", describe_chain(&e)),
+                    }));
+                }
+            }
         }
     }
 }

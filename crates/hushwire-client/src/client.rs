@@ -24,7 +24,12 @@ use crate::api::{Signer, signing_time_ms, unix_ms};
 use crate::connection::frame_name;
 use crate::{ApiClient, ApiRequest, ClientError, Connection, Endpoint};
 
+mod features;
 mod group;
+mod media;
+
+pub use features::PRESENCE_WAIT;
+pub use media::{Direction, ProgressFn, SendFileOptions, Transfer};
 
 /// Both suites every device keeps key packages for.
 pub const SUITES: [Suite; 2] = [Suite::XWing, Suite::Classic];
@@ -135,6 +140,8 @@ enum Incoming {
     Envelope,
     Drained,
     SubmitResult(u64, wire::SubmitResult),
+    /// The answer to an ephemeral signal, a block or a retraction.
+    Done(u64, wire::Done),
     Other,
 }
 
@@ -150,6 +157,10 @@ pub struct Client {
     stored_this_session: u64,
     key_packages_checked: bool,
     defer_deliveries: bool,
+    media: media::MediaState,
+    /// Sending receipts while waiting failed (not for a network reason): wait until the
+    /// end of `receive` to try again.
+    receipts_stuck: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -188,6 +199,7 @@ impl Client {
         let routes = crate::RouteBook::load(dir)?;
         let mut client = Self::from_profile(Profile::open(dir)?, options)?;
         client.set_routes(routes)?;
+        client.set_media_dir(dir.join("media"));
         Ok(client)
     }
 
@@ -216,6 +228,8 @@ impl Client {
             stored_this_session: 0,
             key_packages_checked: false,
             defer_deliveries: false,
+            media: media::MediaState::default(),
+            receipts_stuck: false,
         })
     }
 
@@ -428,6 +442,11 @@ impl Client {
                 Ok(Incoming::SubmitResult(frame.request_id, result))
             }
             Some(server_frame::Body::Pong(_)) => Ok(Incoming::Other),
+            Some(server_frame::Body::Ephemeral(signal)) => {
+                self.on_ephemeral(signal).await?;
+                Ok(Incoming::Other)
+            }
+            Some(server_frame::Body::Done(done)) => Ok(Incoming::Done(frame.request_id, done)),
             Some(server_frame::Body::Error(e)) => Err(ClientError::Protocol(format!(
                 "server error frame ({:?}): {}",
                 ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
@@ -458,12 +477,11 @@ impl Client {
             // Each account is fetched at most once per envelope: asking again for one
             // already given means fetching does not help.
             let mut fetched = std::collections::HashSet::new();
-            loop {
+            let stored = loop {
                 let needed = match self.profile.receive(envelope, unix_ms()) {
                     Ok(events) => {
-                        self.events.extend(events);
                         self.stored_this_session += 1;
-                        break;
+                        break events;
                     }
                     Err(E2eError::NeedAccount(handle)) => vec![handle],
                     Err(E2eError::NeedAccounts(handles)) => handles,
@@ -483,7 +501,9 @@ impl Client {
                     }
                 }
                 fetched.extend(needed);
-            }
+            };
+            // Attachments are downloaded here when auto-download is on.
+            self.deliver_events(stored).await?;
         }
         let batch = self.options.ack_batch;
         let full = match self.live.as_mut() {
@@ -553,6 +573,7 @@ impl Client {
         on_event: &mut (dyn FnMut(Event) + Send),
     ) -> Result<(), ClientError> {
         let deadline = deadline_after(timeout);
+        self.profile.sweep_expired(unix_ms())?;
         let mut attempt = 0;
         loop {
             let step = self.outbox_step(deadline).await;
@@ -588,34 +609,14 @@ impl Client {
         if Instant::now() >= deadline {
             return Err(ClientError::Timeout("sending the outbox".into()));
         }
+        // Blocks, retractions and blob deletions go first (features.rs).
+        if self.server_request_step(deadline).await? {
+            return Ok(false);
+        }
         match self.profile.next_action(unix_ms())? {
             Action::Idle => Ok(true),
             Action::NeedPeer { handle, suite } => {
-                let account = match self.fetch_account(&handle).await {
-                    Err(ClientError::UnknownHandle(h)) => return Err(self.fail_start(h)),
-                    other => other?,
-                };
-                let claim = wire::ClaimKeyPackages {
-                    handle: handle.clone(),
-                    ciphersuite: u32::from(suite.code()),
-                };
-                let req = self.signed(ApiRequest::claim_key_packages(&claim))?;
-                let claimed = match self.api.call::<wire::ClaimedKeyPackages>(req).await {
-                    Err(ClientError::Api {
-                        code: ErrorCode::NoKeyPackages,
-                        ..
-                    }) => {
-                        return Err(E2eError::NoKeyPackages(handle).into());
-                    }
-                    Err(ClientError::Api {
-                        status: 404,
-                        code: ErrorCode::NotFound,
-                        ..
-                    }) => return Err(self.fail_start(handle)),
-                    other => other?,
-                };
-                self.profile
-                    .provide_peer(&account, &claimed.key_packages, unix_ms())?;
+                self.start_conversation(&handle, suite).await?;
                 Ok(false)
             }
             Action::Submit(submit) => {
@@ -663,6 +664,43 @@ impl Client {
         }
     }
 
+    /// Starts a 1:1 conversation with `handle`: fetches its account, claims a key
+    /// package per device and lets the profile create the group (its creating commit
+    /// goes to the head of the outbox). An unknown handle fails its queued texts.
+    pub(crate) async fn start_conversation(
+        &mut self,
+        handle: &str,
+        suite: Suite,
+    ) -> Result<(), ClientError> {
+        let handle = handle.to_string();
+        let account = match self.fetch_account(&handle).await {
+            Err(ClientError::UnknownHandle(h)) => return Err(self.fail_start(h)),
+            other => other?,
+        };
+        let claim = wire::ClaimKeyPackages {
+            handle: handle.clone(),
+            ciphersuite: u32::from(suite.code()),
+        };
+        let req = self.signed(ApiRequest::claim_key_packages(&claim))?;
+        let claimed = match self.api.call::<wire::ClaimedKeyPackages>(req).await {
+            Err(ClientError::Api {
+                code: ErrorCode::NoKeyPackages,
+                ..
+            }) => {
+                return Err(E2eError::NoKeyPackages(handle).into());
+            }
+            Err(ClientError::Api {
+                status: 404,
+                code: ErrorCode::NotFound,
+                ..
+            }) => return Err(self.fail_start(handle)),
+            other => other?,
+        };
+        self.profile
+            .provide_peer(&account, &claimed.key_packages, unix_ms())?;
+        Ok(())
+    }
+
     /// Sends a `Submit` and waits for its result, storing deliveries meanwhile.
     async fn submit(
         &mut self,
@@ -708,6 +746,12 @@ impl Client {
         let mut report = ReceiveReport::default();
         self.stored_this_session = 0;
         self.defer_deliveries = false;
+        self.receipts_stuck = false;
+        // Disappearing messages whose time is up are deleted first.
+        self.profile.sweep_expired(unix_ms())?;
+        // Attachments left pending by an earlier run (interrupted, offline) first.
+        self.download_pending().await?;
+        self.emit(on_event);
         if self.live.is_some() {
             // `drained` is only meaningful right after login: start on a fresh connection
             // so that everything the server holds now is fetched before returning.
@@ -743,6 +787,13 @@ impl Client {
             }
         }
         let until = deadline_after(wait);
+        if !wait.is_zero() {
+            // Online for the wait: tell the contacts the setting allows (and ask theirs).
+            if let Err(e) = self.announce_presence(true, timeout).await {
+                tracing::warn!(error = %e, "presence not announced");
+            }
+            self.emit(on_event);
+        }
         let mut attempt = 0;
         loop {
             let step = self.wait_step(until).await;
@@ -758,6 +809,18 @@ impl Client {
                         return Err(e);
                     }
                 }
+            }
+        }
+        if !wait.is_zero() {
+            if let Err(e) = self.announce_presence(false, timeout).await {
+                tracing::warn!(error = %e, "going offline not announced");
+            }
+            self.emit(on_event);
+        }
+        if self.profile.outbox_len()? > 0 && report.outbox_error.is_none() {
+            // Receipts queued during the wait.
+            if let Err(e) = self.flush_outbox(timeout, on_event).await {
+                report.outbox_error = Some(e);
             }
         }
         self.flush_ack().await?;
@@ -811,7 +874,25 @@ impl Client {
         self.ensure_connected().await?;
         match self.next_frame(until).await? {
             Some(frame) => {
+                let queued = self.profile.outbox_len()?;
                 self.dispatch(frame).await?;
+                if !self.receipts_stuck && self.profile.outbox_len()? > queued {
+                    // A delivered receipt for what just arrived (features.rs).
+                    let deadline = (Instant::now() + self.options.connect_timeout).max(until);
+                    let flushed = async {
+                        while !self.outbox_step(deadline).await? {}
+                        Ok::<(), ClientError>(())
+                    }
+                    .await;
+                    if let Err(e) = flushed {
+                        if e.is_network() {
+                            return Err(e);
+                        }
+                        // Not retried for every frame; the end of `receive` tries again.
+                        tracing::warn!(error = %e, "outbox not sent while waiting");
+                        self.receipts_stuck = true;
+                    }
+                }
                 Ok(false)
             }
             None => Ok(true),

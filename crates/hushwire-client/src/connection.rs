@@ -342,6 +342,8 @@ pub(crate) fn frame_name(body: Option<&server_frame::Body>) -> &'static str {
         Some(server_frame::Body::Pong(_)) => "pong",
         Some(server_frame::Body::Error(_)) => "error",
         Some(server_frame::Body::Drained(_)) => "drained",
+        Some(server_frame::Body::Ephemeral(_)) => "ephemeral",
+        Some(server_frame::Body::Done(_)) => "done",
     }
 }
 

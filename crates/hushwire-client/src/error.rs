@@ -104,6 +104,29 @@ pub enum ClientError {
     /// The end-to-end layer (local store, MLS state) failed.
     #[error(transparent)]
     E2e(#[from] E2eError),
+    /// A file to send cannot be sent: missing, unreadable, not a regular file, too
+    /// large, or changed while it was being uploaded.
+    #[error("cannot send {path}: {reason}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// An attachment could not be downloaded or opened: it failed verification
+    /// (tampered, truncated, the wrong file), is malformed, or is gone from the server.
+    /// Retrying does not help.
+    #[error("attachment: {0}")]
+    Attachment(String),
+    /// Reading or writing a local file failed (disk full, permissions).
+    #[error("{context}: {source}")]
+    LocalIo {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {

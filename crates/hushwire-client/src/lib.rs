@@ -17,7 +17,12 @@
 //! - [`connection`]: the raw authenticated WebSocket [`Connection`] (also used by the
 //!   load generator without a profile).
 //! - `register`: [`register`] — create an identity and register it on a server.
-//! - `client`: [`Client`] — the sync engine: flush the outbox, receive, key packages.
+//! - `client`: [`Client`] — the sync engine: flush the outbox, receive, key packages;
+//!   attachments ([`Client::send_file`], [`Client::download_attachment`]: encrypted
+//!   with `hushwire_media`, uploaded and downloaded in resumable, streamed parts);
+//!   conversation features ([`Client::send_typing`], [`Client::announce_presence`],
+//!   [`Client::request_presence`]; blocks, retractions and receipts the profile queues
+//!   go out with the outbox).
 //! - `error`: [`ClientError`].
 
 pub mod api;
@@ -30,7 +35,7 @@ pub mod tls;
 #[cfg(test)]
 mod test_support;
 
-pub use api::{ApiClient, ApiRequest, KeySigner, Signer};
+pub use api::{ApiClient, ApiRequest, ByteStream, KeySigner, Signer};
 pub use connection::{Connection, FrameReceiver, FrameSender, PendingConnection};
 pub use endpoint::{Dialer, Endpoint, Transport};
 pub use error::ClientError;
@@ -38,8 +43,11 @@ pub use routes::{ProxyKind, ProxyUrl, Route, RouteBook};
 mod client;
 mod register;
 
-pub use client::{Client, ClientOptions, ProfileSigner, ReceiveReport, SUITES};
+pub use client::{
+    Client, ClientOptions, Direction, PRESENCE_WAIT, ProfileSigner, ProgressFn, ReceiveReport,
+    SUITES, SendFileOptions, Transfer,
+};
 pub use register::{INITIAL_KEY_PACKAGES, Registered, register};
 
 /// Re-exported so front ends need not depend on `hushwire-e2e` for the common types.
-pub use hushwire_e2e::{Event, Identity, MessageState, StoredMessage};
+pub use hushwire_e2e::{AttachmentInfo, Event, Identity, MessageState, StoredMessage};

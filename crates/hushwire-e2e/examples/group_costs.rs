@@ -102,6 +102,7 @@ fn run(n: usize, suite: Suite) {
                 admins: vec!["member0".into()],
                 membership: MembershipPolicy::Admins as i32,
                 recovery_key: vec![7u8; 32].into(),
+                replaces: Default::default(),
             })
             .unwrap(),
         ),

@@ -130,11 +130,17 @@ pub enum GroupEventKind {
     Promoted,
     /// Members stopped being admins.
     Demoted,
+    /// This device refused a commit of the group (`by`: the member who sent it): the
+    /// server's log went on without us. An admin resets the group.
+    Diverged,
+    /// An admin rebuilt the group as a new MLS group (history kept, `handles`: who was
+    /// left out).
+    Reset,
 }
 
 impl GroupEventKind {
     /// The name used in JSON output: `added`, `removed`, `left`, `renamed`, `promoted`,
-    /// `demoted`.
+    /// `demoted`, `diverged`, `reset`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Added => "added",
@@ -143,6 +149,8 @@ impl GroupEventKind {
             Self::Renamed => "renamed",
             Self::Promoted => "promoted",
             Self::Demoted => "demoted",
+            Self::Diverged => "diverged",
+            Self::Reset => "reset",
         }
     }
 
@@ -154,6 +162,8 @@ impl GroupEventKind {
             "renamed" => Self::Renamed,
             "promoted" => Self::Promoted,
             "demoted" => Self::Demoted,
+            "diverged" => Self::Diverged,
+            "reset" => Self::Reset,
             _ => return None,
         })
     }

@@ -52,6 +52,15 @@ pub(crate) struct OpParams {
     /// Built without the policy check (tests of what a modified client can do).
     #[serde(default)]
     pub unchecked: bool,
+    /// `greset`: the replaced group's id (hex) and the metadata carried over.
+    #[serde(default)]
+    pub replaces: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub admins: Option<Vec<String>>,
+    #[serde(default)]
+    pub membership: Option<i32>,
 }
 
 pub(crate) fn parse_params(raw: Option<&str>) -> OpParams {
@@ -384,6 +393,79 @@ impl Profile {
         Ok(())
     }
 
+    /// Resets a group chat (admins only): queues a new MLS group with the same title,
+    /// description, admins and membership policy, and every current member except the
+    /// one whose refused commit made the group diverge. Members' clients accept it only
+    /// from an admin of the replaced group (in their own state of it) and carry the
+    /// conversation, with its history, over to it; the old group ends. This is the way
+    /// out of a diverged group (see [`Event::Group`] `diverged`), and a last resort for
+    /// any group that no longer works. Returns the handles left out.
+    pub fn group_reset(
+        &mut self,
+        conversation: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, E2eError> {
+        let (old_id, group) = self.active_chat(conversation)?;
+        self.require_admin(&group, true)?;
+        let me = self.me()?.0.handle.clone();
+        let meta = match metadata_of(group.extensions()) {
+            Some(Ok(m)) => m,
+            _ => return Err(E2eError::Protocol("not a group chat".into())),
+        };
+        let diverged_by: Option<String> = self.conn.query_row(
+            "SELECT diverged_by FROM group_chats WHERE group_id = ?1",
+            params![old_id],
+            |r| r.get(0),
+        )?;
+        let left_out: Vec<String> = diverged_by.into_iter().filter(|h| *h != me).collect();
+        let handles: Vec<String> = member_map(&group)
+            .into_keys()
+            .filter(|h| *h != me && !left_out.contains(h))
+            .collect();
+        if handles.is_empty() {
+            return Err(E2eError::Protocol(format!(
+                "{conversation} has nobody left to reset it with"
+            )));
+        }
+        let queued: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM outbox WHERE conversation = ?1 AND kind = 'greset'",
+            params![conversation],
+            |r| r.get(0),
+        )?;
+        if queued > 0 {
+            return Ok(left_out);
+        }
+        let suite = Suite::from_ciphersuite(group.ciphersuite())
+            .ok_or_else(|| E2eError::Storage("group has an unsupported suite".into()))?;
+        let mut admins: Vec<String> = meta
+            .admins
+            .iter()
+            .filter(|a| !left_out.contains(a))
+            .cloned()
+            .collect();
+        if admins.is_empty() {
+            admins.push(me.clone());
+        }
+        let mut new_id = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut new_id);
+        let p = OpParams {
+            handles,
+            title: Some(meta.title.clone()),
+            suite: Some(suite.code()),
+            replaces: Some(hex::encode(&old_id)),
+            description: Some(meta.description.clone()),
+            admins: Some(admins),
+            membership: Some(meta.membership),
+            ..OpParams::default()
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        insert_item(&tx, "greset", conversation, &new_id, &p, false, now_ms)?;
+        tx.commit()?;
+        Ok(left_out)
+    }
+
     /// Gives up a queued rejoin of `conversation` (the server keeps no GroupInfo for it,
     /// or it does not open): the item leaves the outbox so it blocks nothing behind it.
     /// Returns the event to report.
@@ -429,6 +511,12 @@ impl Profile {
         now_ms: u64,
     ) -> Result<(), E2eError> {
         let me = self.me()?.0.handle.clone();
+        if !unchecked && crate::inbox::is_diverged(&self.conn, group_id)? {
+            return Err(E2eError::Protocol(format!(
+                "{conversation} diverged (this device refused a change the group's rules do \
+                 not allow); an admin must reset it first: hushwire group reset '{conversation}'"
+            )));
+        }
         let handles = if kind == "gmeta" {
             handles.to_vec()
         } else {
@@ -478,7 +566,7 @@ impl Profile {
         let Some((item_id, raw, kind)) = head else {
             return Ok(vec![]);
         };
-        if kind != "gcreate" && kind != "gadd" {
+        if kind != "gcreate" && kind != "greset" && kind != "gadd" {
             return Ok(vec![]);
         }
         let mut p = parse_params(raw.as_deref());
@@ -579,7 +667,7 @@ impl Profile {
     ) -> Result<Option<Action>, E2eError> {
         let p = parse_params(raw_params);
         let me = self.me()?.0.clone();
-        if kind == "gcreate" {
+        if kind == "gcreate" || kind == "greset" {
             if !p.provided {
                 return Ok(Some(Action::NeedMembers {
                     conversation: conversation.to_string(),
@@ -672,12 +760,18 @@ impl Profile {
         }
         let mut recovery_key = vec![0u8; group::RECOVERY_KEY_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut recovery_key);
+        let replaces = match p.replaces.as_deref().map(hex::decode) {
+            Some(Ok(id)) => id,
+            Some(Err(_)) => return Err(E2eError::Storage("bad reset parameters".into())),
+            None => Vec::new(),
+        };
         let meta = GroupMetadata {
             title: p.title.clone().unwrap_or_default(),
-            description: String::new(),
-            admins: vec![me.handle.clone()],
-            membership: MembershipPolicy::Admins as i32,
+            description: p.description.clone().unwrap_or_default(),
+            admins: p.admins.clone().unwrap_or_else(|| vec![me.handle.clone()]),
+            membership: p.membership.unwrap_or(MembershipPolicy::Admins as i32),
             recovery_key: recovery_key.into(),
+            replaces: replaces.into(),
         };
         store_recovery_key(&tx, group_id, &meta)?;
         let provider = Provider::new(&tx);
@@ -708,6 +802,7 @@ impl Profile {
                 recipients: addrs.iter().map(DeviceAddr::to_wire).collect(),
             }],
             group_info: group_info_bytes(gi, Some(&meta), group_id)?.into(),
+            ..Submit::default()
         };
         tx.execute(
             "INSERT OR REPLACE INTO groups (group_id, conversation, suite, state, created_at_ms)
@@ -872,6 +967,7 @@ impl Profile {
                     roster: vec![],
                     welcomes: vec![],
                     group_info: Default::default(),
+                    ..Submit::default()
                 };
                 let submit = store_submit(&tx, ord, submit)?;
                 tx.commit()?;
@@ -909,6 +1005,7 @@ impl Profile {
                 group_id,
             )?
             .into(),
+            ..Submit::default()
         };
         let submit = store_submit(&tx, ord, submit)?;
         tx.commit()?;
@@ -1016,6 +1113,7 @@ impl Profile {
             roster: post_roster,
             welcomes: vec![],
             group_info: group_info_bytes(gi, Some(&meta), &group_id)?.into(),
+            ..Submit::default()
         };
         tx.execute(
             "UPDATE groups SET state = 'pending' WHERE group_id = ?1",
@@ -1083,6 +1181,7 @@ impl Profile {
                 "SELECT c.group_id, c.conversation, MIN(b.epoch) FROM group_chats c
                  JOIN inbox_buffer b ON b.group_id = c.group_id
                  JOIN groups g ON g.group_id = c.group_id AND g.state = 'active'
+                 WHERE c.diverged_by IS NULL
                  GROUP BY c.group_id",
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
@@ -1097,6 +1196,72 @@ impl Profile {
         }
         Ok(out)
     }
+}
+
+/// Moves the conversation of `parent` (the group a reset replaces) over to `new_id`,
+/// keeping its history; the group it used ends (`inactive`). When two admins reset the
+/// same group at once, every member ends in the reset with the lower group id, whatever
+/// order they learn of them in. Returns the conversation, or `None` when `parent` is not
+/// a group chat of ours or `new_id` lost to another reset of it.
+pub(crate) fn adopt_reset(
+    conn: &Connection,
+    parent: &[u8],
+    new_id: &[u8],
+    suite: Suite,
+    now_ms: u64,
+) -> Result<Option<String>, E2eError> {
+    let conversation: Option<String> = conn
+        .query_row(
+            "SELECT conversation FROM groups WHERE group_id = ?1",
+            params![parent],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(conversation) = conversation else {
+        return Ok(None);
+    };
+    let current: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT group_id FROM group_chats WHERE conversation = ?1",
+            params![conversation],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(current) = current else {
+        return Ok(None);
+    };
+    if current.as_slice() == new_id {
+        return Ok(Some(conversation));
+    }
+    if current.as_slice() != parent {
+        let sibling = load_group(conn, &current)
+            .ok()
+            .and_then(|g| metadata_of(g.extensions()))
+            .and_then(Result::ok)
+            .is_some_and(|m| m.replaces.as_ref() == parent);
+        if !sibling || new_id >= current.as_slice() {
+            return Ok(None);
+        }
+    }
+    conn.execute(
+        "UPDATE groups SET state = 'inactive' WHERE group_id = ?1",
+        params![current],
+    )?;
+    conn.execute(
+        "DELETE FROM inbox_buffer WHERE group_id = ?1",
+        params![current],
+    )?;
+    conn.execute(
+        "UPDATE group_chats SET group_id = ?2, leaving = 0, diverged_by = NULL
+         WHERE conversation = ?1",
+        params![conversation, new_id],
+    )?;
+    conn.execute(
+        "INSERT OR REPLACE INTO groups (group_id, conversation, suite, state, created_at_ms)
+         VALUES (?1, ?2, ?3, 'active', ?4)",
+        params![new_id, conversation, suite.code(), to_sql_u64(now_ms)?],
+    )?;
+    Ok(Some(conversation))
 }
 
 fn fresh_id() -> [u8; 16] {

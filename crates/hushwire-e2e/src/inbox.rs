@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::group::GroupEventKind;
 use crate::outbox::{group_config, load_group, reset_lost_commit};
-use crate::profile::{DeviceAddr, KV_LAST_SEQ, LeafCheck, check_leaf, parse_credential, uuid_text};
+use crate::profile::{DeviceAddr, KV_LAST_SEQ, LeafCheck, check_leaf, parse_credential};
 use crate::store::{Provider, kv_set, to_sql_u64};
 use crate::{E2eError, Event, Identity, MessageState, Profile, StoredMessage, Suite};
 
@@ -43,6 +43,15 @@ enum Fail {
     },
     /// Roll back and move on silently (a duplicate).
     Skip,
+    /// A group chat's commit at our epoch was refused (not authorized, or not valid
+    /// MLS): recorded as a failure, and the group marked diverged (see
+    /// [`record_divergence`]).
+    Diverged {
+        conversation: String,
+        group_id: Vec<u8>,
+        by: String,
+        reason: String,
+    },
 }
 
 impl From<E2eError> for Fail {
@@ -113,6 +122,8 @@ impl Profile {
         if envelope.seq <= self.last_received_seq()? {
             return Ok(vec![]);
         }
+        // Disappearing messages whose time is up go first (features.rs).
+        self.sweep_expired(now_ms)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -156,6 +167,22 @@ impl Profile {
                     now_ms,
                 )?);
             }
+            Err(Fail::Diverged {
+                conversation,
+                group_id,
+                by,
+                reason,
+            }) => {
+                events.extend(record_divergence(
+                    &tx,
+                    envelope.seq,
+                    &conversation,
+                    &group_id,
+                    &by,
+                    reason,
+                    now_ms,
+                )?);
+            }
         }
         // Buffered envelopes left over from an earlier drain that could not finish
         // (e.g. `submit_result` met a member whose account is unknown) are retried here,
@@ -195,6 +222,77 @@ fn record_failure(
     })
 }
 
+/// Records a refused commit of a group chat and marks the group diverged: the server's
+/// log went on past our epoch with a commit every honest member refuses, so
+/// - the group is never rejoined automatically (the GroupInfo the server keeps came
+///   from that commit: rejoining would accept the change we refused);
+/// - our queued membership changes are dropped (their commits can only be stale) and new
+///   ones are refused until an admin resets the group ([`Profile::group_reset`]);
+/// - texts still flow at our epoch between the members who refused it.
+///
+/// Only the first refusal marks the group; later ones are recorded as failures.
+fn record_divergence(
+    conn: &Connection,
+    seq: u64,
+    conversation: &str,
+    group_id: &[u8],
+    by: &str,
+    reason: String,
+    now_ms: u64,
+) -> Result<Vec<Event>, E2eError> {
+    let mut events = vec![record_failure(
+        conn,
+        seq,
+        Some(conversation.to_string()),
+        reason,
+        now_ms,
+    )?];
+    let marked = conn.execute(
+        "UPDATE group_chats SET diverged_by = ?2 WHERE group_id = ?1 AND diverged_by IS NULL",
+        params![group_id, by],
+    )?;
+    if marked == 0 {
+        return Ok(events);
+    }
+    if let Ok(mut group) = load_group(conn, group_id)
+        && group.pending_commit().is_some()
+    {
+        let provider = Provider::new(conn);
+        group
+            .clear_pending_commit(provider.storage())
+            .map_err(E2eError::from)?;
+    }
+    let dropped: Vec<String> = {
+        let mut stmt = conn.prepare(
+            "SELECT kind FROM outbox WHERE group_id = ?1 AND kind LIKE 'g%' AND kind != 'greset'",
+        )?;
+        let rows = stmt.query_map(params![group_id], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    conn.execute(
+        "DELETE FROM outbox WHERE group_id = ?1 AND kind LIKE 'g%' AND kind != 'greset'",
+        params![group_id],
+    )?;
+    for kind in dropped {
+        events.push(Event::GroupOperationFailed {
+            conversation: conversation.to_string(),
+            reason: format!("{kind}: the group diverged; an admin must reset it"),
+        });
+    }
+    events.push(Event::Group(crate::group::record_event(
+        conn,
+        conversation,
+        group_id,
+        GroupEventKind::Diverged,
+        by,
+        vec![],
+        None,
+        false,
+        now_ms,
+    )?));
+    Ok(events)
+}
+
 /// Like [`drain_buffer`], but a missing account only postpones the drain (rolled back to
 /// a savepoint; the next `receive` retries and reports `NeedAccount` to the client).
 pub(crate) fn drain_buffer_or_postpone(
@@ -213,7 +311,7 @@ pub(crate) fn drain_buffer_or_postpone(
             Ok(vec![])
         }
         Err(Fail::Fatal(e)) => Err(e),
-        Err(Fail::Skip | Fail::Invalid { .. }) => Ok(vec![]),
+        Err(Fail::Skip | Fail::Invalid { .. } | Fail::Diverged { .. }) => Ok(vec![]),
     }
 }
 
@@ -275,6 +373,20 @@ pub(crate) fn drain_buffer(ctx: &mut Ctx<'_>, group_id: &[u8]) -> Result<Vec<Eve
                 reason,
                 ctx.now_ms,
             )?),
+            Err(Fail::Diverged {
+                conversation,
+                group_id,
+                by,
+                reason,
+            }) => events.extend(record_divergence(
+                ctx.conn,
+                envelope.seq,
+                &conversation,
+                &group_id,
+                &by,
+                reason,
+                ctx.now_ms,
+            )?),
         }
     }
 }
@@ -318,6 +430,14 @@ fn process(ctx: &mut Ctx<'_>, envelope: &Envelope) -> Result<Outcome, Fail> {
             }
             let mut group = load_group(ctx.conn, &h.group_id)?;
             let local = group.epoch().as_u64();
+            if h.epoch > local && is_diverged(ctx.conn, &h.group_id)? {
+                // The epochs after the commit we refused belong to a state of the group
+                // we will never be in: nothing from them can be read, so nothing waits.
+                return Err(invalid(
+                    conv,
+                    "from a state of the group this device refused (an admin must reset it)",
+                ));
+            }
             match h.content_type {
                 ContentType::Commit => {
                     if h.epoch < local {
@@ -396,23 +516,42 @@ fn process_commit(
             .map_err(E2eError::from)?;
         reset_lost_commit(ctx.conn, &group_id, local + 1, ctx.now_ms)?;
     }
+    let chat = is_group_chat(ctx.conn, &group_id)?;
+    // A group chat's commit at our epoch that we refuse leaves us behind the server's
+    // log for good: the group diverged (see `record_divergence`).
+    let refuse = |by: &str, reason: String| {
+        if chat {
+            Fail::Diverged {
+                conversation: conversation.to_string(),
+                group_id: group_id.clone(),
+                by: by.to_string(),
+                reason,
+            }
+        } else {
+            invalid(conv, reason)
+        }
+    };
+    let posted_by = envelope
+        .sender
+        .as_ref()
+        .map(|s| s.handle.clone())
+        .unwrap_or_default();
     let message = protocol_message(envelope, conversation)?;
     let provider = Provider::new(ctx.conn);
     let processed = group
         .process_message(&provider, message)
-        .map_err(|e| invalid(conv, format!("commit rejected by MLS: {e}")))?;
+        .map_err(|e| refuse(&posted_by, format!("commit rejected by MLS: {e}")))?;
     let external = matches!(processed.sender(), Sender::NewMemberCommit);
-    let committer = parse_credential(processed.credential()).map_err(|r| invalid(conv, r))?;
+    let committer = parse_credential(processed.credential()).map_err(|r| refuse(&posted_by, r))?;
     let staged = match processed.into_content() {
         ProcessedMessageContent::StagedCommitMessage(staged) => staged,
         ProcessedMessageContent::OwnPrivateMessage => return Ok(done(vec![])),
         _ => return Err(invalid(conv, "a commit header with other content")),
     };
-    let chat = is_group_chat(ctx.conn, &group_id)?;
     // Group policy, checked before anything is merged.
     let changes = if chat {
         crate::group::authorize_commit(group, &staged, &committer, external)
-            .map_err(|r| invalid(conv, format!("commit not authorized: {r}")))?
+            .map_err(|r| refuse(&committer.handle, format!("commit not authorized: {r}")))?
     } else {
         vec![]
     };
@@ -445,7 +584,10 @@ fn process_commit(
             )?;
             return Ok(done(events));
         }
-        validate_members(ctx, group, conversation, true)?;
+        validate_members(ctx, group, conversation, true).map_err(|f| match f {
+            Fail::Invalid { reason, .. } => refuse(&committer.handle, reason),
+            other => other,
+        })?;
         let leaving: i64 = ctx.conn.query_row(
             "SELECT leaving FROM group_chats WHERE group_id = ?1",
             params![group_id],
@@ -561,8 +703,30 @@ fn process_application(
     if content.id.len() != hushwire_proto::limits::MESSAGE_ID_BYTES {
         return Err(invalid(conv, "content id is not 16 bytes"));
     }
+    // Receipts, reactions, edits, deletes, timer changes; blocked senders (features.rs).
+    let content = match crate::features::receive_content(
+        ctx.conn,
+        ctx.me,
+        conversation,
+        group,
+        &sender,
+        content,
+        ctx.now_ms,
+    )? {
+        crate::features::Handled::Done(events) => return Ok(done(events)),
+        crate::features::Handled::Invalid(reason) => return Err(invalid(conv, reason)),
+        crate::features::Handled::Store(content) => *content,
+    };
+    let meta = crate::features::StoreMeta::of(&content).map_err(|r| invalid(conv, r))?;
+    let mut attachment = None;
     let (text, kind) = match content.body {
         Some(Body::Text(t)) => (t.text, crate::outbox::KIND_TEXT),
+        Some(Body::Attachment(a)) => {
+            crate::attachments::check_incoming(&a).map_err(|r| invalid(conv, r))?;
+            let caption = a.caption.clone();
+            attachment = Some(a);
+            (caption, crate::attachments::KIND_ATTACHMENT)
+        }
         Some(Body::RelayLink(r)) => {
             // Stored only if it is a well-formed link; never logged (it holds the
             // relay's secret). Nothing is added to the routes without the user.
@@ -570,6 +734,8 @@ fn process_application(
                 .map_err(|e| invalid(conv, e.to_string()))?;
             (link.to_string(), crate::outbox::KIND_RELAY_LINK)
         }
+        // Feature bodies were handled above (features::receive_content).
+        Some(_) => return Err(invalid(conv, "unexpected content type")),
         None => return Err(invalid(conv, "content without a body")),
     };
     let outgoing = sender.handle == ctx.me.handle;
@@ -599,21 +765,40 @@ fn process_application(
     if inserted == 0 {
         return Ok(done(vec![])); // duplicate content id from this sender
     }
+    // Reply, view once, expiry, delivered receipt, message request (features.rs).
+    let mut events = crate::features::after_store(
+        ctx.conn,
+        ctx.me,
+        conversation,
+        group,
+        &sender.handle,
+        &content.id,
+        &meta,
+        envelope.server_time_ms,
+        ctx.now_ms,
+    )?;
+    if let Some(a) = &attachment {
+        let info = crate::attachments::store_incoming(ctx.conn, &sender.handle, &content.id, a)?;
+        let stored = crate::attachments::stored_message(ctx.conn, &sender.handle, &content.id)?;
+        events.push(Event::Attachment(stored, info));
+        return Ok(done(events));
+    }
     let event = if kind == crate::outbox::KIND_RELAY_LINK {
         Event::RelayLink
     } else {
         Event::Message
     };
-    Ok(done(vec![event(StoredMessage {
-        id: uuid_text(&content.id),
-        conversation: conversation.to_string(),
-        from: sender.handle,
-        sent_at_ms: content.sent_at_ms,
-        received_at_ms: Some(ctx.now_ms),
-        text,
-        outgoing,
-        state,
-    })]))
+    let _ = (text, outgoing, state);
+    let stored: StoredMessage = ctx.conn.query_row(
+        &format!(
+            "SELECT {} FROM messages WHERE sender = ?1 AND id = ?2",
+            crate::features::MESSAGE_COLUMNS
+        ),
+        params![sender.handle, content.id.as_ref()],
+        crate::features::message_from_row,
+    )?;
+    events.push(event(stored));
+    Ok(done(events))
 }
 
 fn join_welcome(ctx: &mut Ctx<'_>, envelope: &Envelope) -> Result<Outcome, Fail> {
@@ -698,10 +883,14 @@ fn join_welcome(ctx: &mut Ctx<'_>, envelope: &Envelope) -> Result<Outcome, Fail>
         params![peer],
         |r| r.get(0),
     )?;
-    ctx.conn.execute(
+    let new_conversation = ctx.conn.execute(
         "INSERT OR IGNORE INTO conversations (peer, suite, created_at_ms) VALUES (?1, ?2, ?3)",
         params![peer, suite.code(), to_sql_u64(ctx.now_ms)?],
     )?;
+    if new_conversation > 0 {
+        // Someone we never wrote to started it: a message request (features.rs).
+        crate::features::mark_request(ctx.conn, &peer)?;
+    }
     ctx.conn.execute(
         "INSERT INTO groups (group_id, conversation, suite, state, created_at_ms)
          VALUES (?1, ?2, ?3, 'active', ?4)",
@@ -722,6 +911,19 @@ fn join_welcome(ctx: &mut Ctx<'_>, envelope: &Envelope) -> Result<Outcome, Fail>
         events,
         touched: Some(group_id),
     })
+}
+
+/// Whether `group_id` is a group chat this device refused a commit of (see
+/// [`record_divergence`]).
+pub(crate) fn is_diverged(conn: &Connection, group_id: &[u8]) -> Result<bool, E2eError> {
+    let by: Option<Option<String>> = conn
+        .query_row(
+            "SELECT diverged_by FROM group_chats WHERE group_id = ?1",
+            params![group_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(by.flatten().is_some())
 }
 
 /// Whether `group_id` is a group chat (not a 1:1 conversation's group).
@@ -910,6 +1112,46 @@ fn join_group_chat(
             "the Welcome's leaf for us is not this device",
         ));
     }
+    // A reset (GroupMetadata.replaces) of a group chat of ours is accepted only from
+    // someone who may change that group's membership in our own state of it.
+    let parent = meta.replaces.to_vec();
+    let reset_of = if parent.is_empty() {
+        None
+    } else {
+        let known: Option<String> = ctx
+            .conn
+            .query_row(
+                "SELECT conversation FROM groups WHERE group_id = ?1",
+                params![parent],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match (known, load_group(ctx.conn, &parent)) {
+            (Some(_), Ok(old)) => {
+                let allowed = match crate::group::metadata_of(old.extensions()) {
+                    Some(Ok(old_meta)) => crate::group::may_change_membership(
+                        &old_meta,
+                        &crate::group::member_map(&old),
+                        &sender.handle,
+                    ),
+                    _ => false,
+                };
+                if !allowed {
+                    return Err(invalid(
+                        None,
+                        format!(
+                            "reset not authorized: {} may not change the group's membership \
+                             (not an admin)",
+                            sender.handle
+                        ),
+                    ));
+                }
+                Some((parent, crate::group::member_map(&old)))
+            }
+            // Not a group of ours: an ordinary new group chat.
+            _ => None,
+        }
+    };
     if existing.is_some()
         && let Ok(mut old) = load_group(ctx.conn, &group_id)
     {
@@ -918,6 +1160,41 @@ fn join_group_chat(
     let group = staged
         .into_group(&provider)
         .map_err(|e| invalid(None, format!("cannot join: {e}")))?;
+    if let Some((parent, old_members)) = reset_of {
+        let Some(conversation) =
+            crate::group_ops::adopt_reset(ctx.conn, &parent, &group_id, suite, ctx.now_ms)?
+        else {
+            return Err(invalid(
+                None,
+                "a reset superseded by another reset of the same group",
+            ));
+        };
+        crate::group_ops::store_recovery_key(ctx.conn, &group_id, &meta)?;
+        let now_members = crate::group::member_map(&group);
+        let left_out = old_members
+            .into_keys()
+            .filter(|h| !now_members.contains_key(h))
+            .collect();
+        let ev = crate::group::record_event(
+            ctx.conn,
+            &conversation,
+            &group_id,
+            GroupEventKind::Reset,
+            &sender.handle,
+            left_out,
+            None,
+            false,
+            ctx.now_ms,
+        )?;
+        tracing::debug!(
+            epoch = group.epoch().as_u64(),
+            "moved a group chat to its reset"
+        );
+        return Ok(Outcome::Done {
+            events: vec![Event::Group(ev)],
+            touched: Some(group_id),
+        });
+    }
     let conversation = match existing {
         Some((name, _)) => {
             ctx.conn.execute(

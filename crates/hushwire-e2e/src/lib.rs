@@ -22,6 +22,12 @@
 //! - `profile`: opening, identity, accounts (TOFU pinning) and member authentication.
 //! - `outbox`: queueing, group creation, commits and the `Submit`s.
 //! - `inbox`: processing envelopes (Welcome, commits, application messages, buffering).
+//! - `attachments`: uploads in progress ([`Profile::create_upload`] …
+//!   [`Profile::finish_upload`]) and the attachments of messages (pending downloads,
+//!   saved paths, final errors); the files themselves are the client's business.
+//! - `features`: receipts, reactions, replies, edits, deletes, disappearing and view-once
+//!   messages, typing and presence (ephemeral signals), message requests, blocking and
+//!   settings.
 //!
 //! # Invariants
 //! - Every OpenMLS operation runs inside one `BEGIN IMMEDIATE` transaction together with
@@ -35,7 +41,9 @@
 //! The store is not encrypted at rest yet (a later issue): secrets are in clear in the
 //! profile database, like OpenMLS's own state.
 
+mod attachments;
 mod error;
+mod features;
 pub mod group;
 mod group_ops;
 mod inbox;
@@ -52,7 +60,16 @@ pub mod internals {
     pub use crate::outbox::{group_config_with, leaf_capabilities};
 }
 
+pub use attachments::{
+    AttachmentInfo, AttachmentRecord, MAX_FILE_NAME_BYTES, MAX_MIME_BYTES, MAX_THUMBNAIL_BYTES,
+    NewUpload, PendingUpload,
+};
 pub use error::{E2eError, MlsError};
+pub use features::{
+    DeleteScope, EPHEMERAL_BUDGET, EphemeralOut, EphemeralReceived, MAX_DELIVERED_RECEIPT_DEVICES,
+    PresenceInfo, PresenceShare, Reaction, Receipt, ReceiptStatus, RequestSummary, ServerRequest,
+    parse_message_id, validate_reaction, validate_timer,
+};
 pub use group::{GroupDetails, GroupEvent, GroupEventKind, GroupMember};
 pub use profile::{GroupStatus, Profile};
 
@@ -217,6 +234,15 @@ pub struct StoredMessage {
     pub outgoing: bool,
     /// Delivery state.
     pub state: MessageState,
+    /// A reply: the id of the message it quotes.
+    pub reply_to: Option<String>,
+    /// A view-once message (its `text` is always empty here: see
+    /// [`Profile::view_once`]).
+    pub view_once: bool,
+    /// A disappearing message: when it is deleted.
+    pub expires_at_ms: Option<u64>,
+    /// When it was last edited.
+    pub edited_at_ms: Option<u64>,
 }
 
 /// One entry of a conversation's timeline ([`Profile::timeline`]).
@@ -229,6 +255,8 @@ pub enum TimelineItem {
     /// A volunteer relay's link someone shared (`text` is the link, secret included:
     /// show it to the user, never log it).
     RelayLink(StoredMessage),
+    /// A message carrying a file (`text` is its caption).
+    Attachment(StoredMessage, AttachmentInfo),
 }
 
 /// One line of the conversation list.
@@ -242,6 +270,10 @@ pub struct ConversationSummary {
     pub message_count: u64,
     /// The suite new groups of this conversation use.
     pub suite: Suite,
+    /// The disappearing-messages timer (0: off).
+    pub expire_timer_ms: u64,
+    /// An unanswered message request.
+    pub request: bool,
 }
 
 /// Something that happened while processing input.
@@ -286,5 +318,85 @@ pub enum Event {
         id: String,
         /// The server's reason.
         reason: String,
+    },
+    /// A message carrying a file was stored (`text` is its caption). The file is not
+    /// downloaded yet: it is pending ([`Profile::pending_downloads`]).
+    Attachment(StoredMessage, AttachmentInfo),
+    /// Someone who is not a contact wrote for the first time: the conversation is a
+    /// message request (the message itself follows as its own event).
+    Request {
+        /// The conversation (the requester's handle).
+        conversation: String,
+        /// The requester.
+        from: String,
+    },
+    /// A member's receipt for one of this account's messages.
+    Receipt {
+        /// The conversation.
+        conversation: String,
+        /// The message it is for.
+        message_id: String,
+        /// The member.
+        from: String,
+        /// Delivered, read or viewed.
+        status: ReceiptStatus,
+    },
+    /// A reaction was set (`emoji` empty: removed).
+    Reaction {
+        /// The conversation.
+        conversation: String,
+        /// The message reacted to.
+        message_id: String,
+        /// Who reacted.
+        from: String,
+        /// The emoji.
+        emoji: String,
+    },
+    /// A message's text was edited by its author.
+    Edited {
+        /// The conversation.
+        conversation: String,
+        /// The message.
+        message_id: String,
+        /// Its author.
+        from: String,
+        /// The new text.
+        text: String,
+    },
+    /// A message was deleted for everyone by its author.
+    Deleted {
+        /// The conversation.
+        conversation: String,
+        /// The message.
+        message_id: String,
+        /// Its author.
+        from: String,
+    },
+    /// A member started or stopped typing (ephemeral, never stored).
+    Typing {
+        /// The conversation.
+        conversation: String,
+        /// Who.
+        from: String,
+        /// Started (true) or stopped.
+        typing: bool,
+    },
+    /// A contact shared their presence.
+    Presence {
+        /// Who.
+        from: String,
+        /// Online now.
+        online: bool,
+        /// Their last time online, when they went offline.
+        last_seen_ms: Option<u64>,
+    },
+    /// The conversation's disappearing-messages timer changed.
+    TimerChanged {
+        /// The conversation.
+        conversation: String,
+        /// Who changed it.
+        by: String,
+        /// The new timer (0: off).
+        timer_ms: u64,
     },
 }

@@ -115,7 +115,10 @@ pub(crate) fn content_body(kind: i64, body: String) -> wire::content::Body {
     if kind == KIND_RELAY_LINK {
         wire::content::Body::RelayLink(wire::RelayLinkShare { link: body })
     } else {
-        wire::content::Body::Text(wire::Text { text: body })
+        wire::content::Body::Text(wire::Text {
+            text: body,
+            reply_to: Default::default(),
+        })
     }
 }
 
@@ -124,18 +127,10 @@ pub(crate) const KIND_TEXT: i64 = 0;
 /// `messages.kind` of a shared relay link (its body is the link).
 pub(crate) const KIND_RELAY_LINK: i64 = 2;
 
-/// `Content` bytes with `body`, padded to a multiple of [`PAD_TO`].
-pub(crate) fn encode_content_body(
-    id: &[u8],
-    sent_at_ms: u64,
-    body: wire::content::Body,
-) -> Vec<u8> {
-    let mut content = Content {
-        id: id.to_vec().into(),
-        sent_at_ms,
-        body: Some(body),
-        padding: Default::default(),
-    };
+/// `content` encoded, padded to a multiple of [`PAD_TO`] (every body type alike, so the
+/// server cannot tell a reaction from a text by size).
+pub(crate) fn pad_and_encode(mut content: Content) -> Vec<u8> {
+    content.padding = Default::default();
     let base = content.encoded_len();
     if !base.is_multiple_of(PAD_TO) {
         // Field 15 costs 1 tag byte + a length varint + the padding itself.
@@ -306,6 +301,9 @@ impl Profile {
              VALUES ((SELECT COALESCE(MAX(ord), 0) + 1 FROM outbox), 'text', ?1, ?2, ?2)",
             params![peer, &id[..]],
         )?;
+        // Disappearing timer; writing answers a message request (features.rs).
+        crate::features::set_own_message_meta(&tx, &me.handle, &id, peer, None, false, now_ms)?;
+        crate::features::engage(&tx, peer, now_ms)?;
         tx.commit()?;
         Ok(uuid_text(&id))
     }
@@ -366,7 +364,7 @@ impl Profile {
                 return Ok(Action::Submit(Submit::decode(bytes.as_slice())?));
             }
             match head.kind.as_str() {
-                "text" => {
+                "text" | "content" => {
                     let Some(group_id) = send_group(&self.conn, &head.conversation)? else {
                         if crate::group::is_group_name(&head.conversation) {
                             // The group is gone (we were removed or left) or failed.
@@ -416,7 +414,8 @@ impl Profile {
                     }
                     return self.build_update_submit(&head, &group_id, &signer);
                 }
-                "gcreate" | "gadd" | "gremove" | "gmeta" | "gcommit" | "gleave" | "grejoin" => {
+                "gcreate" | "greset" | "gadd" | "gremove" | "gmeta" | "gcommit" | "gleave"
+                | "grejoin" => {
                     let group_id = head.group_id.clone().unwrap_or_default();
                     match self.group_next_action(
                         head.ord,
@@ -452,11 +451,6 @@ impl Profile {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (text, sent_at, kind): (String, i64, i64) = tx.query_row(
-            "SELECT body, sent_at_ms, kind FROM messages WHERE sender = ?1 AND id = ?2",
-            params![my_handle, head.item_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
         let mut group = load_group(&tx, group_id)?;
         if group.pending_commit().is_some() {
             // Only the outbox head ever holds a pending commit, so this cannot happen
@@ -468,11 +462,24 @@ impl Profile {
             tx.commit()?;
             return Ok(Action::AwaitIncoming);
         }
-        let plaintext = encode_content_body(
-            &head.item_id,
-            crate::store::from_sql_u64(sent_at),
-            content_body(kind, text),
-        );
+        let (plaintext, expire_after_ms) = if head.kind == "content" {
+            // A receipt, reaction, edit, delete or timer change (features.rs).
+            crate::features::control_plaintext(&tx, head.ord)?
+        } else {
+            let (text, kind): (String, i64) = tx.query_row(
+                "SELECT body, kind FROM messages WHERE sender = ?1 AND id = ?2",
+                params![my_handle, head.item_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let body = if kind == crate::attachments::KIND_ATTACHMENT {
+                crate::attachments::content_body(&tx, my_handle, &head.item_id, text)?
+            } else {
+                content_body(kind, text)
+            };
+            // With its reply, view-once flag and disappearing timer (features.rs).
+            crate::features::message_plaintext(&tx, my_handle, &head.item_id, body)?
+        };
+        crate::features::reset_ephemeral_budget(&tx, group_id)?;
         let mls_message = {
             let provider = Provider::new(&tx);
             group
@@ -486,6 +493,7 @@ impl Profile {
             roster: vec![],
             welcomes: vec![],
             group_info: Default::default(),
+            expire_after_ms,
         };
         tx.execute(
             "UPDATE outbox SET submit = ?1, group_id = ?2 WHERE ord = ?3",
@@ -524,6 +532,7 @@ impl Profile {
             roster: roster(&group),
             welcomes: vec![],
             group_info: Default::default(),
+            expire_after_ms: 0,
         };
         tx.execute(
             "UPDATE outbox SET submit = ?1, group_id = ?2, await_epoch = NULL WHERE ord = ?3",
@@ -660,6 +669,7 @@ impl Profile {
                 recipients: added.iter().map(DeviceAddr::to_wire).collect(),
             }],
             group_info: Default::default(),
+            expire_after_ms: 0,
         };
         tx.execute(
             "INSERT INTO groups (group_id, conversation, suite, state, created_at_ms)
@@ -710,9 +720,67 @@ impl Profile {
                     params![MessageState::Sent.to_i64(), me.handle, head.item_id],
                 )?;
                 tx.execute("DELETE FROM outbox WHERE ord = ?1", params![head.ord])?;
+                crate::features::after_sent(&tx, &me.handle, &head.item_id)?;
                 events.push(Event::Sent {
                     id: uuid_text(&head.item_id),
                 });
+            }
+            (Some(Outcome::Accepted(_)), "content") => {
+                tx.execute("DELETE FROM outbox WHERE ord = ?1", params![head.ord])?;
+            }
+            (Some(Outcome::Accepted(_)), "greset") => {
+                let new_id = head.group_id.clone().unwrap_or_default();
+                let mut group = load_group(&tx, &new_id)?;
+                if group.pending_commit().is_some() {
+                    let provider = Provider::new(&tx);
+                    group.merge_pending_commit(&provider)?;
+                }
+                let meta = match crate::group::metadata_of(group.extensions()) {
+                    Some(Ok(m)) => m,
+                    _ => return Err(E2eError::Storage("reset group without metadata".into())),
+                };
+                let suite = Suite::from_ciphersuite(group.ciphersuite()).unwrap_or_default();
+                let parent = meta.replaces.to_vec();
+                // Who the old group had that the new one does not (the member whose
+                // refused commit made it diverge).
+                let left_out: Vec<String> = match load_group(&tx, &parent) {
+                    Ok(old) => {
+                        let now = crate::group::member_map(&group);
+                        crate::group::member_map(&old)
+                            .into_keys()
+                            .filter(|h| !now.contains_key(h))
+                            .collect()
+                    }
+                    Err(_) => vec![],
+                };
+                match crate::group_ops::adopt_reset(&tx, &parent, &new_id, suite, now_ms)? {
+                    Some(conversation) => {
+                        crate::group_ops::store_recovery_key(&tx, &new_id, &meta)?;
+                        events.push(Event::Group(crate::group::record_event(
+                            &tx,
+                            &conversation,
+                            &new_id,
+                            crate::group::GroupEventKind::Reset,
+                            &me.handle,
+                            left_out,
+                            None,
+                            true,
+                            now_ms,
+                        )?));
+                    }
+                    None => {
+                        // Another admin's reset of the same group won (lower group id).
+                        tx.execute(
+                            "UPDATE groups SET state = 'inactive' WHERE group_id = ?1",
+                            params![new_id],
+                        )?;
+                    }
+                }
+                tx.execute(
+                    "DELETE FROM outbox_key_packages WHERE item_id = ?1",
+                    params![head.item_id],
+                )?;
+                tx.execute("DELETE FROM outbox WHERE ord = ?1", params![head.ord])?;
             }
             (Some(Outcome::Accepted(_)), "gleave") => {
                 let group_id = head.group_id.clone().unwrap_or_default();
@@ -861,6 +929,11 @@ impl Profile {
                     Some(Outcome::Accepted(_)) | None => "empty result".to_string(),
                 };
                 match kind {
+                    "content" => {
+                        // A receipt, reaction, edit, delete or timer change: nothing to
+                        // mark failed; it is dropped.
+                        tracing::warn!(%reason, "a conversation update was not accepted");
+                    }
                     "text" => {
                         tx.execute(
                             "UPDATE messages SET state = ?1 WHERE sender = ?2 AND id = ?3",
@@ -876,6 +949,12 @@ impl Profile {
                         if let Ok(mut group) = load_group(&tx, &group_id) {
                             let provider = Provider::new(&tx);
                             group.clear_pending_commit(provider.storage())?;
+                        }
+                        if kind == "greset" {
+                            tx.execute(
+                                "UPDATE groups SET state = 'failed' WHERE group_id = ?1",
+                                params![group_id],
+                            )?;
                         }
                         if kind == "create" || kind == "gcreate" {
                             tx.execute(
@@ -918,7 +997,8 @@ fn fail_queued_texts(
 ) -> Result<Vec<Event>, E2eError> {
     let ids: Vec<Vec<u8>> = {
         let mut stmt = conn.prepare(
-            "SELECT item_id FROM outbox WHERE conversation = ?1 AND kind = 'text' AND submit IS NULL",
+            "SELECT item_id FROM outbox WHERE conversation = ?1 AND kind IN ('text', 'content')
+             AND submit IS NULL",
         )?;
         let rows = stmt.query_map(params![conversation], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?

@@ -9,11 +9,10 @@ use hushwire_proto::wire::{AccountInfo, DeviceCertificate};
 use openmls::prelude::{BasicCredential, Credential, CredentialWithKey, KeyPackage, MlsMessageOut};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::features::{MESSAGE_COLUMNS, message_from_row};
 use crate::keys::{IdentityKeys, SecretKey};
 use crate::store::{self, Provider, from_sql_u64, kv_get, kv_set, to_sql_u64};
-use crate::{
-    ConversationSummary, E2eError, Identity, MessageState, Registration, StoredMessage, Suite,
-};
+use crate::{ConversationSummary, E2eError, Identity, Registration, StoredMessage, Suite};
 
 pub(crate) const KV_LAST_SEQ: &str = "last_received_seq";
 pub(crate) const KV_DEFAULT_SUITE: &str = "default_suite";
@@ -391,49 +390,26 @@ impl Profile {
 
     /// A conversation's messages in local order.
     pub fn history(&self, conversation: &str) -> Result<Vec<StoredMessage>, E2eError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, conversation, sender, sent_at_ms, received_at_ms, body, outgoing, state
-             FROM messages WHERE conversation = ?1 AND kind = 0 ORDER BY n",
-        )?;
-        let rows = stmt.query_map(params![conversation], |r| {
-            let id: Vec<u8> = r.get(0)?;
-            let received: Option<i64> = r.get(4)?;
-            Ok(StoredMessage {
-                id: uuid_text(&id),
-                conversation: r.get(1)?,
-                from: r.get(2)?,
-                sent_at_ms: from_sql_u64(r.get(3)?),
-                received_at_ms: received.map(from_sql_u64),
-                text: r.get(5)?,
-                outgoing: r.get(6)?,
-                state: MessageState::from_i64(r.get(7)?),
-            })
-        })?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ?1 AND kind = 0 ORDER BY n"
+        ))?;
+        let rows = stmt.query_map(params![conversation], message_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// A conversation's timeline: its messages and (for a group chat) its membership and
     /// metadata changes, in local order.
     pub fn timeline(&self, conversation: &str) -> Result<Vec<crate::TimelineItem>, E2eError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, conversation, sender, sent_at_ms, received_at_ms, body, outgoing, state,
-                    kind
-             FROM messages WHERE conversation = ?1 ORDER BY n",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {MESSAGE_COLUMNS}, kind FROM messages WHERE conversation = ?1 ORDER BY n"
+        ))?;
         let rows = stmt.query_map(params![conversation], |r| {
-            let id: Vec<u8> = r.get(0)?;
-            let received: Option<i64> = r.get(4)?;
-            let kind: i64 = r.get(8)?;
-            let m = StoredMessage {
-                id: uuid_text(&id),
-                conversation: r.get(1)?,
-                from: r.get(2)?,
-                sent_at_ms: from_sql_u64(r.get(3)?),
-                received_at_ms: received.map(from_sql_u64),
-                text: r.get(5)?,
-                outgoing: r.get(6)?,
-                state: MessageState::from_i64(r.get(7)?),
-            };
+            let kind: i64 = r.get(12)?;
+            let mut m = message_from_row(r)?;
+            if kind == 1 {
+                // A group event's body is its JSON (never view-once).
+                m.text = r.get(5)?;
+            }
             Ok((kind, m))
         })?;
         let mut out = Vec::new();
@@ -443,6 +419,13 @@ impl Profile {
                 out.push(crate::TimelineItem::Message(m));
             } else if kind == crate::outbox::KIND_RELAY_LINK {
                 out.push(crate::TimelineItem::RelayLink(m));
+            } else if kind == crate::attachments::KIND_ATTACHMENT {
+                let id = uuid::Uuid::parse_str(&m.id)
+                    .map(|u| u.as_bytes().to_vec())
+                    .unwrap_or_default();
+                if let Some(info) = crate::attachments::info_of(&self.conn, &m.from, &id)? {
+                    out.push(crate::TimelineItem::Attachment(m, info));
+                }
             } else if let Some(ev) =
                 crate::group::parse_event(m.conversation, m.from, &m.text, m.sent_at_ms)
             {
@@ -459,26 +442,12 @@ impl Profile {
         let Ok(uuid) = uuid::Uuid::parse_str(id) else {
             return Ok(None);
         };
-        let mut stmt = self.conn.prepare(
-            "SELECT id, conversation, sender, sent_at_ms, received_at_ms, body, outgoing, state
-             FROM messages WHERE id = ?1 AND kind = ?2 ORDER BY n",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1 AND kind = ?2 ORDER BY n"
+        ))?;
         let rows = stmt.query_map(
             params![&uuid.as_bytes()[..], crate::outbox::KIND_RELAY_LINK],
-            |r| {
-                let id: Vec<u8> = r.get(0)?;
-                let received: Option<i64> = r.get(4)?;
-                Ok(StoredMessage {
-                    id: uuid_text(&id),
-                    conversation: r.get(1)?,
-                    from: r.get(2)?,
-                    sent_at_ms: from_sql_u64(r.get(3)?),
-                    received_at_ms: received.map(from_sql_u64),
-                    text: r.get(5)?,
-                    outgoing: r.get(6)?,
-                    state: MessageState::from_i64(r.get(7)?),
-                })
-            },
+            message_from_row,
         )?;
         let mut found: Vec<StoredMessage> = rows.collect::<Result<_, _>>()?;
         if found.len() > 1 {
@@ -496,7 +465,9 @@ impl Profile {
             "SELECT c.peer, c.suite,
                     (SELECT MAX(COALESCE(m.received_at_ms, m.sent_at_ms)) FROM messages m
                      WHERE m.conversation = c.peer),
-                    (SELECT COUNT(*) FROM messages m WHERE m.conversation = c.peer AND m.kind = 0)
+                    (SELECT COUNT(*) FROM messages m WHERE m.conversation = c.peer
+                     AND m.kind IN (0, 3)),
+                    c.expire_timer_ms, c.request
              FROM conversations c",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -511,6 +482,8 @@ impl Profile {
                     .ok()
                     .and_then(Suite::from_code)
                     .unwrap_or_default(),
+                expire_timer_ms: from_sql_u64(r.get(4)?),
+                request: r.get::<_, i64>(5)? != 0,
             })
         })?;
         let mut out: Vec<ConversationSummary> = rows.collect::<Result<_, _>>()?;

@@ -180,6 +180,118 @@ const MIGRATIONS: &[&str] = &[
     -- outside the MLS state so that a member whose state broke can still rejoin.
     ALTER TABLE group_chats ADD COLUMN recovery_key BLOB;
     "#,
+    // v4
+    r#"
+    -- Set when this device refused a commit of the group chat (not authorized, or not
+    -- valid MLS): the handle of the member whose commit it was. The server's log went
+    -- on without us; the group is not rejoined from that member's GroupInfo but reset
+    -- by an admin (Profile::group_reset).
+    ALTER TABLE group_chats ADD COLUMN diverged_by TEXT;
+    "#,
+    // v5: conversation features (features.rs).
+    r#"
+    -- reply_to: the quoted message's id. edited_at_ms: last edit. expires_at_ms: when a
+    -- disappearing message is deleted (the sweep deletes the row). view_once: 0 no,
+    -- 1 not yet viewed, 2 viewed (body erased). read_at_ms: received messages the user
+    -- has read (read receipts sent, if on).
+    ALTER TABLE messages ADD COLUMN reply_to BLOB;
+    ALTER TABLE messages ADD COLUMN edited_at_ms INTEGER;
+    ALTER TABLE messages ADD COLUMN expires_at_ms INTEGER;
+    ALTER TABLE messages ADD COLUMN view_once INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN read_at_ms INTEGER;
+    CREATE INDEX messages_by_expiry ON messages (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+    CREATE INDEX messages_by_id ON messages (id);
+    -- The disappearing-messages timer (0 off); request = 1 while a conversation someone
+    -- else started is an unanswered message request.
+    ALTER TABLE conversations ADD COLUMN expire_timer_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE conversations ADD COLUMN request INTEGER NOT NULL DEFAULT 0;
+    -- Ephemeral messages (typing, presence) this device sent in the group's current
+    -- epoch since its last stored one: bounded so that a receiver's ratchet never has to
+    -- skip more than MLS allows.
+    ALTER TABLE groups ADD COLUMN ephemeral_epoch INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE groups ADD COLUMN ephemeral_sent INTEGER NOT NULL DEFAULT 0;
+    -- Outbox items of kind 'content' (receipts, reactions, edits, deletes, timer
+    -- changes): the encoded Content to send.
+    ALTER TABLE outbox ADD COLUMN content BLOB;
+    -- One reaction per member and message.
+    CREATE TABLE reactions (
+        message_sender TEXT NOT NULL,
+        message_id BLOB NOT NULL,
+        reactor TEXT NOT NULL,
+        emoji TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (message_sender, message_id, reactor)
+    );
+    -- Receipts for this account's own messages: the best status per member.
+    -- status: 1 delivered, 2 read, 3 viewed.
+    CREATE TABLE receipts (
+        message_id BLOB NOT NULL,
+        member TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (message_id, member)
+    );
+    -- Messages deleted for everyone before they arrived (retracted): dropped if they do.
+    CREATE TABLE tombstones (
+        sender TEXT NOT NULL,
+        id BLOB NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (sender, id)
+    );
+    -- Accounts this user blocked.
+    CREATE TABLE blocked (handle TEXT PRIMARY KEY, at_ms INTEGER NOT NULL);
+    -- What contacts last shared of their presence.
+    CREATE TABLE presence (
+        handle TEXT PRIMARY KEY,
+        online INTEGER NOT NULL,
+        last_seen_ms INTEGER,
+        updated_at_ms INTEGER NOT NULL
+    );
+    -- Requests to the server that are not messages (block, unblock, retract), in order,
+    -- until the server confirmed them.
+    CREATE TABLE server_requests (
+        n INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        handle TEXT,
+        blocked INTEGER,
+        group_id BLOB,
+        message_id BLOB
+    );
+    "#,
+    // v6: attachments (attachments.rs).
+    r#"
+    -- An upload in progress (resumable across restarts). id: the message id it will be
+    -- sent under. attachment: the encoded wire Attachment so far (file KEY, nonce prefix,
+    -- name, MIME type, preview, caption, sizes; blob id and hashes come at the end).
+    -- group_id/blob_id/part_size: the blob once created. parts_done: leading parts the
+    -- server confirmed; prefix_sha256: SHA-256 of their ciphertext (a resume re-encrypts
+    -- the file and checks it is unchanged).
+    CREATE TABLE media_uploads (
+        id BLOB PRIMARY KEY,
+        conversation TEXT NOT NULL,
+        source_path TEXT NOT NULL,
+        source_len INTEGER NOT NULL,
+        attachment BLOB NOT NULL,
+        group_id BLOB,
+        blob_id BLOB,
+        part_size INTEGER,
+        parts_done INTEGER NOT NULL DEFAULT 0,
+        prefix_sha256 BLOB,
+        created_at_ms INTEGER NOT NULL
+    );
+    -- The attachment of a message (messages.kind 3; sent or received): the encoded wire
+    -- Attachment, key included. path: where the plaintext is (the source of a sent one,
+    -- the saved file of a downloaded one). error: why a download failed for good. A
+    -- received attachment with neither is a pending download.
+    CREATE TABLE attachments (
+        sender TEXT NOT NULL,
+        id BLOB NOT NULL,
+        attachment BLOB NOT NULL,
+        path TEXT,
+        error TEXT,
+        PRIMARY KEY (sender, id)
+    );
+    "#,
 ];
 
 /// Opens (creating if needed) the profile database and brings both schemas up to date.
@@ -188,6 +300,9 @@ pub(crate) fn open_db(path: &std::path::Path) -> Result<Connection, E2eError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted rows are zeroed in their pages: a deleted or disappeared message leaves no
+    // plaintext in the file's free space (the WAL is truncated after the sweep).
+    conn.pragma_update(None, "secure_delete", true)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
         .run_migrations()

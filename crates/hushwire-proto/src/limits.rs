@@ -24,3 +24,23 @@ pub const MAX_CLAIM_BATCH: usize = 1024;
 /// A `ClaimKeyPackagesBatch` costs one claim of the rate limit per this many handles
 /// (started).
 pub const CLAIM_BATCH_HANDLES_PER_CLAIM: usize = 32;
+
+/// Largest attachment (plaintext) a client sends. Servers configure their own blob
+/// limit (on ciphertext size), which may be lower.
+pub const MAX_ATTACHMENT_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Largest part of a blob upload (one HTTPS request body). Servers choose the part
+/// size of each blob at creation, at most this.
+pub const MAX_BLOB_PART_BYTES: usize = 8 * 1024 * 1024;
+/// Blob ids are exactly this long.
+pub const BLOB_ID_BYTES: usize = 32;
+
+/// Largest MLS message of an `Ephemeral` frame (typing, presence).
+pub const MAX_EPHEMERAL_BYTES: usize = 4 * 1024;
+/// Most message ids one `Receipt` names.
+pub const MAX_RECEIPT_IDS: usize = 256;
+/// Shortest disappearing-messages timer (5 s).
+pub const MIN_EXPIRE_TIMER_MS: u64 = 5_000;
+/// Longest disappearing-messages timer (90 days).
+pub const MAX_EXPIRE_TIMER_MS: u64 = 90 * 24 * 3600 * 1000;
+/// Longest reaction (an emoji, possibly a ZWJ sequence), in bytes.
+pub const MAX_REACTION_BYTES: usize = 64;

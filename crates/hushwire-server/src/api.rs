@@ -22,7 +22,7 @@ use prost::Message;
 
 use crate::config::RegistrationPolicy;
 use crate::error::ApiError;
-use crate::{ConnPermit, Server, auth, now_ms, ws};
+use crate::{ConnPermit, Server, auth, media, now_ms, ws};
 
 /// The router for every route of protocol.md, under the configured path prefix.
 pub fn app(server: &Server) -> Router {
@@ -46,13 +46,23 @@ pub fn app(server: &Server) -> Router {
         .route(&format!("{p}/v1/keypackages/count"), get(key_package_count))
         .route(&format!("{p}/v1/groups/{{group_id}}/info"), get(group_info))
         .route(&format!("{p}/v1/ws"), get(websocket))
+        .route(&format!("{p}/v1/blobs"), post(media::create_blob))
+        .route(
+            &format!("{p}/v1/blobs/{{id}}"),
+            get(media::download).delete(media::delete_blob),
+        )
+        .route(&format!("{p}/v1/blobs/{{id}}/status"), get(media::status))
+        .route(
+            &format!("{p}/v1/blobs/{{id}}/parts/{{index}}"),
+            put(media::upload_part),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(server.clone())
 }
 
 /// A protobuf response body.
-struct Proto<M>(M);
+pub(crate) struct Proto<M>(pub(crate) M);
 
 impl<M: Message> IntoResponse for Proto<M> {
     fn into_response(self) -> Response {
@@ -75,13 +85,13 @@ fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApiError> {
+pub(crate) fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApiError> {
     codec::decode_bounded(bytes, usize::MAX)
         .map_err(|e| ApiError::BadRequest(format!("malformed body: {e}")))
 }
 
 /// Reads the body and authenticates the signed request.
-async fn signed(
+pub(crate) async fn signed(
     server: &Server,
     method: &Method,
     uri: &Uri,
@@ -484,7 +494,7 @@ async fn group_info(
     }))
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

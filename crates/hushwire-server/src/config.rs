@@ -134,6 +134,9 @@ pub struct RateLimits {
     pub registrations_per_ip_per_minute: u32,
     /// Key-package claims per authenticated device per minute. Default: 60.
     pub claims_per_device_per_minute: u32,
+    /// Ephemeral signals (typing, presence), block changes and retractions per
+    /// authenticated device per minute. Default: 120.
+    pub signals_per_device_per_minute: u32,
 }
 
 impl Default for RateLimits {
@@ -141,6 +144,7 @@ impl Default for RateLimits {
         Self {
             registrations_per_ip_per_minute: 5,
             claims_per_device_per_minute: 60,
+            signals_per_device_per_minute: 120,
         }
     }
 }
@@ -180,6 +184,193 @@ impl Default for Limits {
     }
 }
 
+/// Default largest blob: the ciphertext of a 2 GiB attachment. Clients encrypt with
+/// STREAM over 64 KiB chunks, each with a 16-byte tag: 2 GiB + (2 GiB / 64 KiB) × 16 B,
+/// plus 4 KiB of headroom for the format's header and the last chunk
+/// (2 148 012 032 bytes).
+pub const DEFAULT_MAX_BLOB_BYTES: u64 =
+    limits::MAX_ATTACHMENT_BYTES + (limits::MAX_ATTACHMENT_BYTES / (64 * 1024)) * 16 + 4096;
+
+/// Most parts one blob may have (`max_blob_bytes / part_size`, rounded up): bounds a
+/// blob's part records and its status response.
+pub const MAX_BLOB_PARTS: u64 = 1 << 16;
+
+/// Media (end-to-end encrypted attachments): the server stores opaque ciphertext blobs
+/// in `{data_dir}/blobs/` (see `hushwire-blobstore`) with their metadata in the store.
+/// Durations are written like `"30days"`, `"24h"`, `"15m"`, `"500ms"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Largest blob (ciphertext bytes) a client may create; larger is `TOO_LARGE`.
+    /// Default: [`DEFAULT_MAX_BLOB_BYTES`], the ciphertext of a 2 GiB file.
+    pub max_blob_bytes: u64,
+    /// Bytes per upload part (every part but a blob's last one), fixed per blob at its
+    /// creation; also the most a part request's body may hold. 1 KiB to
+    /// `limits::MAX_BLOB_PART_BYTES` (8 MiB). Lowering it makes uploads in progress with
+    /// the larger size fail (they are swept as abandoned). Default: 4 MiB.
+    pub part_size: u32,
+    /// Per-account quota: the sizes of an account's unexpired blobs added up, counted
+    /// when a blob is created; beyond it creation is `QUOTA_EXCEEDED`. Default: 10 GiB.
+    pub quota_bytes: u64,
+    /// Memory for part bodies being received, all uploads together (each holds a
+    /// whole part while its signature is checked); further parts wait. At least
+    /// `part_size`. Default: 64 MiB.
+    pub upload_buffer_bytes: u64,
+    /// How long a blob is kept at most. Default: 30 days.
+    #[serde(with = "human_duration")]
+    pub retention: Duration,
+    /// How long a blob is kept once every recipient device has fetched it.
+    /// Default: 24 hours.
+    #[serde(with = "human_duration")]
+    pub grace_after_fetch: Duration,
+    /// How long an upload may stay incomplete before it is deleted. Default: 24 hours.
+    #[serde(with = "human_duration")]
+    pub abandoned_upload_after: Duration,
+    /// How often the sweeper deletes due blobs. Default: 15 minutes.
+    #[serde(with = "human_duration")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+            part_size: 4 * 1024 * 1024,
+            quota_bytes: 10 * 1024 * 1024 * 1024,
+            upload_buffer_bytes: 64 * 1024 * 1024,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            grace_after_fetch: Duration::from_secs(24 * 3600),
+            abandoned_upload_after: Duration::from_secs(24 * 3600),
+            sweep_interval: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// `media.*` environment variables, each overriding the key of the same name.
+pub const MEDIA_ENV: [&str; 8] = [
+    "HUSHWIRE_MEDIA_MAX_BLOB_BYTES",
+    "HUSHWIRE_MEDIA_PART_SIZE",
+    "HUSHWIRE_MEDIA_QUOTA_BYTES",
+    "HUSHWIRE_MEDIA_UPLOAD_BUFFER_BYTES",
+    "HUSHWIRE_MEDIA_RETENTION",
+    "HUSHWIRE_MEDIA_GRACE_AFTER_FETCH",
+    "HUSHWIRE_MEDIA_ABANDONED_UPLOAD_AFTER",
+    "HUSHWIRE_MEDIA_SWEEP_INTERVAL",
+];
+
+impl MediaConfig {
+    /// Applies `HUSHWIRE_MEDIA_*` variables (see [`MEDIA_ENV`]) read through `var`:
+    /// sizes as integers of bytes, durations as in the file.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn int<T: std::str::FromStr>(field: &'static str, v: &str) -> Result<T, ConfigError> {
+            v.trim()
+                .parse()
+                .map_err(|_| invalid(field, format!("{v:?} is not a whole number")))
+        }
+        fn dur(field: &'static str, v: &str) -> Result<Duration, ConfigError> {
+            humantime::parse_duration(v.trim())
+                .map_err(|e| invalid(field, format!("{v:?} is not a duration: {e}")))
+        }
+        for name in MEDIA_ENV {
+            let Some(v) = var(name) else { continue };
+            match name {
+                "HUSHWIRE_MEDIA_MAX_BLOB_BYTES" => self.max_blob_bytes = int(name, &v)?,
+                "HUSHWIRE_MEDIA_PART_SIZE" => self.part_size = int(name, &v)?,
+                "HUSHWIRE_MEDIA_QUOTA_BYTES" => self.quota_bytes = int(name, &v)?,
+                "HUSHWIRE_MEDIA_UPLOAD_BUFFER_BYTES" => self.upload_buffer_bytes = int(name, &v)?,
+                "HUSHWIRE_MEDIA_RETENTION" => self.retention = dur(name, &v)?,
+                "HUSHWIRE_MEDIA_GRACE_AFTER_FETCH" => self.grace_after_fetch = dur(name, &v)?,
+                "HUSHWIRE_MEDIA_ABANDONED_UPLOAD_AFTER" => {
+                    self.abandoned_upload_after = dur(name, &v)?;
+                }
+                _ => self.sweep_interval = dur(name, &v)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let max_part = u32::try_from(limits::MAX_BLOB_PART_BYTES).unwrap_or(u32::MAX);
+        if !(1024..=max_part).contains(&self.part_size) {
+            return Err(invalid(
+                "media.part_size",
+                format!("must be between 1024 and {max_part}"),
+            ));
+        }
+        if self.max_blob_bytes.div_ceil(u64::from(self.part_size)) > MAX_BLOB_PARTS {
+            return Err(invalid(
+                "media.max_blob_bytes",
+                format!("must be at most {MAX_BLOB_PARTS} parts of media.part_size"),
+            ));
+        }
+        if self.quota_bytes == 0 {
+            return Err(invalid("media.quota_bytes", "must be at least 1"));
+        }
+        if self.upload_buffer_bytes < u64::from(self.part_size)
+            || self.upload_buffer_bytes > u64::from(u32::MAX)
+        {
+            return Err(invalid(
+                "media.upload_buffer_bytes",
+                format!("must be between media.part_size and {}", u32::MAX),
+            ));
+        }
+        let day = Duration::from_secs(24 * 3600);
+        for (field, v, min, max) in [
+            (
+                "media.retention",
+                self.retention,
+                Duration::from_secs(1),
+                day * 3650,
+            ),
+            (
+                "media.grace_after_fetch",
+                self.grace_after_fetch,
+                Duration::ZERO,
+                day * 3650,
+            ),
+            (
+                "media.abandoned_upload_after",
+                self.abandoned_upload_after,
+                Duration::from_secs(1),
+                day * 3650,
+            ),
+            (
+                "media.sweep_interval",
+                self.sweep_interval,
+                Duration::from_millis(10),
+                day,
+            ),
+        ] {
+            if !(min..=max).contains(&v) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "must be between {} and {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serde for durations as human-readable strings (`"24h"`, `"30days"`, `"500ms"`).
+mod human_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Everything `hushwire serve` can be told.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -211,6 +402,8 @@ pub struct ServerConfig {
     pub rate_limits: RateLimits,
     /// Size limits.
     pub limits: Limits,
+    /// Media blobs (`[media]`).
+    pub media: MediaConfig,
     /// Seconds a WebSocket client has to answer the challenge. Default: 10.
     pub auth_timeout_secs: u64,
     /// Seconds a TLS handshake may take. Default: 10.
@@ -235,6 +428,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             rate_limits: RateLimits::default(),
             limits: Limits::default(),
+            media: MediaConfig::default(),
             auth_timeout_secs: 10,
             handshake_timeout_secs: 10,
             expire_interval_secs: 3600,
@@ -332,6 +526,12 @@ impl ServerConfig {
                 "must be at least 1",
             ));
         }
+        if self.rate_limits.signals_per_device_per_minute == 0 {
+            return Err(invalid(
+                "rate_limits.signals_per_device_per_minute",
+                "must be at least 1",
+            ));
+        }
         let l = &self.limits;
         if !(1024..=limits::MAX_FRAME_BYTES).contains(&l.max_frame_bytes) {
             return Err(invalid(
@@ -369,6 +569,7 @@ impl ServerConfig {
                 format!("must be between 256 and {}", limits::MAX_MLS_MESSAGE_BYTES),
             ));
         }
+        self.media.validate()?;
         for (field, v) in [
             ("auth_timeout_secs", self.auth_timeout_secs),
             ("handshake_timeout_secs", self.handshake_timeout_secs),
@@ -505,9 +706,22 @@ impl fmt::Display for ServerConfig {
         writeln!(f, "max_connections = {}", self.max_connections)?;
         writeln!(
             f,
-            "rate_limits = {} registrations/IP/min, {} claims/device/min",
+            "rate_limits = {} registrations/IP/min, {} claims/device/min, {} signals/device/min",
             self.rate_limits.registrations_per_ip_per_minute,
-            self.rate_limits.claims_per_device_per_minute
+            self.rate_limits.claims_per_device_per_minute,
+            self.rate_limits.signals_per_device_per_minute
+        )?;
+        writeln!(
+            f,
+            "media = blobs up to {} B in {} B parts, quota {} B/account, retention {}, \
+             kept {} after fetch, abandoned uploads {}, sweep every {}",
+            self.media.max_blob_bytes,
+            self.media.part_size,
+            self.media.quota_bytes,
+            humantime::format_duration(self.media.retention),
+            humantime::format_duration(self.media.grace_after_fetch),
+            humantime::format_duration(self.media.abandoned_upload_after),
+            humantime::format_duration(self.media.sweep_interval)
         )?;
         write!(
             f,
@@ -576,6 +790,61 @@ mod tests {
             err("[rate_limits]\nclaims_per_device_per_minute = 0")
                 .contains("claims_per_device_per_minute")
         );
+    }
+
+    #[test]
+    fn media_defaults_file_and_env() {
+        let d = MediaConfig::default();
+        assert_eq!(d.max_blob_bytes, 2_148_012_032);
+        assert_eq!(d.part_size, 4 << 20);
+        assert_eq!(d.retention, Duration::from_secs(30 * 86_400));
+        let mut c = ServerConfig::from_toml(
+            r#"
+            [media]
+            part_size = 65536
+            quota_bytes = 1000000
+            retention = "7days"
+            grace_after_fetch = "0s"
+            sweep_interval = "250ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.media.part_size, 65536);
+        assert_eq!(c.media.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.media.grace_after_fetch, Duration::ZERO);
+        assert_eq!(c.media.sweep_interval, Duration::from_millis(250));
+        assert_eq!(c.media.abandoned_upload_after, Duration::from_secs(86_400));
+        // The environment overrides the file.
+        c.media
+            .apply_env(|k| match k {
+                "HUSHWIRE_MEDIA_QUOTA_BYTES" => Some("42".into()),
+                "HUSHWIRE_MEDIA_RETENTION" => Some("1h 30m".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(c.media.quota_bytes, 42);
+        assert_eq!(c.media.retention, Duration::from_secs(5400));
+        assert_eq!(c.media.part_size, 65536);
+        assert!(
+            c.media
+                .apply_env(|k| (k == "HUSHWIRE_MEDIA_PART_SIZE").then(|| "big".into()))
+                .unwrap_err()
+                .to_string()
+                .contains("HUSHWIRE_MEDIA_PART_SIZE")
+        );
+        // Round trip through TOML.
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(ServerConfig::from_toml(&text).unwrap(), c);
+        let err = |t: &str| ServerConfig::from_toml(t).unwrap_err().to_string();
+        assert!(err("[media]\npart_size = 100").contains("media.part_size"));
+        assert!(err("[media]\npart_size = 16777216").contains("media.part_size"));
+        assert!(err("[media]\nretention = \"soon\"").contains("retention"));
+        assert!(err("[media]\nretention = \"0s\"").contains("media.retention"));
+        assert!(
+            err("[media]\npart_size = 1024\nmax_blob_bytes = 1000000000")
+                .contains("media.max_blob_bytes")
+        );
+        assert!(err("[media]\nupload_buffer_bytes = 1024").contains("media.upload_buffer_bytes"));
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum ServerError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The media blob store could not be opened.
+    #[error("blob store: {0}")]
+    BlobStore(#[from] hushwire_blobstore::BlobStoreError),
     /// The embedded database could not be opened.
     #[error("cannot open the embedded store at {path}: {reason}")]
     OpenStore {
@@ -91,6 +94,15 @@ pub enum ApiError {
     /// Too many requests.
     #[error("rate limited")]
     RateLimited,
+    /// The account's media quota is used up.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
+    /// The server has no room to store data now (disk full).
+    #[error("storage full: the server cannot store this now")]
+    StorageFull,
+    /// A Range starting at or past the end of a blob of this many bytes.
+    #[error("range not satisfiable: the blob holds {0} bytes")]
+    RangeNotSatisfiable(u64),
     /// A server-side failure; the detail is for the log only.
     #[error("internal: {0}")]
     Internal(String),
@@ -110,6 +122,9 @@ impl ApiError {
             Self::HandleTaken => ErrorCode::HandleTaken,
             Self::TooLarge(_) => ErrorCode::TooLarge,
             Self::RateLimited => ErrorCode::RateLimited,
+            Self::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            Self::StorageFull => ErrorCode::StorageFull,
+            Self::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -124,6 +139,9 @@ impl ApiError {
             ErrorCode::HandleTaken => StatusCode::CONFLICT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::QuotaExceeded => StatusCode::FORBIDDEN,
+            ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -156,6 +174,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         match &self {
             Self::Internal(detail) => tracing::error!(%detail, "internal error in API request"),
+            Self::StorageFull => tracing::error!("storage full: an API request was refused"),
             other => {
                 tracing::debug!(status = status.as_u16(), error = %other, "API request refused")
             }
@@ -169,6 +188,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static(PROTOBUF_CONTENT_TYPE),
         );
+        if let Self::RangeNotSatisfiable(size) = self
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
         resp
     }
 }
@@ -264,6 +288,9 @@ mod tests {
             (ApiError::HandleTaken, 409),
             (ApiError::TooLarge(String::new()), 413),
             (ApiError::RateLimited, 429),
+            (ApiError::QuotaExceeded(String::new()), 403),
+            (ApiError::StorageFull, 507),
+            (ApiError::RangeNotSatisfiable(5), 416),
             (ApiError::Internal("db on fire".into()), 500),
         ];
         for (err, status) in cases {

@@ -6,11 +6,15 @@
 //! *lagged*; it then re-reads its mailbox from the store, so a slow consumer costs a
 //! fixed amount of memory and loses nothing. Ordering is restored by the connection
 //! (see `ws`): it sends only the seq it expects next and re-fetches on a gap.
+//!
+//! Ephemeral signals (typing, presence) go through the same queue but are never
+//! stored: one that finds the queue full is simply dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use hushwire_proto::wire;
 use hushwire_store::{DeviceId, Envelope};
 use tokio::sync::{Notify, mpsc};
 
@@ -29,9 +33,17 @@ pub(crate) struct Signals {
     pub(crate) notify: Notify,
 }
 
+/// What a connection's queue carries (behind one pointer, so a slot stays small).
+pub(crate) enum Push {
+    /// A mailbox entry.
+    Envelope(Envelope),
+    /// An ephemeral signal, shared by every device it goes to.
+    Ephemeral(Arc<wire::EphemeralDelivery>),
+}
+
 struct Slot {
     conn_id: u64,
-    tx: mpsc::Sender<Arc<Envelope>>,
+    tx: mpsc::Sender<Arc<Push>>,
     signals: Arc<Signals>,
 }
 
@@ -46,7 +58,7 @@ pub(crate) struct Hub {
 /// [`Hub::unregister`] when the connection ends.
 pub(crate) struct Registration {
     pub(crate) conn_id: u64,
-    pub(crate) rx: mpsc::Receiver<Arc<Envelope>>,
+    pub(crate) rx: mpsc::Receiver<Arc<Push>>,
     pub(crate) signals: Arc<Signals>,
 }
 
@@ -89,12 +101,12 @@ impl Hub {
     }
 
     /// Pushes an envelope to `device` if it is connected. Never blocks.
-    pub(crate) fn push(&self, device: DeviceId, envelope: Arc<Envelope>) {
+    pub(crate) fn push(&self, device: DeviceId, envelope: Envelope) {
         let slots = self.slots();
         let Some(slot) = slots.get(&device) else {
             return;
         };
-        match slot.tx.try_send(envelope) {
+        match slot.tx.try_send(Arc::new(Push::Envelope(envelope))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 slot.signals.lagged.store(true, Ordering::Release);
@@ -103,6 +115,28 @@ impl Hub {
             // The connection is ending; its entries stay in the mailbox.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Pushes an ephemeral signal to each of `devices` that is connected. Never blocks;
+    /// a full queue drops it (it is not stored anywhere). Returns how many took it.
+    pub(crate) fn push_ephemeral(
+        &self,
+        devices: &[DeviceId],
+        signal: Arc<wire::EphemeralDelivery>,
+    ) -> usize {
+        let slots = self.slots();
+        let mut sent = 0;
+        for device in devices {
+            if let Some(slot) = slots.get(device)
+                && slot
+                    .tx
+                    .try_send(Arc::new(Push::Ephemeral(Arc::clone(&signal))))
+                    .is_ok()
+            {
+                sent += 1;
+            }
+        }
+        sent
     }
 
     /// Connected devices.
@@ -117,8 +151,8 @@ mod tests {
     use bytes::Bytes;
     use hushwire_store::{DeviceAddr, EnvelopeKind};
 
-    fn env(seq: u64) -> Arc<Envelope> {
-        Arc::new(Envelope {
+    fn env(seq: u64) -> Envelope {
+        Envelope {
             seq,
             message_id: [0; 16],
             group_id: Bytes::from_static(b"g"),
@@ -130,7 +164,14 @@ mod tests {
             },
             server_time_ms: 0,
             payload: Bytes::new(),
-        })
+        }
+    }
+
+    fn seq_of(p: &Push) -> Option<u64> {
+        match p {
+            Push::Envelope(e) => Some(e.seq),
+            Push::Ephemeral(_) => None,
+        }
     }
 
     #[test]
@@ -142,7 +183,7 @@ mod tests {
             hub.push(d, env(seq));
         }
         assert!(first.signals.lagged.load(Ordering::Acquire));
-        assert_eq!(first.rx.try_recv().map(|e| e.seq).ok(), Some(1));
+        assert_eq!(first.rx.try_recv().ok().and_then(|p| seq_of(&p)), Some(1));
 
         let second = hub.register(d);
         assert!(first.signals.replaced.load(Ordering::Acquire));
@@ -152,5 +193,24 @@ mod tests {
         hub.unregister(d, second.conn_id);
         assert_eq!(hub.len(), 0);
         hub.push(d, env(99)); // nobody connected: no-op
+    }
+
+    #[test]
+    fn ephemeral_goes_to_connected_devices_and_full_queues_drop_it() {
+        let hub = Hub::default();
+        let (a, b, c) = (DeviceId(1), DeviceId(2), DeviceId(3));
+        let mut ra = hub.register(a);
+        let rb = hub.register(b);
+        for seq in 1..=PUSH_QUEUE as u64 {
+            hub.push(b, env(seq));
+        }
+        let signal = Arc::new(wire::EphemeralDelivery::default());
+        // c is not connected, b's queue is full: only a gets it, and b is not lagged.
+        assert_eq!(hub.push_ephemeral(&[a, b, c], signal), 1);
+        assert!(matches!(
+            ra.rx.try_recv().ok().as_deref(),
+            Some(Push::Ephemeral(_))
+        ));
+        assert!(!rb.signals.lagged.load(Ordering::Acquire));
     }
 }

@@ -27,6 +27,8 @@
 //! - `auth`: signed-request verification with a replay cache; WebSocket challenge check.
 //! - `ws`: one WebSocket connection: challenge, auth, backlog, live pushes, submit, ack.
 //! - `hub`: which device is connected where; bounded live-push queues.
+//! - `media`: the blob routes (create, upload parts, status, ranged download, delete)
+//!   over the metadata store and a `hushwire_blobstore::BlobStore`, and the sweeper.
 //! - `ratelimit`: keyed token buckets (registrations per IP, claims per device).
 //! - [`error`]: every error type and the one mapping to HTTP statuses and close codes.
 //!
@@ -60,13 +62,15 @@ mod auth;
 pub mod config;
 pub mod error;
 mod hub;
+mod media;
 mod ratelimit;
 pub mod tls;
 mod ws;
 
 pub use api::app;
-pub use config::{AcmeConfig, ConfigError, RegistrationPolicy, ServerConfig};
+pub use config::{AcmeConfig, ConfigError, MediaConfig, RegistrationPolicy, ServerConfig};
 pub use error::{ApiError, ServerError};
+pub use hushwire_blobstore::{BlobStore, ObjectBlobStore};
 pub use tls::{TlsError, TlsMaterial};
 
 /// Milliseconds since the Unix epoch by the server clock.
@@ -126,6 +130,8 @@ pub(crate) struct Shared {
     pub(crate) replay: auth::ReplayCache,
     pub(crate) register_limiter: ratelimit::RateLimiter<IpAddr>,
     pub(crate) claim_limiter: ratelimit::RateLimiter<DeviceId>,
+    /// Ephemeral signals, block changes and retractions per device.
+    pub(crate) signal_limiter: ratelimit::RateLimiter<DeviceId>,
     /// Cancelled when the server shuts down; WebSockets close with 1001.
     pub(crate) shutdown: CancellationToken,
     /// Every connection and WebSocket task, waited for on shutdown.
@@ -133,6 +139,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// The decoy website everyone without the path prefix sees.
     pub(crate) site: hushwire_decoy::DecoySite,
+    /// Media blob bytes.
+    pub(crate) blobs: Arc<dyn hushwire_blobstore::BlobStore>,
+    /// Bytes of part bodies that may be held in memory at once (`media.upload_buffer_bytes`).
+    pub(crate) upload_budget: Arc<Semaphore>,
 }
 
 /// The server's shared state: configuration, store, hub, limiters. Cheap to clone.
@@ -154,9 +164,26 @@ impl std::fmt::Debug for Server {
 const RATE_LIMIT_KEYS: usize = 100_000;
 
 impl Server {
-    /// Validates `config` and builds the state over `store`.
+    /// Validates `config` and builds the state over `store`, with media blobs on the
+    /// local filesystem in `{data_dir}/blobs/` (created).
     pub fn new(config: ServerConfig, store: Arc<dyn Store>) -> Result<Self, ServerError> {
         config.validate()?;
+        let blobs = Arc::new(hushwire_blobstore::ObjectBlobStore::local(
+            &config.data_dir,
+        )?);
+        Self::with_blob_store(config, store, blobs)
+    }
+
+    /// Like [`Server::new`] with the given blob store.
+    pub fn with_blob_store(
+        config: ServerConfig,
+        store: Arc<dyn Store>,
+        blobs: Arc<dyn hushwire_blobstore::BlobStore>,
+    ) -> Result<Self, ServerError> {
+        config.validate()?;
+        let upload_budget = Arc::new(Semaphore::new(
+            usize::try_from(config.media.upload_buffer_bytes).unwrap_or(usize::MAX),
+        ));
         let rl = &config.rate_limits;
         let shared = Shared {
             store,
@@ -170,10 +197,16 @@ impl Server {
                 rl.claims_per_device_per_minute,
                 RATE_LIMIT_KEYS,
             ),
+            signal_limiter: ratelimit::RateLimiter::new(
+                rl.signals_per_device_per_minute,
+                RATE_LIMIT_KEYS,
+            ),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             metrics: Metrics::default(),
             site: hushwire_decoy::DecoySite::new(config.site_path()),
+            blobs,
+            upload_budget,
             config,
         };
         Ok(Self {
@@ -390,6 +423,8 @@ impl RunningServer {
         tracing::info!(addr = %local_addr, pin = %tls.pin, "hushwire server listening");
 
         shared.tasks.spawn(expiry_loop(server.clone()));
+        shared.tasks.spawn(media::sweep_loop(server.clone()));
+        shared.tasks.spawn(purge_loop(server.clone()));
         if let Some(store) = &tls.acme {
             shared.tasks.spawn(acme::maintain(
                 shared.config.acme.clone(),
@@ -620,6 +655,30 @@ async fn expiry_loop(server: Server) {
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// How often queued copies of disappearing messages past their expiry are deleted.
+const PURGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Deletes disappearing messages whose time is up ([`hushwire_store::Controls`]), every
+/// [`PURGE_INTERVAL`].
+async fn purge_loop(server: Server) {
+    let shared = &server.shared;
+    loop {
+        match shared.store.purge_disappearing(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "disappearing messages purged"),
+            Err(hushwire_store::StoreError::Unsupported(op)) => {
+                tracing::warn!(op, "the store cannot purge disappearing messages promptly");
+                return;
+            }
+            Err(e) => tracing::error!(error = %e, "purging disappearing messages failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PURGE_INTERVAL) => {}
             () = shared.shutdown.cancelled() => return,
         }
     }

@@ -184,16 +184,39 @@ fn ensure_self_signed(dir: &Path, cert: &Path, key: &Path) -> Result<(), TlsErro
         (false, _) => {}
     }
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let (key_pair, certificate) = snakeoil_certificate(time::OffsetDateTime::now_utc())?;
+    write_atomically(key, key_pair.serialize_pem().as_bytes(), 0o600)?;
+    write_atomically(cert, certificate.pem().as_bytes(), 0o644)?;
+    tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate");
+    Ok(())
+}
+
+/// A self-signed certificate shaped like the one a stock web server install makes
+/// (Debian's `ssl-cert` "snakeoil"): subject and issuer are just `CN=localhost`, valid
+/// for ten years from today, a fresh serial. rcgen's defaults (subject "rcgen self
+/// signed cert", valid 1975–4096) would single the server out to a scanner. Clients
+/// pin the key, not the dates, so the validity period never breaks them.
+fn snakeoil_certificate(
+    now: time::OffsetDateTime,
+) -> Result<(rcgen::KeyPair, rcgen::Certificate), rcgen::Error> {
     let names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    let generated = rcgen::generate_simple_self_signed(names)?;
-    write_atomically(key, generated.signing_key.serialize_pem().as_bytes(), 0o600)?;
-    write_atomically(cert, generated.cert.pem().as_bytes(), 0o644)?;
-    tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate");
-    Ok(())
+    let mut params = rcgen::CertificateParams::new(names)?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, "localhost");
+    params.distinguished_name = dn;
+    params.not_before = now;
+    params.not_after = now + time::Duration::days(3650);
+    let mut serial = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut serial);
+    serial[0] &= 0x7f; // a positive DER INTEGER
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((key, cert))
 }
 
 pub(crate) fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
@@ -252,4 +275,26 @@ pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> 
             path: path.to_path_buf(),
             reason: "no PRIVATE KEY block found",
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_certificate_looks_like_a_stock_install() {
+        let now = time::OffsetDateTime::now_utc();
+        let (_, cert) = snakeoil_certificate(now).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
+        assert_eq!(parsed.subject().to_string(), "CN=localhost");
+        assert_eq!(parsed.issuer().to_string(), "CN=localhost");
+        let validity = parsed.validity();
+        let from = validity.not_before.timestamp();
+        let to = validity.not_after.timestamp();
+        assert!((from - now.unix_timestamp()).abs() <= 1);
+        assert_eq!(to - from, 3650 * 86_400);
+        let (_, other) = snakeoil_certificate(now).unwrap();
+        let (_, other) = x509_parser::parse_x509_certificate(other.der()).unwrap();
+        assert_ne!(parsed.raw_serial(), other.raw_serial());
+    }
 }

@@ -12,6 +12,12 @@
 //! The device is registered in the hub *before* the backlog is read, so no entry can
 //! fall between the two.
 //!
+//! **Ephemeral signals, blocks, retractions** (protocol.md, "Conversation features"):
+//! an `ephemeral` frame is relayed through the hub to the connected devices of the
+//! group's roster ([`hushwire_store::Controls::relay_audience`]) and stored nowhere;
+//! `block` and `retract` change the store. All three are rate-limited per device and
+//! answered with `done`; a bad one gets an error in `done`, the connection stays open.
+//!
 //! **Writes.** Frames are fed to the socket and flushed once per wake-up, together with
 //! the pushes already queued for the device (`flush_with_queued`).
 //!
@@ -31,18 +37,20 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use hushwire_proto::codec::{self, DecodeError};
 use hushwire_proto::identity::validate_handle;
-use hushwire_proto::limits::{MAX_GROUP_ID_BYTES, MAX_ROSTER, MESSAGE_ID_BYTES};
+use hushwire_proto::limits::{
+    MAX_EPHEMERAL_BYTES, MAX_GROUP_ID_BYTES, MAX_ROSTER, MESSAGE_ID_BYTES,
+};
 use hushwire_proto::mls::{self, ContentType, MlsHeader};
 use hushwire_proto::wire::{self, ErrorCode, client_frame, server_frame, submit_result};
 use hushwire_store::{
-    DeviceAddr, DeviceId, DeviceRecord, Envelope, EnvelopeKind, Submission, SubmitKind,
-    SubmitOutcome, WelcomeOut,
+    DeviceAddr, DeviceId, DeviceRecord, Envelope, EnvelopeKind, RelayAudience, Submission,
+    SubmitKind, SubmitOutcome, WelcomeOut,
 };
 use rand::RngCore;
 
 use crate::config::Limits;
 use crate::error::{Close, submit_rejection, wire_error};
-use crate::hub::{PUSH_QUEUE, Registration};
+use crate::hub::{PUSH_QUEUE, Push, Registration};
 use crate::{GaugeGuard, Server, auth, now_ms};
 
 /// tungstenite's read buffer per connection. Frames larger than this are read in
@@ -234,7 +242,7 @@ impl Connection<'_> {
                 () = shutdown.cancelled() => return going_away(),
                 () = reg.signals.notify.notified() => Ok(()),
                 pushed = reg.rx.recv() => match pushed {
-                    Some(envelope) => self.pushed(socket, envelope).await,
+                    Some(push) => self.pushed(socket, push).await,
                     // The hub dropped our sender: a newer connection replaced us.
                     None => Err(Close::new(Close::REPLACED, "replaced by a newer connection of this device").into()),
                 },
@@ -264,7 +272,7 @@ impl Connection<'_> {
         if self.unflushed {
             for _ in 0..PUSH_QUEUE {
                 match reg.rx.try_recv() {
-                    Ok(envelope) => self.pushed(socket, envelope).await?,
+                    Ok(push) => self.pushed(socket, push).await?,
                     Err(_) => break,
                 }
             }
@@ -289,12 +297,19 @@ impl Connection<'_> {
     }
 
     /// A live push from the hub.
-    async fn pushed(&mut self, socket: &mut WebSocket, envelope: Arc<Envelope>) -> Result<(), End> {
+    async fn pushed(&mut self, socket: &mut WebSocket, push: Arc<Push>) -> Result<(), End> {
+        let envelope = match &*push {
+            Push::Envelope(e) => e,
+            Push::Ephemeral(signal) => {
+                let body = server_frame::Body::Ephemeral(wire::EphemeralDelivery::clone(signal));
+                return self.feed(socket, 0, body).await;
+            }
+        };
         if envelope.seq <= self.delivered {
             return Ok(());
         }
         if envelope.seq == self.delivered + 1 {
-            self.feed(socket, 0, deliver(&envelope)).await?;
+            self.feed(socket, 0, deliver(envelope)).await?;
             self.delivered = envelope.seq;
             return Ok(());
         }
@@ -353,6 +368,21 @@ impl Connection<'_> {
                 }
                 Ok(())
             }
+            Some(client_frame::Body::Ephemeral(e)) => {
+                let done = Box::pin(self.ephemeral(e)).await;
+                self.feed(socket, request_id, server_frame::Body::Done(done))
+                    .await
+            }
+            Some(client_frame::Body::Block(b)) => {
+                let done = Box::pin(self.block(b)).await;
+                self.feed(socket, request_id, server_frame::Body::Done(done))
+                    .await
+            }
+            Some(client_frame::Body::Retract(r)) => {
+                let done = Box::pin(self.retract(r)).await;
+                self.feed(socket, request_id, server_frame::Body::Done(done))
+                    .await
+            }
             Some(client_frame::Body::Ping(ping)) => {
                 let pong = server_frame::Body::Pong(wire::Pong {
                     client_time_ms: ping.client_time_ms,
@@ -381,6 +411,12 @@ impl Connection<'_> {
             Err(error) => submit_result::Outcome::Rejected(error),
             Ok(parsed) => {
                 let now = now_ms();
+                let retention = shared.config.retention_ms();
+                // A disappearing message goes at its expiry, never later than retention.
+                let keep = match parsed.expire_after_ms {
+                    0 => retention,
+                    ms => ms.min(retention),
+                };
                 let submission = Submission {
                     sender: self.device.id,
                     message_id: parsed.message_id,
@@ -389,16 +425,15 @@ impl Connection<'_> {
                     kind: parsed.kind,
                     payload: parsed.payload,
                     now_ms: now,
-                    expires_at_ms: now.saturating_add(shared.config.retention_ms()),
+                    expires_at_ms: now.saturating_add(keep),
+                    disappearing: parsed.expire_after_ms != 0,
                 };
                 match shared.store.submit(submission).await {
                     Ok(SubmitOutcome::Accepted(accepted)) => {
                         // Durable now. Push first: a slow submitter's socket must not
                         // delay the recipients.
                         for delivered in accepted.deliveries {
-                            shared
-                                .hub
-                                .push(delivered.device, Arc::new(delivered.envelope));
+                            shared.hub.push(delivered.device, delivered.envelope);
                         }
                         submit_result::Outcome::Accepted(wire::Accepted {
                             group_seq: accepted.group_seq,
@@ -425,6 +460,146 @@ impl Connection<'_> {
         });
         self.feed(socket, request_id, result).await
     }
+}
+
+impl Connection<'_> {
+    /// Takes a token of the device's signal budget, or says why not.
+    fn signal_budget(&self) -> Result<(), wire::Error> {
+        if self
+            .server
+            .shared
+            .signal_limiter
+            .check(self.device.id, std::time::Instant::now())
+        {
+            Ok(())
+        } else {
+            Err(wire_error(
+                ErrorCode::RateLimited,
+                "too many signals; slow down",
+            ))
+        }
+    }
+
+    /// Relays an ephemeral signal to the group's connected devices.
+    async fn ephemeral(&mut self, e: wire::Ephemeral) -> wire::Done {
+        let result = async {
+            let group_id = validate_ephemeral(&e)?;
+            self.signal_budget()?;
+            let shared = &self.server.shared;
+            let audience = shared
+                .store
+                .relay_audience(self.device.id, &group_id)
+                .await
+                .map_err(|e| submit_rejection(&e))?;
+            let devices = match audience {
+                RelayAudience::Devices(d) => d,
+                RelayAudience::NotMember => {
+                    return Err(wire_error(
+                        ErrorCode::NotMember,
+                        "sender is not a member of the group",
+                    ));
+                }
+                RelayAudience::UnknownGroup => {
+                    return Err(wire_error(ErrorCode::UnknownGroup, "unknown group"));
+                }
+            };
+            let signal = Arc::new(wire::EphemeralDelivery {
+                group_id,
+                sender: Some(wire::DeviceAddress {
+                    handle: self.device.addr.handle.clone(),
+                    device_id: self.device.addr.device_id,
+                }),
+                mls_message: e.mls_message,
+                server_time_ms: now_ms(),
+            });
+            // How many took it is not told to the sender: that would say who is online.
+            shared.hub.push_ephemeral(&devices, signal);
+            Ok(())
+        }
+        .await;
+        done(result)
+    }
+
+    /// Blocks or unblocks an account for this device's account.
+    async fn block(&mut self, b: wire::SetBlock) -> wire::Done {
+        let result = async {
+            if validate_handle(&b.handle).is_err() {
+                return Err(wire_error(ErrorCode::InvalidHandle, "invalid handle"));
+            }
+            if b.handle == self.device.addr.handle {
+                return Err(bad("an account cannot block itself"));
+            }
+            self.signal_budget()?;
+            self.server
+                .shared
+                .store
+                .set_block(&self.device.addr.handle, &b.handle, b.blocked, now_ms())
+                .await
+                .map_err(|e| submit_rejection(&e))?;
+            Ok(())
+        }
+        .await;
+        done(result)
+    }
+
+    /// Removes the still-queued copies of one of this account's messages.
+    async fn retract(&mut self, r: wire::Retract) -> wire::Done {
+        let result = async {
+            let message_id: [u8; MESSAGE_ID_BYTES] = r
+                .message_id
+                .as_ref()
+                .try_into()
+                .map_err(|_| bad(format!("message_id must be {MESSAGE_ID_BYTES} bytes")))?;
+            if r.group_id.is_empty() || r.group_id.len() > MAX_GROUP_ID_BYTES {
+                return Err(bad(format!(
+                    "group_id must be 1 to {MAX_GROUP_ID_BYTES} bytes"
+                )));
+            }
+            self.signal_budget()?;
+            let removed = self
+                .server
+                .shared
+                .store
+                .retract(self.device.id, &r.group_id, message_id)
+                .await
+                .map_err(|e| submit_rejection(&e))?;
+            tracing::debug!(removed, "queued copies retracted");
+            Ok(())
+        }
+        .await;
+        done(result)
+    }
+}
+
+fn done(result: Result<(), wire::Error>) -> wire::Done {
+    wire::Done {
+        error: result.err(),
+    }
+}
+
+/// Checks an `Ephemeral` frame: an application message of the group it names, small.
+fn validate_ephemeral(e: &wire::Ephemeral) -> Result<Bytes, wire::Error> {
+    if e.group_id.is_empty() || e.group_id.len() > MAX_GROUP_ID_BYTES {
+        return Err(bad(format!(
+            "group_id must be 1 to {MAX_GROUP_ID_BYTES} bytes"
+        )));
+    }
+    if e.mls_message.len() > MAX_EPHEMERAL_BYTES {
+        return Err(wire_error(
+            ErrorCode::TooLarge,
+            format!("an ephemeral message is at most {MAX_EPHEMERAL_BYTES} bytes"),
+        ));
+    }
+    match mls::parse_header(&e.mls_message) {
+        Ok(MlsHeader::Framed(h)) if h.content_type == ContentType::Application => {
+            if h.group_id != e.group_id {
+                return Err(bad("group_id does not match the MLS header"));
+            }
+        }
+        Ok(_) => return Err(bad("an ephemeral message must be an application message")),
+        Err(e) => return Err(bad(format!("mls_message: {e}"))),
+    }
+    Ok(e.group_id.clone())
 }
 
 fn deliver(e: &Envelope) -> server_frame::Body {
@@ -521,6 +696,7 @@ fn transport_error(err: axum::Error) -> End {
 /// A submit that passed the checks the server can make without the store.
 #[derive(Debug)]
 struct ParsedSubmit {
+    expire_after_ms: u64,
     message_id: [u8; 16],
     group_id: Bytes,
     epoch: u64,
@@ -665,6 +841,7 @@ fn validate_submit(
         }
     };
     Ok(ParsedSubmit {
+        expire_after_ms: submit.expire_after_ms,
         message_id,
         group_id: submit.group_id,
         epoch: header.epoch,

@@ -128,6 +128,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
                     payload: payload.clone(),
                     now_ms,
                     expires_at_ms: now_ms + RETENTION_MS,
+                    disappearing: false,
                 };
                 match store.submit(sub).await {
                     Ok(SubmitOutcome::Accepted(_)) => {}

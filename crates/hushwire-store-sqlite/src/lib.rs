@@ -28,6 +28,9 @@
 //! - `ops.rs`: the write operations and the writer's caches (group epochs, rosters and
 //!   seqs, devices, per-device mailbox seqs), filled lazily from the database.
 //! - `read.rs`: the read pool and read queries.
+//! - `blobs.rs`: media blob metadata ([`Blobs`]): its writes and reads.
+//! - `controls.rs`: [`Controls`]: block lists, retraction, the purge of disappearing
+//!   messages and the WAL wipe after it, the audience of ephemeral signals.
 //! - `conv.rs`: integer conversions (u64 is stored saturated at `i64::MAX`) and the
 //!   mapping of SQLite errors to [`StoreError::Backend`].
 //! - `schema.rs` + `migrations/NNNN_name.sql`: versioned migrations
@@ -36,10 +39,12 @@
 
 use async_trait::async_trait;
 use hushwire_store::{
-    AccountRecord, Accounts, ClaimedKeyPackage, Delivery, DeviceAddr, DeviceId, DeviceRecord,
-    Envelope, GroupInfoRecord, GroupRecord, KeyPackageStock, KeyPackages, Mailboxes, NewAccount,
-    NewDevice, NewKeyPackage, StoreError, Submission, SubmitOutcome,
+    AccountRecord, Accounts, BlobId, BlobPart, BlobReader, BlobRecord, BlobSweep, Blobs,
+    ClaimedKeyPackage, CreateBlobOutcome, Delivery, DeviceAddr, DeviceId, DeviceRecord, Envelope,
+    GroupInfoRecord, GroupRecord, KeyPackageStock, KeyPackages, Mailboxes, NewAccount, NewBlob,
+    NewDevice, NewKeyPackage, PartOutcome, StoreError, Submission, SubmitOutcome,
 };
+use hushwire_store::{Controls, RelayAudience};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -48,6 +53,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+mod blobs;
+mod controls;
 mod conv;
 mod ops;
 mod read;
@@ -89,6 +96,10 @@ pub struct SqliteOptions {
     /// behind it for the copy and an fsync of the database file. Larger means rarer
     /// stalls and fewer copies (pages rewritten in the WAL are copied once).
     pub wal_autocheckpoint_pages: u32,
+    /// After disappearing or retracted messages were deleted, the writer truncates the
+    /// WAL (so no old copy of their pages stays on disk) at most this often (default
+    /// 5 s). See `controls.rs`.
+    pub wipe_interval: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -101,6 +112,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             cache_kib: 32 * 1024,
             wal_autocheckpoint_pages: 8192,
+            wipe_interval: Duration::from_secs(5),
         }
     }
 }
@@ -223,6 +235,10 @@ impl SqliteStore {
                 "journal_mode is {mode}, WAL was refused"
             ))));
         }
+        // Deleted rows are zeroed in their pages (acknowledged, expired, retracted and
+        // disappearing messages leave no ciphertext behind in free space).
+        conn.pragma_update(None, "secure_delete", true)
+            .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.pragma_update(None, "wal_autocheckpoint", options.wal_autocheckpoint_pages)
@@ -243,7 +259,9 @@ impl SqliteStore {
         }
 
         let (tx, rx) = mpsc::channel(options.queue_capacity);
-        let state = WriterState::new(conn);
+        let mut state = WriterState::new(conn);
+        state.controls.wipe_interval = options.wipe_interval;
+        state.controls.busy_timeout = options.busy_timeout;
         let batching = writer::Batching {
             max_batch: options.max_batch,
             window: options.commit_window,
@@ -454,6 +472,140 @@ impl Mailboxes for SqliteStore {
             match step.next {
                 Some(next) => cursor = next,
                 None => return Ok(bodies),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Blobs for SqliteStore {
+    async fn create_blob(&self, new: NewBlob) -> Result<CreateBlobOutcome, StoreError> {
+        self.write(move |w| w.create_blob(&new)).await
+    }
+
+    async fn blob(&self, id: &BlobId) -> Result<Option<BlobRecord>, StoreError> {
+        let id = *id;
+        self.read(move |c| blobs::blob(c, &id)).await
+    }
+
+    async fn blob_parts(&self, id: &BlobId) -> Result<Vec<BlobPart>, StoreError> {
+        let id = *id;
+        self.read(move |c| blobs::blob_parts(c, &id)).await
+    }
+
+    async fn record_blob_part(
+        &self,
+        id: &BlobId,
+        part: BlobPart,
+        now_ms: u64,
+    ) -> Result<PartOutcome, StoreError> {
+        let id = *id;
+        self.write(move |w| w.record_blob_part(&id, part, now_ms))
+            .await
+    }
+
+    async fn readable_blob(
+        &self,
+        id: &BlobId,
+        device: DeviceId,
+    ) -> Result<Option<BlobRecord>, StoreError> {
+        let id = *id;
+        self.read(move |c| blobs::readable_blob(c, &id, device))
+            .await
+    }
+
+    async fn record_blob_fetch(
+        &self,
+        id: &BlobId,
+        device: DeviceId,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let id = *id;
+        self.write(move |w| w.record_blob_fetch(&id, device, now_ms))
+            .await
+    }
+
+    async fn blob_readers(&self, id: &BlobId) -> Result<Vec<BlobReader>, StoreError> {
+        let id = *id;
+        self.read(move |c| blobs::blob_readers(c, &id)).await
+    }
+
+    async fn blob_usage(&self, account: &str, now_ms: u64) -> Result<u64, StoreError> {
+        let account = account.to_owned();
+        self.read(move |c| blobs::blob_usage(c, &account, now_ms))
+            .await
+    }
+
+    async fn begin_blob_deletion(&self, id: &BlobId, now_ms: u64) -> Result<bool, StoreError> {
+        let id = *id;
+        self.write(move |w| w.begin_blob_deletion(&id, now_ms))
+            .await
+    }
+
+    async fn sweep_blobs(&self, sweep: BlobSweep, limit: usize) -> Result<Vec<BlobId>, StoreError> {
+        self.write(move |w| w.sweep_blobs(sweep, limit)).await
+    }
+
+    async fn purge_blobs(&self, ids: &[BlobId]) -> Result<u64, StoreError> {
+        let ids = ids.to_vec();
+        self.write(move |w| w.purge_blobs(&ids)).await
+    }
+
+    async fn known_blobs(&self, ids: &[BlobId]) -> Result<Vec<BlobId>, StoreError> {
+        let ids = ids.to_vec();
+        self.read(move |c| blobs::known_blobs(c, &ids)).await
+    }
+}
+
+#[async_trait]
+impl Controls for SqliteStore {
+    async fn set_block(
+        &self,
+        blocker: &str,
+        handle: &str,
+        blocked: bool,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let (blocker, handle) = (blocker.to_owned(), handle.to_owned());
+        self.write(move |w| w.set_block(&blocker, &handle, blocked, now_ms))
+            .await
+    }
+
+    async fn blocked_by(&self, blocker: &str) -> Result<Vec<String>, StoreError> {
+        let blocker = blocker.to_owned();
+        self.read(move |c| controls::blocked_by(c, &blocker)).await
+    }
+
+    async fn retract(
+        &self,
+        sender: DeviceId,
+        group_id: &[u8],
+        message_id: [u8; 16],
+    ) -> Result<u64, StoreError> {
+        let group_id = group_id.to_vec();
+        self.write(move |w| w.retract(sender, &group_id, message_id))
+            .await
+    }
+
+    async fn relay_audience(
+        &self,
+        sender: DeviceId,
+        group_id: &[u8],
+    ) -> Result<RelayAudience, StoreError> {
+        let group_id = group_id.to_vec();
+        self.read(move |c| controls::relay_audience(c, sender, &group_id))
+            .await
+    }
+
+    async fn purge_disappearing(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let mut removed = 0u64;
+        // Bounded: each step deletes the timed entries it looks at (at most
+        // PURGE_STEP), and only entries due before `now_ms` are looked at.
+        loop {
+            let (n, more) = self.write(move |w| w.purge_step(now_ms)).await?;
+            removed += n;
+            if !more {
+                return Ok(removed);
             }
         }
     }

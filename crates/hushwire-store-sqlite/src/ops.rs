@@ -21,17 +21,17 @@ const CACHE_LIMIT: usize = 200_000;
 
 /// A group as the writer knows it.
 #[derive(Debug, Clone)]
-struct GroupState {
+pub(crate) struct GroupState {
     epoch: u64,
     last_seq: u64,
     /// Member device ids, sorted.
-    members: Vec<DeviceId>,
+    pub(crate) members: Vec<DeviceId>,
 }
 
 /// A device as the writer needs it for routing.
 #[derive(Debug, Clone)]
-struct DeviceInfo {
-    addr: DeviceAddr,
+pub(crate) struct DeviceInfo {
+    pub(crate) addr: DeviceAddr,
     revoked: bool,
 }
 
@@ -43,6 +43,8 @@ pub(crate) struct WriterState {
     addrs: HashMap<DeviceAddr, DeviceId>,
     /// Last mailbox seq handed out per device.
     seqs: HashMap<DeviceId, u64>,
+    /// Blocks, disappearing messages and the WAL wipe (see `controls.rs`).
+    pub(crate) controls: crate::controls::ControlsState,
 }
 
 impl WriterState {
@@ -53,6 +55,7 @@ impl WriterState {
             devices: HashMap::new(),
             addrs: HashMap::new(),
             seqs: HashMap::new(),
+            controls: crate::controls::ControlsState::default(),
         }
     }
 
@@ -61,6 +64,7 @@ impl WriterState {
         self.devices.clear();
         self.addrs.clear();
         self.seqs.clear();
+        self.controls.clear_caches();
     }
 
     fn bound_caches(&mut self) {
@@ -73,6 +77,9 @@ impl WriterState {
         }
         if self.seqs.len() > CACHE_LIMIT {
             self.seqs.clear();
+        }
+        if self.controls.cache_len() > CACHE_LIMIT {
+            self.controls.clear_caches();
         }
     }
 
@@ -88,7 +95,7 @@ impl WriterState {
 
     // --- lookups (cache first) -------------------------------------------------------
 
-    fn device_info(&mut self, id: DeviceId) -> Result<Option<DeviceInfo>, StoreError> {
+    pub(crate) fn device_info(&mut self, id: DeviceId) -> Result<Option<DeviceInfo>, StoreError> {
         if let Some(d) = self.devices.get(&id) {
             return Ok(Some(d.clone()));
         }
@@ -143,7 +150,10 @@ impl WriterState {
         }))
     }
 
-    fn group_state(&mut self, group_id: &Bytes) -> Result<Option<GroupState>, StoreError> {
+    pub(crate) fn group_state(
+        &mut self,
+        group_id: &Bytes,
+    ) -> Result<Option<GroupState>, StoreError> {
         if let Some(g) = self.groups.get(group_id) {
             return Ok(Some(g.clone()));
         }
@@ -553,7 +563,11 @@ impl WriterState {
             }
         }
         audience.retain(|d| *d != sub.sender);
-        let audience = self.live(audience)?;
+        let mut audience = self.live(audience)?;
+        if kind == EnvelopeKind::Application {
+            // Accounts that blocked the sender get none of its messages.
+            audience = self.without_blockers(&sender_info.addr.handle, audience)?;
+        }
 
         // Group row and roster.
         let gid = sub.group_id.as_ref();
@@ -623,6 +637,7 @@ impl WriterState {
         let mut bodies = vec![(kind, group_seq, sub.payload.clone(), audience)];
         for (payload, to) in welcomes {
             let to = self.live(to)?;
+            let to = self.without_blockers(&sender_addr.handle, to)?;
             bodies.push((EnvelopeKind::Welcome, 0, payload, to));
         }
         for (kind, gseq, payload, to) in bodies {
@@ -664,6 +679,9 @@ impl WriterState {
                         to_i64(sub.expires_at_ms)
                     ])
                     .db()?;
+                if sub.disappearing {
+                    self.record_timed(sub.expires_at_ms, device, seq, message)?;
+                }
                 deliveries.push(Delivered {
                     device,
                     envelope: envelope(seq, gseq, kind, &payload),
@@ -772,7 +790,7 @@ impl WriterState {
     }
 
     /// Records that mailbox seqs up to `seq` of device `dev` were handed out and removed.
-    fn raise_floor(&mut self, dev: i64, seq: i64) -> Result<(), StoreError> {
+    pub(crate) fn raise_floor(&mut self, dev: i64, seq: i64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "INSERT INTO mailbox_floor (device, seq_floor) VALUES (?1, ?2) \

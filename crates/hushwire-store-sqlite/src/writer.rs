@@ -161,6 +161,9 @@ pub(crate) fn run(mut state: WriterState, mut rx: mpsc::Receiver<Msg>, batching:
         last_batch = batch.len();
         if !batch.is_empty() || !acks.is_empty() {
             run_batch(&mut state, &mut batch, &mut acks);
+            // Outside the transaction: wipe deleted disappearing/retracted content from
+            // the WAL when due (see `controls.rs`).
+            state.maybe_wipe();
         }
     }
     // Refuse what is still queued (queued acks are hints: they may go), then let go of

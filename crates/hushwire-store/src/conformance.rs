@@ -17,8 +17,8 @@
 
 use crate::{
     Accepted, AccountRecord, DeviceAddr, DeviceId, DeviceRecord, Envelope, EnvelopeKind,
-    NewAccount, NewDevice, NewKeyPackage, Store, StoreError, Submission, SubmitKind, SubmitOutcome,
-    WelcomeOut,
+    NewAccount, NewDevice, NewKeyPackage, RelayAudience, Store, StoreError, Submission, SubmitKind,
+    SubmitOutcome, WelcomeOut,
 };
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
@@ -120,6 +120,15 @@ cases!(
     mailbox_ack,
     mailbox_ack_deletes_unreferenced_bodies,
     mailbox_expiry,
+    blobs_create_and_readers,
+    blobs_parts_and_completion,
+    blobs_quota,
+    blobs_fetches,
+    blobs_sweep,
+    controls_block_stops_messages_and_welcomes,
+    controls_relay_audience,
+    controls_retract,
+    controls_purge_disappearing,
 );
 
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an expression
@@ -157,6 +166,15 @@ macro_rules! conformance_tests {
             mailbox_ack,
             mailbox_ack_deletes_unreferenced_bodies,
             mailbox_expiry,
+            blobs_create_and_readers,
+            blobs_parts_and_completion,
+            blobs_quota,
+            blobs_fetches,
+            blobs_sweep,
+            controls_block_stops_messages_and_welcomes,
+            controls_relay_audience,
+            controls_retract,
+            controls_purge_disappearing,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -287,6 +305,7 @@ pub fn application(sender: &DeviceRecord, group: &[u8], epoch: u64, body: &str) 
         payload: Bytes::from(body.to_owned()),
         now_ms: NOW,
         expires_at_ms: EXPIRES,
+        disappearing: false,
     }
 }
 
@@ -312,6 +331,7 @@ pub fn commit(
         payload: Bytes::from(format!("commit:{epoch}")),
         now_ms: NOW,
         expires_at_ms: EXPIRES,
+        disappearing: false,
     }
 }
 
@@ -1743,5 +1763,718 @@ pub async fn persistence_verify(store: Arc<dyn Store>, w: Written) -> CaseResult
     let mut n = new_account("carol");
     n.invite = Some("kept".into());
     s.create_account(n).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Controls: blocks, retraction, disappearing messages, ephemeral audience
+// ---------------------------------------------------------------------------------------
+
+/// A block stops the blocked account's application messages and Welcomes to the
+/// blocker's devices, not its commits; unblocking restores delivery.
+pub async fn controls_block_stops_messages_and_welcomes(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    create_group(s, b"g", &a, &[&a, &b, &c]).await?;
+    ensure!(
+        matches!(
+            s.set_block("bob", "bob", true, NOW).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "blocking oneself must be refused"
+    );
+    ensure!(
+        s.set_block("bob", "alice", true, NOW).await?,
+        "block not recorded"
+    );
+    ensure!(
+        !s.set_block("bob", "alice", true, NOW).await?,
+        "second block changed something"
+    );
+    ensure_eq!(s.blocked_by("bob").await?, vec!["alice".to_string()]);
+    ensure_eq!(s.blocked_by("carol").await?, Vec::<String>::new());
+
+    let r = accepted(
+        s.submit(application(&a, b"g", 1, "hidden from bob"))
+            .await?,
+    )?;
+    ensure_eq!(
+        r.deliveries.iter().map(|d| d.device).collect::<Vec<_>>(),
+        vec![c.id]
+    );
+    ensure_eq!(s.pending(b.id).await?, 0);
+    // bob still hears carol, and alice hears bob.
+    accepted(s.submit(application(&c, b"g", 1, "carol")).await?)?;
+    accepted(s.submit(application(&b, b"g", 1, "bob")).await?)?;
+    ensure_eq!(s.pending(b.id).await?, 1);
+    ensure_eq!(s.pending(a.id).await?, 2);
+    // Commits still reach bob (the group stays consistent).
+    let r = accepted(
+        s.submit(commit(&a, b"g", 1, &[&a, &b, &c], vec![], None))
+            .await?,
+    )?;
+    ensure!(
+        r.deliveries.iter().any(|d| d.device == b.id),
+        "a blocked account's commit must still reach the blocker"
+    );
+    // A Welcome from alice into a new group is not queued for bob.
+    let r = accepted(
+        s.submit(commit(
+            &a,
+            b"g2",
+            0,
+            &[&a, &b, &c],
+            vec![welcome("w2", &[&b, &c])],
+            None,
+        ))
+        .await?,
+    )?;
+    ensure_eq!(
+        r.deliveries.iter().map(|d| d.device).collect::<Vec<_>>(),
+        vec![c.id]
+    );
+    // Unblocked: delivered again.
+    ensure!(
+        s.set_block("bob", "alice", false, NOW).await?,
+        "unblock not recorded"
+    );
+    ensure_eq!(s.blocked_by("bob").await?, Vec::<String>::new());
+    let r = accepted(s.submit(application(&a, b"g", 2, "seen by bob")).await?)?;
+    ensure!(
+        r.deliveries.iter().any(|d| d.device == b.id),
+        "unblocked account's message did not reach bob"
+    );
+    Ok(())
+}
+
+/// The audience of an ephemeral signal: the other roster devices, without revoked ones
+/// and without the accounts that blocked the sender.
+pub async fn controls_relay_audience(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    let d = register(s, "dave").await?;
+    let c2 = link_device(s, "carol").await?;
+    create_group(s, b"g", &a, &[&a, &b, &c, &c2]).await?;
+    let mut expected = vec![b.id, c.id, c2.id];
+    expected.sort();
+    ensure_eq!(
+        s.relay_audience(a.id, b"g").await?,
+        RelayAudience::Devices(expected)
+    );
+    s.set_block("bob", "alice", true, NOW).await?;
+    s.revoke_device(&c2.addr).await?;
+    ensure_eq!(
+        s.relay_audience(a.id, b"g").await?,
+        RelayAudience::Devices(vec![c.id])
+    );
+    ensure_eq!(
+        s.relay_audience(d.id, b"g").await?,
+        RelayAudience::NotMember
+    );
+    ensure_eq!(
+        s.relay_audience(a.id, b"nope").await?,
+        RelayAudience::UnknownGroup
+    );
+    Ok(())
+}
+
+/// Retraction removes the still-queued copies of the account's own message (from any of
+/// its devices), never another account's; seqs are not reused; the id stays a duplicate.
+pub async fn controls_retract(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let a2 = link_device(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    create_group(s, b"g", &a, &[&a, &a2, &b, &c]).await?;
+    let m = application(&a, b"g", 1, "regret");
+    accepted(s.submit(m.clone()).await?)?;
+    let keep = application(&a, b"g", 1, "keep");
+    accepted(s.submit(keep.clone()).await?)?;
+    // bob fetched and acknowledged everything; carol and alice/2 did not.
+    drain(s, b.id).await?;
+    // Another account cannot retract it.
+    ensure_eq!(s.retract(b.id, b"g", m.message_id).await?, 0);
+    ensure_eq!(s.retract(c.id, b"g", m.message_id).await?, 0);
+    ensure_eq!(s.pending(c.id).await?, 2);
+    // Unknown ids and groups remove nothing.
+    ensure_eq!(s.retract(a.id, b"g", fresh_message_id()).await?, 0);
+    ensure_eq!(s.retract(a.id, b"nope", m.message_id).await?, 0);
+    // alice's other device may (carol's copy and alice/2's own copy).
+    ensure_eq!(s.retract(a2.id, b"g", m.message_id).await?, 2);
+    let left = fetch_all(s, c.id).await?;
+    ensure_eq!(
+        left.iter().map(payload_str).collect::<Vec<_>>(),
+        vec!["keep"]
+    );
+    ensure_eq!(s.retract(a.id, b"g", m.message_id).await?, 0);
+    // Re-submitting is still a duplicate: nothing is queued again.
+    let dup = accepted(s.submit(m).await?)?;
+    ensure!(
+        dup.duplicate && dup.deliveries.is_empty(),
+        "retracted id resent: {dup:?}"
+    );
+    // Retracting the last entry of a mailbox does not let its seq be reused.
+    let last = accepted(s.submit(application(&a, b"g", 1, "last")).await?)?;
+    let carol_seq = last
+        .deliveries
+        .iter()
+        .find(|d| d.device == c.id)
+        .map(|d| d.envelope.seq)
+        .ok_or_else(|| Failure("no delivery to carol".into()))?;
+    s.ack(c.id, carol_seq - 1).await?;
+    let last_id = last.deliveries[0].envelope.message_id;
+    ensure_eq!(s.retract(a.id, b"g", last_id).await?, 3);
+    ensure_eq!(s.pending(c.id).await?, 0);
+    let next = accepted(s.submit(application(&a, b"g", 1, "next")).await?)?;
+    let next_seq = next
+        .deliveries
+        .iter()
+        .find(|d| d.device == c.id)
+        .map(|d| d.envelope.seq)
+        .ok_or_else(|| Failure("no delivery to carol".into()))?;
+    ensure_eq!(next_seq, carol_seq + 1);
+    // The body was dropped with its last reference: only "keep" and "next" remain.
+    ensure_eq!(s.expire(EXPIRES + 1).await?, 2);
+    Ok(())
+}
+
+/// Disappearing submissions go at their expiry, queued copies and body; others stay.
+pub async fn controls_purge_disappearing(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    create_group(s, b"g", &a, &[&a, &b, &c]).await?;
+    let mut short = application(&a, b"g", 1, "poof");
+    short.expires_at_ms = NOW + 5_000;
+    short.disappearing = true;
+    let mut later = application(&a, b"g", 1, "poof later");
+    later.expires_at_ms = NOW + 60_000;
+    later.disappearing = true;
+    accepted(s.submit(short).await?)?;
+    accepted(s.submit(later).await?)?;
+    accepted(s.submit(application(&a, b"g", 1, "stays")).await?)?;
+    // bob fetches and acknowledges everything at once; carol nothing.
+    drain(s, b.id).await?;
+    ensure_eq!(s.purge_disappearing(NOW + 1_000).await?, 0);
+    ensure_eq!(s.pending(c.id).await?, 3);
+    ensure_eq!(s.purge_disappearing(NOW + 5_001).await?, 1);
+    ensure_eq!(
+        fetch_all(s, c.id)
+            .await?
+            .iter()
+            .map(payload_str)
+            .collect::<Vec<_>>(),
+        vec!["poof later", "stays"]
+    );
+    // Purging again finds nothing more before its time.
+    ensure_eq!(s.purge_disappearing(NOW + 5_002).await?, 0);
+    ensure_eq!(s.purge_disappearing(NOW + 60_001).await?, 1);
+    let left = fetch_all(s, c.id).await?;
+    ensure_eq!(
+        left.iter().map(payload_str).collect::<Vec<_>>(),
+        vec!["stays"]
+    );
+    // Seqs are not reused.
+    let r = accepted(s.submit(application(&a, b"g", 1, "after")).await?)?;
+    let seq = r
+        .deliveries
+        .iter()
+        .find(|d| d.device == c.id)
+        .map(|d| d.envelope.seq)
+        .ok_or_else(|| Failure("no delivery to carol".into()))?;
+    ensure!(seq > left[0].seq, "seq {seq} reused");
+    // Only the non-disappearing bodies are left.
+    ensure_eq!(s.expire(EXPIRES + 1).await?, 2);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Blobs (media metadata)
+// ---------------------------------------------------------------------------------------
+
+use crate::{
+    BlobId, BlobPart, BlobReader, BlobRecord, BlobSweep, CreateBlobOutcome, NewBlob, PartOutcome,
+};
+
+/// A blob id made of one repeated byte.
+pub fn blob_id(n: u8) -> BlobId {
+    BlobId([n; 32])
+}
+
+/// A blob of `size` bytes in `part_size`-byte parts for `group`, created by `uploader`
+/// at [`NOW`], expiring at [`EXPIRES`], under a quota of 1 GiB.
+pub fn new_blob(
+    id: BlobId,
+    uploader: &DeviceRecord,
+    group: &[u8],
+    size: u64,
+    part_size: u32,
+) -> NewBlob {
+    NewBlob {
+        id,
+        uploader: uploader.id,
+        group_id: Bytes::copy_from_slice(group),
+        size,
+        part_size,
+        quota_bytes: 1 << 30,
+        now_ms: NOW,
+        expires_at_ms: EXPIRES,
+    }
+}
+
+/// A part record whose hash is derived from `tag`.
+pub fn blob_part(index: u32, len: u32, tag: u8) -> BlobPart {
+    BlobPart {
+        index,
+        len,
+        sha256: [tag; 32],
+    }
+}
+
+/// The outcome as the created record, or a failure naming what came instead.
+pub fn created(outcome: CreateBlobOutcome) -> Result<BlobRecord, Failure> {
+    match outcome {
+        CreateBlobOutcome::Created(b) => Ok(b),
+        other => Err(Failure(format!("expected Created, got {other:?}"))),
+    }
+}
+
+/// Records every part of `blob` (tag 1) at `now_ms`.
+pub async fn store_all_parts(s: &dyn Store, blob: &BlobRecord, now_ms: u64) -> CaseResult {
+    for index in 0..blob.part_count() {
+        let len = blob
+            .part_len(index)
+            .ok_or_else(|| Failure(format!("no part {index}")))?;
+        let out = s
+            .record_blob_part(&blob.id, blob_part(index, len, 1), now_ms)
+            .await?;
+        ensure!(
+            matches!(out, PartOutcome::Stored(_)),
+            "part {index}: {out:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Creation checks the roster; readers are the roster at creation plus the uploading
+/// account's devices; nobody else may read the blob.
+pub async fn blobs_create_and_readers(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a1 = register(s, "alice").await?;
+    let a2 = link_device(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    create_group(s, b"g", &a1, &[&a1, &b]).await?;
+
+    // Not in the roster, or no such group: NotMember, nothing created.
+    ensure_eq!(
+        s.create_blob(new_blob(blob_id(1), &c, b"g", 10, 4)).await?,
+        CreateBlobOutcome::NotMember
+    );
+    ensure_eq!(
+        s.create_blob(new_blob(blob_id(1), &a2, b"g", 10, 4))
+            .await?,
+        CreateBlobOutcome::NotMember
+    );
+    ensure_eq!(
+        s.create_blob(new_blob(blob_id(1), &a1, b"nope", 10, 4))
+            .await?,
+        CreateBlobOutcome::NotMember
+    );
+    ensure_eq!(s.blob(&blob_id(1)).await?, None);
+
+    let blob = created(
+        s.create_blob(new_blob(blob_id(1), &a1, b"g", 10, 4))
+            .await?,
+    )?;
+    ensure_eq!(blob.id, blob_id(1));
+    ensure_eq!(blob.uploader, a1.addr);
+    ensure_eq!(blob.account(), "alice");
+    ensure_eq!(blob.group_id, Bytes::from_static(b"g"));
+    ensure_eq!((blob.size, blob.part_size, blob.part_count()), (10, 4, 3));
+    ensure_eq!((blob.parts_stored, blob.stored_bytes), (0, 0));
+    ensure_eq!((blob.completed_at_ms, blob.fetched_at_ms), (None, None));
+    ensure_eq!((blob.created_at_ms, blob.expires_at_ms), (NOW, EXPIRES));
+    ensure_eq!(s.blob(&blob_id(1)).await?, Some(blob.clone()));
+    ensure_eq!(s.blob_parts(&blob_id(1)).await?, vec![]);
+    // The same id again is refused.
+    ensure!(
+        matches!(
+            s.create_blob(new_blob(blob_id(1), &b, b"g", 1, 4)).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "a second blob with the same id was accepted"
+    );
+    ensure!(
+        matches!(
+            s.create_blob(new_blob(blob_id(2), &b, b"g", 1, 0)).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "part size 0 was accepted"
+    );
+
+    let readers = |devs: &[(&DeviceRecord, Option<u64>)]| -> Vec<BlobReader> {
+        devs.iter()
+            .map(|(d, f)| BlobReader {
+                device: d.addr.clone(),
+                fetched_at_ms: *f,
+            })
+            .collect()
+    };
+    ensure_eq!(
+        s.blob_readers(&blob_id(1)).await?,
+        readers(&[(&a1, None), (&a2, None), (&b, None)])
+    );
+    for d in [&a1, &a2, &b] {
+        ensure_eq!(
+            s.readable_blob(&blob_id(1), d.id).await?,
+            Some(blob.clone())
+        );
+    }
+    ensure_eq!(s.readable_blob(&blob_id(1), c.id).await?, None);
+    ensure_eq!(s.readable_blob(&blob_id(9), b.id).await?, None);
+
+    // The roster at creation counts: carol added later is no reader of this blob, but
+    // of a new one.
+    accepted(
+        s.submit(commit(
+            &a1,
+            b"g",
+            1,
+            &[&a1, &b, &c],
+            vec![welcome("w", &[&c])],
+            None,
+        ))
+        .await?,
+    )?;
+    ensure_eq!(s.readable_blob(&blob_id(1), c.id).await?, None);
+    created(s.create_blob(new_blob(blob_id(3), &c, b"g", 10, 4)).await?)?;
+    ensure!(
+        s.readable_blob(&blob_id(3), b.id).await?.is_some(),
+        "bob cannot read carol's blob"
+    );
+    // alice/2 is neither in the roster nor carol's.
+    ensure_eq!(s.readable_blob(&blob_id(3), a2.id).await?, None);
+    Ok(())
+}
+
+/// Parts: recorded once, re-recorded identically without change, refused with other
+/// bytes or a wrong index or length; the last one completes the blob.
+pub async fn blobs_parts_and_completion(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    create_group(s, b"g", &a, &[&a]).await?;
+    let id = blob_id(1);
+    created(s.create_blob(new_blob(id, &a, b"g", 10, 4)).await?)?;
+
+    let b = match s.record_blob_part(&id, blob_part(1, 4, 1), NOW + 1).await? {
+        PartOutcome::Stored(b) => b,
+        other => return Err(Failure(format!("expected Stored, got {other:?}"))),
+    };
+    ensure_eq!(
+        (b.parts_stored, b.stored_bytes, b.completed_at_ms),
+        (1, 4, None)
+    );
+    ensure!(
+        matches!(
+            s.record_blob_part(&id, blob_part(1, 4, 1), NOW + 2).await?,
+            PartOutcome::AlreadyStored(ref b) if b.parts_stored == 1
+        ),
+        "identical part not recognised"
+    );
+    ensure_eq!(
+        s.record_blob_part(&id, blob_part(1, 4, 2), NOW + 2).await?,
+        PartOutcome::Conflict
+    );
+    for bad in [blob_part(3, 2, 1), blob_part(2, 4, 1), blob_part(0, 3, 1)] {
+        ensure!(
+            matches!(
+                s.record_blob_part(&id, bad, NOW + 2).await,
+                Err(StoreError::Invalid(_))
+            ),
+            "bad part {bad:?} accepted"
+        );
+    }
+    ensure_eq!(
+        s.record_blob_part(&blob_id(7), blob_part(0, 4, 1), NOW)
+            .await?,
+        PartOutcome::UnknownBlob
+    );
+    ensure!(
+        matches!(
+            s.record_blob_part(&id, blob_part(2, 2, 1), NOW + 3).await?,
+            PartOutcome::Stored(_)
+        ),
+        "last part not stored"
+    );
+    let b = match s.record_blob_part(&id, blob_part(0, 4, 5), NOW + 4).await? {
+        PartOutcome::Stored(b) => b,
+        other => return Err(Failure(format!("expected Stored, got {other:?}"))),
+    };
+    ensure_eq!((b.parts_stored, b.stored_bytes), (3, 10));
+    ensure_eq!(b.completed_at_ms, Some(NOW + 4));
+    ensure!(b.complete(), "blob not complete");
+    ensure_eq!(
+        s.blob_parts(&id).await?,
+        vec![blob_part(0, 4, 5), blob_part(1, 4, 1), blob_part(2, 2, 1)]
+    );
+
+    // A blob of size 0 has no parts and is complete at once; with no reader besides
+    // the uploader it counts as fetched too.
+    let empty = created(s.create_blob(new_blob(blob_id(2), &a, b"g", 0, 4)).await?)?;
+    ensure_eq!(
+        (
+            empty.part_count(),
+            empty.completed_at_ms,
+            empty.fetched_at_ms
+        ),
+        (0, Some(NOW), Some(NOW))
+    );
+    ensure!(
+        matches!(
+            s.record_blob_part(&blob_id(2), blob_part(0, 0, 1), NOW)
+                .await,
+            Err(StoreError::Invalid(_))
+        ),
+        "a part of an empty blob was accepted"
+    );
+    Ok(())
+}
+
+/// The quota counts the account's unexpired blobs that are not being deleted, at
+/// creation, per account.
+pub async fn blobs_quota(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a1 = register(s, "alice").await?;
+    let a2 = link_device(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    create_group(s, b"g", &a1, &[&a1, &a2, &b]).await?;
+    let with_quota = |id: u8, d: &DeviceRecord, size: u64, expires: u64| {
+        let mut n = new_blob(blob_id(id), d, b"g", size, 4);
+        n.quota_bytes = 100;
+        n.expires_at_ms = expires;
+        n
+    };
+    created(s.create_blob(with_quota(1, &a1, 60, EXPIRES)).await?)?;
+    // The account's other device shares the quota.
+    ensure_eq!(
+        s.create_blob(with_quota(2, &a2, 50, EXPIRES)).await?,
+        CreateBlobOutcome::QuotaExceeded {
+            used: 60,
+            quota: 100
+        }
+    );
+    ensure_eq!(s.blob(&blob_id(2)).await?, None);
+    created(s.create_blob(with_quota(3, &a2, 30, NOW + 10)).await?)?;
+    created(s.create_blob(with_quota(4, &a1, 10, EXPIRES)).await?)?;
+    ensure_eq!(s.blob_usage("alice", NOW).await?, 100);
+    ensure_eq!(
+        s.create_blob(with_quota(5, &a1, 1, EXPIRES)).await?,
+        CreateBlobOutcome::QuotaExceeded {
+            used: 100,
+            quota: 100
+        }
+    );
+    // Bob's quota is his own.
+    created(s.create_blob(with_quota(6, &b, 100, EXPIRES)).await?)?;
+    ensure_eq!(s.blob_usage("bob", NOW).await?, 100);
+    // An expired blob no longer counts, even before the sweeper deleted it.
+    ensure_eq!(s.blob_usage("alice", NOW + 10).await?, 70);
+    let mut later = with_quota(7, &a1, 30, EXPIRES);
+    later.now_ms = NOW + 10;
+    created(s.create_blob(later).await?)?;
+    // A deletion releases the quota at once.
+    ensure!(
+        s.begin_blob_deletion(&blob_id(1), NOW + 11).await?,
+        "deletion not begun"
+    );
+    ensure!(
+        !s.begin_blob_deletion(&blob_id(1), NOW + 11).await?,
+        "deletion begun twice"
+    );
+    ensure!(
+        !s.begin_blob_deletion(&blob_id(99), NOW + 11).await?,
+        "unknown blob deleted"
+    );
+    ensure_eq!(s.blob_usage("alice", NOW + 11).await?, 40);
+    ensure_eq!(s.blob_usage("nobody", NOW).await?, 0);
+    Ok(())
+}
+
+/// Fetches are recorded for readers of complete blobs; the blob is fetched once every
+/// reader but the uploading device (revoked ones left out) has fetched it.
+pub async fn blobs_fetches(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a1 = register(s, "alice").await?;
+    let a2 = link_device(s, "alice").await?;
+    let b1 = register(s, "bob").await?;
+    let b2 = link_device(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    create_group(s, b"g", &a1, &[&a1, &b1, &b2]).await?;
+    let id = blob_id(1);
+    let blob = created(s.create_blob(new_blob(id, &a1, b"g", 10, 4)).await?)?;
+    // Not before it is complete.
+    ensure!(
+        !s.record_blob_fetch(&id, b1.id, NOW).await?,
+        "fetch of an incomplete blob recorded"
+    );
+    store_all_parts(s, &blob, NOW + 1).await?;
+    ensure!(
+        !s.record_blob_fetch(&id, c.id, NOW + 2).await?,
+        "a stranger's fetch recorded"
+    );
+    ensure!(
+        !s.record_blob_fetch(&blob_id(5), b1.id, NOW + 2).await?,
+        "fetch of an unknown blob"
+    );
+    ensure!(
+        s.record_blob_fetch(&id, b1.id, NOW + 2).await?,
+        "bob/1's fetch refused"
+    );
+    // The uploading device's own fetch is not needed, but recorded.
+    ensure!(
+        s.record_blob_fetch(&id, a1.id, NOW + 3).await?,
+        "alice/1's fetch refused"
+    );
+    ensure!(
+        s.record_blob_fetch(&id, a2.id, NOW + 4).await?,
+        "alice/2's fetch refused"
+    );
+    ensure_eq!(s.blob(&id).await?.and_then(|b| b.fetched_at_ms), None);
+    ensure!(
+        s.record_blob_fetch(&id, b2.id, NOW + 5).await?,
+        "bob/2's fetch refused"
+    );
+    ensure_eq!(
+        s.blob(&id).await?.and_then(|b| b.fetched_at_ms),
+        Some(NOW + 5)
+    );
+    // A second fetch changes nothing.
+    ensure!(
+        s.record_blob_fetch(&id, b2.id, NOW + 9).await?,
+        "repeat fetch refused"
+    );
+    let readers = s.blob_readers(&id).await?;
+    ensure_eq!(
+        readers.iter().map(|r| r.fetched_at_ms).collect::<Vec<_>>(),
+        vec![Some(NOW + 3), Some(NOW + 4), Some(NOW + 2), Some(NOW + 5)]
+    );
+
+    // A reader revoked after creation does not hold the blob back.
+    let id2 = blob_id(2);
+    let blob2 = created(s.create_blob(new_blob(id2, &a1, b"g", 4, 4)).await?)?;
+    ensure!(s.revoke_device(&a2.addr).await?, "revocation failed");
+    store_all_parts(s, &blob2, NOW + 6).await?;
+    ensure!(
+        s.record_blob_fetch(&id2, b1.id, NOW + 7).await?,
+        "bob/1's fetch refused"
+    );
+    ensure_eq!(s.blob(&id2).await?.and_then(|b| b.fetched_at_ms), None);
+    ensure!(
+        s.record_blob_fetch(&id2, b2.id, NOW + 8).await?,
+        "bob/2's fetch refused"
+    );
+    ensure_eq!(
+        s.blob(&id2).await?.and_then(|b| b.fetched_at_ms),
+        Some(NOW + 8)
+    );
+    Ok(())
+}
+
+/// The sweep puts due blobs (expired, abandoned incomplete, fetched past the grace) in
+/// the deleting state, hands them out until purged, and leaves the rest alone.
+pub async fn blobs_sweep(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let b = register(s, "bob").await?;
+    create_group(s, b"g", &a, &[&a, &b]).await?;
+    let rules = |now_ms: u64| BlobSweep {
+        now_ms,
+        grace_after_fetch_ms: 100,
+        abandoned_after_ms: 1000,
+    };
+    // 1: complete, fetched at NOW+10. 2: complete, never fetched, expires at NOW+5000.
+    // 3: incomplete since NOW. 4: complete and unfetched, long retention.
+    let b1 = created(s.create_blob(new_blob(blob_id(1), &a, b"g", 8, 4)).await?)?;
+    store_all_parts(s, &b1, NOW + 1).await?;
+    ensure!(
+        s.record_blob_fetch(&blob_id(1), b.id, NOW + 10).await?,
+        "fetch refused"
+    );
+    let mut n2 = new_blob(blob_id(2), &a, b"g", 8, 4);
+    n2.expires_at_ms = NOW + 5000;
+    let b2 = created(s.create_blob(n2).await?)?;
+    store_all_parts(s, &b2, NOW + 1).await?;
+    let b3 = created(s.create_blob(new_blob(blob_id(3), &a, b"g", 8, 4)).await?)?;
+    s.record_blob_part(&b3.id, blob_part(0, 4, 1), NOW + 1)
+        .await?;
+    let b4 = created(s.create_blob(new_blob(blob_id(4), &a, b"g", 8, 4)).await?)?;
+    store_all_parts(s, &b4, NOW + 1).await?;
+
+    ensure_eq!(s.sweep_blobs(rules(NOW + 109), 10).await?, vec![]);
+    ensure_eq!(s.sweep_blobs(rules(NOW + 110), 10).await?, vec![blob_id(1)]);
+    // Deleting: invisible, and handed out again until purged.
+    ensure_eq!(s.blob(&blob_id(1)).await?, None);
+    ensure_eq!(s.readable_blob(&blob_id(1), b.id).await?, None);
+    ensure_eq!(s.blob_parts(&blob_id(1)).await?, vec![]);
+    ensure_eq!(s.blob_readers(&blob_id(1)).await?, vec![]);
+    ensure!(
+        !s.record_blob_fetch(&blob_id(1), b.id, NOW + 111).await?,
+        "fetch of a deleting blob"
+    );
+    ensure_eq!(
+        s.record_blob_part(&blob_id(1), blob_part(0, 4, 1), NOW + 111)
+            .await?,
+        PartOutcome::UnknownBlob
+    );
+    ensure_eq!(
+        s.known_blobs(&[blob_id(1), blob_id(9)]).await?,
+        vec![blob_id(1)]
+    );
+    ensure_eq!(s.sweep_blobs(rules(NOW + 111), 10).await?, vec![blob_id(1)]);
+    ensure_eq!(s.purge_blobs(&[blob_id(1), blob_id(4)]).await?, 1);
+    ensure_eq!(
+        s.known_blobs(&[blob_id(1), blob_id(4)]).await?,
+        vec![blob_id(4)]
+    );
+    ensure!(
+        s.blob(&blob_id(4)).await?.is_some(),
+        "purge removed a live blob"
+    );
+    ensure_eq!(s.sweep_blobs(rules(NOW + 999), 10).await?, vec![]);
+    // Abandoned incomplete upload.
+    ensure_eq!(
+        s.sweep_blobs(rules(NOW + 1000), 10).await?,
+        vec![blob_id(3)]
+    );
+    ensure_eq!(s.purge_blobs(&[blob_id(3)]).await?, 1);
+    // Retention.
+    ensure_eq!(s.sweep_blobs(rules(NOW + 4999), 10).await?, vec![]);
+    ensure_eq!(
+        s.sweep_blobs(rules(NOW + 5000), 10).await?,
+        vec![blob_id(2)]
+    );
+    ensure_eq!(s.purge_blobs(&[blob_id(2)]).await?, 1);
+    ensure_eq!(s.blob_usage("alice", NOW + 5000).await?, 8);
+    // The limit bounds what one call hands out; the rest follows.
+    for n in 10..15u8 {
+        let mut nb = new_blob(blob_id(n), &a, b"g", 4, 4);
+        nb.expires_at_ms = NOW + 6000;
+        created(s.create_blob(nb).await?)?;
+    }
+    let first = s.sweep_blobs(rules(NOW + 6000), 3).await?;
+    ensure_eq!(first.len(), 3);
+    ensure_eq!(s.purge_blobs(&first).await?, 3);
+    let rest = s.sweep_blobs(rules(NOW + 6000), 3).await?;
+    ensure_eq!(rest.len(), 2);
+    ensure_eq!(s.purge_blobs(&rest).await?, 2);
+    ensure_eq!(s.sweep_blobs(rules(NOW + 6000), 3).await?, vec![]);
+    ensure!(s.blob(&blob_id(4)).await?.is_some(), "blob 4 went early");
     Ok(())
 }

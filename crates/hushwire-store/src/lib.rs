@@ -2,19 +2,27 @@
 //!
 //! The traits are shaped by the domain, not by a key-value layer: [`Accounts`],
 //! [`KeyPackages`], [`Delivery`] (the MLS Delivery Service's ordered group logs) and
-//! [`Mailboxes`] (per-device store-and-forward). [`Store`] is all of them; the server
-//! holds an `Arc<dyn Store>`.
+//! [`Mailboxes`] (per-device store-and-forward) and [`Blobs`] (media blob metadata and
+//! quotas) and [`Controls`] (blocking, retraction, disappearing messages). [`Store`] is
+//! all of them; the server holds an `Arc<dyn Store>`.
 //!
 //! Every method is one atomic, durable operation: when it returns `Ok`, the change has
 //! reached stable storage (the embedded backend batches many callers into one commit).
 //!
 //! # Layout
 //! - `types`: records, submissions and outcomes.
+//! - `blobs`: the [`Blobs`] trait and its types.
+//! - `controls`: [`Controls`]: block lists, retraction, disappearing messages, the
+//!   audience of ephemeral signals.
 //! - `conformance` (feature `conformance`): one suite, run by every backend's tests.
 
 use async_trait::async_trait;
 
+mod blobs;
+mod controls;
 mod types;
+pub use blobs::*;
+pub use controls::*;
 pub use types::*;
 
 #[cfg(feature = "conformance")]
@@ -152,5 +160,5 @@ pub trait Mailboxes: Send + Sync {
 }
 
 /// Everything the server needs from a backend.
-pub trait Store: Accounts + KeyPackages + Delivery + Mailboxes {}
-impl<T: Accounts + KeyPackages + Delivery + Mailboxes> Store for T {}
+pub trait Store: Accounts + KeyPackages + Delivery + Mailboxes + Blobs + Controls {}
+impl<T: Accounts + KeyPackages + Delivery + Mailboxes + Blobs + Controls> Store for T {}

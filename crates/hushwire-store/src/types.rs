@@ -212,6 +212,10 @@ pub struct Submission {
     pub now_ms: u64,
     /// When the body and its mailbox entries are deleted even if unacknowledged.
     pub expires_at_ms: u64,
+    /// A disappearing message (the sender set an expiry): deleted promptly once
+    /// `expires_at_ms` passes by [`Controls::purge_disappearing`](crate::Controls::purge_disappearing),
+    /// not only by the retention sweep.
+    pub disappearing: bool,
 }
 
 /// A message accepted into a group log.

@@ -39,7 +39,9 @@ fn group_events(c: &Client, conv: &str) -> Vec<(GroupEventKind, String, Vec<Stri
         .into_iter()
         .filter_map(|t| match t {
             TimelineItem::Group(e) => Some((e.kind, e.by, e.handles)),
-            TimelineItem::Message(_) | TimelineItem::RelayLink(_) => None,
+            TimelineItem::Message(_)
+            | TimelineItem::RelayLink(_)
+            | TimelineItem::Attachment(..) => None,
         })
         .collect()
 }
@@ -267,6 +269,118 @@ async fn non_admin_add_rejected_by_all() {
     // alice and bob keep talking at their (legitimate) epoch.
     send(&mut alice, "#Private", "still private").await;
     assert_eq!(receive(&mut bob).await[0].text, "still private");
+    server.stop().await;
+}
+
+/// After every honest client refused a non-admin's commit, the group is "diverged": it
+/// is never rejoined from the GroupInfo that commit published (which would let the
+/// intruder in), texts still flow between the honest members, and an admin's reset moves
+/// the conversation, with its history, to a new group without the offender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diverged_group_is_reset_by_an_admin() {
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&root.path().join("server")).await;
+    let mut alice = register(root.path(), &server, "alice").await;
+    let mut bob = register(root.path(), &server, "bob").await;
+    let mut carol = register(root.path(), &server, "carol").await;
+    let mut mallory = register(root.path(), &server, "mallory").await;
+    let mut dave = register(root.path(), &server, "dave").await;
+    alice
+        .create_group("Private", &names(&["bob", "carol"]), None)
+        .unwrap();
+    flush(&mut alice).await;
+    receive(&mut bob).await;
+    receive(&mut carol).await;
+    send(&mut alice, "#Private", "before").await;
+    assert_eq!(receive(&mut bob).await[0].text, "before");
+
+    // carol's modified client adds mallory; every honest client refuses the commit.
+    let group_id = carol.profile().groups("#Private").unwrap()[0]
+        .group_id
+        .clone();
+    carol
+        .profile_mut()
+        .queue_group_op_unchecked("#Private", &group_id, "gadd", &names(&["mallory"]), None, 1)
+        .unwrap();
+    flush(&mut carol).await;
+    for c in [&mut alice, &mut bob] {
+        sync_events(c).await;
+        let diverged: Vec<_> = group_events(c, "#Private")
+            .into_iter()
+            .filter(|(k, _, _)| *k == GroupEventKind::Diverged)
+            .collect();
+        assert_eq!(
+            diverged,
+            [(GroupEventKind::Diverged, "carol".into(), vec![])]
+        );
+    }
+    receive(&mut mallory).await;
+
+    // carol talks in her branch: the honest clients cannot read it, do not buffer it,
+    // and do not rejoin from the GroupInfo of the commit they refused.
+    send(&mut carol, "#Private", "from the branch").await;
+    for c in [&mut alice, &mut bob] {
+        let events = sync_events(c).await;
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Message(_))),
+            "{events:?}"
+        );
+        sync_events(c).await;
+        assert!(c.profile().stuck_groups().unwrap().is_empty());
+        assert_eq!(c.profile().outbox_len().unwrap(), 0);
+        assert_eq!(member_handles(c, "#Private"), ["alice", "bob", "carol"]);
+    }
+    // Texts still flow at the honest epoch; membership changes wait for a reset.
+    send(&mut bob, "#Private", "still here").await;
+    assert_eq!(receive(&mut alice).await[0].text, "still here");
+    let err = alice
+        .profile_mut()
+        .group_add("#Private", &names(&["dave"]), 1)
+        .unwrap_err();
+    assert!(err.to_string().contains("reset"), "{err}");
+    let err = bob.profile_mut().group_reset("#Private", 1).unwrap_err();
+    assert!(matches!(err, E2eError::NotAuthorized(_)), "{err}");
+
+    // alice (admin) resets: carol is left out, the history stays.
+    let left_out = alice.profile_mut().group_reset("#Private", 1).unwrap();
+    assert_eq!(left_out, ["carol"]);
+    flush(&mut alice).await;
+    sync_events(&mut bob).await;
+    for c in [&alice, &bob] {
+        assert_eq!(member_handles(c, "#Private"), ["alice", "bob"]);
+        assert!(
+            group_events(c, "#Private").contains(&(
+                GroupEventKind::Reset,
+                "alice".into(),
+                names(&["carol"])
+            )),
+            "{:?}",
+            group_events(c, "#Private")
+        );
+        assert_eq!(history_texts(c, "#Private"), ["before", "still here"]);
+        assert_eq!(c.profile().conversations().unwrap().len(), 1);
+    }
+    send(&mut alice, "#Private", "after the reset").await;
+    let got = receive(&mut bob).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].text, "after the reset");
+    assert_eq!(got[0].conversation, "#Private");
+    // Neither the offender nor the intruder reads it.
+    for c in [&mut carol, &mut mallory] {
+        assert!(receive(c).await.iter().all(|m| m.text != "after the reset"));
+    }
+    // The group works again: the admin adds someone.
+    alice
+        .profile_mut()
+        .group_add("#Private", &names(&["dave"]), 1)
+        .unwrap();
+    flush(&mut alice).await;
+    receive(&mut dave).await;
+    sync_events(&mut bob).await;
+    assert_eq!(member_handles(&bob, "#Private"), ["alice", "bob", "dave"]);
+    send(&mut bob, "#Private", "welcome dave").await;
+    assert_eq!(receive(&mut dave).await[0].text, "welcome dave");
+    assert_eq!(receive(&mut alice).await[0].text, "welcome dave");
     server.stop().await;
 }
 

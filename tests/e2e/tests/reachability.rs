@@ -1,7 +1,7 @@
 //! Reachable under blocking: a client whose direct route to the server is rejected or
 //! silently dropped by a firewall rule in its own network namespace registers and chats
-//! through a volunteer relay, a real SOCKS5 proxy (microsocks) and a real HTTP CONNECT
-//! proxy (tinyproxy), and falls back on its own from a blocked direct route to a relay.
+//! (a text and a 5 MB file) through a volunteer relay, a real SOCKS5 proxy (microsocks)
+//! and a real HTTP CONNECT proxy (tinyproxy), and falls back on its own from a blocked direct route to a relay.
 //!
 //! Each test makes two network namespaces joined by a veth pair (198.18.0.0/30):
 //! "internet" (server, relay, proxies) and "client" (the client, behind the firewall).
@@ -286,7 +286,8 @@ fn options() -> ClientOptions {
 }
 
 /// In the client namespace: registers alice and bob (routes set up by `routes`), alice
-/// sends bob a message, bob receives it. Returns the time alice's first send took.
+/// sends bob a message and a file, bob receives both (the file saved intact). Returns
+/// the time alice's first send took.
 fn chat(
     net: &Net,
     server_url: &str,
@@ -312,16 +313,40 @@ fn chat(
             .await
             .unwrap();
         let took = started.elapsed();
+        // A file too, over more than one upload part (4 MiB each by default).
+        let file = root.join("photo-album.bin");
+        let bytes: Vec<u8> = (0..5 * 1024 * 1024 + 123u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&file, &bytes).unwrap();
+        alice
+            .send_file("bob", &file, &hushwire_client::SendFileOptions::default())
+            .await
+            .unwrap();
+        alice
+            .flush_outbox(Duration::from_secs(60), &mut |_| {})
+            .await
+            .unwrap();
         let mut bob = Client::open(&root.join("bob"), options()).unwrap();
+        let downloads = root.join("bob-downloads");
+        bob.set_auto_download(Some(downloads.clone()));
         let mut texts = Vec::new();
-        bob.sync(Duration::from_secs(60), &mut |e| {
-            if let hushwire_client::Event::Message(m) = e {
-                texts.push(m.text);
-            }
+        let mut files = Vec::new();
+        bob.sync(Duration::from_secs(60), &mut |e| match e {
+            hushwire_client::Event::Message(m) => texts.push(m.text),
+            hushwire_client::Event::Attachment(_, info) => files.push(info),
+            _ => {}
         })
         .await
         .unwrap();
         assert_eq!(texts, ["hello through the block"]);
+        assert_eq!(files.len(), 1, "{files:?}");
+        let saved = files[0].path.clone().unwrap_or_else(|| panic!("{files:?}"));
+        assert!(saved.starts_with(&downloads));
+        assert!(
+            std::fs::read(&saved).unwrap() == bytes,
+            "the file arrived intact"
+        );
         took
     })
     .join()

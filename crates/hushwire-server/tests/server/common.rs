@@ -319,6 +319,7 @@ pub struct Client {
 
 pub struct Resp {
     pub status: u16,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -371,17 +372,35 @@ impl Client {
             .await
             .unwrap();
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let body = axum::body::to_bytes(Body::new(resp.into_body()), usize::MAX)
             .await
             .unwrap();
-        Resp { status, body }
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn signed(&self, who: &Identity, method: &str, path: &str, body: Vec<u8>) -> Resp {
+        self.signed_with(who, method, path, body, &[]).await
+    }
+
+    /// A signed request with extra headers.
+    pub async fn signed_with(
+        &self,
+        who: &Identity,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+    ) -> Resp {
         let full = format!("{}{}", self.prefix, path);
         let header = who.auth_header(method, &full, &body, now_ms());
-        self.raw(method, path, body, &[(REQUEST_AUTH_HEADER, header)])
-            .await
+        let mut all = vec![(REQUEST_AUTH_HEADER, header)];
+        all.extend(headers.iter().cloned());
+        self.raw(method, path, body, &all).await
     }
 
     pub async fn register(&self, who: &mut Identity) -> Resp {

@@ -5,5 +5,7 @@
 
 mod api;
 mod common;
+mod controls;
+mod media;
 mod tls;
 mod ws;
