@@ -101,8 +101,11 @@ pub(crate) fn timer_text(ms: u64) -> String {
     if ms == 0 {
         return "off".into();
     }
+    // Weeks only past one ("7d" stays as the user wrote it; "14d" prints as "2w").
+    if ms > 7 * 86_400_000 && ms.is_multiple_of(7 * 86_400_000) {
+        return format!("{}w", ms / (7 * 86_400_000));
+    }
     for (per, unit) in [
-        (7 * 86_400_000, "w"),
         (86_400_000, "d"),
         (3_600_000, "h"),
         (60_000, "m"),
