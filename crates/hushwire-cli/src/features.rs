@@ -105,11 +105,7 @@ pub(crate) fn timer_text(ms: u64) -> String {
     if ms > 7 * 86_400_000 && ms.is_multiple_of(7 * 86_400_000) {
         return format!("{}w", ms / (7 * 86_400_000));
     }
-    for (per, unit) in [
-        (86_400_000, "d"),
-        (3_600_000, "h"),
-        (60_000, "m"),
-    ] {
+    for (per, unit) in [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m")] {
         if ms.is_multiple_of(per) {
             return format!("{}{unit}", ms / per);
         }
