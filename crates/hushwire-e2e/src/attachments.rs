@@ -115,7 +115,7 @@ pub struct NewUpload {
     pub source_len: u64,
     /// The ciphertext size (`hushwire_media::ciphertext_len` of `source_len`).
     pub ciphertext_len: u64,
-    /// Fresh random file key.
+    /// Fresh random file key (zeroized when this is dropped).
     pub key: [u8; 32],
     /// Fresh random STREAM nonce prefix.
     pub nonce_prefix: Vec<u8>,
@@ -135,6 +135,12 @@ pub struct NewUpload {
     pub voice: bool,
     /// Text shown with it.
     pub caption: String,
+}
+
+impl Drop for NewUpload {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
 }
 
 impl std::fmt::Debug for NewUpload {

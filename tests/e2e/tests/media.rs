@@ -784,3 +784,50 @@ async fn unknown_blob_is_a_clear_error() {
     assert_eq!(hushwire_tests::receive(&mut bob).await[0].text, "after");
     server.stop().await;
 }
+
+/// A file that changes between an interrupted upload and its resumption is not sent as a
+/// mix of both: the upload is dropped with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_before_resuming_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&root.path().join("server")).await;
+    let proxy = Proxy::start(server_addr(&server)).await;
+    let alice = register_via(root.path(), &server, &proxy, "alice").await;
+    register_via(root.path(), &server, &proxy, "bob").await;
+    drop(alice);
+    let file = root.path().join("draft.doc");
+    let mut bytes = write_file(&file, 24 * MB, b"draft", 8);
+    proxy.rate.store(40 * MB as u64, Ordering::SeqCst);
+    let alice_dir = root.path().join("alice");
+    {
+        let mut alice = open(root.path(), "alice");
+        let options = SendFileOptions::default();
+        tokio::select! {
+            r = alice.send_file("bob", &file, &options) => {
+                panic!("the upload finished before it was killed: {r:?}")
+            }
+            () = wait_until("upload progress", || {
+                Profile::open(&alice_dir)
+                    .unwrap()
+                    .pending_uploads()
+                    .unwrap()
+                    .first()
+                    .is_some_and(|u| u.parts_done >= 2)
+            }) => {}
+        }
+    }
+    // Same size, other bytes in the part already uploaded.
+    bytes[100] ^= 0xFF;
+    std::fs::write(&file, &bytes).unwrap();
+    let mut alice = open(root.path(), "alice");
+    let resumed = alice.resume_uploads().await.unwrap();
+    assert_eq!(resumed.len(), 1);
+    let err = resumed[0].1.as_ref().unwrap_err();
+    assert!(
+        matches!(err, ClientError::File { reason, .. } if reason.contains("changed")),
+        "{err}"
+    );
+    assert!(alice.profile().pending_uploads().unwrap().is_empty());
+    assert_eq!(alice.profile().outbox_len().unwrap(), 0, "nothing was sent");
+    server.stop().await;
+}

@@ -574,7 +574,10 @@ impl Client {
             let start = u64::from(i) * u64::from(part_size);
             usize::try_from((total - start).min(u64::from(part_size))).unwrap_or(0)
         };
-        let is_missing = |i: u32| missing.binary_search(&i).is_ok();
+        // Parts past the confirmed prefix that the server has anyway (an answer lost on
+        // the way) are sent again: the server accepts the same bytes and refuses other
+        // ones, so a file that changed there cannot go unnoticed.
+        let is_missing = |i: u32| i >= parts_done || missing.binary_search(&i).is_ok();
         let mut progressed = false;
         let mut next = (parts > 0).then(|| seal_part(reader, is_missing(0), part_len(0)));
         let mut reader_back = None;
@@ -620,7 +623,23 @@ impl Client {
                     .api
                     .call_with_timeout(req, part_timeout)
                     .await
-                    .map_err(|error| PassError { error, progressed })?;
+                    .map_err(|error| PassError {
+                        error: match error {
+                            ClientError::Api {
+                                code: ErrorCode::BadRequest,
+                                message,
+                                ..
+                            } => file_error(
+                                &path,
+                                format!(
+                                    "the server refused part {index} ({message}); \
+                                     did the file change since the upload started?"
+                                ),
+                            ),
+                            other => other,
+                        },
+                        progressed,
+                    })?;
                 progressed = true;
                 complete = status.complete;
             }
