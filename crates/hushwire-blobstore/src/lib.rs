@@ -1,6 +1,7 @@
 //! The bytes of Hushwire's media blobs: a narrow trait, [`BlobStore`], and its
-//! implementation over [`object_store`], [`ObjectBlobStore`] (the local filesystem under
-//! the server's data directory now; S3 later through the same trait).
+//! implementation over [`object_store`], [`ObjectBlobStore`]: the local filesystem under
+//! the server's data directory ([`ObjectBlobStore::local`]) or an S3 bucket
+//! ([`ObjectBlobStore::s3`], settings in [`s3`]).
 //!
 //! The server sees only ciphertext: a blob is the opaque bytes a client uploaded, in
 //! fixed-size parts. Each part is a separate object, `blobs/{64 hex id}/{index}`, written
@@ -19,6 +20,8 @@
 //!   offset (HTTP Range resumption).
 //! - A full disk is reported as [`BlobStoreError::StorageFull`], distinct from other I/O
 //!   failures.
+//! - With S3, write-once is S3's conditional write (`If-None-Match: *`), and credentials
+//!   are never logged (see [`s3`]).
 
 use std::fmt;
 use std::ops::Range;
@@ -30,6 +33,12 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+#[cfg(any(test, feature = "moto"))]
+pub mod moto;
+pub mod s3;
+
+pub use s3::{S3Credentials, S3Location, S3Settings};
+
 use object_store::{
     GetOptions, GetRange, GetResultPayload, ObjectStore, PutMode, PutOptions, PutPayload,
 };
@@ -63,6 +72,10 @@ pub enum BlobStoreError {
     /// Any other failure of the storage.
     #[error("blob store failed: {0}")]
     Io(String),
+    /// The store cannot be set up as configured (a bad `s3://` URL, an unreadable
+    /// credentials file, plain HTTP not allowed). Never quotes a credential.
+    #[error("blob store configuration: {0}")]
+    Config(String),
 }
 
 /// Result of [`BlobStore::put_part`].
@@ -288,6 +301,17 @@ impl ObjectBlobStore {
         })
     }
 
+    /// Blobs in the S3 bucket of `url` (`s3://BUCKET[/prefix]`), as objects
+    /// `{prefix}/blobs/{hex id}/{index}`, reached with `settings` (see
+    /// [`S3Settings::from_env`]). Builds the client only: a wrong bucket or credentials
+    /// show at the first request. Parts are written with `If-None-Match: *`, which S3
+    /// (and compatible stores that support conditional writes) honour.
+    pub fn s3(url: &str, settings: &S3Settings) -> Result<Self, BlobStoreError> {
+        let location = S3Location::parse(url)?;
+        let store = s3::build(&location, settings)?;
+        Ok(Self::new(Arc::new(store), &location.blobs_prefix()))
+    }
+
     /// Blobs in any object store, under `prefix` (e.g. `blobs`). The store must support
     /// [`PutMode::Create`] (S3 does, with conditional writes).
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
@@ -359,6 +383,17 @@ fn file_stream(file: std::fs::File, range: Range<u64>) -> ByteStream {
     .boxed()
 }
 
+/// Cuts `chunk` into pieces of at most [`READ_CHUNK`] bytes (no copy).
+fn split_chunk(mut chunk: Bytes) -> impl Iterator<Item = Bytes> {
+    std::iter::from_fn(move || {
+        if chunk.is_empty() {
+            return None;
+        }
+        let n = chunk.len().min(READ_CHUNK);
+        Some(chunk.split_to(n))
+    })
+}
+
 #[async_trait]
 impl BlobStore for ObjectBlobStore {
     async fn put_part(
@@ -402,7 +437,11 @@ impl BlobStore for ObjectBlobStore {
             // Larger chunks than object_store's own 8 KiB file stream: fewer trips to
             // the blocking pool per byte.
             GetResultPayload::File(file, _) => file_stream(file, range),
-            GetResultPayload::Stream(s) => s.map_err(classify).boxed(),
+            GetResultPayload::Stream(s) => s
+                .map_err(classify)
+                .map_ok(|chunk| futures_util::stream::iter(split_chunk(chunk).map(Ok)))
+                .try_flatten()
+                .boxed(),
         })
     }
 
@@ -479,6 +518,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+    use object_store::ObjectStoreExt as _;
 
     fn id(n: u8) -> [u8; BLOB_ID_LEN] {
         [n; BLOB_ID_LEN]
@@ -497,25 +537,119 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn parts_are_write_once_and_read_back_from_any_offset() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ObjectBlobStore::local(dir.path()).unwrap();
+    /// A blob store under test, with a way to look behind the layout.
+    struct Backend {
+        store: ObjectBlobStore,
+        /// The same objects, addressed directly (to read raw bytes, plant strays).
+        raw: Arc<dyn ObjectStore>,
+        /// With the local filesystem: the data directory (checks of staging files).
+        local: Option<tempfile::TempDir>,
+        /// With S3: the server, killed when the test ends.
+        _moto: Option<moto::MotoServer>,
+    }
+
+    impl Backend {
+        fn local() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = ObjectBlobStore::local(dir.path()).unwrap();
+            Self {
+                raw: Arc::clone(&store.store),
+                store,
+                local: Some(dir),
+                _moto: None,
+            }
+        }
+
+        /// S3 on a fresh moto server and bucket, under a key prefix; `None` when moto is
+        /// not installed outside CI (a "skipped" line was printed).
+        fn s3() -> Option<Self> {
+            let moto = moto::MotoServer::start().unwrap()?;
+            let bucket = moto.create_bucket().unwrap();
+            let url = format!("s3://{bucket}/tenant/media");
+            let store = ObjectBlobStore::s3(&url, &moto.settings()).unwrap();
+            assert_eq!(store.prefix.as_ref(), "tenant/media/blobs");
+            Some(Self {
+                raw: Arc::clone(&store.store),
+                store,
+                local: None,
+                _moto: Some(moto),
+            })
+        }
+
+        async fn raw_bytes(&self, path: &ObjectPath) -> Vec<u8> {
+            self.raw
+                .get(path)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .to_vec()
+        }
+
+        async fn raw_names(&self, under: &ObjectPath) -> Vec<String> {
+            let mut names: Vec<String> = self
+                .raw
+                .list(Some(under))
+                .map_ok(|m| m.location.to_string())
+                .try_collect()
+                .await
+                .unwrap();
+            names.sort_unstable();
+            names
+        }
+    }
+
+    /// Runs each suite function against both backends: `local_fs::NAME` and `s3::NAME`.
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {
+            mod local_fs {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        super::$name(super::Backend::local()).await;
+                    }
+                )*
+            }
+            mod s3 {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        let Some(backend) = super::Backend::s3() else { return };
+                        super::$name(backend).await;
+                    }
+                )*
+            }
+        };
+    }
+
+    on_both_backends!(
+        parts_are_write_once_and_read_back_from_any_offset,
+        read_blob_chains_parts_and_detects_bad_layout,
+        delete_and_list,
+    );
+
+    async fn parts_are_write_once_and_read_back_from_any_offset(b: Backend) {
+        let store = &b.store;
         let data = pattern(200_000, 7);
         assert_eq!(
             store.put_part(&id(1), 0, data.clone()).await.unwrap(),
             PutOutcome::Created
         );
         // The object is where the layout says, with exactly the bytes.
-        let file = dir.path().join("blobs").join(hex(&id(1))).join("0");
-        assert_eq!(std::fs::read(&file).unwrap(), data.as_ref());
+        let path = store.part_path(&id(1), 0);
+        assert_eq!(
+            path.to_string(),
+            format!("{}/{}/0", store.prefix.as_ref(), hex(&id(1)))
+        );
+        assert_eq!(b.raw_bytes(&path).await, data.as_ref());
         // Write-once: a second put changes nothing.
         let other = pattern(200_000, 9);
         assert_eq!(
             store.put_part(&id(1), 0, other).await.unwrap(),
             PutOutcome::Exists
         );
-        assert_eq!(std::fs::read(&file).unwrap(), data.as_ref());
+        assert_eq!(b.raw_bytes(&path).await, data.as_ref());
         // Reads stream in bounded chunks, from the start or an offset.
         let mut s = store.read_part(&id(1), 0, 0).await.unwrap();
         let mut all = Vec::new();
@@ -533,18 +667,24 @@ mod tests {
             store.read_part(&id(1), 1, 0).await,
             Err(BlobStoreError::NotFound)
         ));
-        // No staging file is left next to the part.
-        let names: Vec<_> = std::fs::read_dir(file.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, ["0"]);
+        // Nothing but the part is stored for the blob.
+        assert_eq!(
+            b.raw_names(&store.blob_path(&id(1))).await,
+            [path.to_string()]
+        );
+        if let Some(dir) = &b.local {
+            // No staging file is left next to the part.
+            let file = dir.path().join("blobs").join(hex(&id(1))).join("0");
+            let names: Vec<_> = std::fs::read_dir(file.parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            assert_eq!(names, ["0"]);
+        }
     }
 
-    #[tokio::test]
-    async fn read_blob_chains_parts_and_detects_bad_layout() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::local(dir.path()).unwrap());
+    async fn read_blob_chains_parts_and_detects_bad_layout(b: Backend) {
+        let store: Arc<dyn BlobStore> = Arc::new(b.store);
         let blob = id(2);
         let data = pattern(10_000, 3);
         let part = 4096usize;
@@ -572,20 +712,27 @@ mod tests {
         assert!(matches!(err, BlobStoreError::NotFound), "{err:?}");
     }
 
-    #[tokio::test]
-    async fn delete_and_list() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ObjectBlobStore::local(dir.path()).unwrap();
-        for b in [4u8, 5] {
+    async fn delete_and_list(b: Backend) {
+        let store = &b.store;
+        for blob in [4u8, 5] {
             for i in 0..3 {
-                store.put_part(&id(b), i, pattern(10, b)).await.unwrap();
+                store
+                    .put_part(&id(blob), i, pattern(10, blob))
+                    .await
+                    .unwrap();
             }
         }
-        // Leftovers of a crash mid-write (a staging file) go with the blob too.
-        let blob_dir = dir.path().join("blobs").join(hex(&id(4)));
-        std::fs::write(blob_dir.join("3#1"), b"half").unwrap();
+        if let Some(dir) = &b.local {
+            // Leftovers of a crash mid-write (a staging file) go with the blob too.
+            let blob_dir = dir.path().join("blobs").join(hex(&id(4)));
+            std::fs::write(blob_dir.join("3#1"), b"half").unwrap();
+        }
         // Objects outside the layout are not listed.
-        std::fs::write(dir.path().join("blobs").join("stray"), b"x").unwrap();
+        let stray = store.prefix.clone().join("stray");
+        b.raw
+            .put(&stray, PutPayload::from_static(b"x"))
+            .await
+            .unwrap();
         let mut listed: Vec<(u8, u32, u64)> = store
             .list_parts()
             .map_ok(|p| (p.blob[0], p.index, p.size))
@@ -605,7 +752,10 @@ mod tests {
             ]
         );
         store.delete_blob(&id(4)).await.unwrap();
-        assert!(!blob_dir.exists());
+        assert!(b.raw_names(&store.blob_path(&id(4))).await.is_empty());
+        if let Some(dir) = &b.local {
+            assert!(!dir.path().join("blobs").join(hex(&id(4))).exists());
+        }
         store.delete_blob(&id(4)).await.unwrap();
         store.delete_part(&id(5), 1).await.unwrap();
         store.delete_part(&id(5), 1).await.unwrap();
@@ -617,8 +767,20 @@ mod tests {
             .unwrap();
         listed.sort_unstable();
         assert_eq!(listed, [(5, 0), (5, 2)]);
-        // The rest of the data directory is untouched.
-        assert!(dir.path().join("blobs").join("stray").exists());
+        // The rest of the store is untouched.
+        b.raw.head(&stray).await.unwrap();
+    }
+
+    #[test]
+    fn split_chunk_bounds_pieces_without_losing_bytes() {
+        let data = pattern(3 * READ_CHUNK + 5, 1);
+        let pieces: Vec<Bytes> = split_chunk(data.clone()).collect();
+        assert_eq!(
+            pieces.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [READ_CHUNK, READ_CHUNK, READ_CHUNK, 5]
+        );
+        assert_eq!(pieces.concat(), data.as_ref());
+        assert_eq!(split_chunk(Bytes::new()).count(), 0);
     }
 
     #[test]

@@ -49,21 +49,27 @@ pub(crate) fn open_registered(dir: &Path) -> anyhow::Result<Profile> {
 pub(crate) async fn register(
     dir: &Path,
     handle: &str,
-    server: &str,
+    servers: &[String],
     pin: Option<&str>,
     invite: Option<&str>,
     suite: hushwire_e2e::Suite,
 ) -> anyhow::Result<()> {
-    let registered =
-        hushwire_client::register(dir, handle, server, pin, invite, ClientOptions::default())
-            .await
-            .map_err(|e| match e {
-                // The pin is the user's input here.
-                ClientError::PinMismatch { .. } | ClientError::UntrustedCertificate(_) => {
-                    user_error(format!("cannot register: {e}"))
-                }
-                other => anyhow::Error::new(other).context("registration failed"),
-            })?;
+    let registered = hushwire_client::register_servers(
+        dir,
+        handle,
+        servers,
+        pin,
+        invite,
+        ClientOptions::default(),
+    )
+    .await
+    .map_err(|e| match e {
+        // The pin is the user's input here.
+        ClientError::PinMismatch { .. } | ClientError::UntrustedCertificate(_) => {
+            user_error(format!("cannot register: {e}"))
+        }
+        other => anyhow::Error::new(other).context("registration failed"),
+    })?;
     if let Some(e) = &registered.key_package_error {
         eprintln!(
             "warning: registered, but uploading key packages failed ({e}); `hushwire sync` retries"
@@ -71,9 +77,17 @@ pub(crate) async fn register(
     }
     hushwire_e2e::Profile::open(dir)?.set_default_suite(suite)?;
     let id = &registered.identity;
+    let others = hushwire_client::RouteBook::load(dir)?.servers().count();
     print_line(&format!(
-        "registered {} (device {}) on {}",
-        id.handle, id.device_id, id.server_url
+        "registered {} (device {}) on {}{}",
+        id.handle,
+        id.device_id,
+        id.server_url,
+        match others {
+            0 => String::new(),
+            1 => " (+1 more server)".to_string(),
+            n => format!(" (+{n} more servers)"),
+        }
     ))?;
     Ok(())
 }

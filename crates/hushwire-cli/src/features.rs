@@ -205,19 +205,73 @@ pub(crate) async fn delete(dir: &Path, id: &str) -> anyhow::Result<()> {
     .await
 }
 
-pub(crate) async fn view(dir: &Path, id: &str, json: bool) -> anyhow::Result<()> {
+/// `view ID`: shows a view-once message once. A file is downloaded and decrypted into
+/// `{profile}/media/.view-once/`, its path printed, and deleted when the user presses
+/// Enter (on a terminal), after `keep_secs`, or on Ctrl-C; files left there by an
+/// interrupted view are deleted first.
+pub(crate) async fn view(dir: &Path, id: &str, json: bool, keep_secs: u64) -> anyhow::Result<()> {
     let mut client = open_client(dir)?;
     client.set_defer_deliveries(true);
-    let m = local(client.profile_mut().view_once(id, now_ms()))?;
+    let view_dir = dir.join("media").join(".view-once");
+    remove_view_once_files(&view_dir);
+    let (m, file) = client
+        .open_view_once(id, &view_dir)
+        .await
+        .map_err(user_facing)?;
     print_line(&if json {
         let mut v = message_value(&m);
         v["text"] = json!(m.text);
+        if let Some(path) = &file {
+            v["file"] = json!(path.display().to_string());
+        }
         v.to_string()
     } else {
-        format!("[{}] {}: {}", human_time(m.sent_at_ms), m.from, m.text)
+        let mut line = format!("[{}] {}: {}", human_time(m.sent_at_ms), m.from, m.text);
+        if let Some(path) = &file {
+            line.push_str(&format!("\nfile: {}", path.display()));
+        }
+        line
     })?;
+    // The viewed receipt goes out while the user looks.
+    let flushed = flush(client).await;
+    if let Some(path) = file {
+        use std::io::IsTerminal as _;
+        let keep = Duration::from_secs(keep_secs);
+        if std::io::stdin().is_terminal() {
+            eprintln!("(view once: the file is deleted when you press Enter, or in {keep_secs} s)");
+            let enter = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+            });
+            tokio::select! {
+                _ = enter => {}
+                _ = tokio::time::sleep(keep) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(keep) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("warning: could not delete {}: {e}", path.display());
+        }
+    }
     eprintln!("(view once: it is gone from this device now)");
-    flush(client).await
+    flushed
+}
+
+/// Deletes what an interrupted `view` left in `dir`.
+fn remove_view_once_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let _ = std::fs::remove_file(entry.path());
+    }
 }
 
 pub(crate) async fn timer(dir: &Path, conversation: &str, value: &str) -> anyhow::Result<()> {
@@ -338,6 +392,26 @@ pub(crate) fn decline(dir: &Path, handle: &str) -> anyhow::Result<()> {
     local(profile.decline(handle))?;
     eprintln!("the request from {handle} was deleted");
     Ok(())
+}
+
+/// `report HANDLE`: block and report.
+pub(crate) async fn report(
+    dir: &Path,
+    handle: &str,
+    reason: &str,
+    messages: usize,
+) -> anyhow::Result<()> {
+    let mut client = open_client(dir)?;
+    client.set_defer_deliveries(true);
+    let id = client
+        .report(handle, reason, messages)
+        .await
+        .map_err(user_facing)?;
+    eprintln!(
+        "reported {handle} to the server's operator (report {id}, with up to {messages} of \
+         their latest messages); {handle} is blocked"
+    );
+    flush(client).await
 }
 
 pub(crate) async fn block(dir: &Path, handle: &str, blocked: bool) -> anyhow::Result<()> {

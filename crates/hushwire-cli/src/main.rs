@@ -14,11 +14,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod admin;
 mod commands;
 mod demo;
 mod features;
 mod group;
 mod media;
+mod migrate;
 mod output;
 mod relay;
 mod serve;
@@ -129,6 +131,29 @@ pub(crate) enum Command {
         /// ACME directory URL (default: Let's Encrypt production).
         #[arg(long, value_name = "URL")]
         acme_directory: Option<String>,
+        /// NATS URL of the cross-node bus, for several nodes sharing one store:
+        /// nats://[user:password@]host[:port] (comma-separated for several NATS servers).
+        /// Nodes wake each other's connections and relay typing/presence; each node also
+        /// polls its connected devices' mailboxes (`[bus] poll_interval`). Default: none.
+        #[arg(long, value_name = "URL", env = "HUSHWIRE_BUS", hide_env_values = true)]
+        bus: Option<String>,
+        /// Where media blobs (attachment ciphertext) live: s3://BUCKET[/prefix], shared
+        /// by every node of a deployment. Credentials and endpoint from the standard AWS
+        /// variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+        /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP) or `[media] s3_credentials_file`.
+        /// Default: the config file's `[media] store`, else DATA/blobs on this machine.
+        #[arg(long, value_name = "URL", env = "HUSHWIRE_MEDIA_STORE")]
+        media: Option<String>,
+        /// PostgreSQL store shared by several nodes:
+        /// postgres://user[:password]@host[:port]/db (migrated on start). Default: the
+        /// config file's `store`, else the embedded database in the data directory.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "HUSHWIRE_STORE",
+            hide_env_values = true
+        )]
+        store: Option<String>,
     },
     /// Run a volunteer relay (`--listen --upstream --upstream-pin`), or manage this
     /// profile's relays (`add`, `list`, `remove`, `share`, `add-shared`).
@@ -148,11 +173,15 @@ pub(crate) enum Command {
     Register {
         /// The handle to register: 3-32 characters of a-z, 0-9, '_' and '.'.
         handle: String,
-        /// The server's base URL, as printed by `hushwire serve`.
-        #[arg(long, value_name = "URL")]
-        server: String,
-        /// The server's key pin, as printed by `hushwire serve`. Without it the
-        /// server's certificate must chain to a public CA.
+        /// The server's base URL, as printed by `hushwire serve`. Repeat it for every
+        /// server (node) of one deployment: they share one certificate (one --pin) and
+        /// one secret path. The first is the profile's server; when it does not answer
+        /// the next is tried within seconds, and the one that worked goes first next
+        /// time (see `hushwire relay list`).
+        #[arg(long, value_name = "URL", required = true)]
+        server: Vec<String>,
+        /// The servers' key pin, as printed by `hushwire serve`. Without it the
+        /// servers' certificates must chain to a public CA.
         #[arg(long, value_name = "sha256:HEX")]
         pin: Option<String>,
         /// Invite code, when the server requires one.
@@ -186,8 +215,9 @@ pub(crate) enum Command {
         /// Flag the file as a voice note.
         #[arg(long, requires = "file")]
         voice: bool,
-        /// View once: the recipient sees it once (`hushwire view ID`), then it is gone.
-        #[arg(long, conflicts_with = "file")]
+        /// View once (a text or a file): the recipient sees it once (`hushwire view ID`;
+        /// a view-once file is not downloaded before), then it is gone.
+        #[arg(long)]
         view_once: bool,
         /// Ciphersuite, if this message starts the conversation (default: the
         /// profile's, set at registration).
@@ -266,9 +296,13 @@ pub(crate) enum Command {
     View {
         /// The message id.
         id: String,
-        /// One JSON object.
+        /// One JSON object (`file`: the path of a view-once file).
         #[arg(long)]
         json: bool,
+        /// A view-once file is deleted after this many seconds (or when you press
+        /// Enter on a terminal).
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        keep: u64,
     },
     /// Set a conversation's disappearing-messages timer: 5s .. 90d (s, m, h, d, w), or
     /// off. In a group chat only admins may.
@@ -319,6 +353,20 @@ pub(crate) enum Command {
         /// Their handle.
         handle: String,
     },
+    /// Block and report an account: the server's operator receives your reason and the
+    /// last messages they sent you (decrypted on this device: you disclose them), then
+    /// they are blocked.
+    Report {
+        /// Their handle.
+        handle: String,
+        /// Why (shown to the operator).
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+        /// How many of their latest messages to include (0 to 20).
+        #[arg(long, value_name = "N", default_value_t = 5,
+              value_parser = clap::value_parser!(u8).range(0..=20))]
+        messages: u8,
+    },
     /// Unblock an account.
     Unblock {
         /// Their handle.
@@ -350,6 +398,44 @@ pub(crate) enum AdminCommand {
         #[arg(long, value_name = "N", default_value_t = 72)]
         ttl_hours: u64,
     },
+    /// List users' reports (oldest first), or close one.
+    Reports {
+        /// The server's data directory. Default: the user data directory, e.g.
+        /// ~/.local/share/hushwire-server.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// One JSON object per report.
+        #[arg(long)]
+        json: bool,
+        /// Close (delete) report ID once dealt with.
+        #[arg(long, value_name = "ID")]
+        close: Option<u64>,
+    },
+    /// Move a stopped embedded server (its data directory) into PostgreSQL, and its
+    /// media into S3 or another directory. Resumable: run it again after an
+    /// interruption. Verifies row counts and checksums at the end; exits non-zero on a
+    /// difference.
+    Migrate {
+        /// The embedded server's data directory (the server must be stopped).
+        #[arg(long, value_name = "DATA_DIR")]
+        from: PathBuf,
+        /// The PostgreSQL database, e.g. postgres://user:password@host/db (empty, or
+        /// holding an interrupted migration from the same directory).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "HUSHWIRE_MIGRATE_TO",
+            hide_env_values = true
+        )]
+        to: String,
+        /// Copy media blobs to s3://BUCKET[/prefix] (AWS_* environment variables) or to
+        /// a directory (the new data directory). Default: not copied.
+        #[arg(long, value_name = "s3://… | DIR")]
+        media_to: Option<String>,
+        /// Print the verification report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging(verbose: u8) {
@@ -358,8 +444,11 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // The NATS client (serve --bus) logs every reconnection attempt at info; the bus
+    // itself logs the loss and the return of the connection once each.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},async_nats=warn"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -489,6 +578,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             acme_domain,
             acme_contact,
             acme_directory,
+            bus,
+            media,
+            store,
         } => {
             serve::serve(serve::ServeArgs {
                 listen,
@@ -501,6 +593,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 acme_domains: acme_domain,
                 acme_contact,
                 acme_directory,
+                bus,
+                media,
+                store,
             })
             .await
         }
@@ -512,6 +607,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin {
             command: AdminCommand::Invite { data, ttl_hours },
         } => serve::admin_invite(data, ttl_hours).await,
+        Command::Admin {
+            command: AdminCommand::Reports { data, json, close },
+        } => admin::reports(data, json, close).await,
+        Command::Admin {
+            command:
+                AdminCommand::Migrate {
+                    from,
+                    to,
+                    media_to,
+                    json,
+                },
+        } => migrate::run(from, to, media_to, json).await,
         Command::Register {
             handle,
             server,
@@ -547,6 +654,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     &file,
                     caption.unwrap_or_default(),
                     voice,
+                    view_once,
                     suite.map(Into::into),
                 )
                 .await
@@ -599,8 +707,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             features::edit(&commands::profile_dir(profile)?, &id, &text).await
         }
         Command::Delete { id } => features::delete(&commands::profile_dir(profile)?, &id).await,
-        Command::View { id, json } => {
-            features::view(&commands::profile_dir(profile)?, &id, json).await
+        Command::View { id, json, keep } => {
+            features::view(&commands::profile_dir(profile)?, &id, json, keep).await
         }
         Command::Timer {
             conversation,
@@ -619,6 +727,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             features::accept(&commands::profile_dir(profile)?, &handle).await
         }
         Command::Decline { handle } => features::decline(&commands::profile_dir(profile)?, &handle),
+        Command::Report {
+            handle,
+            reason,
+            messages,
+        } => {
+            features::report(
+                &commands::profile_dir(profile)?,
+                &handle,
+                &reason,
+                usize::from(messages),
+            )
+            .await
+        }
         Command::Block { handle } => {
             features::block(&commands::profile_dir(profile)?, &handle, true).await
         }

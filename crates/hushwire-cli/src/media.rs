@@ -93,7 +93,14 @@ pub(crate) fn attachment_value(info: &AttachmentInfo) -> Value {
 pub(crate) fn attachment_message_json(m: &StoredMessage, info: &AttachmentInfo) -> String {
     let mut v: Value = serde_json::from_str(&message_json(m)).unwrap_or_else(|_| json!({}));
     if let Some(obj) = v.as_object_mut() {
-        obj.insert("attachment".into(), attachment_value(info));
+        let mut a = attachment_value(info);
+        if m.view_once
+            && let Some(a) = a.as_object_mut()
+        {
+            // Not downloaded: it is fetched when opened (`view`).
+            a.remove("pending");
+        }
+        obj.insert("attachment".into(), a);
     }
     v.to_string()
 }
@@ -130,6 +137,9 @@ pub(crate) fn attachment_line(m: &StoredMessage, info: &AttachmentInfo) -> Strin
     match (&info.path, &info.error) {
         (_, Some(e)) => line.push_str(&format!("  (not saved: {e})")),
         (Some(p), None) => line.push_str(&format!(" -> {}", p.display())),
+        (None, None) if m.view_once => {
+            line.push_str(&format!("  (view once: hushwire view {})", m.id));
+        }
         (None, None) => line.push_str("  (not downloaded)"),
     }
     line
@@ -158,6 +168,7 @@ pub(crate) async fn send_file(
     file: &Path,
     caption: String,
     voice: bool,
+    view_once: bool,
     suite: Option<hushwire_e2e::Suite>,
 ) -> anyhow::Result<()> {
     let mut client = open_client(dir)?;
@@ -192,6 +203,7 @@ pub(crate) async fn send_file(
         caption,
         voice,
         file_name: None,
+        view_once,
     };
     let sent = client.send_file(peer, file, &options).await;
     if let Some(previous) = restore {

@@ -21,10 +21,16 @@ pub(crate) struct ServeArgs {
     pub acme_domains: Vec<String>,
     pub acme_contact: Option<String>,
     pub acme_directory: Option<String>,
+    /// NATS URL of the cross-node bus (`--bus`, env `HUSHWIRE_BUS`).
+    pub bus: Option<String>,
+    /// Where media blobs live (`--media s3://…`, env `HUSHWIRE_MEDIA_STORE`).
+    pub media: Option<String>,
+    /// PostgreSQL store URL (`--store postgres://…`, env `HUSHWIRE_STORE`).
+    pub store: Option<String>,
 }
 
 /// The user data directory of the server (`…/hushwire-server`).
-fn default_data_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn default_data_dir() -> anyhow::Result<PathBuf> {
     directories::ProjectDirs::from("", "", "hushwire-server")
         .map(|d| d.data_dir().to_path_buf())
         .ok_or_else(|| user_error("no home directory found; pass --data DIR"))
@@ -81,6 +87,20 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             "--acme-contact and --acme-directory need --acme-domain (or [acme] domains)",
         ));
     }
+    if let Some(bus) = &args.bus {
+        // Empty (e.g. `HUSHWIRE_BUS=`) turns a bus from the config file off.
+        config.bus.url = Some(bus.clone()).filter(|b| !b.trim().is_empty());
+    }
+    if let Some(media) = &args.media {
+        // Empty (`HUSHWIRE_MEDIA_STORE=`) means the local data directory.
+        config.media.store = Some(media.trim().to_owned()).filter(|m| !m.is_empty());
+    }
+    if let Some(store) = &args.store {
+        // Empty (`HUSHWIRE_STORE=`) means the embedded database.
+        config.store = Some(store.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .map(Into::into);
+    }
     if let Some(r) = args.registration {
         config.registration = match r {
             Registration::Open => RegistrationPolicy::Open,
@@ -120,9 +140,22 @@ pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = build_config(&args)?;
-    let store = hushwire_server::open_sqlite(&config)
-        .await
-        .context("cannot open the server database")?;
+    // The embedded database is kept by its type so it can be shut down (checkpointed)
+    // at the end; PostgreSQL needs nothing of the kind.
+    let sqlite = match config.store {
+        None => Some(
+            hushwire_server::open_sqlite(&config)
+                .await
+                .context("cannot open the server database")?,
+        ),
+        Some(_) => None,
+    };
+    let store: std::sync::Arc<dyn hushwire_store::Store> = match &sqlite {
+        Some(s) => s.clone(),
+        None => hushwire_server::open_store(&config)
+            .await
+            .context("cannot open the PostgreSQL store")?,
+    };
     let running = hushwire_server::bind(config.clone(), store.clone())
         .await
         .context("cannot start the server")?;
@@ -145,7 +178,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(data_dir = %config.data_dir.display(), "serving");
     let result = running.run(shutdown).await;
-    store.shutdown().await;
+    if let Some(s) = sqlite {
+        s.shutdown().await;
+    }
     result.context("server failed")?;
     tracing::info!("stopped");
     Ok(())

@@ -365,3 +365,91 @@ fn killed_send_and_receive_resume() {
         .collect();
     assert_eq!(left, ["movie.mkv"]);
 }
+
+/// `send --file --view-once`, `view ID` (the file exists only while it is shown), then
+/// `report` and the operator's `admin reports`.
+#[test]
+fn view_once_file_then_report() {
+    let root = tempfile::tempdir().unwrap();
+    let server_dir = root.path().join("server");
+    let server = Server::start(&server_dir);
+    let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
+    register(&alice, "alice", &server);
+    register(&bob, "bob", &server);
+
+    assert_ok(&hushwire(&alice, &["send", "bob", "hello from alice"]));
+    let photo = root.path().join("once.png");
+    png(&photo);
+    let o = hushwire(
+        &alice,
+        &[
+            "send",
+            "bob",
+            "--file",
+            photo.to_str().unwrap(),
+            "--view-once",
+        ],
+    );
+    assert_ok(&o);
+    let id = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+
+    let o = hushwire(&bob, &["receive", "--json"]);
+    assert_ok(&o);
+    let got = json_lines(&o);
+    let once = got
+        .iter()
+        .find(|v| v["id"] == id.as_str())
+        .expect("received");
+    assert_eq!(once["view_once"], true);
+    assert!(
+        once["attachment"]["path"].is_null(),
+        "not downloaded: {once}"
+    );
+    assert!(
+        once["attachment"]["thumbnail"].is_null(),
+        "no preview: {once}"
+    );
+
+    let o = hushwire(&bob, &["view", &id, "--json", "--keep", "0"]);
+    assert_ok(&o);
+    let shown: Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    let file = PathBuf::from(shown["file"].as_str().expect("a file was shown"));
+    assert!(file.starts_with(&bob), "{}", file.display());
+    assert!(!file.exists(), "the shown file is deleted afterwards");
+    let o = hushwire(&bob, &["view", &id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("viewed already"));
+
+    let o = hushwire(
+        &bob,
+        &["report", "alice", "--reason", "unwanted", "--messages", "3"],
+    );
+    assert_ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("blocked"));
+    let o = Command::new(BIN)
+        .args(["admin", "reports", "--json", "--data"])
+        .arg(&server_dir)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let reports: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0]["reporter"], "bob");
+    assert_eq!(reports[0]["reported"], "alice");
+    assert_eq!(reports[0]["reason"], "unwanted");
+    assert_eq!(reports[0]["messages"][0]["text"], "hello from alice");
+    let report_id = reports[0]["id"].as_u64().unwrap().to_string();
+    let o = Command::new(BIN)
+        .args(["admin", "reports", "--close", &report_id, "--data"])
+        .arg(&server_dir)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+}

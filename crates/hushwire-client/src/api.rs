@@ -222,6 +222,11 @@ impl ApiRequest {
         )
     }
 
+    /// `POST /v1/reports`: block and report (sign it).
+    pub fn report(req: &wire::ReportRequest) -> Self {
+        Self::new(Method::POST, "/v1/reports", codec::encode(req))
+    }
+
     /// `GET /v1/keypackages/count?ciphersuite=N` (sign it).
     pub fn key_package_count(ciphersuite: u16) -> Self {
         Self::new(

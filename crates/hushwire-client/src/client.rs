@@ -545,12 +545,26 @@ impl Client {
         attempt: &mut u32,
         deadline: Instant,
     ) -> bool {
+        self.retry_within(err, attempt, deadline, Some(self.options.max_attempts))
+            .await
+    }
+
+    /// [`Client::should_retry`] with an attempt limit, or none: the live wait of
+    /// `receive` keeps reconnecting until its end (a server restart or a failover that
+    /// outlasts a few attempts must not end it), backing off up to `max_backoff`.
+    async fn retry_within(
+        &mut self,
+        err: &ClientError,
+        attempt: &mut u32,
+        deadline: Instant,
+        max_attempts: Option<u32>,
+    ) -> bool {
         self.drop_connection();
         if !err.is_transient() {
             return false;
         }
         *attempt += 1;
-        if *attempt >= self.options.max_attempts {
+        if max_attempts.is_some_and(|max| *attempt >= max) {
             return false;
         }
         let delay = self.backoff(*attempt - 1);
@@ -802,10 +816,11 @@ impl Client {
                 Ok(true) => break,
                 Ok(false) => attempt = 0,
                 Err(e) => {
-                    if !self.should_retry(&e, &mut attempt, until).await {
+                    if !self.retry_within(&e, &mut attempt, until, None).await {
                         if Instant::now() >= until && e.is_transient() {
                             break;
                         }
+                        // Still unreachable as the wait ends, or a lasting error.
                         return Err(e);
                     }
                 }

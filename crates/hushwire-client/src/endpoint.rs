@@ -2,9 +2,11 @@
 //!
 //! Every connection (HTTPS API and WebSocket) is made by [`Endpoint::connect_tls`]: it
 //! tries the profile's routes ([`RouteBook`]) in order — the one that worked last
-//! first — each within [`Endpoint::attempt_timeout`], opening TCP directly or through
-//! a SOCKS5 / HTTP CONNECT proxy (the server's name is resolved by the proxy), or a
-//! tunnel through a volunteer relay. TLS to the server, pinned, always runs end to end
+//! first — each within [`Endpoint::attempt_timeout`], opening TCP directly (to the
+//! server, or to another server of its deployment) or through a SOCKS5 / HTTP CONNECT
+//! proxy (the server's name is resolved by the proxy), or a tunnel through a volunteer
+//! relay. A deployment's servers share the certificate (one pin) and the secret path,
+//! so requests are the same whichever node answers. TLS to the server, pinned, always runs end to end
 //! over whatever transport the route gave: a relay or proxy sees only ciphertext.
 
 use std::time::Duration;
@@ -210,6 +212,7 @@ impl Endpoint {
     async fn transport(&self, route: &Route) -> Result<Transport, String> {
         match route {
             Route::Direct => self.tcp(&self.host, self.port).await,
+            Route::Server(node) => self.tcp(&node.host, node.port).await,
             Route::Relay(link) => {
                 let tcp = self.tcp(&link.host, link.port).await?;
                 relay_tunnel(link, tcp).await
@@ -224,7 +227,14 @@ impl Endpoint {
             .await
             .map_err(|e| self.unreachable(format!("{}: {e}", route.label())))?;
         let connector = TlsConnector::from(self.tls.config());
-        match connector.connect(self.server_name.clone(), transport).await {
+        // Another node is named by its own host (SNI, and the name a public CA's
+        // certificate is checked against); a pin is checked the same either way.
+        let name = match route {
+            Route::Server(node) => ServerName::try_from(node.host.clone())
+                .map_err(|e| self.unreachable(format!("{}: {e}", route.label())))?,
+            Route::Direct | Route::Relay(_) => self.server_name.clone(),
+        };
+        match connector.connect(name, transport).await {
             Ok(stream) => Ok(stream),
             Err(e) => {
                 let fallback =

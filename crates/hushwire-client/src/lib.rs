@@ -39,7 +39,7 @@ pub use api::{ApiClient, ApiRequest, ByteStream, KeySigner, Signer};
 pub use connection::{Connection, FrameReceiver, FrameSender, PendingConnection};
 pub use endpoint::{Dialer, Endpoint, Transport};
 pub use error::ClientError;
-pub use routes::{ProxyKind, ProxyUrl, Route, RouteBook};
+pub use routes::{ProxyKind, ProxyUrl, Route, RouteBook, ServerNode};
 mod client;
 mod register;
 
@@ -47,7 +47,7 @@ pub use client::{
     Client, ClientOptions, Direction, PRESENCE_WAIT, ProfileSigner, ProgressFn, ReceiveReport,
     SUITES, SendFileOptions, Transfer,
 };
-pub use register::{INITIAL_KEY_PACKAGES, Registered, register};
+pub use register::{INITIAL_KEY_PACKAGES, Registered, register, register_servers};
 
 /// Re-exported so front ends need not depend on `hushwire-e2e` for the common types.
 pub use hushwire_e2e::{AttachmentInfo, Event, Identity, MessageState, StoredMessage};

@@ -8,7 +8,7 @@ use hushwire_proto::wire::{self, ErrorCode};
 
 use crate::api::unix_ms;
 use crate::client::{ClientOptions, upload_initial_key_packages};
-use crate::{ApiClient, ApiRequest, Client, ClientError, Endpoint};
+use crate::{ApiClient, ApiRequest, Client, ClientError, Endpoint, ServerNode};
 
 /// One-time key packages uploaded per suite at registration (plus one last-resort).
 pub const INITIAL_KEY_PACKAGES: usize = 20;
@@ -38,16 +38,72 @@ pub async fn register(
     invite: Option<&str>,
     options: ClientOptions,
 ) -> Result<Registered, ClientError> {
+    register_servers(
+        profile_dir,
+        handle,
+        &[server_url.to_string()],
+        pin,
+        invite,
+        options,
+    )
+    .await
+}
+
+/// Like [`register`] with every server URL of one deployment (nodes sharing one
+/// certificate, so one `pin`, one secret path and one store). The first is the
+/// profile's server; the others are kept in the profile's routes
+/// ([`RouteBook`](crate::RouteBook), `routes.json`) and tried in order when it does
+/// not answer — registration itself included. Every URL must have the same path (the secret prefix).
+pub async fn register_servers(
+    profile_dir: &Path,
+    handle: &str,
+    server_urls: &[String],
+    pin: Option<&str>,
+    invite: Option<&str>,
+    options: ClientOptions,
+) -> Result<Registered, ClientError> {
     validate_handle(handle)?;
-    // The profile's routes (relays, proxy) apply to registration too.
-    let routes = crate::RouteBook::load(profile_dir)?;
-    let endpoint = Endpoint::new(server_url, pin)?
-        .with_connect_timeout(options.connect_timeout)
-        .with_routes(routes);
+    let Some((primary, others)) = server_urls.split_first() else {
+        return Err(ClientError::InvalidUrl {
+            url: String::new(),
+            reason: "no server URL given".into(),
+        });
+    };
+    // Validate everything before touching the profile.
+    let first = Endpoint::new(primary, pin)?;
+    let first_node = ServerNode::parse(primary)?;
+    let mut nodes: Vec<ServerNode> = Vec::with_capacity(others.len());
+    for url in others {
+        let node = ServerNode::parse(url)?;
+        if node.path() != first_node.path() {
+            return Err(ClientError::InvalidUrl {
+                url: url.clone(),
+                reason: "the servers of one deployment share the secret path; this URL's \
+                         path differs from the first server's"
+                    .into(),
+            });
+        }
+        if node.address() != first_node.address()
+            && !nodes.iter().any(|n| n.address() == node.address())
+        {
+            nodes.push(node);
+        }
+    }
     let mut profile = Profile::open(profile_dir)?;
     if let Some(identity) = profile.identity() {
         return Err(ClientError::AlreadyRegistered(identity.handle.clone()));
     }
+    // The profile's routes (the other servers, relays, proxy) apply to registration
+    // too. A profile registered with one URL gets no `servers` entry at all.
+    let book = crate::RouteBook::load(profile_dir)?;
+    let routes = if nodes.is_empty() && book.servers().next().is_none() {
+        book
+    } else {
+        crate::RouteBook::set_servers(profile_dir, &nodes)?
+    };
+    let endpoint = first
+        .with_connect_timeout(options.connect_timeout)
+        .with_routes(routes);
     // Fail on a wrong pin or an unreachable server before making any keys.
     endpoint.probe().await?;
     let registration = profile.create_identity(handle, unix_ms())?;

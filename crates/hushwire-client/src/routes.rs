@@ -1,8 +1,9 @@
 //! Ways in: how a profile reaches its server when the direct route is blocked.
 //!
 //! A [`RouteBook`] is kept in `{profile}/routes.json`. It holds an ordered set of
-//! [`Route`]s — the direct route, then volunteer relays in the order they were added —
-//! and an optional [`ProxyUrl`] (SOCKS5 with remote DNS, or HTTP CONNECT) that every
+//! [`Route`]s — the direct route, then the deployment's other servers (nodes sharing
+//! the certificate, the secret path and the store, given at registration), then
+//! volunteer relays in the order they were added — and an optional [`ProxyUrl`] (SOCKS5 with remote DNS, or HTTP CONNECT) that every
 //! route's TCP connection goes through. It also remembers which route worked last and
 //! when the direct route last failed, so the next connection starts with what worked
 //! and tries the direct route again only after [`RouteBook::retry_direct_after`].
@@ -95,11 +96,81 @@ impl ProxyUrl {
     }
 }
 
+/// Another server (node) of the profile's deployment: same certificate (pin), same
+/// secret path, same store; only the address differs. Shown as `HOST:PORT` only (the
+/// URL's path is a secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerNode {
+    /// The URL as given (`https://host[:port]/prefix`).
+    pub url: String,
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Debug for ServerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerNode({})", self.address())
+    }
+}
+
+impl ServerNode {
+    /// Parses `https://host[:port][/prefix]` (no credentials, query or fragment).
+    pub fn parse(text: &str) -> Result<Self, ClientError> {
+        let bad = |reason: &str| ClientError::InvalidUrl {
+            url: text.to_string(),
+            reason: reason.to_string(),
+        };
+        let url = url::Url::parse(text.trim()).map_err(|e| bad(&e.to_string()))?;
+        if url.scheme() != "https" {
+            return Err(bad("the scheme must be https"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("a server URL has no query or fragment"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad("a server URL carries no credentials"));
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_string(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err(bad("missing host")),
+        };
+        let port = url.port_or_known_default().unwrap_or(443);
+        Ok(Self {
+            url: url.as_str().trim_end_matches('/').to_string(),
+            host,
+            port,
+        })
+    }
+
+    /// The URL's path (the deployment's secret prefix), without a trailing `/`.
+    pub fn path(&self) -> String {
+        url::Url::parse(&self.url)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default()
+    }
+
+    /// `HOST:PORT` (IPv6 in brackets).
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// One way to reach the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     /// A TCP connection to the server's own address (through the proxy, if one is set).
     Direct,
+    /// A TCP connection to another server of the deployment (through the proxy, if one
+    /// is set).
+    Server(ServerNode),
     /// A tunnel through a volunteer relay; TLS to the server runs inside it, end to end.
     Relay(RelayLink),
 }
@@ -109,6 +180,7 @@ impl Route {
     pub fn label(&self) -> String {
         match self {
             Self::Direct => "direct".to_string(),
+            Self::Server(node) => format!("server {}", node.address()),
             Self::Relay(link) => format!("relay {}", link.address()),
         }
     }
@@ -116,6 +188,7 @@ impl Route {
     fn key(&self) -> String {
         match self {
             Self::Direct => "direct".to_string(),
+            Self::Server(node) => format!("server:{}", node.address()),
             Self::Relay(link) => format!("relay:{}", link.address()),
         }
     }
@@ -129,7 +202,11 @@ struct RoutesFile {
     proxy: Option<String>,
     /// Relay links, in order of preference.
     relays: Vec<String>,
-    /// `false` to never try the direct route.
+    /// The deployment's other server URLs (the profile's own is the direct route), in
+    /// order. Omitted when empty, so single-server files stay readable by older clients.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    servers: Vec<String>,
+    /// `true` to never connect directly (neither to the server nor to its other nodes).
     no_direct: bool,
     /// The key of the route that worked last (`direct`, `relay:HOST:PORT`).
     last_good: Option<String>,
@@ -154,6 +231,8 @@ pub struct RouteBook {
 struct BookInner {
     proxy: Option<ProxyUrl>,
     routes: Vec<Route>,
+    /// The other servers' URLs as saved (kept when `no_direct` leaves them unused).
+    servers: Vec<String>,
     retry_direct_after: Duration,
     path: Option<PathBuf>,
     state: Mutex<State>,
@@ -187,6 +266,13 @@ impl RouteBook {
     pub fn new(proxy: Option<ProxyUrl>, routes: Vec<Route>, retry_direct_after: Duration) -> Self {
         Self {
             inner: Arc::new(BookInner {
+                servers: routes
+                    .iter()
+                    .filter_map(|r| match r {
+                        Route::Server(node) => Some(node.url.clone()),
+                        _ => None,
+                    })
+                    .collect(),
                 proxy,
                 routes,
                 retry_direct_after,
@@ -216,6 +302,13 @@ impl RouteBook {
         let mut routes = Vec::new();
         if !file.no_direct {
             routes.push(Route::Direct);
+            for url in &file.servers {
+                let node = ServerNode::parse(url).map_err(|e| ClientError::Routes {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                routes.push(Route::Server(node));
+            }
         }
         for link in &file.relays {
             let link = RelayLink::parse(link).map_err(|e| ClientError::Routes {
@@ -228,6 +321,7 @@ impl RouteBook {
             inner: Arc::new(BookInner {
                 proxy,
                 routes,
+                servers: file.servers,
                 retry_direct_after: file
                     .retry_direct_secs
                     .map_or(DEFAULT_RETRY_DIRECT, Duration::from_secs),
@@ -255,6 +349,7 @@ impl RouteBook {
         let file = RoutesFile {
             proxy: proxy.as_ref().map(ToString::to_string),
             relays: relays.iter().map(ToString::to_string).collect(),
+            servers: current.inner.servers.clone(),
             no_direct: !direct,
             last_good: state.last_good,
             direct_failed_at_ms: state.direct_failed_at_ms,
@@ -262,6 +357,32 @@ impl RouteBook {
         };
         write_file(&dir.join(ROUTES_FILE), &file)?;
         Self::load(dir)
+    }
+
+    /// Sets the deployment's other servers (tried after the profile's own server, in
+    /// this order) and saves the book. What was learned is kept.
+    pub fn set_servers(dir: &Path, servers: &[ServerNode]) -> Result<Self, ClientError> {
+        let current = Self::load(dir)?;
+        let state = current.snapshot();
+        let file = RoutesFile {
+            proxy: current.inner.proxy.as_ref().map(ToString::to_string),
+            relays: current.relays().map(ToString::to_string).collect(),
+            servers: servers.iter().map(|s| s.url.clone()).collect(),
+            no_direct: !current.inner.routes.contains(&Route::Direct),
+            last_good: state.last_good,
+            direct_failed_at_ms: state.direct_failed_at_ms,
+            retry_direct_secs: Some(current.inner.retry_direct_after.as_secs()),
+        };
+        write_file(&dir.join(ROUTES_FILE), &file)?;
+        Self::load(dir)
+    }
+
+    /// The deployment's other servers among the routes.
+    pub fn servers(&self) -> impl Iterator<Item = &ServerNode> {
+        self.inner.routes.iter().filter_map(|r| match r {
+            Route::Server(node) => Some(node),
+            _ => None,
+        })
     }
 
     /// Adds `link` to the profile's relays (after the direct route and the relays
@@ -288,7 +409,7 @@ impl RouteBook {
     pub fn relays(&self) -> impl Iterator<Item = &RelayLink> {
         self.inner.routes.iter().filter_map(|r| match r {
             Route::Relay(link) => Some(link),
-            Route::Direct => None,
+            Route::Direct | Route::Server(_) => None,
         })
     }
 
@@ -383,6 +504,7 @@ impl RouteBook {
         let file = RoutesFile {
             proxy: self.inner.proxy.as_ref().map(ToString::to_string),
             relays: self.relays().map(ToString::to_string).collect(),
+            servers: self.inner.servers.clone(),
             no_direct: !self.inner.routes.contains(&Route::Direct),
             last_good: state.last_good,
             direct_failed_at_ms: state.direct_failed_at_ms,
@@ -483,5 +605,59 @@ mod tests {
         assert_eq!(book.attempt_order(), [Route::Direct, r2, r1]);
         // The secret is in the file, not in Debug output.
         assert!(!format!("{book:?}").contains("AbCd"));
+    }
+
+    #[test]
+    fn other_servers_are_kept_ordered_and_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        // A single-server profile's file (as older versions wrote it) still loads.
+        std::fs::write(
+            dir.path().join(ROUTES_FILE),
+            r#"{"proxy":null,"relays":[],"no_direct":false,"last_good":"direct"}"#,
+        )
+        .unwrap();
+        let book = RouteBook::load(dir.path()).unwrap();
+        assert_eq!(book.routes(), [Route::Direct]);
+        assert_eq!(book.servers().count(), 0);
+
+        let b = ServerNode::parse("https://node-b.example:8443/SeCrEt").unwrap();
+        let c = ServerNode::parse("https://[::1]/SeCrEt/").unwrap();
+        assert_eq!(
+            (b.host.as_str(), b.port, b.path()),
+            ("node-b.example", 8443, "/SeCrEt".into())
+        );
+        assert_eq!(
+            (c.address(), c.path()),
+            ("[::1]:443".to_string(), "/SeCrEt".into())
+        );
+        for bad in ["http://x/p", "https://u:p@x/p", "https://x/p?q=1", "nope"] {
+            assert!(ServerNode::parse(bad).is_err(), "{bad}");
+        }
+        RouteBook::set_servers(dir.path(), &[b.clone(), c.clone()]).unwrap();
+        RouteBook::edit(dir.path(), |_, relays, _| relays.push(link(1))).unwrap();
+        let book = RouteBook::load(dir.path()).unwrap();
+        let (rb, rc, r1) = (
+            Route::Server(b.clone()),
+            Route::Server(c.clone()),
+            Route::Relay(link(1)),
+        );
+        // Direct, then the other servers, then relays; editing relays kept the servers.
+        assert_eq!(
+            book.routes(),
+            [Route::Direct, rb.clone(), rc.clone(), r1.clone()]
+        );
+        assert_eq!(rb.label(), "server node-b.example:8443");
+        // The secret path is in the file, not in labels or Debug output.
+        assert!(!format!("{book:?} {}", rc.label()).contains("SeCrEt"));
+        // The profile's server is down, node c answers: next time c goes first.
+        book.record_failure(&Route::Direct);
+        book.record_success(&rc);
+        let book = RouteBook::load(dir.path()).unwrap();
+        assert_eq!(book.last_good(), Some(rc.clone()));
+        assert_eq!(book.attempt_order(), [rc, Route::Direct, rb, r1]);
+        // With no other server the key is left out, as in older files.
+        RouteBook::set_servers(dir.path(), &[]).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(ROUTES_FILE)).unwrap();
+        assert!(!text.contains("servers"), "{text}");
     }
 }

@@ -135,6 +135,8 @@ pub struct NewUpload {
     pub voice: bool,
     /// Text shown with it.
     pub caption: String,
+    /// View once: the recipient opens it once (`Profile::view_once`), then it is gone.
+    pub view_once: bool,
 }
 
 impl Drop for NewUpload {
@@ -179,6 +181,8 @@ pub struct PendingUpload {
     pub parts_done: u32,
     /// SHA-256 of those parts' ciphertext.
     pub prefix_sha256: Option<[u8; 32]>,
+    /// It becomes a view-once message.
+    pub view_once: bool,
 }
 
 impl std::fmt::Debug for PendingUpload {
@@ -310,7 +314,7 @@ fn path_text(path: &Path) -> Result<String, E2eError> {
 }
 
 const UPLOAD_COLUMNS: &str = "id, conversation, source_path, source_len, attachment, group_id,
-     blob_id, part_size, parts_done, prefix_sha256";
+     blob_id, part_size, parts_done, prefix_sha256, view_once";
 
 fn upload_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(PendingUploadRow, Vec<u8>)> {
     Ok((
@@ -324,6 +328,7 @@ fn upload_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(PendingUploadRow,
             part_size: r.get(7)?,
             parts_done: r.get(8)?,
             prefix_sha256: r.get(9)?,
+            view_once: r.get(10)?,
         },
         r.get(4)?,
     ))
@@ -339,6 +344,7 @@ struct PendingUploadRow {
     part_size: Option<i64>,
     parts_done: i64,
     prefix_sha256: Option<Vec<u8>>,
+    view_once: bool,
 }
 
 impl PendingUploadRow {
@@ -354,6 +360,7 @@ impl PendingUploadRow {
             part_size: self.part_size.and_then(|p| u32::try_from(p).ok()),
             parts_done: u32::try_from(self.parts_done).unwrap_or(0),
             prefix_sha256: self.prefix_sha256.and_then(|h| h.try_into().ok()),
+            view_once: self.view_once,
         })
     }
 }
@@ -437,15 +444,16 @@ impl Profile {
         let id = new_message_id(now_ms);
         self.conn.execute(
             "INSERT INTO media_uploads (id, conversation, source_path, source_len, attachment,
-                 created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                 created_at_ms, view_once)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 &id[..],
                 upload.conversation,
                 path_text(&upload.source_path)?,
                 to_sql_u64(upload.source_len)?,
                 attachment.encode_to_vec(),
-                to_sql_u64(now_ms)?
+                to_sql_u64(now_ms)?,
+                upload.view_once
             ],
         )?;
         Ok(uuid_text(&id))
@@ -602,7 +610,7 @@ impl Profile {
             &msg_id,
             &conversation,
             None,
-            false,
+            upload.view_once,
             now_ms,
         )?;
         crate::features::engage(&tx, &conversation, now_ms)?;
@@ -656,7 +664,7 @@ impl Profile {
             let mut stmt = self.conn.prepare(
                 "SELECT a.sender, a.id FROM attachments a
                  JOIN messages m ON m.sender = a.sender AND m.id = a.id
-                 WHERE a.path IS NULL AND a.error IS NULL ORDER BY m.n",
+                 WHERE a.path IS NULL AND a.error IS NULL AND m.view_once = 0 ORDER BY m.n",
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<Result<_, _>>()?
@@ -738,6 +746,7 @@ mod tests {
             height: 0,
             voice: false,
             caption: "read this".into(),
+            view_once: false,
         }
     }
 

@@ -1429,10 +1429,25 @@ impl Profile {
         Ok(ids.len())
     }
 
+    /// The attachment (with its key) of received view-once message `id` while it is not
+    /// opened yet, to fetch the file just before [`Profile::view_once`]; `None` for a
+    /// text, an own or an opened message.
+    pub fn view_once_attachment(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::AttachmentRecord>, E2eError> {
+        let (raw, target) = unique_target(&self.conn, id)?;
+        if target.outgoing || target.view_once != 1 {
+            return Ok(None);
+        }
+        self.attachment(&target.sender, &uuid_text(&raw))
+    }
+
     /// Opens a received view-once message: returns it with its body (for an attachment:
-    /// its caption; fetch the file before calling this), then erases the body (and the
-    /// attachment) on this device and tells the sender (a viewed receipt, if read
-    /// receipts are on), which also erases it on this account's other devices.
+    /// its caption; fetch the file before calling this, see
+    /// [`Profile::view_once_attachment`]), then erases the body (and the attachment) on
+    /// this device and tells the sender (a viewed receipt, if read receipts are on),
+    /// which also erases it on this account's other devices.
     pub fn view_once(&mut self, id: &str, now_ms: u64) -> Result<StoredMessage, E2eError> {
         let me = self.me()?.0.handle.clone();
         let (raw, target) = unique_target(&self.conn, id)?;

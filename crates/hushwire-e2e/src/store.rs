@@ -292,6 +292,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (sender, id)
     );
     "#,
+    // v7: view-once attachments. An upload flagged view-once becomes a view-once message.
+    r#"
+    ALTER TABLE media_uploads ADD COLUMN view_once INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Opens (creating if needed) the profile database and brings both schemas up to date.

@@ -44,3 +44,9 @@ pub const MIN_EXPIRE_TIMER_MS: u64 = 5_000;
 pub const MAX_EXPIRE_TIMER_MS: u64 = 90 * 24 * 3600 * 1000;
 /// Longest reaction (an emoji, possibly a ZWJ sequence), in bytes.
 pub const MAX_REACTION_BYTES: usize = 64;
+/// Most messages one report (`ReportRequest`) discloses.
+pub const MAX_REPORT_MESSAGES: usize = 20;
+/// Longest reason of a report, in bytes.
+pub const MAX_REPORT_REASON_BYTES: usize = 1024;
+/// Longest text of one reported message, in bytes (the longest text message).
+pub const MAX_REPORT_TEXT_BYTES: usize = 64 * 1024;

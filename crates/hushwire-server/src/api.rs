@@ -22,7 +22,7 @@ use prost::Message;
 
 use crate::config::RegistrationPolicy;
 use crate::error::ApiError;
-use crate::{ConnPermit, Server, auth, media, now_ms, ws};
+use crate::{ConnPermit, Server, auth, media, now_ms, reports, ws};
 
 /// The router for every route of protocol.md, under the configured path prefix.
 pub fn app(server: &Server) -> Router {
@@ -52,6 +52,7 @@ pub fn app(server: &Server) -> Router {
             get(media::download).delete(media::delete_blob),
         )
         .route(&format!("{p}/v1/blobs/{{id}}/status"), get(media::status))
+        .route(&format!("{p}/v1/reports"), post(reports::file_report))
         .route(
             &format!("{p}/v1/blobs/{{id}}/parts/{{index}}"),
             put(media::upload_part),

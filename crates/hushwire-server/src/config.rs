@@ -196,11 +196,25 @@ pub const DEFAULT_MAX_BLOB_BYTES: u64 =
 pub const MAX_BLOB_PARTS: u64 = 1 << 16;
 
 /// Media (end-to-end encrypted attachments): the server stores opaque ciphertext blobs
-/// in `{data_dir}/blobs/` (see `hushwire-blobstore`) with their metadata in the store.
-/// Durations are written like `"30days"`, `"24h"`, `"15m"`, `"500ms"`.
+/// in `{data_dir}/blobs/` or an S3 bucket (`store`; see `hushwire-blobstore`) with their
+/// metadata in the store. Durations are written like `"30days"`, `"24h"`, `"15m"`,
+/// `"500ms"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MediaConfig {
+    /// Where blob bytes live: `"s3://BUCKET[/prefix]"` (objects
+    /// `{prefix}/blobs/{id}/{part}`; every node of a deployment names the same, and
+    /// nodes sharing a bucket must share the store: the daily orphan scan deletes
+    /// objects the node's store has no record of), reached
+    /// with the standard AWS environment variables (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`) or
+    /// `s3_credentials_file`. Default: unset, the local `{data_dir}/blobs/`.
+    pub store: Option<String>,
+    /// An AWS-style credentials file (`[default]` with `aws_access_key_id`,
+    /// `aws_secret_access_key`, optionally `aws_session_token`, `region`,
+    /// `endpoint_url`, `allow_http`) whose values win over the environment. Shown only
+    /// as "set". Default: none.
+    pub s3_credentials_file: Option<PathBuf>,
     /// Largest blob (ciphertext bytes) a client may create; larger is `TOO_LARGE`.
     /// Default: [`DEFAULT_MAX_BLOB_BYTES`], the ciphertext of a 2 GiB file.
     pub max_blob_bytes: u64,
@@ -234,6 +248,8 @@ pub struct MediaConfig {
 impl Default for MediaConfig {
     fn default() -> Self {
         Self {
+            store: None,
+            s3_credentials_file: None,
             max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
             part_size: 4 * 1024 * 1024,
             quota_bytes: 10 * 1024 * 1024 * 1024,
@@ -247,7 +263,9 @@ impl Default for MediaConfig {
 }
 
 /// `media.*` environment variables, each overriding the key of the same name.
-pub const MEDIA_ENV: [&str; 8] = [
+pub const MEDIA_ENV: [&str; 10] = [
+    "HUSHWIRE_MEDIA_STORE",
+    "HUSHWIRE_MEDIA_S3_CREDENTIALS_FILE",
     "HUSHWIRE_MEDIA_MAX_BLOB_BYTES",
     "HUSHWIRE_MEDIA_PART_SIZE",
     "HUSHWIRE_MEDIA_QUOTA_BYTES",
@@ -274,6 +292,13 @@ impl MediaConfig {
         for name in MEDIA_ENV {
             let Some(v) = var(name) else { continue };
             match name {
+                "HUSHWIRE_MEDIA_STORE" => {
+                    self.store = Some(v.trim().to_owned()).filter(|s| !s.is_empty());
+                }
+                "HUSHWIRE_MEDIA_S3_CREDENTIALS_FILE" => {
+                    self.s3_credentials_file =
+                        Some(PathBuf::from(v.trim())).filter(|p| !p.as_os_str().is_empty());
+                }
                 "HUSHWIRE_MEDIA_MAX_BLOB_BYTES" => self.max_blob_bytes = int(name, &v)?,
                 "HUSHWIRE_MEDIA_PART_SIZE" => self.part_size = int(name, &v)?,
                 "HUSHWIRE_MEDIA_QUOTA_BYTES" => self.quota_bytes = int(name, &v)?,
@@ -289,7 +314,23 @@ impl MediaConfig {
         Ok(())
     }
 
+    /// The S3 location of `store`, `None` for the local data directory.
+    pub fn s3_location(&self) -> Result<Option<hushwire_blobstore::S3Location>, ConfigError> {
+        self.store
+            .as_deref()
+            .map(hushwire_blobstore::S3Location::parse)
+            .transpose()
+            .map_err(|e| invalid("media.store", e.to_string()))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.s3_location()?;
+        if self.s3_credentials_file.is_some() && self.store.is_none() {
+            return Err(invalid(
+                "media.s3_credentials_file",
+                "is only used with media.store = \"s3://…\"",
+            ));
+        }
         let max_part = u32::try_from(limits::MAX_BLOB_PART_BYTES).unwrap_or(u32::MAX);
         if !(1024..=max_part).contains(&self.part_size) {
             return Err(invalid(
@@ -356,6 +397,74 @@ impl MediaConfig {
     }
 }
 
+/// The cross-node bus (`[bus]`): with several `hushwire serve` nodes sharing one store,
+/// they wake each other's connections and relay ephemeral signals over NATS core
+/// pub/sub (see `hushwire-bus`). Off (one node) while `url` is unset.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// NATS server URL(s), comma-separated: `nats://[user:password@|token@]host[:port]`
+    /// (`tls://` for TLS). Shown redacted (scheme, host and port only).
+    /// Default: none (a single node, no bus).
+    pub url: Option<String>,
+    /// Subject prefix: every node of one deployment uses the same; deployments sharing a
+    /// NATS server use different ones. Default: `hushwire`.
+    pub subject_prefix: String,
+    /// How often, with a bus, each node re-checks its connected devices' mailboxes in
+    /// the store (covers notices lost while NATS is down). 10 ms to 1 h. Default: 2 s.
+    #[serde(with = "human_duration")]
+    pub poll_interval: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            subject_prefix: hushwire_bus::DEFAULT_PREFIX.to_string(),
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusConfig")
+            .field("url", &self.redacted_url())
+            .field("subject_prefix", &self.subject_prefix)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
+impl BusConfig {
+    /// Whether a bus is configured.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some()
+    }
+
+    /// The URL without credentials, for logs; `None` without a bus.
+    pub fn redacted_url(&self) -> Option<String> {
+        self.url
+            .as_deref()
+            .map(|u| match hushwire_bus::BusUrl::parse(u) {
+                Ok(u) => u.redacted(),
+                Err(_) => "(invalid)".to_string(),
+            })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url {
+            hushwire_bus::BusUrl::parse(url).map_err(|e| invalid("bus.url", e.to_string()))?;
+        }
+        hushwire_bus::validate_prefix(&self.subject_prefix)
+            .map_err(|e| invalid("bus.subject_prefix", e.to_string()))?;
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.poll_interval) {
+            return Err(invalid("bus.poll_interval", "must be between 10ms and 1h"));
+        }
+        Ok(())
+    }
+}
+
 /// Serde for durations as human-readable strings (`"24h"`, `"30days"`, `"500ms"`).
 mod human_duration {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -380,6 +489,10 @@ pub struct ServerConfig {
     /// Directory for the database and the generated TLS material. Default: `hushwire-data`
     /// (relative to the working directory).
     pub data_dir: PathBuf,
+    /// The store (`store = "postgres://user:password@host/db"`): PostgreSQL, shared by
+    /// every node of a deployment. Default: none, the embedded SQLite database in
+    /// `data_dir`.
+    pub store: Option<StoreUrl>,
     /// TLS certificate and key. Default: self-signed, generated on first start.
     pub tls: TlsConfig,
     /// Certificates from an ACME CA (`[acme]`). Default: off.
@@ -404,6 +517,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Media blobs (`[media]`).
     pub media: MediaConfig,
+    /// The cross-node bus (`[bus]`). Default: off.
+    pub bus: BusConfig,
     /// Seconds a WebSocket client has to answer the challenge. Default: 10.
     pub auth_timeout_secs: u64,
     /// Seconds a TLS handshake may take. Default: 10.
@@ -419,6 +534,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             data_dir: PathBuf::from("hushwire-data"),
+            store: None,
             tls: TlsConfig::default(),
             acme: AcmeConfig::default(),
             path_prefix: String::new(),
@@ -429,11 +545,61 @@ impl Default for ServerConfig {
             rate_limits: RateLimits::default(),
             limits: Limits::default(),
             media: MediaConfig::default(),
+            bus: BusConfig::default(),
             auth_timeout_secs: 10,
             handshake_timeout_secs: 10,
             expire_interval_secs: 3600,
             shutdown_grace_secs: 10,
         }
+    }
+}
+
+/// The URL of an external store (`store = …`). It may carry a password, so Debug and
+/// Display show it without user info and query.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(pub String);
+
+impl StoreUrl {
+    /// The URL as given (with its password: for connecting only, never for logs).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it names PostgreSQL (`postgres://` or `postgresql://`).
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+
+    /// `scheme://host[:port]/path`, without user info and query (either may hold a
+    /// password).
+    pub fn redacted(&self) -> String {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
+        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        format!("{scheme}://{host}{path}")
+    }
+}
+
+impl From<String> for StoreUrl {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
     }
 }
 
@@ -490,6 +656,14 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
+        }
+        if let Some(url) = &self.store
+            && !url.is_postgres()
+        {
+            return Err(invalid(
+                "store",
+                "must be a postgres:// URL (leave it unset for the embedded database)",
+            ));
         }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) | (None, Some(_)) => {
@@ -570,6 +744,7 @@ impl ServerConfig {
             ));
         }
         self.media.validate()?;
+        self.bus.validate()?;
         for (field, v) in [
             ("auth_timeout_secs", self.auth_timeout_secs),
             ("handshake_timeout_secs", self.handshake_timeout_secs),
@@ -669,6 +844,10 @@ impl fmt::Display for ServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "listen = {}", self.listen)?;
         writeln!(f, "data_dir = {}", self.data_dir.display())?;
+        match &self.store {
+            Some(url) => writeln!(f, "store = {}", url.redacted())?,
+            None => writeln!(f, "store = (embedded, in data_dir)")?,
+        }
         match &self.tls.cert {
             Some(cert) => writeln!(f, "tls.cert = {}", cert.display())?,
             None => writeln!(f, "tls.cert = (self-signed in data_dir/tls)")?,
@@ -713,6 +892,19 @@ impl fmt::Display for ServerConfig {
         )?;
         writeln!(
             f,
+            "media.store = {}{}",
+            self.media
+                .store
+                .as_deref()
+                .unwrap_or("(local, data_dir/blobs)"),
+            if self.media.s3_credentials_file.is_some() {
+                ", S3 credentials file set"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            f,
             "media = blobs up to {} B in {} B parts, quota {} B/account, retention {}, \
              kept {} after fetch, abandoned uploads {}, sweep every {}",
             self.media.max_blob_bytes,
@@ -723,6 +915,14 @@ impl fmt::Display for ServerConfig {
             humantime::format_duration(self.media.abandoned_upload_after),
             humantime::format_duration(self.media.sweep_interval)
         )?;
+        if let Some(url) = self.bus.redacted_url() {
+            writeln!(
+                f,
+                "bus = {url}, subjects {}.*, mailbox poll every {}",
+                self.bus.subject_prefix,
+                humantime::format_duration(self.bus.poll_interval)
+            )?;
+        }
         write!(
             f,
             "limits = frame {} B, message {} B, body {} B, group members {}, group message {} B",
@@ -738,6 +938,28 @@ impl fmt::Display for ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_url_parses_and_never_shows_its_password() {
+        let c = ServerConfig::from_toml(
+            r#"store = "postgres://hw:s3cret@db.internal:5433/hushwire?password=s3cret""#,
+        )
+        .unwrap();
+        let url = c.store.clone().unwrap();
+        assert!(url.is_postgres());
+        assert_eq!(url.redacted(), "postgres://db.internal:5433/hushwire");
+        for shown in [format!("{c:?}"), c.to_string(), url.to_string()] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        assert!(shown_has_store(&c.to_string()));
+        let err = ServerConfig::from_toml(r#"store = "mysql://x/y""#).unwrap_err();
+        assert!(err.to_string().contains("store"), "{err}");
+        assert_eq!(ServerConfig::default().store, None);
+    }
+
+    fn shown_has_store(shown: &str) -> bool {
+        shown.contains("store = postgres://db.internal:5433/hushwire")
+    }
 
     #[test]
     fn empty_toml_is_the_default() {
@@ -845,6 +1067,65 @@ mod tests {
                 .contains("media.max_blob_bytes")
         );
         assert!(err("[media]\nupload_buffer_bytes = 1024").contains("media.upload_buffer_bytes"));
+    }
+
+    #[test]
+    fn bus_section_parses_validates_and_hides_credentials() {
+        let c = ServerConfig::from_toml(
+            r#"
+            [bus]
+            url = "nats://node:hunter2@10.0.0.5:4222"
+            subject_prefix = "hw.prod"
+            poll_interval = "500ms"
+            "#,
+        )
+        .unwrap();
+        assert!(c.bus.enabled());
+        assert_eq!(c.bus.poll_interval, Duration::from_millis(500));
+        let shown = format!("{c} {c:?}");
+        assert!(shown.contains("nats://10.0.0.5:4222"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("node:"),
+            "{shown}"
+        );
+        assert!(!ServerConfig::default().bus.enabled());
+        let err = |t: &str| ServerConfig::from_toml(t).unwrap_err().to_string();
+        assert!(err("[bus]\nurl = \"http://x\"").contains("bus.url"));
+        let e = err("[bus]\nurl = \"nats://u:hunter2@h:1/x\"");
+        assert!(e.contains("bus.url") && !e.contains("hunter2"), "{e}");
+        assert!(err("[bus]\nsubject_prefix = \"a.*\"").contains("bus.subject_prefix"));
+        assert!(err("[bus]\npoll_interval = \"2h\"").contains("bus.poll_interval"));
+    }
+
+    #[test]
+    fn media_store_local_or_s3() {
+        assert_eq!(MediaConfig::default().store, None);
+        assert_eq!(MediaConfig::default().s3_location().unwrap(), None);
+        let c = ServerConfig::from_toml(
+            "[media]\nstore = \"s3://hushwire-media/prod\"\n\
+             s3_credentials_file = \"/etc/hushwire/s3-secret\"\n",
+        )
+        .unwrap();
+        let loc = c.media.s3_location().unwrap().unwrap();
+        assert_eq!(
+            (loc.bucket.as_str(), loc.prefix.as_str()),
+            ("hushwire-media", "prod")
+        );
+        let shown = c.to_string();
+        assert!(
+            shown.contains("media.store = s3://hushwire-media/prod"),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3-secret"), "{shown}");
+        // The environment overrides the file.
+        let mut m = c.media.clone();
+        m.apply_env(|k| (k == "HUSHWIRE_MEDIA_STORE").then(|| "s3://other-bucket".into()))
+            .unwrap();
+        assert_eq!(m.store.as_deref(), Some("s3://other-bucket"));
+        let err = |t: &str| ServerConfig::from_toml(t).unwrap_err().to_string();
+        assert!(err("[media]\nstore = \"/var/blobs\"").contains("media.store"));
+        assert!(err("[media]\nstore = \"s3://UP\"").contains("media.store"));
+        assert!(err("[media]\ns3_credentials_file = \"/c\"").contains("media.s3_credentials_file"));
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //!
 //! Ephemeral signals (typing, presence) go through the same queue but are never
 //! stored: one that finds the queue full is simply dropped.
+//!
+//! With several nodes (see `cluster`), [`Hub::push`] tells whether the device is
+//! connected here so only the others are announced on the bus; a node's [`Hub::wake`]
+//! makes the named connections re-read their mailboxes (the *woken* flag, handled like
+//! *lagged*); each connection publishes the highest seq it sent (`delivered`) so the
+//! poller can tell which ones have something new in the store.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +35,11 @@ pub(crate) struct Signals {
     pub(crate) lagged: AtomicBool,
     /// A newer connection of the same device took over: close.
     pub(crate) replaced: AtomicBool,
+    /// Another node stored entries for this device (or the poller saw some): re-read
+    /// the mailbox.
+    pub(crate) woken: AtomicBool,
+    /// Highest mailbox seq the connection sent (the poller's cursor).
+    pub(crate) delivered: AtomicU64,
     /// Wakes the connection after setting a flag.
     pub(crate) notify: Notify,
 }
@@ -100,40 +111,79 @@ impl Hub {
         }
     }
 
-    /// Pushes an envelope to `device` if it is connected. Never blocks.
-    pub(crate) fn push(&self, device: DeviceId, envelope: Envelope) {
+    /// Pushes an envelope to `device` if it is connected. Never blocks. Returns whether
+    /// a live connection here took care of it (false: not connected to this node).
+    pub(crate) fn push(&self, device: DeviceId, envelope: Envelope) -> bool {
         let slots = self.slots();
         let Some(slot) = slots.get(&device) else {
-            return;
+            return false;
         };
         match slot.tx.try_send(Arc::new(Push::Envelope(envelope))) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 slot.signals.lagged.store(true, Ordering::Release);
                 slot.signals.notify.notify_one();
+                true
             }
-            // The connection is ending; its entries stay in the mailbox.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            // The connection is ending; its entries stay in the mailbox (the device
+            // may be connecting to another node).
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Makes the connections of those of `devices` connected here re-read their
+    /// mailboxes. Never blocks. Returns how many were connected.
+    pub(crate) fn wake(&self, devices: &[DeviceId]) -> usize {
+        let slots = self.slots();
+        let mut woken = 0;
+        for device in devices {
+            if let Some(slot) = slots.get(device) {
+                slot.signals.woken.store(true, Ordering::Release);
+                slot.signals.notify.notify_one();
+                woken += 1;
+            }
+        }
+        woken
+    }
+
+    /// Appends each connected device and the highest seq its connection sent.
+    pub(crate) fn cursors(&self, out: &mut Vec<(DeviceId, u64)>) {
+        let slots = self.slots();
+        out.reserve(slots.len());
+        out.extend(
+            slots
+                .iter()
+                .map(|(d, s)| (*d, s.signals.delivered.load(Ordering::Acquire))),
+        );
     }
 
     /// Pushes an ephemeral signal to each of `devices` that is connected. Never blocks;
     /// a full queue drops it (it is not stored anywhere). Returns how many took it.
+    /// With `absent`, the devices not connected here are appended to it.
     pub(crate) fn push_ephemeral(
         &self,
         devices: &[DeviceId],
         signal: Arc<wire::EphemeralDelivery>,
+        mut absent: Option<&mut Vec<DeviceId>>,
     ) -> usize {
         let slots = self.slots();
         let mut sent = 0;
         for device in devices {
-            if let Some(slot) = slots.get(device)
-                && slot
-                    .tx
-                    .try_send(Arc::new(Push::Ephemeral(Arc::clone(&signal))))
-                    .is_ok()
-            {
-                sent += 1;
+            match slots.get(device) {
+                Some(slot) => {
+                    if slot
+                        .tx
+                        .try_send(Arc::new(Push::Ephemeral(Arc::clone(&signal))))
+                        .is_ok()
+                    {
+                        sent += 1;
+                    }
+                }
+                None => {
+                    if let Some(absent) = absent.as_deref_mut() {
+                        absent.push(*device);
+                    }
+                }
             }
         }
         sent
@@ -192,7 +242,23 @@ mod tests {
         assert_eq!(hub.len(), 1);
         hub.unregister(d, second.conn_id);
         assert_eq!(hub.len(), 0);
-        hub.push(d, env(99)); // nobody connected: no-op
+        assert!(!hub.push(d, env(99))); // nobody connected: no-op
+    }
+
+    #[test]
+    fn wake_flags_connected_devices_and_cursors_follow_delivered() {
+        let hub = Hub::default();
+        let (a, b) = (DeviceId(1), DeviceId(2));
+        let ra = hub.register(a);
+        assert!(hub.push(a, env(1)));
+        assert!(!hub.push(b, env(1)));
+        ra.signals.delivered.store(7, Ordering::Release);
+        assert_eq!(hub.wake(&[a, b]), 1);
+        assert!(ra.signals.woken.load(Ordering::Acquire));
+        assert!(!ra.signals.lagged.load(Ordering::Acquire));
+        let mut cursors = Vec::new();
+        hub.cursors(&mut cursors);
+        assert_eq!(cursors, vec![(a, 7)]);
     }
 
     #[test]
@@ -206,7 +272,9 @@ mod tests {
         }
         let signal = Arc::new(wire::EphemeralDelivery::default());
         // c is not connected, b's queue is full: only a gets it, and b is not lagged.
-        assert_eq!(hub.push_ephemeral(&[a, b, c], signal), 1);
+        let mut absent = Vec::new();
+        assert_eq!(hub.push_ephemeral(&[a, b, c], signal, Some(&mut absent)), 1);
+        assert_eq!(absent, vec![c]);
         assert!(matches!(
             ra.rx.try_recv().ok().as_deref(),
             Some(Push::Ephemeral(_))

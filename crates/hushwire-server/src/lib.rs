@@ -27,6 +27,8 @@
 //! - `auth`: signed-request verification with a replay cache; WebSocket challenge check.
 //! - `ws`: one WebSocket connection: challenge, auth, backlog, live pushes, submit, ack.
 //! - `hub`: which device is connected where; bounded live-push queues.
+//! - `cluster`: several nodes on one store: wake-ups and ephemeral signals from other
+//!   nodes over the `hushwire_bus` (NATS), and the mailbox poller that backs it up.
 //! - `media`: the blob routes (create, upload parts, status, ranged download, delete)
 //!   over the metadata store and a `hushwire_blobstore::BlobStore`, and the sweeper.
 //! - `ratelimit`: keyed token buckets (registrations per IP, claims per device).
@@ -59,16 +61,20 @@ use tracing::Instrument;
 pub mod acme;
 mod api;
 mod auth;
+mod cluster;
 pub mod config;
 pub mod error;
 mod hub;
 mod media;
 mod ratelimit;
+pub mod reports;
 pub mod tls;
 mod ws;
 
 pub use api::app;
-pub use config::{AcmeConfig, ConfigError, MediaConfig, RegistrationPolicy, ServerConfig};
+pub use config::{
+    AcmeConfig, BusConfig, ConfigError, MediaConfig, RegistrationPolicy, ServerConfig, StoreUrl,
+};
 pub use error::{ApiError, ServerError};
 pub use hushwire_blobstore::{BlobStore, ObjectBlobStore};
 pub use tls::{TlsError, TlsMaterial};
@@ -90,6 +96,8 @@ pub(crate) struct Metrics {
     pub(crate) lag_refetches: AtomicU64,
     /// Mailbox re-reads because a push arrived ahead of the expected seq.
     pub(crate) gap_refetches: AtomicU64,
+    /// Mailbox re-reads because another node (or the cluster poller) said so.
+    pub(crate) wake_refetches: AtomicU64,
 }
 
 /// A snapshot of the server's counters.
@@ -105,6 +113,9 @@ pub struct Stats {
     pub lag_refetches: u64,
     /// Mailbox re-reads because a push arrived ahead of the expected seq.
     pub gap_refetches: u64,
+    /// Mailbox re-reads because another node stored entries for the device (a bus
+    /// wake) or the cluster poller found some.
+    pub wake_refetches: u64,
 }
 
 /// Decrements a gauge when dropped.
@@ -143,6 +154,10 @@ pub(crate) struct Shared {
     pub(crate) blobs: Arc<dyn hushwire_blobstore::BlobStore>,
     /// Bytes of part bodies that may be held in memory at once (`media.upload_buffer_bytes`).
     pub(crate) upload_budget: Arc<Semaphore>,
+    /// Notices to the other nodes (`bus.url`); a no-op on a single node.
+    pub(crate) bus: hushwire_bus::Bus,
+    /// The bus's connection task, taken and spawned by [`RunningServer::run`].
+    pub(crate) bus_driver: std::sync::Mutex<Option<hushwire_bus::Driver>>,
 }
 
 /// The server's shared state: configuration, store, hub, limiters. Cheap to clone.
@@ -164,13 +179,12 @@ impl std::fmt::Debug for Server {
 const RATE_LIMIT_KEYS: usize = 100_000;
 
 impl Server {
-    /// Validates `config` and builds the state over `store`, with media blobs on the
-    /// local filesystem in `{data_dir}/blobs/` (created).
+    /// Validates `config` and builds the state over `store`, with media blobs where
+    /// `media.store` says: an S3 bucket, or by default the local filesystem in
+    /// `{data_dir}/blobs/` (created).
     pub fn new(config: ServerConfig, store: Arc<dyn Store>) -> Result<Self, ServerError> {
         config.validate()?;
-        let blobs = Arc::new(hushwire_blobstore::ObjectBlobStore::local(
-            &config.data_dir,
-        )?);
+        let blobs = media::blob_store(&config.media, &config.data_dir)?;
         Self::with_blob_store(config, store, blobs)
     }
 
@@ -185,6 +199,7 @@ impl Server {
             usize::try_from(config.media.upload_buffer_bytes).unwrap_or(usize::MAX),
         ));
         let rl = &config.rate_limits;
+        let (bus, bus_driver) = cluster::bus(&config.bus)?;
         let shared = Shared {
             store,
             hub: hub::Hub::default(),
@@ -207,6 +222,8 @@ impl Server {
             site: hushwire_decoy::DecoySite::new(config.site_path()),
             blobs,
             upload_budget,
+            bus,
+            bus_driver: std::sync::Mutex::new(bus_driver),
             config,
         };
         Ok(Self {
@@ -230,6 +247,12 @@ impl Server {
         hushwire_decoy::secret::matches(&head, prefix) && (rest.is_empty() || rest[0] == b'/')
     }
 
+    /// The cross-node bus's counters (all zero without `bus.url`); `ready` once NATS
+    /// confirmed this node's subscriptions.
+    pub fn bus_stats(&self) -> hushwire_bus::BusStats {
+        self.shared.bus.stats()
+    }
+
     /// Current counters.
     pub fn stats(&self) -> Stats {
         let m = &self.shared.metrics;
@@ -239,6 +262,7 @@ impl Server {
             devices_online: self.shared.hub.len() as u64,
             lag_refetches: m.lag_refetches.load(Ordering::Relaxed),
             gap_refetches: m.gap_refetches.load(Ordering::Relaxed),
+            wake_refetches: m.wake_refetches.load(Ordering::Relaxed),
         }
     }
 }
@@ -425,6 +449,7 @@ impl RunningServer {
         shared.tasks.spawn(expiry_loop(server.clone()));
         shared.tasks.spawn(media::sweep_loop(server.clone()));
         shared.tasks.spawn(purge_loop(server.clone()));
+        cluster::start(&server);
         if let Some(store) = &tls.acme {
             shared.tasks.spawn(acme::maintain(
                 shared.config.acme.clone(),
@@ -681,6 +706,28 @@ async fn purge_loop(server: Server) {
             () = tokio::time::sleep(PURGE_INTERVAL) => {}
             () = shared.shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Opens the store `config` names: PostgreSQL for a `postgres://` [`ServerConfig::store`]
+/// (migrating its schema), else the embedded SQLite store ([`open_embedded`]).
+pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerError> {
+    match &config.store {
+        Some(url) if url.is_postgres() => {
+            let store = hushwire_store_postgres::PgStore::connect(
+                url.as_str(),
+                hushwire_store_postgres::PgOptions::default(),
+            )
+            .await?;
+            tracing::info!(store = %url, "opened the PostgreSQL store");
+            Ok(Arc::new(store))
+        }
+        Some(_) => Err(ConfigError::Invalid {
+            field: "store",
+            reason: "must be a postgres:// URL (leave it unset for the embedded database)".into(),
+        }
+        .into()),
+        None => open_embedded(config).await,
     }
 }
 

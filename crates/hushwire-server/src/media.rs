@@ -13,6 +13,7 @@
 //! (`media.upload_buffer_bytes`); downloads stream in chunks of
 //! [`hushwire_blobstore::READ_CHUNK`] bytes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -21,7 +22,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, TryStreamExt};
-use hushwire_blobstore::{BlobStoreError, PutOutcome, read_blob};
+use hushwire_blobstore::{
+    BlobStore, BlobStoreError, ObjectBlobStore, PutOutcome, S3Settings, read_blob,
+};
 use hushwire_proto::wire;
 use hushwire_store::{
     BlobId, BlobPart, BlobRecord, BlobSweep, CreateBlobOutcome, DeviceRecord, NewBlob, PartOutcome,
@@ -43,6 +46,30 @@ const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// How long a part body may take to arrive (it holds memory meanwhile): 4 MiB at
 /// 16 KiB/s plus a minute.
 const PART_BODY_TIMEOUT: Duration = Duration::from_secs(60 + 256);
+
+/// The blob store `media` names: its S3 bucket (settings from the standard AWS
+/// environment variables, overridden by `media.s3_credentials_file`), or the local
+/// `{data_dir}/blobs/`. Nothing secret is logged.
+pub(crate) fn blob_store(
+    media: &crate::MediaConfig,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn BlobStore>, crate::ServerError> {
+    let Some(url) = media.store.as_deref() else {
+        return Ok(Arc::new(ObjectBlobStore::local(data_dir)?));
+    };
+    let mut settings = S3Settings::from_env(|k| std::env::var(k).ok());
+    if let Some(file) = &media.s3_credentials_file {
+        settings.apply_credentials_file(file, None)?;
+    }
+    let store = ObjectBlobStore::s3(url, &settings)?;
+    tracing::info!(
+        store = url,
+        endpoint = settings.endpoint.as_deref().unwrap_or("(AWS)"),
+        static_credentials = settings.credentials.is_some(),
+        "media blobs in S3"
+    );
+    Ok(Arc::new(store))
+}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

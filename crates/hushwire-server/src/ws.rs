@@ -18,6 +18,12 @@
 //! `block` and `retract` change the store. All three are rate-limited per device and
 //! answered with `done`; a bad one gets an error in `done`, the connection stays open.
 //!
+//! **Other nodes** (`cluster`): a submit's recipients not connected here are announced
+//! on the bus in one wake notice (nothing is published when all are here, or without a
+//! bus); a wake from another node, or the poller, sets the connection's *woken* flag,
+//! handled like *lagged*: the mailbox is re-read from `delivered`. Ephemeral signals for
+//! devices not connected here go to the bus as encoded `EphemeralDelivery` bytes.
+//!
 //! **Writes.** Frames are fed to the socket and flushed once per wake-up, together with
 //! the pushes already queued for the device (`flush_with_queued`).
 //!
@@ -50,7 +56,7 @@ use rand::RngCore;
 
 use crate::config::Limits;
 use crate::error::{Close, submit_rejection, wire_error};
-use crate::hub::{PUSH_QUEUE, Push, Registration};
+use crate::hub::{PUSH_QUEUE, Push, Registration, Signals};
 use crate::{GaugeGuard, Server, auth, now_ms};
 
 /// tungstenite's read buffer per connection. Frames larger than this are read in
@@ -171,6 +177,7 @@ async fn session(server: &Server, socket: &mut WebSocket, peer: IpAddr) -> End {
         server,
         device: &device,
         delivered: 0,
+        signals: Arc::clone(&registration.signals),
         unflushed: false,
     };
     conn.run(socket, &mut registration).await
@@ -199,6 +206,9 @@ struct Connection<'a> {
     device: &'a DeviceRecord,
     /// Highest mailbox seq sent on this connection (0: none yet).
     delivered: u64,
+    /// The hub's signals for this connection (`delivered` is mirrored there for the
+    /// cluster poller).
+    signals: Arc<Signals>,
     /// Frames were fed to the socket since its last flush.
     unflushed: bool,
 }
@@ -227,12 +237,15 @@ impl Connection<'_> {
                 )
                 .into();
             }
-            if reg.signals.lagged.swap(false, Ordering::AcqRel) {
-                self.server
-                    .shared
-                    .metrics
-                    .lag_refetches
-                    .fetch_add(1, Ordering::Relaxed);
+            let lagged = reg.signals.lagged.swap(false, Ordering::AcqRel);
+            let woken = reg.signals.woken.swap(false, Ordering::AcqRel);
+            if lagged || woken {
+                let metrics = &self.server.shared.metrics;
+                if lagged {
+                    metrics.lag_refetches.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    metrics.wake_refetches.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Err(end) = Box::pin(self.catch_up(socket)).await {
                     return end;
                 }
@@ -310,7 +323,7 @@ impl Connection<'_> {
         }
         if envelope.seq == self.delivered + 1 {
             self.feed(socket, 0, deliver(envelope)).await?;
-            self.delivered = envelope.seq;
+            self.set_delivered(envelope.seq);
             return Ok(());
         }
         self.server
@@ -319,6 +332,11 @@ impl Connection<'_> {
             .gap_refetches
             .fetch_add(1, Ordering::Relaxed);
         Box::pin(self.catch_up(socket)).await
+    }
+
+    fn set_delivered(&mut self, seq: u64) {
+        self.delivered = seq;
+        self.signals.delivered.store(seq, Ordering::Release);
     }
 
     /// Sends every mailbox entry after `delivered`, in seq order.
@@ -335,7 +353,7 @@ impl Connection<'_> {
                     continue; // defensive: the store returns seq > after only
                 }
                 send(socket, 0, deliver(&envelope)).await?;
-                self.delivered = envelope.seq;
+                self.set_delivered(envelope.seq);
             }
             if !full {
                 return Ok(());
@@ -431,9 +449,19 @@ impl Connection<'_> {
                 match shared.store.submit(submission).await {
                     Ok(SubmitOutcome::Accepted(accepted)) => {
                         // Durable now. Push first: a slow submitter's socket must not
-                        // delay the recipients.
+                        // delay the recipients. Those connected elsewhere (or nowhere)
+                        // are woken through the bus, all in one notice; without a bus
+                        // `remote` never allocates.
+                        let clustered = shared.bus.is_clustered();
+                        let mut remote = Vec::new();
                         for delivered in accepted.deliveries {
-                            shared.hub.push(delivered.device, delivered.envelope);
+                            let device = delivered.device;
+                            if !shared.hub.push(device, delivered.envelope) && clustered {
+                                remote.push(device.0);
+                            }
+                        }
+                        if !remote.is_empty() {
+                            shared.bus.wake(&remote);
                         }
                         submit_result::Outcome::Accepted(wire::Accepted {
                             group_seq: accepted.group_seq,
@@ -513,7 +541,20 @@ impl Connection<'_> {
                 server_time_ms: now_ms(),
             });
             // How many took it is not told to the sender: that would say who is online.
-            shared.hub.push_ephemeral(&devices, signal);
+            if shared.bus.is_clustered() {
+                let mut absent = Vec::new();
+                shared
+                    .hub
+                    .push_ephemeral(&devices, Arc::clone(&signal), Some(&mut absent));
+                if !absent.is_empty() {
+                    let ids: Vec<u64> = absent.iter().map(|d| d.0).collect();
+                    shared
+                        .bus
+                        .ephemeral(&ids, &prost::Message::encode_to_vec(&*signal));
+                }
+            } else {
+                shared.hub.push_ephemeral(&devices, signal, None);
+            }
             Ok(())
         }
         .await;

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hushwire_store::{DeviceId, RelayAudience, StoreError};
+use hushwire_store::{DeviceId, NewReport, RelayAudience, ReportRecord, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::conv::{DbResult, from_i64, to_i64};
@@ -380,4 +380,67 @@ pub(crate) fn blocked_by(conn: &Connection, blocker: &str) -> Result<Vec<String>
         .db()?
         .collect::<Result<_, _>>()
         .db()
+}
+
+/// Reports with an id above `after_id`, oldest first.
+pub(crate) fn reports(
+    conn: &Connection,
+    after_id: u64,
+    limit: usize,
+) -> Result<Vec<ReportRecord>, StoreError> {
+    conn.prepare_cached(
+        "SELECT id, reporter, reported, reason, evidence, created_at_ms FROM reports
+         WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )
+    .db()?
+    .query_map(
+        params![to_i64(after_id), i64::try_from(limit).unwrap_or(i64::MAX)],
+        |r| {
+            Ok(ReportRecord {
+                id: from_i64(r.get(0)?),
+                report: NewReport {
+                    reporter: r.get(1)?,
+                    reported: r.get(2)?,
+                    reason: r.get(3)?,
+                    evidence: r.get(4)?,
+                    at_ms: from_i64(r.get(5)?),
+                },
+            })
+        },
+    )
+    .db()?
+    .collect::<Result<_, _>>()
+    .db()
+}
+
+impl WriterState {
+    pub(crate) fn file_report(&mut self, report: &NewReport) -> Result<u64, StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO reports (reporter, reported, reason, evidence, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .db()?
+            .execute(params![
+                report.reporter,
+                report.reported,
+                report.reason,
+                report.evidence,
+                to_i64(report.at_ms)
+            ])
+            .db()?;
+        Ok(from_i64(self.conn.last_insert_rowid()))
+    }
+
+    pub(crate) fn close_report(&mut self, id: u64) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM reports WHERE id = ?1")
+            .db()?
+            .execute(params![to_i64(id)])
+            .db()?;
+        // The disclosed messages are wiped from the files with the next WAL wipe.
+        self.controls.wipe_pending |= n > 0;
+        Ok(n > 0)
+    }
 }

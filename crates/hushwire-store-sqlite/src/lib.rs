@@ -44,7 +44,7 @@ use hushwire_store::{
     GroupInfoRecord, GroupRecord, KeyPackageStock, KeyPackages, Mailboxes, NewAccount, NewBlob,
     NewDevice, NewKeyPackage, PartOutcome, StoreError, Submission, SubmitOutcome,
 };
-use hushwire_store::{Controls, RelayAudience};
+use hushwire_store::{Controls, NewReport, RelayAudience, ReportRecord};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -608,5 +608,18 @@ impl Controls for SqliteStore {
                 return Ok(removed);
             }
         }
+    }
+
+    async fn file_report(&self, report: NewReport) -> Result<u64, StoreError> {
+        self.write(move |w| w.file_report(&report)).await
+    }
+
+    async fn reports(&self, after_id: u64, limit: usize) -> Result<Vec<ReportRecord>, StoreError> {
+        self.read(move |c| controls::reports(c, after_id, limit))
+            .await
+    }
+
+    async fn close_report(&self, id: u64) -> Result<bool, StoreError> {
+        self.write(move |w| w.close_report(id)).await
     }
 }

@@ -18,7 +18,53 @@ pub enum RelayAudience {
     UnknownGroup,
 }
 
-/// Blocking, retraction, disappearing messages and the ephemeral audience.
+/// A user's report of an account to the server's operator ([`Controls::file_report`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewReport {
+    /// The reporting account's handle.
+    pub reporter: String,
+    /// The reported account's handle.
+    pub reported: String,
+    /// Why, in the reporter's words.
+    pub reason: String,
+    /// The messages the reporter chose to disclose, encoded by the server (opaque here).
+    /// Plaintext the user handed over: never log it.
+    pub evidence: Vec<u8>,
+    /// When it was filed.
+    pub at_ms: u64,
+}
+
+/// A report as stored, waiting for the operator.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReportRecord {
+    /// Its number, increasing in filing order.
+    pub id: u64,
+    /// The report.
+    pub report: NewReport,
+}
+
+impl std::fmt::Debug for NewReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewReport")
+            .field("reporter", &self.reporter)
+            .field("reported", &self.reported)
+            .field("reason_len", &self.reason.len())
+            .field("evidence_len", &self.evidence.len())
+            .field("at_ms", &self.at_ms)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ReportRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportRecord")
+            .field("id", &self.id)
+            .field("report", &self.report)
+            .finish()
+    }
+}
+
+/// Blocking, retraction, disappearing messages, reports and the ephemeral audience.
 ///
 /// Rules every backend implements:
 /// - A block is a pair (blocker account, blocked account), nothing else. While it holds,
@@ -84,5 +130,23 @@ pub trait Controls: Send + Sync {
     async fn purge_disappearing(&self, now_ms: u64) -> Result<u64, StoreError> {
         let _ = now_ms;
         Err(StoreError::Unsupported("purge_disappearing"))
+    }
+
+    /// Stores a report for the operator; returns its id (increasing).
+    async fn file_report(&self, report: NewReport) -> Result<u64, StoreError> {
+        let _ = report;
+        Err(StoreError::Unsupported("file_report"))
+    }
+
+    /// Open reports with an id above `after_id`, oldest first, at most `limit`.
+    async fn reports(&self, after_id: u64, limit: usize) -> Result<Vec<ReportRecord>, StoreError> {
+        let _ = (after_id, limit);
+        Err(StoreError::Unsupported("reports"))
+    }
+
+    /// The operator dealt with report `id`: it is deleted. Returns whether it existed.
+    async fn close_report(&self, id: u64) -> Result<bool, StoreError> {
+        let _ = id;
+        Err(StoreError::Unsupported("close_report"))
     }
 }

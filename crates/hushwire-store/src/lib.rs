@@ -154,6 +154,23 @@ pub trait Mailboxes: Send + Sync {
     }
     /// Number of entries waiting for the device.
     async fn pending(&self, device: DeviceId) -> Result<u64, StoreError>;
+    /// Of `cursors` (a device and the highest seq its connection has been sent), the
+    /// devices with an entry after that seq, in the order given. For the server's
+    /// cluster poller, which asks every `bus.poll_interval` about its connected devices
+    /// in batches of up to 512. The default asks [`Mailboxes::fetch`] once per device; a
+    /// backend serving several nodes should answer a batch in one query.
+    async fn devices_with_mail(
+        &self,
+        cursors: &[(DeviceId, u64)],
+    ) -> Result<Vec<DeviceId>, StoreError> {
+        let mut out = Vec::new();
+        for &(device, after) in cursors {
+            if !self.fetch(device, after, 1).await?.is_empty() {
+                out.push(device);
+            }
+        }
+        Ok(out)
+    }
     /// Deletes mailbox entries, message bodies and idempotency records whose retention
     /// ended before `now_ms`. Returns the number of message bodies removed.
     async fn expire(&self, now_ms: u64) -> Result<u64, StoreError>;

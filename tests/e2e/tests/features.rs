@@ -812,3 +812,144 @@ async fn deleted_and_disappearing_attachments_take_their_files() {
     assert!(source.exists());
     server.stop().await;
 }
+
+/// A view-once file: no preview, not auto-downloaded; opened once (downloaded and
+/// decrypted just then), after which its key and the file are gone from the recipient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_once_file_is_opened_once() {
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&root.path().join("server")).await;
+    let mut alice = register(root.path(), &server, "alice").await;
+    let mut bob = register(root.path(), &server, "bob").await;
+    contacts(&mut alice, &mut bob).await;
+    let downloads = root.path().join("downloads");
+    bob.set_auto_download(Some(downloads.clone()));
+    // An image: an ordinary one would travel with a preview.
+    let img = image::RgbImage::from_fn(96, 64, |x, y| {
+        image::Rgb([(x * 2 % 256) as u8, (y * 3 % 256) as u8, 77])
+    });
+    let mut secret = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut secret),
+        image::ImageFormat::Png,
+    )
+    .unwrap();
+    let source = root.path().join("once.png");
+    std::fs::write(&source, &secret).unwrap();
+    let options = hushwire_client::SendFileOptions {
+        view_once: true,
+        ..Default::default()
+    };
+    let id = alice.send_file("bob", &source, &options).await.unwrap();
+    flush(&mut alice).await;
+
+    let got = fetch_files(&mut bob).await;
+    let (got_id, info) = &got[0];
+    assert_eq!(*got_id, id);
+    assert!(
+        info.path.is_none(),
+        "a view-once file is not auto-downloaded"
+    );
+    assert!(
+        info.thumbnail.is_empty(),
+        "a view-once file carries no preview"
+    );
+    assert!(
+        std::fs::read_dir(&downloads).map_or(true, |mut d| d.next().is_none()),
+        "nothing saved in the download directory"
+    );
+
+    let view_dir = root.path().join("viewing");
+    let (message, path) = bob.open_view_once(&id, &view_dir).await.unwrap();
+    assert!(message.view_once);
+    let path = path.expect("the file was fetched to be shown");
+    assert_eq!(std::fs::read(&path).unwrap(), secret);
+    std::fs::remove_file(&path).unwrap();
+
+    // Once only: the key is gone, a second open is refused.
+    let again = bob.open_view_once(&id, &view_dir).await;
+    assert!(
+        matches!(&again, Err(ClientError::E2e(E2eError::Protocol(m))) if m.contains("viewed already")),
+        "{again:?}"
+    );
+    assert!(bob.profile().attachment("alice", &id).unwrap().is_none());
+    flush(&mut bob).await;
+    let receipts = receipts_of(&sync_events(&mut alice).await);
+    assert!(receipts.contains(&(id.clone(), "bob".to_string(), ReceiptStatus::Viewed)));
+    let files = read_tree(&root.path().join("bob"));
+    assert!(
+        !files.iter().any(|(_, b)| contains(b, &secret)),
+        "the view-once file is still in bob's files"
+    );
+    server.stop().await;
+}
+
+/// Block and report: the operator receives the reporter's reason and the reported
+/// account's latest messages (disclosed by the reporter), and the account is blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_discloses_chosen_messages_and_blocks() {
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&root.path().join("server")).await;
+    let mut alice = register(root.path(), &server, "alice").await;
+    let mut bob = register(root.path(), &server, "bob").await;
+    contacts(&mut alice, &mut bob).await;
+    for text in [
+        "buy cheap pills 1",
+        "buy cheap pills 2",
+        "buy cheap pills 3",
+    ] {
+        send(&mut bob, "alice", text).await;
+    }
+    receive(&mut alice).await;
+
+    // Refused cleanly: oneself, an unknown account, an oversized reason.
+    assert!(alice.report("alice", "", 5).await.is_err());
+    let unknown = alice.report("nobody", "", 5).await;
+    assert!(
+        matches!(unknown, Err(ClientError::Api { status: 404, .. })),
+        "{unknown:?}"
+    );
+    let long = alice.report("bob", &"x".repeat(5000), 5).await;
+    assert!(
+        matches!(long, Err(ClientError::Api { status: 400, .. })),
+        "{long:?}"
+    );
+    assert!(server.store.reports(0, 10).await.unwrap().is_empty());
+
+    let id = alice.report("bob", "spam", 2).await.unwrap();
+    let reports = server.store.reports(0, 10).await.unwrap();
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!(r.id, id);
+    assert_eq!(
+        (r.report.reporter.as_str(), r.report.reported.as_str()),
+        ("alice", "bob")
+    );
+    assert_eq!(r.report.reason, "spam");
+    let texts: Vec<String> = hushwire_server::reports::evidence_messages(&r.report.evidence)
+        .into_iter()
+        .map(|m| {
+            assert_eq!(m.from, "bob");
+            assert_eq!(m.message_id.len(), 16);
+            m.text
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        ["buy cheap pills 2", "buy cheap pills 3"],
+        "the latest two"
+    );
+
+    // Blocked, on the device and on the server.
+    flush(&mut alice).await;
+    assert_eq!(alice.profile().blocked().unwrap(), ["bob"]);
+    assert_eq!(server.store.blocked_by("alice").await.unwrap(), ["bob"]);
+    send(&mut bob, "alice", "still there?").await;
+    assert_eq!(pending_on_server(&server, "alice").await, 0);
+
+    // The operator closes it.
+    assert!(server.store.close_report(id).await.unwrap());
+    assert!(!server.store.close_report(id).await.unwrap());
+    assert!(server.store.reports(0, 10).await.unwrap().is_empty());
+    server.stop().await;
+}

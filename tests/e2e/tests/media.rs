@@ -764,6 +764,7 @@ async fn unknown_blob_is_a_clear_error() {
         height: 0,
         voice: false,
         caption: String::new(),
+        view_once: false,
     };
     let p = alice.profile_mut();
     let id = p.create_upload(&fake, 1).unwrap();

@@ -119,6 +119,54 @@ async fn server_restart_between_send_and_receive_loses_nothing() {
     server.stop().await;
 }
 
+/// A live `receive` outlasts a server restart that takes longer than a few reconnect
+/// attempts: it keeps reconnecting until its wait ends and gets what came meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_receive_outlasts_a_server_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("server");
+    let server = TestServer::start(&data).await;
+    let url = server.url.clone();
+    let mut alice = register(root.path(), &server, "alice").await;
+    let mut bob = register(root.path(), &server, "bob").await;
+    send(&mut alice, "bob", "before").await;
+    assert_eq!(receive(&mut bob).await.len(), 1);
+
+    let mut texts = Vec::new();
+    let mut on_event = |e: hushwire_client::Event| {
+        if let hushwire_client::Event::Message(m) = e {
+            texts.push(m.text);
+        }
+    };
+    let waiting = bob.receive(
+        std::time::Duration::from_secs(15),
+        std::time::Duration::from_secs(10),
+        &mut on_event,
+    );
+    let outage = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        alice.disconnect().await;
+        server.stop().await;
+        // Down for longer than the client's 4 attempts (about 1.5 s of backoff).
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        let mut config = hushwire_tests::test_config(&data);
+        config.listen = url
+            .trim_start_matches("https://")
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let server = TestServer::start_with(config).await;
+        send(&mut alice, "bob", "after the restart").await;
+        server
+    };
+    let (report, server) = tokio::join!(waiting, outage);
+    report.expect("the wait outlasts the outage");
+    assert_eq!(texts, ["after the restart"]);
+    server.stop().await;
+}
+
 /// A message queued while the server is down stays in the outbox and goes out once,
 /// with its original id, when the server is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

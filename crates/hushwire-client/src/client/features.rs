@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use hushwire_e2e::{E2eError, EphemeralOut, PresenceInfo, ServerRequest};
+use hushwire_proto::limits::MAX_REPORT_MESSAGES;
 use hushwire_proto::wire::{self, ClientFrame, ErrorCode, client_frame};
 use tokio::time::Instant;
 
@@ -24,7 +25,57 @@ use crate::{ApiRequest, ClientError};
 /// How long [`Client::request_presence`] waits for an answer by default.
 pub const PRESENCE_WAIT: Duration = Duration::from_secs(5);
 
+/// The message id `id` (8-4-4-4-12 hex) as bytes.
+fn id_bytes(id: &str) -> Vec<u8> {
+    let hex: String = id.chars().filter(|c| *c != '-').collect();
+    (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
 impl Client {
+    /// Block and report: sends the operator a report about `handle` with the last
+    /// `messages` (at most [`MAX_REPORT_MESSAGES`]) messages `handle` sent in your 1:1
+    /// chat — the only plaintext that ever reaches the server, disclosed by this explicit
+    /// act — then blocks `handle` (queued for the server like `block`). Returns the
+    /// report's number.
+    pub async fn report(
+        &mut self,
+        handle: &str,
+        reason: &str,
+        messages: usize,
+    ) -> Result<u64, ClientError> {
+        hushwire_proto::identity::validate_handle(handle)?;
+        let mut theirs: Vec<_> = if self.has_conversation(handle)? {
+            self.profile
+                .history(handle)?
+                .into_iter()
+                .filter(|m| !m.outgoing && m.from == handle && !m.text.is_empty())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let keep = messages.min(MAX_REPORT_MESSAGES);
+        let theirs = theirs.split_off(theirs.len().saturating_sub(keep));
+        let req = wire::ReportRequest {
+            handle: handle.to_string(),
+            reason: reason.to_string(),
+            messages: theirs
+                .into_iter()
+                .map(|m| wire::ReportedMessage {
+                    message_id: id_bytes(&m.id).into(),
+                    sent_at_ms: m.sent_at_ms,
+                    from: m.from,
+                    text: m.text,
+                    conversation: m.conversation,
+                })
+                .collect(),
+        };
+        let signed = self.signed(ApiRequest::report(&req))?;
+        let filed: wire::ReportFiled = self.api.call(signed).await?;
+        self.profile.block(handle, unix_ms())?;
+        Ok(filed.report_id)
+    }
     /// Sends the oldest request the profile queued for the server, if any; `Ok(true)`
     /// when one was handled (sent and answered, or dropped).
     pub(super) async fn server_request_step(

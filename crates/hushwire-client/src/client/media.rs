@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hushwire_e2e::{AttachmentRecord, E2eError, Event, NewUpload, PendingUpload};
+use hushwire_e2e::{AttachmentRecord, E2eError, Event, NewUpload, PendingUpload, StoredMessage};
 use hushwire_media::{
     self as media, CHUNK_SIZE, DecodeLimits, Expected, FileKey, MediaError, NoncePrefix, Opener,
     SealingReader,
@@ -95,6 +95,9 @@ pub struct SendFileOptions {
     pub voice: bool,
     /// The name receivers see (default: the file's own name, without its directory).
     pub file_name: Option<String>,
+    /// View once: receivers do not download it automatically; they open it once
+    /// ([`Client::open_view_once`]) and then it is gone from their devices.
+    pub view_once: bool,
 }
 
 /// The client's attachment settings.
@@ -247,7 +250,7 @@ impl Client {
         self.media.decode_limits = limits;
     }
 
-    fn report(&mut self, t: Transfer) {
+    fn report_transfer(&mut self, t: Transfer) {
         if let Some(f) = self.media.progress.as_mut() {
             f(&t);
         }
@@ -275,9 +278,11 @@ impl Client {
         let key = FileKey::generate(&mut rng);
         let nonce = NoncePrefix::generate(&mut rng);
         let source_path = std::path::absolute(path).map_err(|e| file_error(path, e.to_string()))?;
+        // A view-once file carries no preview: nothing of it stays after it is opened.
         let thumbnail = prepared
             .preview
             .as_ref()
+            .filter(|_| !options.view_once)
             .map(|p| p.jpeg.clone())
             .unwrap_or_default();
         let upload = NewUpload {
@@ -298,6 +303,7 @@ impl Client {
             height: prepared.dimensions.1,
             voice: options.voice,
             caption: options.caption.clone(),
+            view_once: options.view_once,
         };
         let id = self
             .profile
@@ -370,7 +376,7 @@ impl Client {
     }
 
     fn finish_report(&mut self, direction: Direction, id: &str) {
-        self.report(Transfer {
+        self.report_transfer(Transfer {
             direction,
             id: id.to_string(),
             name: String::new(),
@@ -655,7 +661,7 @@ impl Client {
                     })?;
             }
             let done = (u64::from(index) + 1) * u64::from(part_size);
-            self.report(Transfer {
+            self.report_transfer(Transfer {
                 direction: Direction::Upload,
                 id: id.to_string(),
                 name: name.clone(),
@@ -696,7 +702,7 @@ impl Client {
                 error: e.into(),
                 progressed,
             })?;
-        self.report(Transfer {
+        self.report_transfer(Transfer {
             direction: Direction::Upload,
             id: id.to_string(),
             name,
@@ -739,6 +745,32 @@ impl Client {
         }
         self.finish_report(Direction::Download, id);
         result
+    }
+
+    /// Opens received view-once message `id`: an attachment is first downloaded and
+    /// decrypted into `dir` (the caller shows it, then deletes the file), then the
+    /// message is erased from this device's store ([`Profile::view_once`]). Returns the
+    /// message and the file's path. A failed download leaves the message unopened.
+    ///
+    /// [`Profile::view_once`]: hushwire_e2e::Profile::view_once
+    pub async fn open_view_once(
+        &mut self,
+        id: &str,
+        dir: &Path,
+    ) -> Result<(StoredMessage, Option<PathBuf>), ClientError> {
+        let path = match self.profile.view_once_attachment(id)? {
+            Some(record) => Some(self.download_record(&record, dir).await?),
+            None => None,
+        };
+        match self.profile.view_once(id, unix_ms()) {
+            Ok(message) => Ok((message, path)),
+            Err(e) => {
+                if let Some(path) = path {
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(e.into())
+            }
+        }
     }
 
     async fn download_record(
@@ -923,7 +955,7 @@ impl Client {
                         if tx.send(batch.split().freeze()).await.is_err() {
                             break; // the worker stopped: its result says why
                         }
-                        self.report(Transfer {
+                        self.report_transfer(Transfer {
                             direction: Direction::Download,
                             id: record.message.id.clone(),
                             name: job.name.clone(),
@@ -979,7 +1011,7 @@ impl Client {
     pub(crate) async fn deliver_events(&mut self, events: Vec<Event>) -> Result<(), ClientError> {
         for event in events {
             match (event, self.media.auto_download.clone()) {
-                (Event::Attachment(m, info), Some(dir)) if info.path.is_none() => {
+                (Event::Attachment(m, info), Some(dir)) if info.path.is_none() && !m.view_once => {
                     self.media.tried.insert((m.from.clone(), m.id.clone()));
                     let record = self.profile.attachment(&m.from, &m.id)?;
                     let event = match record {

@@ -576,3 +576,86 @@ async fn stored_but_unrecorded_part_is_recovered() {
     assert!(s.complete);
     assert_eq!(download(&c, &bob, &id, None).await.body.as_ref(), &data[..]);
 }
+
+/// The same routes with the blob bytes in S3 (a local moto server), chosen by
+/// `media.store` and a credentials file named in the config.
+#[tokio::test]
+async fn blobs_in_s3_upload_and_download() {
+    use futures_util::TryStreamExt as _;
+    use hushwire_server::{BlobStore as _, ObjectBlobStore};
+
+    let Some(moto) = hushwire_blobstore::moto::MotoServer::start().unwrap() else {
+        return;
+    };
+    let bucket = moto.create_bucket().unwrap();
+    let creds_dir = tempfile::tempdir().unwrap();
+    let creds = creds_dir.path().join("s3-credentials");
+    std::fs::write(&creds, moto.credentials_file()).unwrap();
+    let url = format!("s3://{bucket}/node-shared");
+    let server = TestServer::start_with(|c| {
+        media_config(c);
+        c.media.store = Some(url.clone());
+        c.media.s3_credentials_file = Some(creds.clone());
+    })
+    .await;
+    let c = server.client();
+    let alice = c.new_user("alice").await;
+    let bob = c.new_user("bob").await;
+    make_group(&c, b"g", &[&alice, &bob]).await;
+
+    let data = ciphertext(2500, 4);
+    let id = created(&c, &alice, b"g", 2500).await;
+    let s = upload_all(&c, &alice, &id, &data).await;
+    assert!(s.complete);
+    // A part sent again is recognised (S3's conditional write), different bytes refused.
+    let s: wire::BlobStatus = put(&c, &alice, &id, 0, &data[..1024]).await.decode();
+    assert!(s.complete);
+    let mut other = data[..1024].to_vec();
+    other[0] ^= 1;
+    put(&c, &alice, &id, 0, &other)
+        .await
+        .expect_error(400, ErrorCode::BadRequest);
+
+    let r = download(&c, &bob, &id, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), &data[..]);
+    let r = download(&c, &bob, &id, Some("bytes=1000-2099")).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body.as_ref(), &data[1000..2100]);
+
+    // The bytes are in the bucket under the prefix, not in the data directory.
+    let bucket_view = ObjectBlobStore::s3(&url, &moto.settings()).unwrap();
+    let mut parts: Vec<(String, u32, u64)> = bucket_view
+        .list_parts()
+        .map_ok(|p| (hex(&p.blob), p.index, p.size))
+        .try_collect()
+        .await
+        .unwrap();
+    parts.sort_unstable();
+    assert_eq!(
+        parts,
+        [
+            (id.clone(), 0, 1024),
+            (id.clone(), 1, 1024),
+            (id.clone(), 2, 452)
+        ]
+    );
+    assert!(!blob_dir(&server, &id).exists());
+
+    // Deleting the blob deletes its objects.
+    let r = c
+        .signed(&alice, "DELETE", &format!("/v1/blobs/{id}"), vec![])
+        .await;
+    assert_eq!(r.status, 200);
+    eventually("the blob's objects are deleted", || {
+        let view = ObjectBlobStore::s3(&url, &moto.settings()).unwrap();
+        async move {
+            view.list_parts()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+                .is_empty()
+        }
+    })
+    .await;
+}
