@@ -44,6 +44,19 @@ pub fn test_config(data_dir: &Path) -> ServerConfig {
     config
 }
 
+/// [`test_config`] on the same address as `url` (a server printed it): a server
+/// restarted with it is found again by the profiles that stored `url`.
+pub fn config_at(data_dir: &Path, url: &str) -> ServerConfig {
+    let mut config = test_config(data_dir);
+    config.listen = url
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {url}"));
+    config
+}
+
 impl TestServer {
     /// Starts a server on `data_dir` (created if missing; reused data is kept).
     pub async fn start(data_dir: &Path) -> Self {

@@ -132,7 +132,7 @@ pub(crate) enum Command {
         #[arg(long, value_name = "URL")]
         acme_directory: Option<String>,
         /// NATS URL of the cross-node bus, for several nodes sharing one store:
-        /// nats://[user:password@]host[:port] (comma-separated for several NATS servers).
+        /// `nats://[user:password@]host[:port]` (comma-separated for several NATS servers).
         /// Nodes wake each other's connections and relay typing/presence; each node also
         /// polls its connected devices' mailboxes (`[bus] poll_interval`). Default: none.
         #[arg(long, value_name = "URL", env = "HUSHWIRE_BUS", hide_env_values = true)]
@@ -145,7 +145,7 @@ pub(crate) enum Command {
         #[arg(long, value_name = "URL", env = "HUSHWIRE_MEDIA_STORE")]
         media: Option<String>,
         /// PostgreSQL store shared by several nodes:
-        /// postgres://user[:password]@host[:port]/db (migrated on start). Default: the
+        /// `postgres://user[:password]@host[:port]/db` (migrated on start). Default: the
         /// config file's `store`, else the embedded database in the data directory.
         #[arg(
             long,

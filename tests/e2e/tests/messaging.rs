@@ -93,14 +93,7 @@ async fn server_restart_between_send_and_receive_loses_nothing() {
     server.stop().await;
 
     // Same data dir and the same port, so the profiles' stored URL still works.
-    let mut config = hushwire_tests::test_config(&data);
-    config.listen = url
-        .trim_start_matches("https://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let config = hushwire_tests::config_at(&data, &url);
     let server = TestServer::start_with(config).await;
     assert_eq!(server.pin, pin, "the certificate survives a restart");
 
@@ -149,14 +142,7 @@ async fn waiting_receive_outlasts_a_server_restart() {
         server.stop().await;
         // Down for longer than the client's 4 attempts (about 1.5 s of backoff).
         tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-        let mut config = hushwire_tests::test_config(&data);
-        config.listen = url
-            .trim_start_matches("https://")
-            .split('/')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let config = hushwire_tests::config_at(&data, &url);
         let server = TestServer::start_with(config).await;
         send(&mut alice, "bob", "after the restart").await;
         server
@@ -195,14 +181,7 @@ async fn unreachable_server_keeps_message_in_outbox() {
     assert!(alice.profile().is_outbox_item_pending(&id).unwrap());
     drop(alice); // the process ends with the message still queued
 
-    let mut config = hushwire_tests::test_config(&data);
-    config.listen = url
-        .trim_start_matches("https://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let config = hushwire_tests::config_at(&data, &url);
     let server = TestServer::start_with(config).await;
     let mut alice = open(root.path(), "alice");
     receive(&mut alice).await; // any command that connects flushes the outbox
