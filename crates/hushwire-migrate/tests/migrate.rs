@@ -17,15 +17,12 @@ use hushwire_store::{
     Envelope, KeyPackages, Mailboxes, NewAccount, NewBlob, NewDevice, NewKeyPackage, NewReport,
     Store, Submission, SubmitKind, SubmitOutcome, WelcomeOut,
 };
-use hushwire_store_postgres::{PgOptions, PgStore};
+use hushwire_store_postgres::{PgOptions, PgStore, testing};
 use hushwire_store_sqlite::{SqliteOptions, SqliteStore};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use tokio_postgres::NoTls;
-
-const ENV: &str = "HUSHWIRE_TEST_POSTGRES_URL";
 
 const NOW: u64 = 1_700_000_000_000;
 const EXPIRES: u64 = NOW + 30 * 24 * 3600 * 1000;
@@ -120,89 +117,20 @@ fn accepted(outcome: SubmitOutcome) -> Result<Accepted, String> {
 }
 
 fn admin_url() -> Option<String> {
-    let url = std::env::var(ENV).ok().filter(|u| !u.is_empty());
+    let url = testing::admin_url();
     if url.is_none() {
-        eprintln!("skipped: {ENV} unset");
+        eprintln!("skipped: {} unset", testing::TEST_URL_ENV);
     }
     url
 }
 
-/// `url` with its database name replaced by `db`.
-fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_part = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{host_part}/{db}?{q}"),
-        None => format!("{host_part}/{db}"),
-    }
-}
+/// A fresh database for one test (dropped with the value).
+type TestDb = testing::TestDatabase;
 
-async fn admin_client(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
+async fn test_db(admin: &str) -> TestDb {
+    TestDb::create(admin, "hwmig")
         .await
-        .expect("connect to HUSHWIRE_TEST_POSTGRES_URL");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
-/// A database created for one test, dropped (best effort) when this is dropped.
-struct TestDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn new(admin: &str) -> Self {
-        let name = format!("hwmig_{:016x}", rand::random::<u64>());
-        admin_client(admin)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
-        let url = with_db(admin, &name);
-        Self {
-            admin: admin.to_owned(),
-            name,
-            url,
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let dropper = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok((client, conn)) = tokio_postgres::connect(&admin, NoTls).await {
-                    let task = tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                    drop(client);
-                    let _ = task.await;
-                }
-            });
-        });
-        let _ = dropper.join();
-    }
+        .expect("create test database")
 }
 
 /// What the fixture put in the embedded store, for checks on the target.
@@ -450,7 +378,7 @@ async fn pg_store(url: &str) -> PgStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_accounts_move_and_every_message_is_delivered() {
     let Some(admin) = admin_url() else { return };
-    let db = TestDb::new(&admin).await;
+    let db = test_db(&admin).await;
     let data = tempfile::tempdir().unwrap();
     let media_to = tempfile::tempdir().unwrap();
     let fx = build_fixture(data.path(), 1_000).await;
@@ -615,7 +543,7 @@ async fn a_thousand_accounts_move_and_every_message_is_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_migration_resumes_without_duplicates() {
     let Some(admin) = admin_url() else { return };
-    let db = TestDb::new(&admin).await;
+    let db = test_db(&admin).await;
     let data = tempfile::tempdir().unwrap();
     let media_to = tempfile::tempdir().unwrap();
     build_fixture(data.path(), 200).await;
@@ -652,7 +580,7 @@ async fn an_interrupted_migration_resumes_without_duplicates() {
     }
 
     // A clean run into a fresh database gives the same checksums.
-    let db2 = TestDb::new(&admin).await;
+    let db2 = test_db(&admin).await;
     let clean = migrate(data.path(), &db2.url, None, &MigrateOptions::default())
         .await
         .unwrap();
@@ -674,7 +602,7 @@ async fn a_database_with_other_data_is_refused() {
     build_fixture(data.path(), 4).await;
 
     // A database a PostgreSQL node already serves.
-    let db = TestDb::new(&admin).await;
+    let db = test_db(&admin).await;
     let pg = pg_store(&db.url).await;
     register(&pg, "someone").await.unwrap();
     pg.close();
@@ -685,7 +613,7 @@ async fn a_database_with_other_data_is_refused() {
     );
 
     // A database holding another source's migration.
-    let db = TestDb::new(&admin).await;
+    let db = test_db(&admin).await;
     let other = tempfile::tempdir().unwrap();
     build_fixture(other.path(), 4).await;
     migrate(other.path(), &db.url, None, &MigrateOptions::default())
@@ -766,7 +694,7 @@ async fn media_goes_to_s3_verified() {
         Err(e) => panic!("{e}"),
     };
     let bucket = moto.create_bucket().unwrap();
-    let db = TestDb::new(&admin).await;
+    let db = test_db(&admin).await;
     let data = tempfile::tempdir().unwrap();
     let fx = build_fixture(data.path(), 4).await;
     let s3: Arc<dyn BlobStore> =
@@ -787,7 +715,7 @@ async fn media_goes_to_s3_verified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_media_part_fails_the_verification() {
     let Some(admin) = admin_url() else { return };
-    let db = TestDb::new(&admin).await;
+    let db = test_db(&admin).await;
     let data = tempfile::tempdir().unwrap();
     let media_to = tempfile::tempdir().unwrap();
     let fx = build_fixture(data.path(), 4).await;
@@ -821,7 +749,7 @@ fn hex_id(id: &BlobId) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_server_s_database_is_read_with_its_wal() {
     let Some(admin) = admin_url() else { return };
-    let db = TestDb::new(&admin).await;
+    let db = test_db(&admin).await;
     let live = tempfile::tempdir().unwrap();
     let store =
         SqliteStore::open(&live.path().join("hushwire.db"), SqliteOptions::default()).unwrap();

@@ -61,6 +61,8 @@ mod conv;
 mod delivery;
 mod mailbox;
 mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use async_trait::async_trait;
 use conv::{TxError, in_tx};

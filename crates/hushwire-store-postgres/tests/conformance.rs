@@ -17,98 +17,30 @@ use hushwire_store::conformance::{
 use hushwire_store::{
     Delivery, KeyPackages, Mailboxes, NewReport, Store, StoreError, SubmitOutcome,
 };
+use hushwire_store_postgres::testing::{TEST_URL_ENV, TestDatabase, admin_url, connect_admin};
 use hushwire_store_postgres::{PgOptions, PgStore, SCHEMA_VERSION};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio_postgres::NoTls;
 
-const ENV: &str = "HUSHWIRE_TEST_POSTGRES_URL";
-
-fn admin_url() -> Option<String> {
-    std::env::var(ENV).ok().filter(|u| !u.is_empty())
-}
-
 fn skip() -> Option<String> {
     admin_url()
         .is_none()
-        .then(|| format!("skipped: {ENV} unset"))
-}
-
-/// `url` with its database name replaced by `db`.
-fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_part = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{host_part}/{db}?{q}"),
-        None => format!("{host_part}/{db}"),
-    }
+        .then(|| format!("skipped: {TEST_URL_ENV} unset"))
 }
 
 async fn admin_client(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
+    connect_admin(url)
         .await
-        .expect("connect to HUSHWIRE_TEST_POSTGRES_URL");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
+        .expect("connect to HUSHWIRE_TEST_POSTGRES_URL")
 }
 
-/// A database created for one test, dropped (best effort) when this is dropped.
-struct TestDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn create() -> Self {
-        let admin = admin_url().expect("checked by skip()");
-        let name = format!("hw_{:016x}", rand::random::<u64>());
-        admin_client(&admin)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
-        let url = with_db(&admin, &name);
-        Self { admin, name, url }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        // Drop may run inside the test's runtime: a thread of its own with its own
-        // runtime, joined so the database is gone when the test ends.
-        let dropper = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok((client, conn)) = tokio_postgres::connect(&admin, NoTls).await {
-                    let task = tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                    drop(client);
-                    let _ = task.await;
-                }
-            });
-        });
-        let _ = dropper.join();
-    }
+/// A fresh database for one test (dropped with the value).
+async fn test_db() -> TestDatabase {
+    let admin = admin_url().expect("checked by skip()");
+    TestDatabase::create(&admin, "hw")
+        .await
+        .expect("create test database")
 }
 
 fn options() -> PgOptions {
@@ -118,8 +50,8 @@ fn options() -> PgOptions {
     }
 }
 
-async fn fresh() -> (Arc<dyn Store>, TestDb) {
-    let db = TestDb::create().await;
+async fn fresh() -> (Arc<dyn Store>, TestDatabase) {
+    let db = test_db().await;
     let store = PgStore::connect(&db.url, options())
         .await
         .expect("connect store");
@@ -140,7 +72,7 @@ macro_rules! skip_unless_postgres {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_keeps_everything() {
     skip_unless_postgres!();
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, options()).await.unwrap());
     let written = conformance::persistence_write(store.clone()).await.unwrap();
     drop(store);
@@ -153,7 +85,7 @@ async fn reconnect_keeps_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_store_answers_closed() {
     skip_unless_postgres!();
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let store = PgStore::connect(&db.url, options()).await.unwrap();
     let alice = register(&store, "alice").await.unwrap();
     store.close();
@@ -172,7 +104,7 @@ async fn closed_store_answers_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_together_migrate_once() {
     skip_unless_postgres!();
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let url = db.url.clone();
@@ -209,7 +141,7 @@ async fn nodes_starting_together_migrate_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_a_newer_schema() {
     skip_unless_postgres!();
-    let db = TestDb::create().await;
+    let db = test_db().await;
     drop(PgStore::connect(&db.url, options()).await.unwrap());
     let client = admin_client(&db.url).await;
     client
@@ -239,7 +171,7 @@ async fn refuses_a_newer_schema() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synchronous_commit_is_forced_on() {
     skip_unless_postgres!();
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let off_url = format!("{}?options=-c%20synchronous_commit%3Doff", db.url);
     let config = PgStore::pg_config(&off_url, &options()).unwrap();
     let (client, conn) = config.connect(NoTls).await.unwrap();
@@ -296,7 +228,7 @@ async fn password_is_never_shown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_lost_connections() {
     skip_unless_postgres!();
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let store = PgStore::connect(&db.url, options()).await.unwrap();
     let a = register(&store, "alice").await.unwrap();
     let b = register(&store, "bob").await.unwrap();
@@ -361,7 +293,7 @@ async fn survives_lost_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_race_commits() {
     skip_unless_postgres!();
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let n1 = Arc::new(PgStore::connect(&db.url, options()).await.unwrap());
     let n2 = Arc::new(PgStore::connect(&db.url, options()).await.unwrap());
     let a = register(&*n1, "alice").await.unwrap();
@@ -437,7 +369,7 @@ async fn two_nodes_race_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_race_mailboxes() {
     skip_unless_postgres!();
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let n1 = Arc::new(PgStore::connect(&db.url, options()).await.unwrap());
     let n2 = Arc::new(PgStore::connect(&db.url, options()).await.unwrap());
     let a = register(&*n1, "alice").await.unwrap();
@@ -540,7 +472,7 @@ async fn two_nodes_race_mailboxes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_race_claims() {
     skip_unless_postgres!();
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let n1 = Arc::new(PgStore::connect(&db.url, options()).await.unwrap());
     let n2 = Arc::new(PgStore::connect(&db.url, options()).await.unwrap());
     let a = register(&*n1, "alice").await.unwrap();
