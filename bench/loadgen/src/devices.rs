@@ -155,14 +155,19 @@ impl Shared {
             && t_ns < self.window_end_ns.load(Ordering::Relaxed)
     }
 
-    fn record(&self, which: fn(&mut Hists) -> &mut Histogram<u64>, since_ns: u64, now_ns: u64) {
+    pub(crate) fn record(
+        &self,
+        which: fn(&mut Hists) -> &mut Histogram<u64>,
+        since_ns: u64,
+        now_ns: u64,
+    ) {
         let us = now_ns.saturating_sub(since_ns) / 1000;
         if let Ok(mut h) = self.hists.lock() {
             which(&mut h).saturating_record(us.max(1));
         }
     }
 
-    fn log_error(&self, count: &AtomicU64, what: impl std::fmt::Display) {
+    pub(crate) fn log_error(&self, count: &AtomicU64, what: impl std::fmt::Display) {
         if count.fetch_add(1, Ordering::Relaxed) < MAX_LOGGED_ERRORS {
             eprintln!("warning: {what}");
         }

@@ -69,7 +69,7 @@ impl IdleReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "idle connections: server VmRSS {:.1} MiB (RssAnon {:.1} MiB) before any WebSocket",
+            "idle connections: server VmRSS {:.1} MiB (RssAnon {:.1} MiB) before any connection",
             base.mem.vm_rss_kib as f64 / 1024.0,
             base.mem.rss_anon_kib as f64 / 1024.0
         );
@@ -123,7 +123,7 @@ async fn wait_idle(pid: u32, min: Duration) -> Result<()> {
     Ok(())
 }
 
-async fn point(pid: u32, connections: usize, settle: Duration) -> Result<IdlePoint> {
+pub(crate) async fn point(pid: u32, connections: usize, settle: Duration) -> Result<IdlePoint> {
     wait_idle(pid, settle).await?;
     let p = IdlePoint {
         connections,

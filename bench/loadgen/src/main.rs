@@ -14,6 +14,9 @@
 //!   paced messages, server CPU per message at several group sizes.
 //! - `max`: searches the highest offered rate the server sustains (delivered ≈
 //!   offered, nothing lost, p99 bounded), one fresh server per probe.
+//! - `--target xmpp|mqtt`: `run`, `max` and `idle` against ejabberd (XMPP) or Mosquitto
+//!   (MQTT 3.1.1, QoS 1, persistent sessions) started by `bench/peers/`, for the
+//!   side-by-side comparison (`bench/compare.sh`).
 //! - `media`: attachment throughput (end-to-end vs the same bytes without end-to-end
 //!   encryption) and client/server peak RSS while moving a large file.
 //!
@@ -26,25 +29,28 @@
 //! - `traffic`: the scheduler and the traffic report.
 //! - `idle`: idle mode.
 //! - `fanout`: fan-out mode (its own connection tasks, per-message records).
+//! - `peer`: the XMPP and MQTT clients and their sessions (same schedule and report).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::time::Instant;
 
 mod devices;
 mod fanout;
 mod idle;
 mod media;
+mod peer;
 mod procfs;
 mod sched;
 mod server;
 mod session;
 mod traffic;
 
+use peer::{Peer, PeerOpts};
 use server::ServerOpts;
 use session::{Session, SessionOpts};
 use traffic::{TrafficParams, TrafficReport};
@@ -59,8 +65,44 @@ struct Cli {
     mode: Mode,
 }
 
+/// The server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Target {
+    /// `hushwire serve` (started here unless --url is given).
+    Hushwire,
+    /// ejabberd over XMPP (plain TCP, SASL PLAIN), started by bench/peers/ejabberd.sh.
+    Xmpp,
+    /// Mosquitto over MQTT 3.1.1 (QoS 1, persistent sessions), bench/peers/mosquitto.sh.
+    Mqtt,
+}
+
 #[derive(Debug, Args)]
 struct Common {
+    /// The server under test (`run`, `max` and `idle` work against every target).
+    #[arg(long, global = true, value_enum, default_value_t = Target::Hushwire)]
+    target: Target,
+    /// The peer's address, 127.0.0.x only (default: 127.0.0.1:15222 for xmpp,
+    /// 127.0.0.1:11883 for mqtt).
+    #[arg(long, global = true, value_name = "IP:PORT")]
+    peer_addr: Option<String>,
+    /// XMPP domain of the users.
+    #[arg(long, global = true, default_value = "bench.local")]
+    xmpp_domain: String,
+    /// XMPP users are `PREFIX<n>` (registered beforehand, n from --xmpp-first-user).
+    #[arg(long, global = true, default_value = "user")]
+    xmpp_user_prefix: String,
+    /// Their passwords are `PREFIX<n>`.
+    #[arg(long, global = true, default_value = "pass")]
+    xmpp_password_prefix: String,
+    /// The first user number.
+    #[arg(long, global = true, default_value_t = 1)]
+    xmpp_first_user: u32,
+    /// Do not enable XEP-0198 stream management (acks) even when the server offers it.
+    #[arg(long, global = true)]
+    xmpp_no_sm: bool,
+    /// MQTT client ids are `PREFIX-<i>` and topics `PREFIX/<i>`.
+    #[arg(long, global = true, default_value = "hwlg")]
+    mqtt_client_prefix: String,
     /// The `hushwire` binary to start.
     #[arg(long, global = true, default_value = "target/release/hushwire")]
     server_bin: PathBuf,
@@ -215,6 +257,37 @@ fn session_opts(c: &Common) -> SessionOpts {
     }
 }
 
+/// The peer to drive, `None` for Hushwire.
+fn peer_opts(c: &Common) -> Result<Option<PeerOpts>> {
+    let addr = |default: &str| peer::loopback_addr(c.peer_addr.as_deref().unwrap_or(default));
+    let peer = match c.target {
+        Target::Hushwire => return Ok(None),
+        Target::Xmpp => Peer::Xmpp(std::sync::Arc::new(peer::xmpp::XmppOpts {
+            addr: addr("127.0.0.1:15222")?,
+            domain: c.xmpp_domain.clone(),
+            user_prefix: c.xmpp_user_prefix.clone(),
+            password_prefix: c.xmpp_password_prefix.clone(),
+            first_user: c.xmpp_first_user,
+            stream_management: !c.xmpp_no_sm,
+        })),
+        Target::Mqtt => Peer::Mqtt(std::sync::Arc::new(peer::mqtt::MqttOpts {
+            addr: addr("127.0.0.1:11883")?,
+            client_prefix: c.mqtt_client_prefix.clone(),
+        })),
+    };
+    Ok(Some(PeerOpts {
+        peer,
+        server_pid: c.server_pid,
+        connect_concurrency: c.connect_concurrency,
+        payload_bytes: c.payload_bytes,
+    }))
+}
+
+/// The target's name in reports.
+fn target_name(peer: Option<&PeerOpts>) -> &'static str {
+    peer.map_or("hushwire", |p| p.peer.name())
+}
+
 /// Time to register, connect and pair `devices` on a slow, busy machine.
 fn setup_budget(devices: usize) -> Duration {
     Duration::from_secs(90) + Duration::from_millis(20 * devices as u64)
@@ -227,14 +300,18 @@ fn even(devices: usize) -> Result<usize> {
     Ok(devices - devices % 2)
 }
 
-/// One session with one traffic run.
+/// One session with one traffic run, against Hushwire or the peer.
 async fn traffic_once(
     opts: &SessionOpts,
+    peer: Option<&PeerOpts>,
     devices: usize,
     params: &TrafficParams,
     deadline: Instant,
 ) -> Result<TrafficReport> {
     let setup_deadline = (Instant::now() + setup_budget(devices)).min(deadline);
+    if let Some(peer) = peer {
+        return peer::traffic_once(peer, devices, params, setup_deadline, deadline).await;
+    }
     let session = Session::start(opts, devices, devices, setup_deadline, deadline).await?;
     let report = async {
         session.setup_groups(setup_deadline).await?;
@@ -260,6 +337,12 @@ fn run_secs(warmup: u64, duration: u64, drain: u64) -> Duration {
 async fn run(cli: Cli) -> Result<()> {
     let c = &cli.common;
     let opts = session_opts(c);
+    let peer = peer_opts(c)?;
+    let peer = peer.as_ref();
+    let target = target_name(peer);
+    if peer.is_some() && matches!(cli.mode, Mode::Fanout(_) | Mode::Media(_)) {
+        bail!("fanout and media run against hushwire only");
+    }
     match &cli.mode {
         Mode::Run(a) => {
             let devices = even(a.devices)?;
@@ -273,11 +356,15 @@ async fn run(cli: Cli) -> Result<()> {
                 drain: Duration::from_secs(a.drain_secs),
                 seed: c.seed,
             };
-            let report = within(deadline, traffic_once(&opts, devices, &params, deadline)).await?;
+            let report = within(
+                deadline,
+                traffic_once(&opts, peer, devices, &params, deadline),
+            )
+            .await?;
             if c.json {
                 println!(
                     "{}",
-                    serde_json::json!({"mode": "run", "report": report.to_json()})
+                    serde_json::json!({"mode": "run", "target": target, "report": report.to_json()})
                 );
             } else {
                 println!("{}", report.human());
@@ -291,12 +378,14 @@ async fn run(cli: Cli) -> Result<()> {
             let budget = setup_budget(max) * 2 + Duration::from_secs(60 * a.steps.len() as u64);
             let deadline = Instant::now() + c.deadline_secs.map_or(budget, Duration::from_secs);
             let settle = Duration::from_secs(a.settle_secs);
-            let report =
-                within(deadline, idle::run_idle(&opts, &a.steps, settle, deadline)).await?;
+            let report = match peer {
+                Some(p) => within(deadline, peer::run_idle(p, &a.steps, settle, deadline)).await?,
+                None => within(deadline, idle::run_idle(&opts, &a.steps, settle, deadline)).await?,
+            };
             if c.json {
                 println!(
                     "{}",
-                    serde_json::json!({"mode": "idle", "report": report.to_json()})
+                    serde_json::json!({"mode": "idle", "target": target, "report": report.to_json()})
                 );
             } else {
                 println!("{}", report.human());
@@ -316,7 +405,7 @@ async fn run(cli: Cli) -> Result<()> {
                 setup_budget(devices) + run_secs(a.warmup_secs, a.duration_secs, a.drain_secs);
             let budget = per_probe * u32::try_from(a.max_probes).unwrap_or(u32::MAX);
             let deadline = Instant::now() + c.deadline_secs.map_or(budget, Duration::from_secs);
-            within(deadline, max_search(c, &opts, a, devices, deadline)).await?;
+            within(deadline, max_search(c, &opts, peer, a, devices, deadline)).await?;
         }
     }
     Ok(())
@@ -325,6 +414,7 @@ async fn run(cli: Cli) -> Result<()> {
 async fn max_search(
     c: &Common,
     opts: &SessionOpts,
+    peer: Option<&PeerOpts>,
     a: &MaxArgs,
     devices: usize,
     deadline: Instant,
@@ -347,7 +437,7 @@ async fn max_search(
             seed: c.seed.wrapping_add(i as u64),
         };
         eprintln!("probe {}: {rate} msgs/s", i + 1);
-        let report = traffic_once(opts, devices, &params, deadline).await?;
+        let report = traffic_once(opts, peer, devices, &params, deadline).await?;
         let pass = report.sustained(a.min_ratio, a.max_p99_ms);
         eprintln!(
             "probe {}: {rate} msgs/s offered, {:.0} delivered/s, lost {}, p99 {:.2} ms, server CPU {} => {}",
@@ -384,6 +474,7 @@ async fn max_search(
             "{}",
             serde_json::json!({
                 "mode": "max",
+                "target": target_name(peer),
                 "criteria": {"min_ratio": a.min_ratio, "max_p99_ms": a.max_p99_ms},
                 "sustained_rate": lo.as_ref().map(|r| r.rate),
                 "first_failing_rate": hi,

@@ -47,6 +47,60 @@ pub fn read_stamp(payload: &[u8]) -> Option<Stamp> {
     })
 }
 
+/// Marks a text payload made by this generator (XMPP bodies, MQTT payloads).
+pub const TEXT_MAGIC: &str = "HWLG";
+/// Characters of the text stamp: magic, run nonce, recipient, intended time, message
+/// number (lowercase hex, fixed width).
+pub const TEXT_STAMP_LEN: usize = 4 + 16 + 8 + 16 + 16;
+
+/// What a text payload carries: the run it belongs to, its recipient and its stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextStamp {
+    /// The generator run (messages of an earlier run are not counted).
+    pub nonce: u64,
+    /// The recipient's connection index.
+    pub to: u32,
+    /// Intended time and message number.
+    pub stamp: Stamp,
+}
+
+/// A printable payload of `len` characters (at least [`TEXT_STAMP_LEN`]) that ends with
+/// the text stamp: safe as XML character data and as MQTT payload bytes alike.
+pub fn text_payload(len: usize, t: TextStamp) -> String {
+    let len = len.max(TEXT_STAMP_LEN);
+    let mut out = String::with_capacity(len);
+    out.extend((0..len - TEXT_STAMP_LEN).map(|i| char::from(b'a' + (i % 26) as u8)));
+    out.push_str(TEXT_MAGIC);
+    out.push_str(&format!(
+        "{:016x}{:08x}{:016x}{:016x}",
+        t.nonce, t.to, t.stamp.intended_ns, t.stamp.msg_no
+    ));
+    out
+}
+
+/// Reads the text stamp at the end of a payload; `None` if it is not one of ours.
+pub fn read_text_stamp(payload: &[u8]) -> Option<TextStamp> {
+    let start = payload.len().checked_sub(TEXT_STAMP_LEN)?;
+    let tail = std::str::from_utf8(payload.get(start..)?).ok()?;
+    let rest = tail.strip_prefix(TEXT_MAGIC)?;
+    let hex = |r: std::ops::Range<usize>| -> Option<u64> {
+        let s = rest.get(r)?;
+        // from_str_radix accepts a leading '+'; the stamp never has one.
+        if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(s, 16).ok()
+    };
+    Some(TextStamp {
+        nonce: hex(0..16)?,
+        to: u32::try_from(hex(16..24)?).ok()?,
+        stamp: Stamp {
+            intended_ns: hex(24..40)?,
+            msg_no: hex(40..56)?,
+        },
+    })
+}
+
 /// A constant-rate schedule: message `k` is due at `start_ns + k / rate`.
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
@@ -141,6 +195,31 @@ mod tests {
         let mut ct = ciphertext(100, stamp);
         ct[100 - STAMP_LEN] ^= 1;
         assert_eq!(read_stamp(&ct), None);
+    }
+
+    #[test]
+    fn text_stamp_round_trip() {
+        let t = TextStamp {
+            nonce: 0xdead_beef_0123_4567,
+            to: 9_999,
+            stamp: Stamp {
+                intended_ns: 987_654_321_000,
+                msg_no: 77,
+            },
+        };
+        for len in [0, TEXT_STAMP_LEN, 100, 300] {
+            let p = text_payload(len, t);
+            assert_eq!(p.len(), len.max(TEXT_STAMP_LEN));
+            assert!(p.bytes().all(|b| b.is_ascii_alphanumeric()));
+            assert_eq!(read_text_stamp(p.as_bytes()), Some(t));
+        }
+        let p = text_payload(100, t);
+        assert_eq!(read_text_stamp(&p.as_bytes()[..99]), None);
+        let mut bad = p.clone().into_bytes();
+        bad[100 - TEXT_STAMP_LEN] = b'X';
+        assert_eq!(read_text_stamp(&bad), None);
+        let plus = p.replacen(&format!("{:016x}", t.nonce), "+eadbeef01234567", 1);
+        assert_eq!(read_text_stamp(plus.as_bytes()), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -75,6 +76,8 @@ impl Lat {
 /// What a traffic run measured.
 #[derive(Debug, Clone, Default)]
 pub struct TrafficReport {
+    /// `hushwire`, `xmpp` or `mqtt`.
+    pub target: &'static str,
     pub devices: usize,
     pub groups: usize,
     pub rate: u64,
@@ -131,6 +134,7 @@ impl TrafficReport {
     /// As JSON.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
+            "target": self.target,
             "server_cpu_us_per_msg": self.server_us_per_msg().map(round1),
             "devices": self.devices,
             "groups": self.groups,
@@ -172,18 +176,31 @@ impl TrafficReport {
     /// Human-readable, several lines.
     pub fn human(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "{} devices in {} groups, offered {} msgs/s ({} B ciphertext), warm-up {:.0} s, window {:.0} s, ack every {} or {} ms",
-            self.devices,
-            self.groups,
-            self.rate,
-            self.payload_bytes,
-            self.warmup_s,
-            self.measure_s,
-            self.ack_every,
-            self.ack_delay_ms
-        );
+        if self.target != "hushwire" {
+            let _ = writeln!(
+                s,
+                "{}: {} connections, each message to a random other one, offered {} msgs/s ({} B payload), warm-up {:.0} s, window {:.0} s",
+                self.target,
+                self.devices,
+                self.rate,
+                self.payload_bytes,
+                self.warmup_s,
+                self.measure_s
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "{} devices in {} groups, offered {} msgs/s ({} B ciphertext), warm-up {:.0} s, window {:.0} s, ack every {} or {} ms",
+                self.devices,
+                self.groups,
+                self.rate,
+                self.payload_bytes,
+                self.warmup_s,
+                self.measure_s,
+                self.ack_every,
+                self.ack_delay_ms
+            );
+        }
         let _ = writeln!(
             s,
             "  window:    sent {}, delivered {} => {:.0} delivered msgs/s",
@@ -269,28 +286,26 @@ async fn sample_window(shared: Arc<Shared>, w0: u64, w1: u64, pid: Option<u32>) 
 /// instead of waking once per message.
 const MIN_BATCH_INTERVAL: Duration = Duration::from_micros(200);
 
-/// Hands every scheduled message to a random group's random side as it becomes due.
+/// Hands every scheduled message to the connection `pick` chooses as it becomes due.
 /// Returns how many could not be handed over (their connection had ended). Bounded by
 /// the schedule's length and by `hard_stop`.
-fn schedule_loop(
+fn schedule_loop<C>(
     shared: &Shared,
     schedule: &Schedule,
-    senders: &[mpsc::UnboundedSender<Cmd>],
+    senders: &[mpsc::UnboundedSender<C>],
+    mut pick: impl FnMut(&mut StdRng, Stamp) -> (usize, C),
     seed: u64,
     hard_stop: std::time::Instant,
 ) -> u64 {
     let c = &shared.c;
-    let groups = senders.len() / 2;
     let base = shared.base.into_std();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut next = 0u64;
     let mut dead = 0u64;
     while next < schedule.total() {
         let woke = std::time::Instant::now();
         let end = schedule.due_end(shared.now_ns());
         for k in next..end {
-            let pair = rng.gen_range(0..groups);
-            let side = rng.gen_range(0..2usize);
             let stamp = Stamp {
                 intended_ns: schedule.intended_ns(k),
                 msg_no: k,
@@ -299,9 +314,8 @@ fn schedule_loop(
             if shared.in_window(stamp.intended_ns) {
                 c.sent_in_window.fetch_add(1, Ordering::Relaxed);
             }
-            let sent = senders
-                .get(2 * pair + side)
-                .is_some_and(|tx| tx.send(Cmd::Traffic(stamp)).is_ok());
+            let (to, cmd) = pick(&mut rng, stamp);
+            let sent = senders.get(to).is_some_and(|tx| tx.send(cmd).is_ok());
             if !sent {
                 dead += 1;
             }
@@ -326,11 +340,42 @@ fn schedule_loop(
 
 /// Runs the schedule over the session's groups, drains, and reports.
 pub async fn run_traffic(session: &Session, p: &TrafficParams) -> Result<TrafficReport> {
-    let shared = &session.shared;
-    let conns = &session.conns;
-    let groups = conns.len() / 2;
+    let groups = session.conns.len() / 2;
     if groups == 0 {
         bail!("traffic needs at least two connected devices");
+    }
+    let senders: Vec<_> = session.conns.iter().map(|c| c.tx.clone()).collect();
+    // A random group, a random direction.
+    let pick = move |rng: &mut StdRng, stamp: Stamp| {
+        let pair = rng.gen_range(0..groups);
+        let side = rng.gen_range(0..2usize);
+        (2 * pair + side, Cmd::Traffic(stamp))
+    };
+    run_open_loop(
+        &session.shared,
+        senders,
+        session.server_pid,
+        p,
+        groups,
+        pick,
+    )
+    .await
+}
+
+/// Runs the open-loop schedule over `senders` (one per connection; `pick` chooses the
+/// sending connection and its command for every message), drains, and reports.
+/// `groups` is reported as is (conversations among the connections).
+pub async fn run_open_loop<C: Send + 'static>(
+    shared: &Arc<Shared>,
+    senders: Vec<mpsc::UnboundedSender<C>>,
+    server_pid: Option<u32>,
+    p: &TrafficParams,
+    groups: usize,
+    pick: impl FnMut(&mut StdRng, Stamp) -> (usize, C) + Send + 'static,
+) -> Result<TrafficReport> {
+    let devices = senders.len();
+    if devices < 2 {
+        bail!("traffic needs at least two connections");
     }
     let c = &shared.c;
     let base_sent = c.sent.load(Ordering::Relaxed);
@@ -345,12 +390,7 @@ pub async fn run_traffic(session: &Session, p: &TrafficParams) -> Result<Traffic
     shared.window_start_ns.store(w0, Ordering::Relaxed);
     shared.window_end_ns.store(w1, Ordering::Relaxed);
     let schedule = Schedule::new(start_ns, p.rate, ns(p.warmup + p.measure));
-    let sampler = tokio::spawn(sample_window(
-        Arc::clone(shared),
-        w0,
-        w1,
-        session.server_pid,
-    ));
+    let sampler = tokio::spawn(sample_window(Arc::clone(shared), w0, w1, server_pid));
 
     eprintln!(
         "traffic: {} msgs/s for {:.0} s ({} messages), window after {:.0} s",
@@ -362,7 +402,6 @@ pub async fn run_traffic(session: &Session, p: &TrafficParams) -> Result<Traffic
     // The scheduler runs on its own OS thread: std::thread::sleep wakes within tens of
     // µs, where the runtime's timer has 1 ms granularity (which would add up to 1 ms of
     // generator lag to every figure).
-    let senders: Vec<_> = conns.iter().map(|c| c.tx.clone()).collect();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let sched_shared = Arc::clone(shared);
     let hard_stop = std::time::Instant::now() + p.warmup + p.measure + Duration::from_secs(30);
@@ -370,7 +409,7 @@ pub async fn run_traffic(session: &Session, p: &TrafficParams) -> Result<Traffic
     std::thread::Builder::new()
         .name("lg-scheduler".into())
         .spawn(move || {
-            let dead = schedule_loop(&sched_shared, &schedule, &senders, seed, hard_stop);
+            let dead = schedule_loop(&sched_shared, &schedule, &senders, pick, seed, hard_stop);
             let _ = done_tx.send(dead);
         })
         .context("starting the scheduler thread")?;
@@ -408,7 +447,8 @@ pub async fn run_traffic(session: &Session, p: &TrafficParams) -> Result<Traffic
     let delivered = c.delivered.load(Ordering::Relaxed);
     let delivered_in_window = c.delivered_in_window.load(Ordering::Relaxed);
     Ok(TrafficReport {
-        devices: conns.len(),
+        target: "hushwire",
+        devices,
         groups,
         rate: p.rate,
         warmup_s: p.warmup.as_secs_f64(),
