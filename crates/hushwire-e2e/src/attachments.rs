@@ -26,7 +26,7 @@ use crate::features::{MESSAGE_COLUMNS, message_from_row};
 use crate::outbox::MAX_TEXT_BYTES;
 use crate::profile::{new_message_id, uuid_text};
 use crate::store::{from_sql_u64, to_sql_u64};
-use crate::{E2eError, MessageState, Profile, StoredMessage};
+use crate::{E2eError, Profile, StoredMessage};
 
 /// `messages.kind` of a message carrying an attachment (its body is the caption).
 pub(crate) const KIND_ATTACHMENT: i64 = 3;
@@ -569,25 +569,14 @@ impl Profile {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT OR IGNORE INTO conversations (peer, suite, created_at_ms) VALUES (?1, ?2, ?3)",
-            params![conversation, suite.code(), to_sql_u64(now_ms)?],
-        )?;
-        tx.execute(
-            "INSERT INTO messages (id, conversation, sender, sender_device, group_id, sent_at_ms,
-                 received_at_ms, body, outgoing, state, kind)
-             VALUES (?1, ?2, ?3, ?4, NULL, ?5, NULL, ?6, 1, ?7, ?8)",
-            params![
-                &msg_id[..],
-                conversation,
-                me.handle,
-                me.device_id,
-                to_sql_u64(now_ms)?,
-                caption,
-                MessageState::Queued.to_i64(),
-                KIND_ATTACHMENT
-            ],
-        )?;
+        crate::outbox::OwnMessage {
+            conversation: &conversation,
+            id: &msg_id,
+            body: &caption,
+            kind: KIND_ATTACHMENT,
+            view_once: upload.view_once,
+        }
+        .queue(&tx, &me, suite, now_ms)?;
         tx.execute(
             "INSERT INTO attachments (sender, id, attachment, path, error)
              VALUES (?1, ?2, ?3, ?4, NULL)",
@@ -598,22 +587,6 @@ impl Profile {
                 path_text(&upload.source_path)?
             ],
         )?;
-        tx.execute(
-            "INSERT INTO outbox (ord, kind, conversation, item_id, message_id)
-             VALUES ((SELECT COALESCE(MAX(ord), 0) + 1 FROM outbox), 'text', ?1, ?2, ?2)",
-            params![conversation, &msg_id[..]],
-        )?;
-        // Disappearing timer; writing answers a message request (features.rs).
-        crate::features::set_own_message_meta(
-            &tx,
-            &me.handle,
-            &msg_id,
-            &conversation,
-            None,
-            upload.view_once,
-            now_ms,
-        )?;
-        crate::features::engage(&tx, &conversation, now_ms)?;
         tx.execute(
             "DELETE FROM media_uploads WHERE id = ?1",
             params![&msg_id[..]],

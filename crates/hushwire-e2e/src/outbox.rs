@@ -277,33 +277,14 @@ impl Profile {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT OR IGNORE INTO conversations (peer, suite, created_at_ms) VALUES (?1, ?2, ?3)",
-            params![peer, suite.code(), to_sql_u64(now_ms)?],
-        )?;
-        tx.execute(
-            "INSERT INTO messages (id, conversation, sender, sender_device, group_id, sent_at_ms,
-                 received_at_ms, body, outgoing, state, kind)
-             VALUES (?1, ?2, ?3, ?4, NULL, ?5, NULL, ?6, 1, ?7, ?8)",
-            params![
-                &id[..],
-                peer,
-                me.handle,
-                me.device_id,
-                to_sql_u64(now_ms)?,
-                text,
-                MessageState::Queued.to_i64(),
-                kind
-            ],
-        )?;
-        tx.execute(
-            "INSERT INTO outbox (ord, kind, conversation, item_id, message_id)
-             VALUES ((SELECT COALESCE(MAX(ord), 0) + 1 FROM outbox), 'text', ?1, ?2, ?2)",
-            params![peer, &id[..]],
-        )?;
-        // Disappearing timer; writing answers a message request (features.rs).
-        crate::features::set_own_message_meta(&tx, &me.handle, &id, peer, None, false, now_ms)?;
-        crate::features::engage(&tx, peer, now_ms)?;
+        OwnMessage {
+            conversation: peer,
+            id: &id,
+            body: text,
+            kind,
+            view_once: false,
+        }
+        .queue(&tx, &me, suite, now_ms)?;
         tx.commit()?;
         Ok(uuid_text(&id))
     }
@@ -1090,4 +1071,65 @@ fn check_key_package(
         ));
     }
     Ok((kp, addr))
+}
+
+/// A new message of this device, queued for sending ([`OwnMessage::queue`]).
+pub(crate) struct OwnMessage<'a> {
+    /// A peer's handle or a group chat `#TITLE`.
+    pub(crate) conversation: &'a str,
+    pub(crate) id: &'a [u8; 16],
+    /// The text (an attachment's caption).
+    pub(crate) body: &'a str,
+    /// `messages.kind`.
+    pub(crate) kind: i64,
+    pub(crate) view_once: bool,
+}
+
+impl OwnMessage<'_> {
+    /// In `tx`: the conversation (if new, with `suite`), the history entry (Queued), its
+    /// outbox item, the disappearing timer and view-once flag, and the end of a message
+    /// request (writing answers it; features.rs).
+    pub(crate) fn queue(
+        &self,
+        tx: &Connection,
+        me: &crate::Identity,
+        suite: Suite,
+        now_ms: u64,
+    ) -> Result<(), E2eError> {
+        tx.execute(
+            "INSERT OR IGNORE INTO conversations (peer, suite, created_at_ms) VALUES (?1, ?2, ?3)",
+            params![self.conversation, suite.code(), to_sql_u64(now_ms)?],
+        )?;
+        tx.execute(
+            "INSERT INTO messages (id, conversation, sender, sender_device, group_id, sent_at_ms,
+                 received_at_ms, body, outgoing, state, kind)
+             VALUES (?1, ?2, ?3, ?4, NULL, ?5, NULL, ?6, 1, ?7, ?8)",
+            params![
+                &self.id[..],
+                self.conversation,
+                me.handle,
+                me.device_id,
+                to_sql_u64(now_ms)?,
+                self.body,
+                MessageState::Queued.to_i64(),
+                self.kind
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO outbox (ord, kind, conversation, item_id, message_id)
+             VALUES ((SELECT COALESCE(MAX(ord), 0) + 1 FROM outbox), 'text', ?1, ?2, ?2)",
+            params![self.conversation, &self.id[..]],
+        )?;
+        crate::features::set_own_message_meta(
+            tx,
+            &me.handle,
+            self.id,
+            self.conversation,
+            None,
+            self.view_once,
+            now_ms,
+        )?;
+        crate::features::engage(tx, self.conversation, now_ms)?;
+        Ok(())
+    }
 }
