@@ -380,6 +380,7 @@ pub async fn setup_groups(
                 }],
                 group_info: Default::default(),
                 expire_after_ms: 0,
+                past_epoch: false,
             })),
         };
         conn.tx

@@ -463,6 +463,7 @@ async fn create_group(
             }],
             group_info: Default::default(),
             expire_after_ms: 0,
+            past_epoch: false,
         })),
     };
     conns

@@ -727,6 +727,7 @@ pub(crate) fn event_line(event: &Event, json: bool) -> Option<String> {
                 )
             }
         }
+        Event::DevicesChanged(news) => crate::device::news_line(news, json),
         _ => return None,
     })
 }

@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod admin;
 mod commands;
 mod demo;
+mod device;
 mod features;
 mod group;
 mod media;
@@ -223,6 +224,25 @@ pub(crate) enum Command {
         /// profile's, set at registration).
         #[arg(long, value_enum)]
         suite: Option<SuiteArg>,
+    },
+    /// This account's devices: link a new one, list, remove, rename.
+    Device {
+        #[command(subcommand)]
+        command: device::DeviceCommand,
+    },
+    /// Join an account as a new device, with the code `hushwire device link` printed on
+    /// one of its devices (`-` reads it from stdin). This profile must be empty. Receives
+    /// the account's conversations and history.
+    Link {
+        /// The link code (`hwlink1:…`).
+        code: String,
+        /// This device's name, shown on the account's other devices. Default: the host
+        /// name.
+        #[arg(long)]
+        name: Option<String>,
+        /// How long to wait for the existing device, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        timeout: u64,
     },
     /// Group chats: create, add, remove, leave, promote, demote, rename, members. A group
     /// is the conversation `#TITLE` in send, history and receive.
@@ -478,7 +498,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 | C::UnknownHandle(_)
                 | C::NotRegistered
                 | C::AlreadyRegistered(_)
-                | C::File { .. } => 1,
+                | C::File { .. }
+                | C::Link(_) => 1,
                 C::E2e(e) => e2e_code(e),
                 C::Unreachable { .. }
                 | C::PinMismatch { .. }
@@ -687,6 +708,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Group { command } => group::run(&commands::profile_dir(profile)?, command).await,
+        Command::Device { command } => device::run(&commands::profile_dir(profile)?, command).await,
+        Command::Link {
+            code,
+            name,
+            timeout,
+        } => device::join(&commands::profile_dir(profile)?, &code, name, timeout).await,
         Command::Sync => commands::sync(&commands::profile_dir(profile)?).await,
         Command::History { handle, json } => {
             commands::history(&commands::profile_dir(profile)?, &handle, json)

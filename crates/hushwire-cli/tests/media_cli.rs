@@ -5,83 +5,14 @@
 // Test helpers outside `#[test]` functions: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hushwire");
-
-/// A `hushwire serve` child process, stopped with SIGTERM on drop.
-struct Server {
-    child: Child,
-    url: String,
-    pin: String,
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn hushwire serve");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut url, mut pin) = (None, None);
-        while url.is_none() || pin.is_none() {
-            let line = lines.next().expect("serve printed url and pin").unwrap();
-            if let Some(u) = line.strip_prefix("url: ") {
-                url = Some(u.to_string());
-            } else if let Some(p) = line.strip_prefix("pin: ") {
-                pin = Some(p.to_string());
-            }
-        }
-        Server {
-            child,
-            url: url.unwrap(),
-            pin: pin.unwrap(),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(profile: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg("--profile")
-        .arg(profile)
-        .args(args)
-        .env_remove("HUSHWIRE_PROFILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-fn hushwire(profile: &Path, args: &[&str]) -> Output {
-    command(profile, args).output().unwrap()
-}
-
-fn assert_ok(o: &Output) {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+mod common;
+use common::{BIN, Server, assert_ok, command, hushwire, register};
 
 /// The `"type": "message"` lines of a `--json` output.
 fn json_lines(o: &Output) -> Vec<Value> {
@@ -92,20 +23,6 @@ fn json_lines(o: &Output) -> Vec<Value> {
         })
         .filter(|v| v["type"] == "message")
         .collect()
-}
-
-fn register(profile: &Path, handle: &str, server: &Server) {
-    assert_ok(&hushwire(
-        profile,
-        &[
-            "register",
-            handle,
-            "--server",
-            &server.url,
-            "--pin",
-            &server.pin,
-        ],
-    ));
 }
 
 fn write_random(path: &Path, len: usize, seed: u8) -> Vec<u8> {

@@ -188,6 +188,60 @@ impl ApiRequest {
         )
     }
 
+    /// `POST /v1/devices` (sign it).
+    pub fn add_device(req: &wire::AddDevice) -> Self {
+        Self::new(Method::POST, "/v1/devices", codec::encode(req))
+    }
+
+    /// `PUT /v1/devices/list` (sign it).
+    pub fn put_device_list(req: &wire::SignedDeviceList) -> Self {
+        Self::new(Method::PUT, "/v1/devices/list", codec::encode(req))
+    }
+
+    /// `DELETE /v1/devices/{id}` (sign it).
+    pub fn remove_device(device_id: u32) -> Self {
+        Self::new(
+            Method::DELETE,
+            format!("/v1/devices/{device_id}"),
+            Vec::new(),
+        )
+    }
+
+    /// `POST /v1/links` (sign it).
+    pub fn create_link(req: &wire::LinkCreate) -> Self {
+        Self::new(Method::POST, "/v1/links", codec::encode(req))
+    }
+
+    /// `PUT /v1/links/{id}/{slot}` with raw bytes (not signed).
+    pub fn put_link_slot(link_id: &[u8], slot: &str, body: Vec<u8>) -> Self {
+        let mut req = Self::new(
+            Method::PUT,
+            format!("/v1/links/{}/{slot}", hex_id(link_id)),
+            body,
+        );
+        req.content_type = OCTET_STREAM;
+        req
+    }
+
+    /// `GET /v1/links/{id}/{slot}?wait_ms=N` (not signed); send it with
+    /// [`ApiClient::open_stream`] (200 with the bytes, or 204 when not written yet).
+    pub fn get_link_slot(link_id: &[u8], slot: &str, wait_ms: u64) -> Self {
+        Self::new(
+            Method::GET,
+            format!("/v1/links/{}/{slot}?wait_ms={wait_ms}", hex_id(link_id)),
+            Vec::new(),
+        )
+    }
+
+    /// `DELETE /v1/links/{id}` (sign it).
+    pub fn delete_link(link_id: &[u8]) -> Self {
+        Self::new(
+            Method::DELETE,
+            format!("/v1/links/{}", hex_id(link_id)),
+            Vec::new(),
+        )
+    }
+
     /// `POST /v1/register` (not signed).
     pub fn register(req: &wire::RegisterRequest) -> Self {
         Self::new(Method::POST, "/v1/register", codec::encode(req))

@@ -24,9 +24,12 @@ use crate::api::{Signer, signing_time_ms, unix_ms};
 use crate::connection::frame_name;
 use crate::{ApiClient, ApiRequest, ClientError, Connection, Endpoint};
 
+mod devices;
 mod features;
 mod group;
 mod media;
+
+pub use devices::{Joined, LinkReport, join_by_link};
 
 pub use features::PRESENCE_WAIT;
 pub use media::{Direction, ProgressFn, SendFileOptions, Transfer};
@@ -710,9 +713,50 @@ impl Client {
             }) => return Err(self.fail_start(handle)),
             other => other?,
         };
-        self.profile
-            .provide_peer(&account, &claimed.key_packages, unix_ms())?;
+        // This account's other devices join the conversation too (multi-device).
+        let own = self.own_key_packages(suite).await?;
+        self.profile.provide_peer_with_own_devices(
+            &account,
+            &claimed.key_packages,
+            &own,
+            unix_ms(),
+        )?;
         Ok(())
+    }
+
+    /// One key package of each of this account's other devices for `suite` (none when
+    /// this is its only device); our own account is learned first.
+    async fn own_key_packages(
+        &mut self,
+        suite: Suite,
+    ) -> Result<Vec<wire::ClaimedKeyPackage>, ClientError> {
+        let me = self.identity()?.clone();
+        let account = self.fetch_account(&me.handle).await?;
+        self.profile.learn_account(&account)?;
+        let others = account
+            .devices
+            .iter()
+            .any(|d| d.device_id != me.device_id && !d.revoked);
+        if !others {
+            return Ok(Vec::new());
+        }
+        let claim = wire::ClaimKeyPackages {
+            handle: me.handle.clone(),
+            ciphersuite: u32::from(suite.code()),
+        };
+        let req = self.signed(ApiRequest::claim_key_packages(&claim))?;
+        match self.api.call::<wire::ClaimedKeyPackages>(req).await {
+            Ok(c) => Ok(c
+                .key_packages
+                .into_iter()
+                .filter(|k| k.device_id != me.device_id)
+                .collect()),
+            Err(ClientError::Api {
+                code: ErrorCode::NoKeyPackages | ErrorCode::NotFound,
+                ..
+            }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Sends a `Submit` and waits for its result, storing deliveries meanwhile.
@@ -839,6 +883,13 @@ impl Client {
             }
         }
         self.flush_ack().await?;
+        // A commit added or removed another device of this account: show the new list.
+        if self.profile.own_devices_changed()? {
+            match self.refresh_own_devices().await {
+                Ok(_) => self.emit(on_event),
+                Err(e) => tracing::warn!(error = %e, "own device list not re-read"),
+            }
+        }
         report.stored = self.stored_this_session;
         report.acked_up_to = self.live.as_ref().map(|l| l.acked_up_to).unwrap_or(0);
         report.outbox_left = self.profile.outbox_len()?;

@@ -98,6 +98,10 @@ pub enum ClientError {
         /// The close reason.
         reason: String,
     },
+    /// Linking a device failed: a wrong, expired or used link code, the other device
+    /// declined or failed, or the account has the most devices allowed.
+    #[error("link: {0}")]
+    Link(String),
     /// The operation did not finish before its deadline.
     #[error("timed out: {0}")]
     Timeout(String),

@@ -23,6 +23,9 @@
 //!   conversation features ([`Client::send_typing`], [`Client::announce_presence`],
 //!   [`Client::request_presence`]; blocks, retractions and receipts the profile queues
 //!   go out with the outbox).
+//! - `client/devices`: several devices per account: the signed device list, removing
+//!   and renaming devices, linking a new device ([`Client::link_device`] on the existing
+//!   device, [`join_by_link`] on the new one).
 //! - `error`: [`ClientError`].
 
 pub mod api;
@@ -44,8 +47,8 @@ mod client;
 mod register;
 
 pub use client::{
-    Client, ClientOptions, Direction, PRESENCE_WAIT, ProfileSigner, ProgressFn, ReceiveReport,
-    SUITES, SendFileOptions, Transfer,
+    Client, ClientOptions, Direction, Joined, LinkReport, PRESENCE_WAIT, ProfileSigner, ProgressFn,
+    ReceiveReport, SUITES, SendFileOptions, Transfer, join_by_link,
 };
 pub use register::{INITIAL_KEY_PACKAGES, Registered, register, register_servers};
 

@@ -145,6 +145,14 @@ pub async fn register_servers(
             Ok(n) => (n, None),
             Err(e) => (0, Some(e)),
         };
+    // The account's first signed device list (devices.rs): contacts then accept only
+    // the devices this account lists.
+    if let Err(e) = client
+        .publish_device_list(hushwire_e2e::DeviceListEdit::Initial)
+        .await
+    {
+        tracing::warn!(error = %e, "the first device list was not published");
+    }
     let identity = client.identity()?.clone();
     Ok(Registered {
         identity,

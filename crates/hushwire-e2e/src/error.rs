@@ -56,6 +56,19 @@ pub enum E2eError {
     /// Input that violates the protocol (bad handle, bad message id, unexpected message...).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// An account's signed device list is invalid, older than one seen before, or was
+    /// withheld after one had been seen.
+    #[error("device list of {handle:?}: {reason}")]
+    DeviceList {
+        /// The account's handle.
+        handle: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A history archive (a linked device's history) is malformed, cut short or from
+    /// another account.
+    #[error("invalid history archive: {0}")]
+    InvalidArchive(String),
     /// The group's policy does not allow this (e.g. a non-admin adding members).
     #[error("not allowed: {0}")]
     NotAuthorized(String),

@@ -61,6 +61,67 @@ pub(crate) struct OpParams {
     pub admins: Option<Vec<String>>,
     #[serde(default)]
     pub membership: Option<i32>,
+    /// `dadd` / `dremove`: this account's devices to add or remove.
+    #[serde(default)]
+    pub device_ids: Vec<u32>,
+}
+
+/// Queues `dadd` (with `key_packages`, one per suite) or `dremove` of this account's
+/// device `device_id` in every active group of every conversation.
+pub(crate) fn queue_own_device_op(
+    profile: &mut Profile,
+    kind: &str,
+    device_id: u32,
+    key_packages: &[(Suite, Vec<u8>)],
+    now_ms: u64,
+) -> Result<usize, E2eError> {
+    let me = profile.me()?.0.clone();
+    if device_id == me.device_id {
+        return Err(E2eError::Protocol(
+            "this device cannot add or remove itself".into(),
+        ));
+    }
+    let tx = profile
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let groups: Vec<(Vec<u8>, String, u16)> = {
+        let mut stmt = tx.prepare(
+            "SELECT group_id, conversation, suite FROM groups WHERE state = 'active'
+             ORDER BY created_at_ms, group_id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let p = OpParams {
+        device_ids: vec![device_id],
+        provided: true,
+        ..OpParams::default()
+    };
+    let mut queued = 0;
+    for (group_id, conversation, suite) in groups {
+        if kind == "dadd" {
+            let Some((_, kp)) = key_packages.iter().find(|(s, _)| s.code() == suite) else {
+                tracing::warn!(suite, "no key package of the new device for this suite");
+                continue;
+            };
+            insert_item(&tx, kind, &conversation, &group_id, &p, false, now_ms)?;
+            let item_id: Vec<u8> = tx.query_row(
+                "SELECT item_id FROM outbox ORDER BY ord DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO outbox_key_packages (item_id, handle, device_id, key_package)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![item_id, me.handle, device_id, kp],
+            )?;
+        } else {
+            insert_item(&tx, kind, &conversation, &group_id, &p, false, now_ms)?;
+        }
+        queued += 1;
+    }
+    tx.commit()?;
+    Ok(queued)
 }
 
 pub(crate) fn parse_params(raw: Option<&str>) -> OpParams {
@@ -904,6 +965,46 @@ impl Profile {
                 }
                 let (c, w, gi) = group.add_members_without_update(&provider, signer, &keep_kps)?;
                 (c, Some(w), gi, keep_addrs)
+            }
+            "dadd" => {
+                let (kps, addrs) = stored_key_packages(&tx, item_id, suite)?;
+                let present: BTreeSet<u32> = members
+                    .get(&me.handle)
+                    .map(|l| l.iter().map(|(_, d)| *d).collect())
+                    .unwrap_or_default();
+                let mut keep_kps = Vec::new();
+                let mut keep_addrs = Vec::new();
+                for (kp, a) in kps.into_iter().zip(addrs) {
+                    if a.handle == me.handle && !present.contains(&a.device_id) {
+                        keep_kps.push(kp);
+                        keep_addrs.push(a);
+                    }
+                }
+                if keep_kps.is_empty() {
+                    let r = drop_item(&tx)?;
+                    tx.commit()?;
+                    return Ok(r);
+                }
+                let (c, w, gi) = group.add_members_without_update(&provider, signer, &keep_kps)?;
+                (c, Some(w), gi, keep_addrs)
+            }
+            "dremove" => {
+                let leaves: Vec<LeafNodeIndex> = members
+                    .get(&me.handle)
+                    .map(|l| {
+                        l.iter()
+                            .filter(|(_, d)| p.device_ids.contains(d) && *d != me.device_id)
+                            .map(|(i, _)| *i)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if leaves.is_empty() {
+                    let r = drop_item(&tx)?;
+                    tx.commit()?;
+                    return Ok(r);
+                }
+                let (c, w, gi) = group.remove_members(&provider, signer, &leaves)?;
+                (c, w, gi, vec![])
             }
             "gremove" => {
                 let leaves: Vec<LeafNodeIndex> = p

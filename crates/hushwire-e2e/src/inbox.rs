@@ -548,6 +548,36 @@ fn process_commit(
         ProcessedMessageContent::OwnPrivateMessage => return Ok(done(vec![])),
         _ => return Err(invalid(conv, "a commit header with other content")),
     };
+    // Devices added must be in their account's signed device list (devices.rs); a device
+    // of ours added or removed elsewhere makes the client re-read our list.
+    for add in staged.add_proposals() {
+        let addr = parse_credential(add.add_proposal().key_package().leaf_node().credential())
+            .map_err(|r| refuse(&committer.handle, r))?;
+        // A device its own account adds is authenticated by the committer's signature (and
+        // its certificate, checked below); one added by someone else must be in the
+        // account's current signed list, so a server cannot get a device of its own in.
+        if addr.handle != committer.handle
+            && crate::devices::is_listed(ctx.conn, &addr.handle, addr.device_id)? == Some(false)
+        {
+            return Err(refuse(
+                &committer.handle,
+                format!(
+                    "{} is not in the account's signed device list",
+                    addr.credential_string()
+                ),
+            ));
+        }
+        if addr.handle == ctx.me.handle && addr.device_id != ctx.me.device_id {
+            crate::devices::mark_own_devices_changed(ctx.conn)?;
+        }
+    }
+    for rem in staged.remove_proposals() {
+        if let Some(m) = group.member_at(rem.remove_proposal().removed())
+            && parse_credential(&m.credential).is_ok_and(|a| a.handle == ctx.me.handle)
+        {
+            crate::devices::mark_own_devices_changed(ctx.conn)?;
+        }
+    }
     // Group policy, checked before anything is merged.
     let changes = if chat {
         crate::group::authorize_commit(group, &staged, &committer, external)
@@ -861,6 +891,11 @@ fn join_welcome(ctx: &mut Ctx<'_>, envelope: &Envelope) -> Result<Outcome, Fail>
         }
     };
     let conv = Some(peer.as_str());
+    let from_own_device = staged
+        .welcome_sender()
+        .ok()
+        .and_then(|l| parse_credential(l.credential()).ok())
+        .is_some_and(|a| a.handle == ctx.me.handle);
     let own = staged
         .own_leaf_node()
         .ok_or_else(|| invalid(conv, "our own leaf is missing"))?;
@@ -887,8 +922,9 @@ fn join_welcome(ctx: &mut Ctx<'_>, envelope: &Envelope) -> Result<Outcome, Fail>
         "INSERT OR IGNORE INTO conversations (peer, suite, created_at_ms) VALUES (?1, ?2, ?3)",
         params![peer, suite.code(), to_sql_u64(ctx.now_ms)?],
     )?;
-    if new_conversation > 0 {
-        // Someone we never wrote to started it: a message request (features.rs).
+    if new_conversation > 0 && !from_own_device {
+        // Someone we never wrote to started it: a message request (features.rs). A
+        // Welcome from another device of ours (linking) is no request.
         crate::features::mark_request(ctx.conn, &peer)?;
     }
     ctx.conn.execute(

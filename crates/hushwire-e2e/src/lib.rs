@@ -25,6 +25,8 @@
 //! - `attachments`: uploads in progress ([`Profile::create_upload`] …
 //!   [`Profile::finish_upload`]) and the attachments of messages (pending downloads,
 //!   saved paths, final errors); the files themselves are the client's business.
+//! - `devices`: several devices per account: the signed device list (pinned per
+//!   account, only listed devices are ever added), device names, linking and removal.
 //! - `features`: receipts, reactions, replies, edits, deletes, disappearing and view-once
 //!   messages, typing and presence (ephemeral signals), message requests, blocking and
 //!   settings.
@@ -42,10 +44,12 @@
 //! profile database, like OpenMLS's own state.
 
 mod attachments;
+mod devices;
 mod error;
 mod features;
 pub mod group;
 mod group_ops;
+mod history;
 mod inbox;
 pub mod keys;
 mod outbox;
@@ -64,6 +68,10 @@ pub use attachments::{
     AttachmentInfo, AttachmentRecord, MAX_FILE_NAME_BYTES, MAX_MIME_BYTES, MAX_THUMBNAIL_BYTES,
     NewUpload, PendingUpload,
 };
+pub use devices::{
+    DeviceListEdit, DeviceListNews, LinkChannel, LinkSecrets, MAX_DEVICE_NAME_BYTES, OwnDevice,
+    validate_device_name, verify_device_list,
+};
 pub use error::{E2eError, MlsError};
 pub use features::{
     DeleteScope, EPHEMERAL_BUDGET, EphemeralOut, EphemeralReceived, MAX_DELIVERED_RECEIPT_DEVICES,
@@ -71,6 +79,10 @@ pub use features::{
     parse_message_id, validate_reaction, validate_timer,
 };
 pub use group::{GroupDetails, GroupEvent, GroupEventKind, GroupMember};
+pub use history::{
+    HISTORY_FORMAT, HISTORY_VERSION, HistoryOptions, HistoryStats, IMPORT_BATCH_RECORDS,
+    MAX_HISTORY_RECORD_BYTES,
+};
 pub use profile::{GroupStatus, Profile};
 
 use openmls::prelude::Ciphersuite;
@@ -390,6 +402,9 @@ pub enum Event {
         /// Their last time online, when they went offline.
         last_seen_ms: Option<u64>,
     },
+    /// This account's device list changed: a device was linked, removed or renamed
+    /// (by this device or another of the account).
+    DevicesChanged(DeviceListNews),
     /// The conversation's disappearing-messages timer changed.
     TimerChanged {
         /// The conversation.

@@ -200,7 +200,8 @@ pub(crate) fn reset_lost_commit(
 ) -> Result<(), E2eError> {
     conn.execute(
         "UPDATE outbox SET submit = NULL, message_id = ?1, await_epoch = ?2
-         WHERE group_id = ?3 AND kind IN ('update', 'gadd', 'gremove', 'gmeta', 'gcommit')
+         WHERE group_id = ?3
+           AND kind IN ('update', 'gadd', 'gremove', 'gmeta', 'gcommit', 'dadd', 'dremove')
          AND submit IS NOT NULL",
         params![
             &new_message_id(now_ms)[..],
@@ -367,6 +368,12 @@ impl Profile {
                             suite,
                         });
                     };
+                    if let Some(e) = head.await_epoch {
+                        let local = load_group(&self.conn, &group_id)?.epoch().as_u64();
+                        if local < crate::store::from_sql_u64(e) {
+                            return Ok(Action::AwaitIncoming);
+                        }
+                    }
                     return self.build_text_submit(&head, &group_id, &signer, &me.handle);
                 }
                 "update" => {
@@ -396,7 +403,7 @@ impl Profile {
                     return self.build_update_submit(&head, &group_id, &signer);
                 }
                 "gcreate" | "greset" | "gadd" | "gremove" | "gmeta" | "gcommit" | "gleave"
-                | "grejoin" => {
+                | "grejoin" | "dadd" | "dremove" => {
                     let group_id = head.group_id.clone().unwrap_or_default();
                     match self.group_next_action(
                         head.ord,
@@ -475,6 +482,8 @@ impl Profile {
             welcomes: vec![],
             group_info: Default::default(),
             expire_after_ms,
+            // A diverged group keeps talking at its own epoch until an admin resets it.
+            past_epoch: crate::inbox::is_diverged(&tx, group_id)?,
         };
         tx.execute(
             "UPDATE outbox SET submit = ?1, group_id = ?2 WHERE ord = ?3",
@@ -514,6 +523,7 @@ impl Profile {
             welcomes: vec![],
             group_info: Default::default(),
             expire_after_ms: 0,
+            past_epoch: false,
         };
         tx.execute(
             "UPDATE outbox SET submit = ?1, group_id = ?2, await_epoch = NULL WHERE ord = ?3",
@@ -651,6 +661,7 @@ impl Profile {
             }],
             group_info: Default::default(),
             expire_after_ms: 0,
+            past_epoch: false,
         };
         tx.execute(
             "INSERT INTO groups (group_id, conversation, suite, state, created_at_ms)
@@ -880,9 +891,18 @@ impl Profile {
                     reason: "rejoin raced another commit; retried on the next sync".into(),
                 });
             }
+            (Some(Outcome::StaleEpoch(stale)), "text" | "content") => {
+                // The group moved on (a commit we have not processed yet, e.g. one adding
+                // a device): encrypt again at the server's epoch once we are there, so
+                // every current member can read it. Same message id: never a duplicate.
+                tx.execute(
+                    "UPDATE outbox SET submit = NULL, await_epoch = ?1 WHERE ord = ?2",
+                    params![to_sql_u64(stale.current_epoch)?, head.ord],
+                )?;
+            }
             (
                 Some(Outcome::StaleEpoch(stale)),
-                "update" | "gadd" | "gremove" | "gmeta" | "gcommit",
+                "update" | "gadd" | "gremove" | "gmeta" | "gcommit" | "dadd" | "dremove",
             ) => {
                 let group_id = head.group_id.clone().unwrap_or_default();
                 let mut group = load_group(&tx, &group_id)?;
@@ -1069,6 +1089,16 @@ fn check_key_package(
             claimed.device_id,
             addr.credential_string()
         ));
+    }
+    match crate::devices::is_listed(conn, handle, claimed.device_id) {
+        Ok(Some(true)) => {}
+        Ok(_) => {
+            return Err(format!(
+                "{handle}/{}: not in the account's signed device list",
+                claimed.device_id
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
     }
     Ok((kp, addr))
 }

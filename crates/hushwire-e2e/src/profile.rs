@@ -584,23 +584,35 @@ pub(crate) fn learn_account_in(
             handle: handle.to_string(),
         });
     }
-    for device in &account.devices {
-        let cert = device.certificate.as_ref().ok_or_else(|| {
-            E2eError::InvalidCertificate(format!("{handle}/{}: no certificate", device.device_id))
-        })?;
-        let payload = device_cert_payload(handle, &cert.device_key, cert.created_at_ms);
-        verify(&account_key, &payload, &cert.signature).map_err(|e| {
-            E2eError::InvalidCertificate(format!("{handle}/{}: {e}", device.device_id))
-        })?;
-    }
+    // A device without a valid certificate is one the account never made (a server
+    // inserting a device of its own): it is left out, so it is never trusted or added;
+    // the account's real devices stay usable.
+    let certified: Vec<&hushwire_proto::wire::DeviceInfo> = account
+        .devices
+        .iter()
+        .filter(|device| {
+            let Some(cert) = device.certificate.as_ref() else {
+                tracing::warn!(%handle, device = device.device_id, "device without a certificate ignored");
+                return false;
+            };
+            let payload = device_cert_payload(handle, &cert.device_key, cert.created_at_ms);
+            let ok = verify(&account_key, &payload, &cert.signature).is_ok();
+            if !ok {
+                tracing::warn!(%handle, device = device.device_id, "device with an invalid certificate ignored");
+            }
+            ok
+        })
+        .collect();
     if pinned.is_none() {
         conn.execute(
             "INSERT INTO accounts (handle, account_key) VALUES (?1, ?2)",
             params![handle, &account_key[..]],
         )?;
     }
-    // Devices are added or updated, never removed: revocation is not modelled yet.
-    for device in &account.devices {
+    // Devices are added or updated, never deleted (a removed device may still have a
+    // leaf in an old group until a commit removes it); the signed list decides which
+    // ones may be added to conversations (devices.rs).
+    for device in certified {
         if let Some(cert) = &device.certificate {
             conn.execute(
                 "INSERT INTO devices (handle, device_id, device_key, created_at_ms)
@@ -616,6 +628,7 @@ pub(crate) fn learn_account_in(
             )?;
         }
     }
+    crate::devices::apply_device_list(conn, &account_key, account)?;
     Ok(())
 }
 

@@ -296,6 +296,26 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE media_uploads ADD COLUMN view_once INTEGER NOT NULL DEFAULT 0;
     "#,
+    // v8: multi-device (devices.rs). Signed device lists pinned per account (never an
+    // older version than the pinned one); `announced` is the own list last shown to the
+    // user. `devices.listed`: the device is in its account's current signed list (a
+    // device that is not may stay in old groups until removed, but is never added).
+    // `link_pending`: the device key of a device being linked, before it knows its
+    // account.
+    r#"
+    CREATE TABLE device_lists (
+        handle TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        list BLOB NOT NULL,
+        announced BLOB
+    );
+    ALTER TABLE devices ADD COLUMN listed INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE link_pending (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        device_secret BLOB NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Opens (creating if needed) the profile database and brings both schemas up to date.

@@ -502,14 +502,25 @@ fn uncertified_devices_are_rejected() {
         a.profile.provide_peer(&info, &classic, ds.tick()),
         Err(E2eError::InvalidKeyPackage(_))
     ));
-    // 3. An AccountInfo with a device certificate the account key did not sign.
+    // 3. An AccountInfo with device certificates the account key did not sign: those
+    // devices are ignored (never trusted), so nothing of theirs is accepted.
     let mut bad = ds.accounts["bob"].clone();
     let mallory_info = ds.accounts["mallory"].clone();
     bad.handle = "bobby".into();
     bad.devices = mallory_info.devices.clone();
+    a.profile.learn_account(&bad).unwrap();
+    let claimed = vec![hushwire_proto::wire::ClaimedKeyPackage {
+        device_id: 1,
+        key_package: mallory
+            .profile
+            .key_packages(Suite::XWing, 1, false)
+            .unwrap()
+            .remove(0)
+            .into(),
+    }];
     assert!(matches!(
-        a.profile.learn_account(&bad),
-        Err(E2eError::InvalidCertificate(_))
+        a.profile.provide_peer(&bad, &claimed, ds.tick()),
+        Err(E2eError::InvalidKeyPackage(_))
     ));
     // Nothing was sent.
     assert!(matches!(

@@ -11,7 +11,8 @@
 //! and the disappearing flag from `timed_entries`), mailbox entries with their exact
 //! seqs, the per-device seq counters (`mailbox_floor` and the highest queued seq, so
 //! new seqs continue after every seq ever handed out), idempotency records, blocks,
-//! blob metadata, parts and readers, and reports. Ids keep their values and the
+//! blob metadata, parts and readers, reports, device lists, and link sessions with their
+//! slots. Ids keep their values and the
 //! identity sequences continue after the source's (AUTOINCREMENT) high-water marks.
 //! With [`MediaCopy`], every recorded part of every blob not being deleted is copied
 //! and its SHA-256 checked against the metadata on both the source and the target

@@ -257,6 +257,32 @@ pub(crate) const TABLES: &[Table] = &[
         source: "SELECT id, reporter, reported, reason, evidence, created_at_ms FROM reports",
         identity: true,
     },
+    Table {
+        name: "device_lists",
+        cols: &[("handle", Text), ("version", I64), ("data", Bytes)],
+        key: 1,
+        source: "SELECT handle, version, data FROM device_lists",
+        identity: false,
+    },
+    Table {
+        name: "links",
+        cols: &[
+            ("id", Bytes),
+            ("owner_handle", Text),
+            ("owner_device", I64),
+            ("expires_at_ms", I64),
+        ],
+        key: 1,
+        source: "SELECT id, owner_handle, owner_device, expires_at_ms FROM links",
+        identity: false,
+    },
+    Table {
+        name: "link_slots",
+        cols: &[("link", Bytes), ("slot", Text), ("data", Bytes)],
+        key: 2,
+        source: "SELECT link, slot, data FROM link_slots",
+        identity: false,
+    },
 ];
 
 /// SQLite tables this map reads (directly or folded in); any other table in the source
@@ -279,6 +305,9 @@ pub(crate) const KNOWN_SOURCE_TABLES: &[&str] = &[
     "blob_readers",
     "blocks",
     "reports",
+    "device_lists",
+    "links",
+    "link_slots",
     "sqlite_sequence",
 ];
 

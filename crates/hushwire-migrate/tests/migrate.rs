@@ -14,8 +14,8 @@ use hushwire_blobstore::{BlobStore, ObjectBlobStore};
 use hushwire_migrate::{MediaCopy, MigrateError, MigrateOptions, migrate};
 use hushwire_store::{
     Accepted, Accounts, BlobId, BlobPart, Blobs, Controls, Delivery, DeviceId, DeviceRecord,
-    Envelope, KeyPackages, Mailboxes, NewAccount, NewBlob, NewDevice, NewKeyPackage, NewReport,
-    Store, Submission, SubmitKind, SubmitOutcome, WelcomeOut,
+    Envelope, KeyPackages, Links, Mailboxes, NewAccount, NewBlob, NewDevice, NewKeyPackage,
+    NewReport, Store, Submission, SubmitKind, SubmitOutcome, WelcomeOut,
 };
 use hushwire_store_postgres::{PgOptions, PgStore, testing};
 use hushwire_store_sqlite::{SqliteOptions, SqliteStore};
@@ -80,6 +80,7 @@ fn application(sender: &DeviceRecord, group: &[u8], epoch: u64, body: &str) -> S
         now_ms: NOW,
         expires_at_ms: EXPIRES,
         disappearing: false,
+        past_epoch_ok: false,
     }
 }
 
@@ -174,6 +175,18 @@ async fn build_fixture(dir: &Path, accounts: usize) -> Fixture {
     }
     let linked = link_device(s, "user0000").await;
     let revoked = link_device(s, "user0001").await;
+    // Multi-device: a device list and a link session with a slot.
+    assert!(
+        s.set_device_list("user0000", 3, Bytes::from_static(b"signed-list:3"))
+            .await
+            .unwrap()
+    );
+    s.create_link([0x1c; 16], &linked.addr, EXPIRES)
+        .await
+        .unwrap();
+    s.put_link_slot([0x1c; 16], "hello", Bytes::from_static(b"sealed"), NOW)
+        .await
+        .unwrap();
     s.create_invite("invite-one", EXPIRES).await.unwrap();
     s.create_invite("invite-two", NOW + 1).await.unwrap();
     for d in devices.iter().take(20) {
@@ -421,6 +434,9 @@ async fn a_thousand_accounts_move_and_every_message_is_delivered() {
     assert_eq!(rows("blocks"), 1);
     assert_eq!(rows("reports"), 1);
     assert_eq!(rows("invites"), 2);
+    assert_eq!(rows("device_lists"), 1);
+    assert_eq!(rows("links"), 1);
+    assert_eq!(rows("link_slots"), 1);
     assert_eq!(rows("groups"), 501);
     for c in &report.tables {
         assert_eq!(c.source_rows, c.target_rows, "{}", c.table);
@@ -452,6 +468,21 @@ async fn a_thousand_accounts_move_and_every_message_is_delivered() {
     assert!(entries > 1_000, "{entries} queued entries");
     let account = pg.account("user0000").await.unwrap().unwrap();
     assert_eq!(account.devices.len(), 2);
+    assert_eq!(
+        account.device_list,
+        Some(hushwire_store::StoredDeviceList {
+            version: 3,
+            data: Bytes::from_static(b"signed-list:3"),
+        })
+    );
+    assert_eq!(
+        pg.link_slot([0x1c; 16], "hello", NOW).await.unwrap(),
+        hushwire_store::LinkSlot::Bytes(Bytes::from_static(b"sealed"))
+    );
+    assert_eq!(
+        pg.link_owner([0x1c; 16], NOW).await.unwrap(),
+        Some(fx.linked.addr.clone())
+    );
     assert!(account.devices.contains(&fx.linked));
     let revoked = pg.device(&fx.revoked.addr).await.unwrap().unwrap();
     assert!(revoked.revoked);

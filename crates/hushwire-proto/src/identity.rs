@@ -72,6 +72,14 @@ pub fn device_cert_payload(handle: &str, device_key: &[u8], created_at_ms: u64) 
     out
 }
 
+/// What an account key signs to publish a device list: the label, then the encoded
+/// `DeviceList` bytes exactly as carried in `SignedDeviceList.list`.
+pub fn device_list_payload(list: &[u8]) -> Vec<u8> {
+    let mut out = b"hushwire-device-list-v1".to_vec();
+    push_field(&mut out, list);
+    out
+}
+
 /// What a device key signs to log in on a WebSocket.
 pub fn ws_auth_payload(nonce: &[u8], handle: &str, device_id: u32) -> Vec<u8> {
     let mut out = b"hushwire-ws-auth-v1".to_vec();

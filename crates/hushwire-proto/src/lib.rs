@@ -10,10 +10,12 @@
 //!   server ever reads of a conversation.
 //! - [`identity`]: handles, and the exact byte strings that account and device keys sign.
 //! - [`limits`]: sizes every peer enforces.
+//! - [`link`]: link codes (joining a new device to an account).
 
 pub mod codec;
 pub mod identity;
 pub mod limits;
+pub mod link;
 pub mod mls;
 pub mod relay_link;
 

@@ -50,3 +50,17 @@ pub const MAX_REPORT_MESSAGES: usize = 20;
 pub const MAX_REPORT_REASON_BYTES: usize = 1024;
 /// Longest text of one reported message, in bytes (the longest text message).
 pub const MAX_REPORT_TEXT_BYTES: usize = 64 * 1024;
+
+/// Largest body of one link-session slot (`PUT /v1/links/{id}/{slot}`), in bytes.
+pub const MAX_LINK_SLOT_BYTES: usize = 4 * 1024 * 1024;
+/// Most slots one link session may hold.
+pub const MAX_LINK_SLOTS: usize = 256;
+/// Longest a link session may live, in seconds.
+pub const MAX_LINK_TTL_SECS: u32 = 900;
+/// Default most non-revoked devices per account (the server's
+/// `limits.max_devices_per_account`).
+pub const DEFAULT_MAX_DEVICES_PER_ACCOUNT: usize = 8;
+/// Most devices a signed device list may name.
+pub const MAX_LISTED_DEVICES: usize = 64;
+/// Longest link-session slot name.
+pub const MAX_LINK_SLOT_NAME: usize = 16;

@@ -12,7 +12,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use hushwire_proto::identity::{self, SignatureError, validate_handle};
 use hushwire_proto::limits::MAX_KEY_PACKAGES_PER_UPLOAD;
 use hushwire_proto::mls::{self, MlsHeader};
@@ -22,7 +22,7 @@ use prost::Message;
 
 use crate::config::RegistrationPolicy;
 use crate::error::ApiError;
-use crate::{ConnPermit, Server, auth, media, now_ms, reports, ws};
+use crate::{ConnPermit, Server, auth, devices, links, media, now_ms, reports, ws};
 
 /// The router for every route of protocol.md, under the configured path prefix.
 pub fn app(server: &Server) -> Router {
@@ -53,6 +53,23 @@ pub fn app(server: &Server) -> Router {
         )
         .route(&format!("{p}/v1/blobs/{{id}}/status"), get(media::status))
         .route(&format!("{p}/v1/reports"), post(reports::file_report))
+        .route(&format!("{p}/v1/devices"), post(devices::add_device))
+        .route(
+            &format!("{p}/v1/devices/list"),
+            put(devices::put_device_list),
+        )
+        .route(
+            &format!("{p}/v1/devices/{{device_id}}"),
+            delete(devices::remove_device),
+        )
+        .route(&format!("{p}/v1/links"), post(links::create))
+        .route(&format!("{p}/v1/links/{{id}}"), delete(links::delete))
+        .route(
+            &format!("{p}/v1/links/{{id}}/{{slot}}"),
+            // A slot may be larger than an API body: the handler reads it with its own
+            // limit (`limits::MAX_LINK_SLOT_BYTES`).
+            put(links::put_slot).get(links::get_slot),
+        )
         .route(
             &format!("{p}/v1/blobs/{{id}}/parts/{{index}}"),
             put(media::upload_part),
@@ -198,8 +215,8 @@ fn account_info(record: hushwire_store::AccountRecord) -> wire::AccountInfo {
         devices: record
             .devices
             .into_iter()
-            .filter(|d| !d.revoked)
             .map(|d| wire::DeviceInfo {
+                revoked: d.revoked,
                 device_id: d.addr.device_id,
                 certificate: Some(wire::DeviceCertificate {
                     device_key: d.device_key.into(),
@@ -208,6 +225,11 @@ fn account_info(record: hushwire_store::AccountRecord) -> wire::AccountInfo {
                 }),
             })
             .collect(),
+        device_list: record.device_list.and_then(|l| {
+            wire::SignedDeviceList::decode(l.data)
+                .inspect_err(|_| tracing::error!("a stored device list does not decode"))
+                .ok()
+        }),
     }
 }
 

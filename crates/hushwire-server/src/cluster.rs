@@ -11,7 +11,11 @@
 //!   highest seq its connection sent), asks the store which of them have entries after
 //!   it ([`hushwire_store::Mailboxes::devices_with_mail`], in batches of
 //!   [`POLL_BATCH`], each bounded by [`POLL_TIMEOUT`]), and wakes those. This is what
-//!   keeps delivery going, at that pace, when NATS is down or drops a notice.
+//!   keeps delivery going, at that pace, when NATS is down or drops a notice. The same
+//!   round asks which of those devices were revoked
+//!   ([`hushwire_store::Accounts::revoked_devices`]) and closes their connections
+//!   (1008 "device removed"): a device removed through another node is disconnected
+//!   here within one interval (the bus has no notice kind for it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +107,7 @@ async fn poll_loop(server: Server) {
     let shared = &server.shared;
     let interval = shared.config.bus.poll_interval;
     let mut cursors = Vec::new();
+    let mut ids = Vec::new();
     let mut failing = false;
     loop {
         tokio::select! {
@@ -112,6 +117,20 @@ async fn poll_loop(server: Server) {
         cursors.clear();
         shared.hub.cursors(&mut cursors);
         for batch in cursors.chunks(POLL_BATCH) {
+            // Devices removed through another node: their connections here close.
+            ids.clear();
+            ids.extend(batch.iter().map(|(d, _)| *d));
+            let revoked = tokio::time::timeout(POLL_TIMEOUT, shared.store.revoked_devices(&ids));
+            let revoked = tokio::select! {
+                r = revoked => r,
+                () = shared.shutdown.cancelled() => return,
+            };
+            if let Ok(Ok(revoked)) = revoked
+                && !revoked.is_empty()
+            {
+                let closed = shared.hub.remove(&revoked);
+                tracing::debug!(closed, "bus: closed connections of removed devices");
+            }
             let asked = tokio::time::timeout(POLL_TIMEOUT, shared.store.devices_with_mail(batch));
             let answer = tokio::select! {
                 r = asked => r,

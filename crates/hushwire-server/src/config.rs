@@ -137,6 +137,9 @@ pub struct RateLimits {
     /// Ephemeral signals (typing, presence), block changes and retractions per
     /// authenticated device per minute. Default: 120.
     pub signals_per_device_per_minute: u32,
+    /// Unauthenticated link-session requests (slot writes and reads, `PUT`/`GET
+    /// /v1/links/{id}/{slot}`) per client IP per minute. Default: 120.
+    pub link_requests_per_ip_per_minute: u32,
 }
 
 impl Default for RateLimits {
@@ -145,6 +148,7 @@ impl Default for RateLimits {
             registrations_per_ip_per_minute: 5,
             claims_per_device_per_minute: 60,
             signals_per_device_per_minute: 120,
+            link_requests_per_ip_per_minute: 120,
         }
     }
 }
@@ -170,6 +174,10 @@ pub struct Limits {
     /// Commits are bounded by `max_message_bytes` only.
     /// Default: 128 KiB (a 64 KiB text plus MLS overhead).
     pub max_group_message_bytes: usize,
+    /// Most non-revoked devices per account; `POST /v1/devices` past it is refused
+    /// `LIMIT_EXCEEDED`. Between 1 and `limits::MAX_LISTED_DEVICES` (64).
+    /// Default: `limits::DEFAULT_MAX_DEVICES_PER_ACCOUNT` (8).
+    pub max_devices_per_account: usize,
 }
 
 impl Default for Limits {
@@ -180,6 +188,7 @@ impl Default for Limits {
             max_body_bytes: limits::MAX_API_BODY_BYTES,
             max_group_members: 1024,
             max_group_message_bytes: 128 * 1024,
+            max_devices_per_account: limits::DEFAULT_MAX_DEVICES_PER_ACCOUNT,
         }
     }
 }
@@ -706,6 +715,12 @@ impl ServerConfig {
                 "must be at least 1",
             ));
         }
+        if self.rate_limits.link_requests_per_ip_per_minute == 0 {
+            return Err(invalid(
+                "rate_limits.link_requests_per_ip_per_minute",
+                "must be at least 1",
+            ));
+        }
         let l = &self.limits;
         if !(1024..=limits::MAX_FRAME_BYTES).contains(&l.max_frame_bytes) {
             return Err(invalid(
@@ -741,6 +756,12 @@ impl ServerConfig {
             return Err(invalid(
                 "limits.max_group_message_bytes",
                 format!("must be between 256 and {}", limits::MAX_MLS_MESSAGE_BYTES),
+            ));
+        }
+        if !(1..=limits::MAX_LISTED_DEVICES).contains(&l.max_devices_per_account) {
+            return Err(invalid(
+                "limits.max_devices_per_account",
+                format!("must be between 1 and {}", limits::MAX_LISTED_DEVICES),
             ));
         }
         self.media.validate()?;
@@ -885,10 +906,12 @@ impl fmt::Display for ServerConfig {
         writeln!(f, "max_connections = {}", self.max_connections)?;
         writeln!(
             f,
-            "rate_limits = {} registrations/IP/min, {} claims/device/min, {} signals/device/min",
+            "rate_limits = {} registrations/IP/min, {} claims/device/min, {} signals/device/min, \
+             {} link requests/IP/min",
             self.rate_limits.registrations_per_ip_per_minute,
             self.rate_limits.claims_per_device_per_minute,
-            self.rate_limits.signals_per_device_per_minute
+            self.rate_limits.signals_per_device_per_minute,
+            self.rate_limits.link_requests_per_ip_per_minute
         )?;
         writeln!(
             f,
@@ -925,12 +948,14 @@ impl fmt::Display for ServerConfig {
         }
         write!(
             f,
-            "limits = frame {} B, message {} B, body {} B, group members {}, group message {} B",
+            "limits = frame {} B, message {} B, body {} B, group members {}, group message {} B, \
+             devices per account {}",
             self.limits.max_frame_bytes,
             self.limits.max_message_bytes,
             self.limits.max_body_bytes,
             self.limits.max_group_members,
-            self.limits.max_group_message_bytes
+            self.limits.max_group_message_bytes,
+            self.limits.max_devices_per_account
         )
     }
 }
@@ -1012,6 +1037,26 @@ mod tests {
             err("[rate_limits]\nclaims_per_device_per_minute = 0")
                 .contains("claims_per_device_per_minute")
         );
+        assert!(
+            err("[rate_limits]\nlink_requests_per_ip_per_minute = 0")
+                .contains("link_requests_per_ip_per_minute")
+        );
+        assert!(err("[limits]\nmax_devices_per_account = 0").contains("max_devices_per_account"));
+        assert!(err("[limits]\nmax_devices_per_account = 65").contains("max_devices_per_account"));
+    }
+
+    #[test]
+    fn device_and_link_limits() {
+        let d = ServerConfig::default();
+        assert_eq!(d.limits.max_devices_per_account, 8);
+        assert_eq!(d.rate_limits.link_requests_per_ip_per_minute, 120);
+        let c = ServerConfig::from_toml(
+            "[limits]\nmax_devices_per_account = 3\n[rate_limits]\nlink_requests_per_ip_per_minute = 9",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_devices_per_account, 3);
+        assert_eq!(c.rate_limits.link_requests_per_ip_per_minute, 9);
+        assert!(c.to_string().contains("devices per account 3"));
     }
 
     #[test]

@@ -100,6 +100,14 @@ pub enum ApiError {
     /// The server has no room to store data now (disk full).
     #[error("storage full: the server cannot store this now")]
     StorageFull,
+    /// A write-once or versioned resource was written already (a link slot, a device
+    /// list version), or a device key is in use.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// A count limit of the server is reached (devices per account, slots per link
+    /// session).
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
     /// A Range starting at or past the end of a blob of this many bytes.
     #[error("range not satisfiable: the blob holds {0} bytes")]
     RangeNotSatisfiable(u64),
@@ -125,6 +133,8 @@ impl ApiError {
             Self::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             Self::StorageFull => ErrorCode::StorageFull,
             Self::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -136,7 +146,8 @@ impl ApiError {
             ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden | ErrorCode::InviteRequired => StatusCode::FORBIDDEN,
             ErrorCode::NotFound | ErrorCode::NoKeyPackages => StatusCode::NOT_FOUND,
-            ErrorCode::HandleTaken => StatusCode::CONFLICT,
+            ErrorCode::HandleTaken | ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::LimitExceeded => StatusCode::FORBIDDEN,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::QuotaExceeded => StatusCode::FORBIDDEN,
@@ -291,6 +302,8 @@ mod tests {
             (ApiError::QuotaExceeded(String::new()), 403),
             (ApiError::StorageFull, 507),
             (ApiError::RangeNotSatisfiable(5), 416),
+            (ApiError::Conflict("x"), 409),
+            (ApiError::LimitExceeded(String::new()), 403),
             (ApiError::Internal("db on fire".into()), 500),
         ];
         for (err, status) in cases {

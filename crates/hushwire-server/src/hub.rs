@@ -15,6 +15,9 @@
 //! makes the named connections re-read their mailboxes (the *woken* flag, handled like
 //! *lagged*); each connection publishes the highest seq it sent (`delivered`) so the
 //! poller can tell which ones have something new in the store.
+//!
+//! A removed (revoked) device's connection is told to close through its *removed* flag
+//! ([`Hub::remove`]), by the node that revoked it or by the cluster poller elsewhere.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +38,8 @@ pub(crate) struct Signals {
     pub(crate) lagged: AtomicBool,
     /// A newer connection of the same device took over: close.
     pub(crate) replaced: AtomicBool,
+    /// The device was removed from its account (revoked): close with 1008.
+    pub(crate) removed: AtomicBool,
     /// Another node stored entries for this device (or the poller saw some): re-read
     /// the mailbox.
     pub(crate) woken: AtomicBool,
@@ -144,6 +149,22 @@ impl Hub {
             }
         }
         woken
+    }
+
+    /// Tells the connection of each of `devices` connected here that its device was
+    /// removed (revoked): it closes with 1008 "device removed". Never blocks. Returns
+    /// how many were connected.
+    pub(crate) fn remove(&self, devices: &[DeviceId]) -> usize {
+        let slots = self.slots();
+        let mut removed = 0;
+        for device in devices {
+            if let Some(slot) = slots.get(device) {
+                slot.signals.removed.store(true, Ordering::Release);
+                slot.signals.notify.notify_one();
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Appends each connected device and the highest seq its connection sent.
@@ -259,6 +280,8 @@ mod tests {
         let mut cursors = Vec::new();
         hub.cursors(&mut cursors);
         assert_eq!(cursors, vec![(a, 7)]);
+        assert_eq!(hub.remove(&[b, a]), 1);
+        assert!(ra.signals.removed.load(Ordering::Acquire));
     }
 
     #[test]

@@ -29,6 +29,8 @@
 //! - `hub`: which device is connected where; bounded live-push queues.
 //! - `cluster`: several nodes on one store: wake-ups and ephemeral signals from other
 //!   nodes over the `hushwire_bus` (NATS), and the mailbox poller that backs it up.
+//! - `devices`: adding and removing devices, the account's signed device list.
+//! - `links`: link sessions (write-once slots, long-polled reads) for linking devices.
 //! - `media`: the blob routes (create, upload parts, status, ranged download, delete)
 //!   over the metadata store and a `hushwire_blobstore::BlobStore`, and the sweeper.
 //! - `ratelimit`: keyed token buckets (registrations per IP, claims per device).
@@ -63,8 +65,10 @@ mod api;
 mod auth;
 mod cluster;
 pub mod config;
+mod devices;
 pub mod error;
 mod hub;
+mod links;
 mod media;
 mod ratelimit;
 pub mod reports;
@@ -143,6 +147,8 @@ pub(crate) struct Shared {
     pub(crate) claim_limiter: ratelimit::RateLimiter<DeviceId>,
     /// Ephemeral signals, block changes and retractions per device.
     pub(crate) signal_limiter: ratelimit::RateLimiter<DeviceId>,
+    /// Unauthenticated link-slot requests per client IP.
+    pub(crate) link_limiter: ratelimit::RateLimiter<IpAddr>,
     /// Cancelled when the server shuts down; WebSockets close with 1001.
     pub(crate) shutdown: CancellationToken,
     /// Every connection and WebSocket task, waited for on shutdown.
@@ -214,6 +220,10 @@ impl Server {
             ),
             signal_limiter: ratelimit::RateLimiter::new(
                 rl.signals_per_device_per_minute,
+                RATE_LIMIT_KEYS,
+            ),
+            link_limiter: ratelimit::RateLimiter::new(
+                rl.link_requests_per_ip_per_minute,
                 RATE_LIMIT_KEYS,
             ),
             shutdown: CancellationToken::new(),
@@ -688,11 +698,23 @@ async fn expiry_loop(server: Server) {
 /// How often queued copies of disappearing messages past their expiry are deleted.
 const PURGE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often expired link sessions (and their slots) are deleted.
+const LINK_PURGE_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Deletes disappearing messages whose time is up ([`hushwire_store::Controls`]), every
-/// [`PURGE_INTERVAL`].
+/// [`PURGE_INTERVAL`], and expired link sessions every [`LINK_PURGE_INTERVAL`].
 async fn purge_loop(server: Server) {
     let shared = &server.shared;
+    let mut next_link_purge = std::time::Instant::now();
     loop {
+        if std::time::Instant::now() >= next_link_purge {
+            next_link_purge = std::time::Instant::now() + LINK_PURGE_INTERVAL;
+            match shared.store.purge_expired_links(now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(sessions = n, "expired link sessions purged"),
+                Err(e) => tracing::error!(error = %e, "purging expired link sessions failed"),
+            }
+        }
         match shared.store.purge_disappearing(now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "disappearing messages purged"),

@@ -173,6 +173,13 @@ async fn session(server: &Server, socket: &mut WebSocket, peer: IpAddr) -> End {
         device: device.id,
         conn_id: registration.conn_id,
     };
+    // A removal that came between the login check and the registration found no
+    // connection to close: look again now that the hub knows this one.
+    match shared.store.revoked_devices(&[device.id]).await {
+        Ok(revoked) if revoked.is_empty() => {}
+        Ok(_) => return device_removed(),
+        Err(e) => return Close::internal(&e).into(),
+    }
     let mut conn = Connection {
         server,
         device: &device,
@@ -194,6 +201,10 @@ impl Drop for Unregister<'_> {
     fn drop(&mut self) {
         self.server.shared.hub.unregister(self.device, self.conn_id);
     }
+}
+
+fn device_removed() -> End {
+    Close::new(Close::POLICY, "device removed").into()
 }
 
 fn going_away() -> End {
@@ -230,6 +241,9 @@ impl Connection<'_> {
             return end;
         }
         loop {
+            if reg.signals.removed.load(Ordering::Acquire) {
+                return device_removed();
+            }
             if reg.signals.replaced.load(Ordering::Acquire) {
                 return Close::new(
                     Close::REPLACED,
@@ -445,6 +459,7 @@ impl Connection<'_> {
                     now_ms: now,
                     expires_at_ms: now.saturating_add(keep),
                     disappearing: parsed.expire_after_ms != 0,
+                    past_epoch_ok: parsed.past_epoch,
                 };
                 match shared.store.submit(submission).await {
                     Ok(SubmitOutcome::Accepted(accepted)) => {
@@ -738,6 +753,7 @@ fn transport_error(err: axum::Error) -> End {
 #[derive(Debug)]
 struct ParsedSubmit {
     expire_after_ms: u64,
+    past_epoch: bool,
     message_id: [u8; 16],
     group_id: Bytes,
     epoch: u64,
@@ -883,6 +899,7 @@ fn validate_submit(
     };
     Ok(ParsedSubmit {
         expire_after_ms: submit.expire_after_ms,
+        past_epoch: submit.past_epoch,
         message_id,
         group_id: submit.group_id,
         epoch: header.epoch,

@@ -317,3 +317,56 @@ async fn with_nats_down_delivery_continues_by_polling_and_nothing_is_lost() {
     n1.stop().await;
     n2.stop().await;
 }
+
+#[tokio::test]
+async fn a_device_removed_through_another_node_is_disconnected_by_the_poller() {
+    use ed25519_dalek::{Signer, SigningKey};
+    use prost::Message as _;
+    let (store, _store_dir) = shared_store().await;
+    let url = closed_port_url();
+    let poll = Duration::from_millis(200);
+    let mut n1 = Node::start(Arc::clone(&store), &url, "hw", poll).await;
+    let mut n2 = Node::start(Arc::clone(&store), &url, "hw", poll).await;
+    let (c1, c2) = (n1.client(), n2.client());
+    let alice = c1.new_user("alice").await;
+    let device = SigningKey::generate(&mut rand::rngs::OsRng);
+    let key = device.verifying_key().to_bytes();
+    let created = now_ms();
+    let payload = hushwire_proto::identity::device_cert_payload("alice", &key, created);
+    let added: wire::DeviceAdded = c1
+        .signed(
+            &alice,
+            "POST",
+            "/v1/devices",
+            wire::AddDevice {
+                certificate: Some(wire::DeviceCertificate {
+                    device_key: Bytes::copy_from_slice(&key),
+                    created_at_ms: created,
+                    signature: Bytes::copy_from_slice(&alice.account.sign(&payload).to_bytes()),
+                }),
+            }
+            .encode_to_vec(),
+        )
+        .await
+        .decode();
+    let alice2 = Identity {
+        handle: "alice".into(),
+        account: alice.account.clone(),
+        device,
+        device_id: added.device_id,
+    };
+    let mut ws1 = c1.login(&alice).await;
+    ws1.backlog().await;
+    let mut ws2 = c2.login(&alice2).await;
+    ws2.backlog().await;
+
+    // Removed through node 1; its connection is on node 2, which learns it by polling.
+    c1.signed(&alice, "DELETE", "/v1/devices/2", vec![])
+        .await
+        .decode::<()>();
+    let (code, reason) = ws2.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1008, "device removed"));
+    ws1.ping().await;
+    n1.stop().await;
+    n2.stop().await;
+}

@@ -5,8 +5,8 @@ use crate::mailbox;
 use bytes::Bytes;
 use deadpool_postgres::{GenericClient, Transaction};
 use hushwire_store::{
-    AccountRecord, ClaimedKeyPackage, DeviceAddr, DeviceId, DeviceRecord, KeyPackageStock,
-    NewAccount, NewDevice, NewKeyPackage, StoreError,
+    AccountRecord, AddDevice, ClaimedKeyPackage, DeviceAddr, DeviceId, DeviceRecord,
+    KeyPackageStock, NewAccount, NewDevice, NewKeyPackage, StoreError,
 };
 use tokio_postgres::Row;
 
@@ -124,23 +124,67 @@ pub(crate) async fn add_device(
     handle: &str,
     d: &NewDevice,
 ) -> Result<Option<DeviceRecord>, TxError> {
-    // The account row serializes device additions (NO KEY: devices' foreign key checks
-    // on it go on meanwhile).
-    let Some(row) = row_opt(
+    if !lock_account(tx, handle).await? {
+        return Ok(None);
+    }
+    let last: Option<i64> = crate::conv::row_one(
         tx,
-        "SELECT (SELECT max(device_no) FROM devices WHERE handle = a.handle) \
-         FROM accounts a WHERE a.handle = $1 FOR NO KEY UPDATE",
+        "SELECT max(device_no) FROM devices WHERE handle = $1",
         &[&handle],
     )
     .await?
-    else {
-        return Ok(None);
-    };
-    let last: Option<i64> = row.get(0);
+    .get(0);
     let next = to_u32(last.unwrap_or(0))?
         .checked_add(1)
         .ok_or_else(|| StoreError::Invalid("device numbers exhausted".into()))?;
     insert_device(tx, handle, next, d).await.map(Some)
+}
+
+/// Locks the account row, which serializes device additions (NO KEY: devices' foreign
+/// key checks on it go on meanwhile). Returns whether the account exists. What is read
+/// about its devices must be read by later statements: at READ COMMITTED they see every
+/// addition committed before the lock was granted, whereas subqueries of the locking
+/// statement would see its start-time snapshot.
+async fn lock_account(tx: &Transaction<'_>, handle: &str) -> Result<bool, TxError> {
+    Ok(row_opt(
+        tx,
+        "SELECT 1 FROM accounts WHERE handle = $1 FOR NO KEY UPDATE",
+        &[&handle],
+    )
+    .await?
+    .is_some())
+}
+
+pub(crate) async fn add_device_within(
+    tx: &Transaction<'_>,
+    handle: &str,
+    d: &NewDevice,
+    max_active: usize,
+) -> Result<AddDevice, TxError> {
+    if !lock_account(tx, handle).await? {
+        return Ok(AddDevice::UnknownAccount);
+    }
+    let row = crate::conv::row_one(
+        tx,
+        "SELECT max(device_no), coalesce(bool_or(device_key = $2), false), \
+                count(*) FILTER (WHERE NOT revoked) \
+         FROM devices WHERE handle = $1",
+        &[&handle, &d.device_key],
+    )
+    .await?;
+    let (last, key_in_use, active): (Option<i64>, bool, i64) = (row.get(0), row.get(1), row.get(2));
+    if key_in_use {
+        return Ok(AddDevice::KeyInUse);
+    }
+    if usize::try_from(active).unwrap_or(usize::MAX) >= max_active {
+        return Ok(AddDevice::TooManyDevices);
+    }
+    let next = to_u32(last.unwrap_or(0))?
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Invalid("device numbers exhausted".into()))?;
+    insert_device(tx, handle, next, d)
+        .await
+        .map(AddDevice::Added)
 }
 
 pub(crate) async fn revoke_device(
@@ -188,8 +232,9 @@ pub(crate) async fn account<C: GenericClient>(
     let rs = rows(
         c,
         "SELECT a.account_key, a.created_at_ms, d.id, d.handle, d.device_no, d.device_key, \
-                d.cert_created_at_ms, d.cert_signature, d.revoked \
+                d.cert_created_at_ms, d.cert_signature, d.revoked, l.version, l.data \
          FROM accounts a LEFT JOIN devices d ON d.handle = a.handle \
+         LEFT JOIN device_lists l ON l.handle = a.handle \
          WHERE a.handle = $1 ORDER BY d.device_no",
         &[&handle],
     )
@@ -213,11 +258,22 @@ pub(crate) async fn account<C: GenericClient>(
             });
         }
     }
+    let device_list = match (
+        first.get::<_, Option<i64>>(9),
+        first.get::<_, Option<Vec<u8>>>(10),
+    ) {
+        (Some(version), Some(data)) => Some(hushwire_store::StoredDeviceList {
+            version: from_i64(version),
+            data: Bytes::from(data),
+        }),
+        _ => None,
+    };
     Ok(Some(AccountRecord {
         handle: handle.to_owned(),
         account_key: first.get(0),
         created_at_ms: from_i64(first.get(1)),
         devices,
+        device_list,
     }))
 }
 

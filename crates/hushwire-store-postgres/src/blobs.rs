@@ -399,7 +399,10 @@ pub(crate) async fn readable_blob<C: GenericClient>(
         &format!(
             "SELECT {BLOB_COLUMNS} FROM blobs b JOIN devices d ON d.id = b.uploader \
              WHERE b.blob_id = $1 AND b.deleting_at_ms IS NULL AND EXISTS (\
-               SELECT 1 FROM blob_readers r WHERE r.blob_id = b.blob_id AND r.device = $2)"
+               SELECT 1 FROM blob_readers r JOIN devices rd ON rd.id = r.device \
+               JOIN devices me ON me.id = $2 \
+               WHERE r.blob_id = b.blob_id AND NOT me.revoked \
+                 AND (r.device = $2 OR rd.handle = me.handle))"
         ),
         &[&&id.0[..], &to_i64(device.0)],
     )

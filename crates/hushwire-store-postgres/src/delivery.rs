@@ -118,6 +118,19 @@ pub(crate) async fn submit(
     let mut new_epoch = epoch;
     let audience: Vec<i64> = members.iter().copied().filter(|d| *d != sender).collect();
     let mut welcomes: Vec<(&Bytes, Vec<i64>)> = Vec::new();
+    // 4. Epoch fencing: commits, and application messages (so every device in the
+    // roster, one added by the last commit too, can read them) unless the sender's group
+    // diverged (`past_epoch_ok`).
+    let fenced = match &sub.kind {
+        SubmitKind::Application => !sub.past_epoch_ok,
+        SubmitKind::Proposal => false,
+        SubmitKind::Commit { .. } => true,
+    };
+    if fenced && from_i64(epoch) != sub.epoch {
+        return Ok(SubmitOutcome::StaleEpoch {
+            current_epoch: from_i64(epoch),
+        });
+    }
     let kind = match &sub.kind {
         SubmitKind::Application => EnvelopeKind::Application,
         SubmitKind::Proposal => EnvelopeKind::Proposal,
@@ -126,12 +139,6 @@ pub(crate) async fn submit(
             welcomes: w,
             group_info,
         } => {
-            // 4. Epoch fencing.
-            if from_i64(epoch) != sub.epoch {
-                return Ok(SubmitOutcome::StaleEpoch {
-                    current_epoch: from_i64(epoch),
-                });
-            }
             let mut addrs: Vec<&DeviceAddr> = roster.iter().collect();
             for out in w {
                 addrs.extend(out.recipients.iter());

@@ -24,6 +24,8 @@
 //!   reference. `mailbox_seqs`: the last seq handed out per device.
 //! - `dedup (message_id, sender)`: idempotency records with the original outcome.
 //! - `blobs`, `blob_parts`, `blob_readers`: media metadata. `blocks`: block lists.
+//! - `device_lists`: each account's latest signed device list. `links`, `link_slots`:
+//!   link sessions and their write-once slots.
 //!
 //! # Transactions
 //! Every trait method is one transaction (reads: one statement, so one snapshot), at
@@ -59,6 +61,7 @@ mod blobs;
 mod controls;
 mod conv;
 mod delivery;
+mod links;
 mod mailbox;
 mod schema;
 #[cfg(feature = "testing")]
@@ -74,6 +77,7 @@ use hushwire_store::{
     NewBlob, NewDevice, NewKeyPackage, NewReport, PartOutcome, RelayAudience, ReportRecord,
     StoreError, Submission, SubmitOutcome,
 };
+use hushwire_store::{LinkId, LinkSlot, Links, PutSlot};
 use std::fmt;
 use std::time::Duration;
 use tokio_postgres::NoTls;
@@ -261,8 +265,89 @@ impl Accounts for PgStore {
         in_tx!(self, |tx| accounts::add_device(&tx, handle, &device).await)
     }
 
+    async fn add_device_within(
+        &self,
+        handle: &str,
+        device: NewDevice,
+        max_active: usize,
+    ) -> Result<hushwire_store::AddDevice, StoreError> {
+        in_tx!(self, |tx| accounts::add_device_within(
+            &tx, handle, &device, max_active
+        )
+        .await)
+    }
+
     async fn revoke_device(&self, addr: &DeviceAddr) -> Result<bool, StoreError> {
         in_tx!(self, |tx| accounts::revoke_device(&tx, addr).await)
+    }
+
+    async fn revoked_devices(&self, ids: &[DeviceId]) -> Result<Vec<DeviceId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(async |c| links::revoked_devices(c, ids).await)
+            .await
+    }
+
+    async fn set_device_list(
+        &self,
+        handle: &str,
+        version: u64,
+        signed: bytes::Bytes,
+    ) -> Result<bool, StoreError> {
+        in_tx!(self, |tx| links::set_device_list(
+            &tx, handle, version, &signed
+        )
+        .await)
+    }
+}
+
+#[async_trait]
+impl Links for PgStore {
+    async fn create_link(
+        &self,
+        id: LinkId,
+        owner: &DeviceAddr,
+        expires_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        in_tx!(self, |tx| links::create_link(
+            &tx,
+            &id,
+            owner,
+            expires_at_ms
+        )
+        .await)
+    }
+
+    async fn put_link_slot(
+        &self,
+        id: LinkId,
+        slot: &str,
+        data: bytes::Bytes,
+        now_ms: u64,
+    ) -> Result<PutSlot, StoreError> {
+        in_tx!(self, |tx| links::put_link_slot(
+            &tx, &id, slot, &data, now_ms
+        )
+        .await)
+    }
+
+    async fn link_slot(&self, id: LinkId, slot: &str, now_ms: u64) -> Result<LinkSlot, StoreError> {
+        self.read(async |c| links::link_slot(c, &id, slot, now_ms).await)
+            .await
+    }
+
+    async fn link_owner(&self, id: LinkId, now_ms: u64) -> Result<Option<DeviceAddr>, StoreError> {
+        self.read(async |c| links::link_owner(c, &id, now_ms).await)
+            .await
+    }
+
+    async fn delete_link(&self, id: LinkId) -> Result<bool, StoreError> {
+        in_tx!(self, |tx| links::delete_link(&tx, &id).await)
+    }
+
+    async fn purge_expired_links(&self, now_ms: u64) -> Result<u64, StoreError> {
+        in_tx!(self, |tx| links::purge_expired_links(&tx, now_ms).await)
     }
 }
 

@@ -129,6 +129,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
                     now_ms,
                     expires_at_ms: now_ms + RETENTION_MS,
                     disappearing: false,
+                    past_epoch_ok: false,
                 };
                 match store.submit(sub).await {
                     Ok(SubmitOutcome::Accepted(_)) => {}

@@ -440,7 +440,12 @@ pub(crate) fn readable_blob(
 ) -> Result<Option<BlobRecord>, StoreError> {
     let tx = conn.unchecked_transaction().db()?;
     let reader = tx
-        .prepare_cached("SELECT 1 FROM blob_readers WHERE blob_id = ?1 AND device = ?2")
+        .prepare_cached(
+            "SELECT 1 FROM blob_readers r JOIN devices rd ON rd.id = r.device \
+             JOIN devices me ON me.id = ?2 \
+             WHERE r.blob_id = ?1 AND me.revoked = 0 \
+               AND (r.device = ?2 OR rd.handle = me.handle)",
+        )
         .db()?
         .exists(params![&id.0[..], to_i64(device.0)])
         .db()?;

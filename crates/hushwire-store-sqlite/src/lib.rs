@@ -29,6 +29,7 @@
 //!   seqs, devices, per-device mailbox seqs), filled lazily from the database.
 //! - `read.rs`: the read pool and read queries.
 //! - `blobs.rs`: media blob metadata ([`Blobs`]): its writes and reads.
+//! - `links.rs`: device lists and link sessions ([`Links`]).
 //! - `controls.rs`: [`Controls`]: block lists, retraction, the purge of disappearing
 //!   messages and the WAL wipe after it, the audience of ephemeral signals.
 //! - `conv.rs`: integer conversions (u64 is stored saturated at `i64::MAX`) and the
@@ -45,6 +46,7 @@ use hushwire_store::{
     NewDevice, NewKeyPackage, PartOutcome, StoreError, Submission, SubmitOutcome,
 };
 use hushwire_store::{Controls, NewReport, RelayAudience, ReportRecord};
+use hushwire_store::{LinkId, LinkSlot, Links, PutSlot};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -56,6 +58,7 @@ use tokio::sync::{mpsc, oneshot};
 mod blobs;
 mod controls;
 mod conv;
+mod links;
 mod ops;
 mod read;
 mod schema;
@@ -377,9 +380,84 @@ impl Accounts for SqliteStore {
             .await
     }
 
+    async fn add_device_within(
+        &self,
+        handle: &str,
+        device: NewDevice,
+        max_active: usize,
+    ) -> Result<hushwire_store::AddDevice, StoreError> {
+        let handle = handle.to_owned();
+        self.write(move |w| w.add_device_within(&handle, device.clone(), max_active))
+            .await
+    }
+
     async fn revoke_device(&self, addr: &DeviceAddr) -> Result<bool, StoreError> {
         let addr = addr.clone();
         self.write(move |w| w.revoke_device(&addr)).await
+    }
+
+    async fn revoked_devices(&self, ids: &[DeviceId]) -> Result<Vec<DeviceId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = ids.to_vec();
+        self.read(move |c| links::revoked_devices(c, &ids)).await
+    }
+
+    async fn set_device_list(
+        &self,
+        handle: &str,
+        version: u64,
+        signed: bytes::Bytes,
+    ) -> Result<bool, StoreError> {
+        let handle = handle.to_owned();
+        self.write(move |w| links::set_device_list(&w.conn, &handle, version, &signed))
+            .await
+    }
+}
+
+#[async_trait]
+impl Links for SqliteStore {
+    async fn create_link(
+        &self,
+        id: LinkId,
+        owner: &DeviceAddr,
+        expires_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        let owner = owner.clone();
+        self.write(move |w| links::create_link(&w.conn, &id, &owner, expires_at_ms))
+            .await
+    }
+
+    async fn put_link_slot(
+        &self,
+        id: LinkId,
+        slot: &str,
+        data: bytes::Bytes,
+        now_ms: u64,
+    ) -> Result<PutSlot, StoreError> {
+        let slot = slot.to_owned();
+        self.write(move |w| links::put_link_slot(&w.conn, &id, &slot, &data, now_ms))
+            .await
+    }
+
+    async fn link_slot(&self, id: LinkId, slot: &str, now_ms: u64) -> Result<LinkSlot, StoreError> {
+        let slot = slot.to_owned();
+        self.read(move |c| links::link_slot(c, &id, &slot, now_ms))
+            .await
+    }
+
+    async fn link_owner(&self, id: LinkId, now_ms: u64) -> Result<Option<DeviceAddr>, StoreError> {
+        self.read(move |c| links::link_owner(c, &id, now_ms)).await
+    }
+
+    async fn delete_link(&self, id: LinkId) -> Result<bool, StoreError> {
+        self.write(move |w| links::delete_link(&w.conn, &id)).await
+    }
+
+    async fn purge_expired_links(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.write(move |w| links::purge_expired_links(&w.conn, now_ms))
+            .await
     }
 }
 

@@ -9,9 +9,9 @@
 use crate::conv::{DbResult, from_i64, to_i64};
 use bytes::Bytes;
 use hushwire_store::{
-    Accepted, ClaimedKeyPackage, Delivered, DeviceAddr, DeviceId, DeviceRecord, Envelope,
-    EnvelopeKind, NewAccount, NewDevice, NewKeyPackage, StoreError, Submission, SubmitKind,
-    SubmitOutcome,
+    Accepted, AddDevice, ClaimedKeyPackage, Delivered, DeviceAddr, DeviceId, DeviceRecord,
+    Envelope, EnvelopeKind, NewAccount, NewDevice, NewKeyPackage, StoreError, Submission,
+    SubmitKind, SubmitOutcome,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
@@ -327,6 +327,40 @@ impl WriterState {
         self.insert_device(handle, next, d).map(Some)
     }
 
+    pub(crate) fn add_device_within(
+        &mut self,
+        handle: &str,
+        d: NewDevice,
+        max_active: usize,
+    ) -> Result<AddDevice, StoreError> {
+        // The writer is the only one changing devices: these checks and the insert are
+        // one atomic step.
+        let row: Option<(bool, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM devices WHERE handle = a.handle AND device_key = ?2), \
+                        (SELECT count(*) FROM devices WHERE handle = a.handle AND revoked = 0) \
+                 FROM accounts a WHERE a.handle = ?1",
+            )
+            .db()?
+            .query_row(params![handle, d.device_key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .db()?;
+        let Some((key_in_use, active)) = row else {
+            return Ok(AddDevice::UnknownAccount);
+        };
+        if key_in_use {
+            return Ok(AddDevice::KeyInUse);
+        }
+        if usize::try_from(active).unwrap_or(usize::MAX) >= max_active {
+            return Ok(AddDevice::TooManyDevices);
+        }
+        Ok(match self.add_device(handle, d)? {
+            Some(record) => AddDevice::Added(record),
+            None => AddDevice::UnknownAccount,
+        })
+    }
+
     pub(crate) fn revoke_device(&mut self, addr: &DeviceAddr) -> Result<bool, StoreError> {
         let Some(id) = self.device_id(addr)? else {
             return Ok(false);
@@ -520,6 +554,19 @@ impl WriterState {
         // Recipients of the message itself (sorted, deduplicated, sender excluded): the
         // roster before the message (for a commit, the old roster).
         let mut audience: Vec<DeviceId> = group.members.clone();
+        // 4. Epoch fencing: commits, and application messages (so every device in the
+        // roster, one added by the last commit too, can read them) unless the sender's
+        // group diverged (`past_epoch_ok`).
+        let fenced = match sub.kind {
+            SubmitKind::Application => !sub.past_epoch_ok,
+            SubmitKind::Proposal => false,
+            SubmitKind::Commit { .. } => true,
+        };
+        if fenced && sub.epoch != group.epoch {
+            return Ok(SubmitOutcome::StaleEpoch {
+                current_epoch: group.epoch,
+            });
+        }
         match sub.kind {
             SubmitKind::Application => kind = EnvelopeKind::Application,
             SubmitKind::Proposal => kind = EnvelopeKind::Proposal,
@@ -529,12 +576,6 @@ impl WriterState {
                 group_info: gi,
             } => {
                 kind = EnvelopeKind::Commit;
-                // 4. Epoch fencing.
-                if sub.epoch != group.epoch {
-                    return Ok(SubmitOutcome::StaleEpoch {
-                        current_epoch: group.epoch,
-                    });
-                }
                 let mut members = Vec::with_capacity(roster.len());
                 for addr in &roster {
                     members.push(

@@ -108,12 +108,14 @@ pub(crate) fn account(
         .db()?
         .collect::<Result<Vec<_>, _>>()
         .db()?;
+    let device_list = crate::links::device_list(&tx, handle)?;
     tx.finish().db()?;
     Ok(Some(AccountRecord {
         handle: handle.to_owned(),
         account_key,
         created_at_ms: from_i64(created_at_ms),
         devices,
+        device_list,
     }))
 }
 

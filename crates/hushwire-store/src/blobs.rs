@@ -5,7 +5,8 @@
 //! Lifecycle of a blob:
 //! 1. [`Blobs::create_blob`]: bound to one group. The uploader must be in the group's
 //!    roster; the readers are that roster plus the uploading account's devices (revoked
-//!    devices left out), fixed at creation. The account's quota is checked in the same
+//!    devices left out), fixed at creation; the later devices of those accounts may read
+//!    it too (history a linked device received). The account's quota is checked in the same
 //!    transaction (sum of the sizes of its unexpired blobs, this one included).
 //! 2. [`Blobs::record_blob_part`] once a part's bytes are durably stored. The last part
 //!    completes the blob.
@@ -261,7 +262,9 @@ pub trait Blobs: Send + Sync {
         now_ms: u64,
     ) -> Result<PartOutcome, StoreError>;
 
-    /// The blob if `device` may read it (one of its readers), else `None`.
+    /// The blob if `device` may read it, else `None`: one of its readers, or a device
+    /// (not revoked) of a reader's account, e.g. one linked later that received the
+    /// message in its history.
     async fn readable_blob(
         &self,
         id: &BlobId,

@@ -16,9 +16,9 @@
 //! need through the traits.
 
 use crate::{
-    Accepted, AccountRecord, DeviceAddr, DeviceId, DeviceRecord, Envelope, EnvelopeKind,
-    NewAccount, NewDevice, NewKeyPackage, RelayAudience, Store, StoreError, Submission, SubmitKind,
-    SubmitOutcome, WelcomeOut,
+    Accepted, AccountRecord, AddDevice, DeviceAddr, DeviceId, DeviceRecord, Envelope, EnvelopeKind,
+    LinkSlot, MAX_LINK_SLOTS, NewAccount, NewDevice, NewKeyPackage, PutSlot, RelayAudience, Store,
+    StoreError, StoredDeviceList, Submission, SubmitKind, SubmitOutcome, WelcomeOut,
 };
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,6 +96,9 @@ macro_rules! __conformance_cases {
             accounts_handle_taken,
             accounts_invites,
             accounts_devices,
+            accounts_device_list,
+            accounts_add_device_within,
+            accounts_revoked_devices,
             key_packages_claim_once,
             key_packages_last_resort,
             key_packages_ciphersuites,
@@ -128,6 +131,10 @@ macro_rules! __conformance_cases {
             controls_retract,
             controls_purge_disappearing,
             controls_reports,
+            links_slots_write_once,
+            links_slot_limit,
+            links_expiry_and_purge,
+            links_owner_and_delete,
         }
     };
     (@call cases [$($arg:tt)*]; $($name:ident),* $(,)?) => {
@@ -303,6 +310,7 @@ pub fn application(sender: &DeviceRecord, group: &[u8], epoch: u64, body: &str) 
         now_ms: NOW,
         expires_at_ms: EXPIRES,
         disappearing: false,
+        past_epoch_ok: false,
     }
 }
 
@@ -329,6 +337,7 @@ pub fn commit(
         now_ms: NOW,
         expires_at_ms: EXPIRES,
         disappearing: false,
+        past_epoch_ok: false,
     }
 }
 
@@ -431,6 +440,7 @@ pub async fn accounts_create_and_lookup(store: Arc<dyn Store>) -> CaseResult {
             account_key: req.account_key.clone(),
             created_at_ms: NOW,
             devices: vec![dev.clone()],
+            device_list: None,
         })
     );
     ensure_eq!(s.device(&addr("alice", 1)).await?, Some(dev.clone()));
@@ -943,12 +953,23 @@ pub async fn delivery_stale_epoch(store: Arc<dyn Store>) -> CaseResult {
             .await?,
         SubmitOutcome::StaleEpoch { current_epoch: 2 }
     );
-    // Application messages are not fenced by epoch.
-    let app = accepted(
+    // Application messages are fenced too: a device added by the last commit could not
+    // read one from an earlier epoch.
+    ensure_eq!(
         s.submit(application(&alice, b"g", 0, "old epoch app"))
+            .await?,
+        SubmitOutcome::StaleEpoch { current_epoch: 2 }
+    );
+    let app = accepted(
+        s.submit(application(&alice, b"g", 2, "current epoch app"))
             .await?,
     )?;
     ensure_eq!((app.group_seq, app.epoch), (3, 2));
+    // ...unless the sender's group diverged and it says so.
+    let mut past = application(&alice, b"g", 1, "diverged app");
+    past.past_epoch_ok = true;
+    let app = accepted(s.submit(past).await?)?;
+    ensure_eq!((app.group_seq, app.epoch), (4, 2));
     Ok(())
 }
 
@@ -2207,8 +2228,26 @@ pub async fn blobs_create_and_readers(store: Arc<dyn Store>) -> CaseResult {
         s.readable_blob(&blob_id(3), b.id).await?.is_some(),
         "bob cannot read carol's blob"
     );
-    // alice/2 is neither in the roster nor carol's.
-    ensure_eq!(s.readable_blob(&blob_id(3), a2.id).await?, None);
+    // alice/2 is not in the roster, but a device of a reader's account (alice/1): it may
+    // read what alice/1 may (a linked device's history).
+    ensure!(
+        s.readable_blob(&blob_id(3), a2.id).await?.is_some(),
+        "another device of a reader's account cannot read"
+    );
+    // So may a device linked to bob's account after blob 1 was made, until it is revoked;
+    // a device of an account that is no reader may not.
+    let b2 = s
+        .add_device("bob", keyed_device("bob-later"))
+        .await?
+        .ok_or_else(|| Failure("bob has no account".into()))?;
+    ensure!(
+        s.readable_blob(&blob_id(1), b2.id).await?.is_some(),
+        "bob's later device cannot read a blob bob's first device may"
+    );
+    ensure!(s.revoke_device(&b2.addr).await?, "bob/2 not revoked");
+    ensure_eq!(s.readable_blob(&blob_id(1), b2.id).await?, None);
+    let d = register(s, "dave").await?;
+    ensure_eq!(s.readable_blob(&blob_id(1), d.id).await?, None);
     Ok(())
 }
 
@@ -2524,5 +2563,413 @@ pub async fn blobs_sweep(store: Arc<dyn Store>) -> CaseResult {
     ensure_eq!(s.purge_blobs(&rest).await?, 2);
     ensure_eq!(s.sweep_blobs(rules(NOW + 6000), 3).await?, vec![]);
     ensure!(s.blob(&blob_id(4)).await?.is_some(), "blob 4 went early");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Device lists
+// ---------------------------------------------------------------------------------------
+
+/// A signed device list is stored only when its version grows; it is served with the
+/// account and never replaced by an older or equal version.
+pub async fn accounts_device_list(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    register(s, "alice").await?;
+    register(s, "bob").await?;
+    let list = |v: u64, tag: &str| Bytes::from(format!("signed-list:{tag}:{v}"));
+    let stored = |v: u64, tag: &str| {
+        Some(StoredDeviceList {
+            version: v,
+            data: list(v, tag),
+        })
+    };
+    let get = |h: &'static str| async move {
+        Ok::<_, Failure>(
+            s.account(h)
+                .await?
+                .ok_or_else(|| Failure(format!("{h} missing")))?
+                .device_list,
+        )
+    };
+    ensure_eq!(get("alice").await?, None);
+    ensure!(
+        s.set_device_list("alice", 2, list(2, "a")).await?,
+        "first list refused"
+    );
+    ensure_eq!(get("alice").await?, stored(2, "a"));
+    ensure!(
+        !s.set_device_list("alice", 2, list(2, "b")).await?,
+        "equal version accepted"
+    );
+    ensure!(
+        !s.set_device_list("alice", 1, list(1, "b")).await?,
+        "older version accepted"
+    );
+    ensure_eq!(get("alice").await?, stored(2, "a"));
+    ensure!(
+        s.set_device_list("alice", 7, list(7, "c")).await?,
+        "newer version refused"
+    );
+    ensure_eq!(get("alice").await?, stored(7, "c"));
+    // Accounts are independent.
+    ensure_eq!(get("bob").await?, None);
+    ensure!(
+        s.set_device_list("bob", 1, list(1, "bob")).await?,
+        "bob's list refused"
+    );
+    ensure_eq!(get("bob").await?, stored(1, "bob"));
+    ensure_eq!(get("alice").await?, stored(7, "c"));
+    match s.set_device_list("nobody", 1, list(1, "x")).await {
+        Err(StoreError::Invalid(_)) => {}
+        other => {
+            return Err(Failure(format!(
+                "unknown handle: expected Invalid, got {other:?}"
+            )));
+        }
+    }
+    // Concurrent writers of versions 8..=15: the highest one stays.
+    let mut tasks = Vec::new();
+    for v in 8..=15u64 {
+        let st = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            st.set_device_list("alice", v, Bytes::from(format!("signed-list:race:{v}")))
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await
+            .map_err(|e| Failure(format!("task failed: {e}")))??;
+    }
+    ensure_eq!(get("alice").await?, stored(15, "race"));
+    Ok(())
+}
+
+/// A device with key `key`.
+fn keyed_device(key: &str) -> NewDevice {
+    NewDevice {
+        device_key: key.as_bytes().to_vec(),
+        cert_created_at_ms: NOW,
+        cert_signature: format!("cert-sig:{key}").into_bytes(),
+    }
+}
+
+/// `add_device_within` refuses a key the account has or had and holds the limit of
+/// non-revoked devices, also when additions race.
+pub async fn accounts_add_device_within(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    register(s, "alice").await?;
+    let added = |o: AddDevice| match o {
+        AddDevice::Added(d) => Ok(d),
+        other => Err(Failure(format!("expected Added, got {other:?}"))),
+    };
+    let a2 = added(s.add_device_within("alice", keyed_device("k2"), 3).await?)?;
+    ensure_eq!(a2.addr, addr("alice", 2));
+    ensure_eq!(a2.device_key, b"k2".to_vec());
+    ensure_eq!(
+        s.add_device_within("alice", keyed_device("k2"), 3).await?,
+        AddDevice::KeyInUse
+    );
+    ensure_eq!(
+        s.add_device_within("alice", keyed_device("device-key:alice/1"), 3)
+            .await?,
+        AddDevice::KeyInUse
+    );
+    ensure_eq!(
+        s.add_device_within("nobody", keyed_device("k9"), 3).await?,
+        AddDevice::UnknownAccount
+    );
+    let a3 = added(s.add_device_within("alice", keyed_device("k3"), 3).await?)?;
+    ensure_eq!(
+        s.add_device_within("alice", keyed_device("k4"), 3).await?,
+        AddDevice::TooManyDevices
+    );
+    // Revoking makes room; the revoked key stays taken.
+    ensure!(s.revoke_device(&a3.addr).await?, "revocation failed");
+    ensure_eq!(
+        s.add_device_within("alice", keyed_device("k3"), 3).await?,
+        AddDevice::KeyInUse
+    );
+    let a4 = added(s.add_device_within("alice", keyed_device("k4"), 3).await?)?;
+    ensure_eq!(a4.addr, addr("alice", 4));
+    // Racing additions: the limit holds.
+    register(s, "bob").await?;
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let st = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            st.add_device_within("bob", keyed_device(&format!("bob-{n}")), 4)
+                .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t
+            .await
+            .map_err(|e| Failure(format!("task failed: {e}")))??
+        {
+            AddDevice::Added(_) => won += 1,
+            AddDevice::TooManyDevices => {}
+            other => return Err(Failure(format!("racing addition: {other:?}"))),
+        }
+    }
+    ensure_eq!(won, 3);
+    let bob = s
+        .account("bob")
+        .await?
+        .ok_or_else(|| Failure("bob missing".into()))?;
+    ensure_eq!(bob.devices.len(), 4);
+    // Racing plain additions get distinct numbers.
+    register(s, "carol").await?;
+    let mut tasks = Vec::new();
+    for n in 0..6 {
+        let st = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            st.add_device("carol", keyed_device(&format!("carol-{n}")))
+                .await
+        }));
+    }
+    let mut numbers = BTreeSet::new();
+    for t in tasks {
+        let d = t
+            .await
+            .map_err(|e| Failure(format!("task failed: {e}")))??
+            .ok_or_else(|| Failure("carol vanished".into()))?;
+        numbers.insert(d.addr.device_id);
+    }
+    ensure_eq!(numbers, (2..=7).collect::<BTreeSet<u32>>());
+    Ok(())
+}
+
+/// `revoked_devices` names exactly the revoked devices among those asked about.
+pub async fn accounts_revoked_devices(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a1 = register(s, "alice").await?;
+    let a2 = link_device(s, "alice").await?;
+    let b1 = register(s, "bob").await?;
+    ensure_eq!(s.revoked_devices(&[a1.id, a2.id, b1.id]).await?, vec![]);
+    ensure!(s.revoke_device(&a2.addr).await?, "revocation failed");
+    ensure!(s.revoke_device(&b1.addr).await?, "revocation failed");
+    ensure_eq!(
+        s.revoked_devices(&[b1.id, a1.id, DeviceId(u64::MAX / 2), a2.id])
+            .await?,
+        vec![b1.id, a2.id]
+    );
+    ensure_eq!(s.revoked_devices(&[]).await?, vec![]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Link sessions
+// ---------------------------------------------------------------------------------------
+
+/// A link session id for `n`.
+pub fn link_id(n: u8) -> [u8; 16] {
+    let mut id = [0x1c; 16];
+    id[15] = n;
+    id
+}
+
+/// Slots are write-once per session and name; sessions are independent; unknown ones
+/// are unknown.
+pub async fn links_slots_write_once(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let (l1, l2) = (link_id(1), link_id(2));
+    s.create_link(l1, &a.addr, NOW + 1000).await?;
+    s.create_link(l2, &a.addr, NOW + 1000).await?;
+    match s.create_link(l1, &a.addr, NOW + 5000).await {
+        Err(StoreError::Invalid(_)) => {}
+        other => {
+            return Err(Failure(format!(
+                "reused link id: expected Invalid, got {other:?}"
+            )));
+        }
+    }
+    ensure_eq!(s.link_slot(l1, "hello", NOW).await?, LinkSlot::NotYet);
+    ensure_eq!(
+        s.put_link_slot(l1, "hello", Bytes::from_static(b"one"), NOW)
+            .await?,
+        PutSlot::Stored
+    );
+    ensure_eq!(
+        s.put_link_slot(l1, "hello", Bytes::from_static(b"two"), NOW + 1)
+            .await?,
+        PutSlot::AlreadyWritten
+    );
+    ensure_eq!(
+        s.link_slot(l1, "hello", NOW + 2).await?,
+        LinkSlot::Bytes(Bytes::from_static(b"one"))
+    );
+    // The same name in another session is another slot; empty bytes are bytes.
+    ensure_eq!(s.link_slot(l2, "hello", NOW).await?, LinkSlot::NotYet);
+    ensure_eq!(
+        s.put_link_slot(l2, "hello", Bytes::new(), NOW).await?,
+        PutSlot::Stored
+    );
+    ensure_eq!(
+        s.link_slot(l2, "hello", NOW).await?,
+        LinkSlot::Bytes(Bytes::new())
+    );
+    // A large slot survives intact.
+    let big = Bytes::from(
+        (0..300_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    ensure_eq!(
+        s.put_link_slot(l1, "big", big.clone(), NOW).await?,
+        PutSlot::Stored
+    );
+    ensure_eq!(s.link_slot(l1, "big", NOW).await?, LinkSlot::Bytes(big));
+    let ghost = link_id(9);
+    ensure_eq!(
+        s.put_link_slot(ghost, "hello", Bytes::from_static(b"x"), NOW)
+            .await?,
+        PutSlot::UnknownOrExpired
+    );
+    ensure_eq!(
+        s.link_slot(ghost, "hello", NOW).await?,
+        LinkSlot::UnknownOrExpired
+    );
+    // Concurrent writers of one slot: exactly one wins, and its bytes stay.
+    let mut tasks = Vec::new();
+    for n in 0..8u8 {
+        let st = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let r = st
+                .put_link_slot(l2, "race", Bytes::from(vec![n; 4]), NOW)
+                .await;
+            (n, r)
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (n, r) = t.await.map_err(|e| Failure(format!("task failed: {e}")))?;
+        match r? {
+            PutSlot::Stored => winners.push(n),
+            PutSlot::AlreadyWritten => {}
+            other => return Err(Failure(format!("racing write: {other:?}"))),
+        }
+    }
+    ensure_eq!(winners.len(), 1);
+    ensure_eq!(
+        s.link_slot(l2, "race", NOW).await?,
+        LinkSlot::Bytes(Bytes::from(vec![winners[0]; 4]))
+    );
+    Ok(())
+}
+
+/// A session holds at most [`MAX_LINK_SLOTS`] slots; rewriting one of them is still
+/// `AlreadyWritten`.
+pub async fn links_slot_limit(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let l = link_id(3);
+    s.create_link(l, &a.addr, NOW + 1000).await?;
+    for i in 0..MAX_LINK_SLOTS {
+        ensure_eq!(
+            s.put_link_slot(l, &format!("s{i}"), Bytes::from_static(b"x"), NOW)
+                .await?,
+            PutSlot::Stored
+        );
+    }
+    ensure_eq!(
+        s.put_link_slot(l, "onemore", Bytes::from_static(b"x"), NOW)
+            .await?,
+        PutSlot::TooManySlots
+    );
+    ensure_eq!(
+        s.put_link_slot(l, "s0", Bytes::from_static(b"y"), NOW)
+            .await?,
+        PutSlot::AlreadyWritten
+    );
+    ensure_eq!(s.link_slot(l, "onemore", NOW).await?, LinkSlot::NotYet);
+    ensure_eq!(
+        s.link_slot(l, "s0", NOW).await?,
+        LinkSlot::Bytes(Bytes::from_static(b"x"))
+    );
+    Ok(())
+}
+
+/// A session is live strictly before its expiry, unknown from then on, and purged with
+/// its slots; live sessions survive the purge.
+pub async fn links_expiry_and_purge(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let (short, long) = (link_id(4), link_id(5));
+    s.create_link(short, &a.addr, NOW + 100).await?;
+    s.create_link(long, &a.addr, NOW + 10_000).await?;
+    ensure_eq!(
+        s.put_link_slot(short, "a", Bytes::from_static(b"1"), NOW + 99)
+            .await?,
+        PutSlot::Stored
+    );
+    ensure_eq!(
+        s.put_link_slot(long, "a", Bytes::from_static(b"2"), NOW)
+            .await?,
+        PutSlot::Stored
+    );
+    ensure_eq!(s.link_owner(short, NOW + 99).await?, Some(a.addr.clone()));
+    ensure_eq!(
+        s.link_slot(short, "a", NOW + 99).await?,
+        LinkSlot::Bytes(Bytes::from_static(b"1"))
+    );
+    // Expired, not purged yet: unknown.
+    ensure_eq!(
+        s.link_slot(short, "a", NOW + 100).await?,
+        LinkSlot::UnknownOrExpired
+    );
+    ensure_eq!(
+        s.link_slot(short, "b", NOW + 100).await?,
+        LinkSlot::UnknownOrExpired
+    );
+    ensure_eq!(
+        s.put_link_slot(short, "b", Bytes::from_static(b"x"), NOW + 100)
+            .await?,
+        PutSlot::UnknownOrExpired
+    );
+    ensure_eq!(s.link_owner(short, NOW + 100).await?, None);
+    ensure_eq!(s.purge_expired_links(NOW + 99).await?, 0);
+    ensure_eq!(s.purge_expired_links(NOW + 100).await?, 1);
+    ensure_eq!(s.purge_expired_links(NOW + 100).await?, 0);
+    ensure!(
+        !s.delete_link(short).await?,
+        "a purged session was still there"
+    );
+    // The id is free again once purged.
+    s.create_link(short, &a.addr, NOW + 500).await?;
+    ensure_eq!(s.link_slot(short, "a", NOW + 200).await?, LinkSlot::NotYet);
+    ensure_eq!(
+        s.link_slot(long, "a", NOW + 200).await?,
+        LinkSlot::Bytes(Bytes::from_static(b"2"))
+    );
+    Ok(())
+}
+
+/// The owner is the device that opened the session; deleting ends it with its slots.
+pub async fn links_owner_and_delete(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a = register(s, "alice").await?;
+    let a2 = link_device(s, "alice").await?;
+    let (l1, l2) = (link_id(6), link_id(7));
+    s.create_link(l1, &a.addr, NOW + 1000).await?;
+    s.create_link(l2, &a2.addr, NOW + 1000).await?;
+    ensure_eq!(s.link_owner(l1, NOW).await?, Some(a.addr.clone()));
+    ensure_eq!(s.link_owner(l2, NOW).await?, Some(a2.addr.clone()));
+    ensure_eq!(s.link_owner(link_id(8), NOW).await?, None);
+    ensure_eq!(
+        s.put_link_slot(l1, "a", Bytes::from_static(b"1"), NOW)
+            .await?,
+        PutSlot::Stored
+    );
+    ensure!(s.delete_link(l1).await?, "delete reported false");
+    ensure!(!s.delete_link(l1).await?, "second delete reported true");
+    ensure_eq!(s.link_owner(l1, NOW).await?, None);
+    ensure_eq!(s.link_slot(l1, "a", NOW).await?, LinkSlot::UnknownOrExpired);
+    // A new session under the same id starts empty.
+    s.create_link(l1, &a2.addr, NOW + 1000).await?;
+    ensure_eq!(s.link_slot(l1, "a", NOW).await?, LinkSlot::NotYet);
+    ensure_eq!(s.link_owner(l1, NOW).await?, Some(a2.addr.clone()));
+    ensure_eq!(s.link_owner(l2, NOW).await?, Some(a2.addr));
     Ok(())
 }

@@ -3,8 +3,9 @@
 //! The traits are shaped by the domain, not by a key-value layer: [`Accounts`],
 //! [`KeyPackages`], [`Delivery`] (the MLS Delivery Service's ordered group logs) and
 //! [`Mailboxes`] (per-device store-and-forward) and [`Blobs`] (media blob metadata and
-//! quotas) and [`Controls`] (blocking, retraction, disappearing messages). [`Store`] is
-//! all of them; the server holds an `Arc<dyn Store>`.
+//! quotas) and [`Controls`] (blocking, retraction, disappearing messages) and [`Links`]
+//! (the write-once slots of device-linking sessions). [`Store`] is all of them; the
+//! server holds an `Arc<dyn Store>`.
 //!
 //! Every method is one atomic, durable operation: when it returns `Ok`, the change has
 //! reached stable storage (the embedded backend batches many callers into one commit).
@@ -14,15 +15,18 @@
 //! - `blobs`: the [`Blobs`] trait and its types.
 //! - `controls`: [`Controls`]: block lists, retraction, disappearing messages, the
 //!   audience of ephemeral signals.
+//! - `links`: [`Links`]: link sessions (joining a new device to an account).
 //! - `conformance` (feature `conformance`): one suite, run by every backend's tests.
 
 use async_trait::async_trait;
 
 mod blobs;
 mod controls;
+mod links;
 mod types;
 pub use blobs::*;
 pub use controls::*;
+pub use links::*;
 pub use types::*;
 
 #[cfg(feature = "conformance")]
@@ -76,18 +80,38 @@ pub trait Accounts: Send + Sync {
         &self,
         handle: &str,
         device: NewDevice,
-    ) -> Result<Option<DeviceRecord>, StoreError> {
-        let _ = (handle, device);
-        Err(StoreError::Unsupported("add_device"))
-    }
+    ) -> Result<Option<DeviceRecord>, StoreError>;
+    /// [`Accounts::add_device`], checked in the same transaction: refused
+    /// ([`AddDevice::KeyInUse`]) when a device of the account, revoked or not, has the
+    /// key, and ([`AddDevice::TooManyDevices`]) when the account has `max_active`
+    /// non-revoked devices or more. Concurrent additions to one account are
+    /// serialized, so the limit holds under races (also across server nodes).
+    async fn add_device_within(
+        &self,
+        handle: &str,
+        device: NewDevice,
+        max_active: usize,
+    ) -> Result<AddDevice, StoreError>;
     /// Revokes a device: it is flagged revoked, its KeyPackages and waiting mailbox
     /// entries are deleted, it is left out of claims and receives nothing from then on
     /// (it may stay in group rosters until a commit removes it). Returns whether a
     /// non-revoked device was revoked.
-    async fn revoke_device(&self, addr: &DeviceAddr) -> Result<bool, StoreError> {
-        let _ = addr;
-        Err(StoreError::Unsupported("revoke_device"))
-    }
+    async fn revoke_device(&self, addr: &DeviceAddr) -> Result<bool, StoreError>;
+    /// Of `ids`, the devices that are revoked (in the order given; unknown ids are left
+    /// out). For the server's cluster poller, which closes the connections of devices
+    /// revoked through another node; asked in batches of up to 512.
+    async fn revoked_devices(&self, ids: &[DeviceId]) -> Result<Vec<DeviceId>, StoreError>;
+    /// Stores `signed`, the account's signed device list of version `version` (opaque
+    /// here: the server verified it), if `version` is greater than the stored list's
+    /// (any version beats no list). Returns whether it was stored; an older or equal
+    /// version changes nothing and returns false. [`StoreError::Invalid`] for an
+    /// unknown handle. Served back in [`AccountRecord::device_list`].
+    async fn set_device_list(
+        &self,
+        handle: &str,
+        version: u64,
+        signed: bytes::Bytes,
+    ) -> Result<bool, StoreError>;
 }
 
 /// MLS KeyPackages: one-time packages handed out once, plus one last-resort package per
@@ -177,5 +201,5 @@ pub trait Mailboxes: Send + Sync {
 }
 
 /// Everything the server needs from a backend.
-pub trait Store: Accounts + KeyPackages + Delivery + Mailboxes + Blobs + Controls {}
-impl<T: Accounts + KeyPackages + Delivery + Mailboxes + Blobs + Controls> Store for T {}
+pub trait Store: Accounts + KeyPackages + Delivery + Mailboxes + Blobs + Controls + Links {}
+impl<T: Accounts + KeyPackages + Delivery + Mailboxes + Blobs + Controls + Links> Store for T {}

@@ -50,6 +50,19 @@ pub struct NewDevice {
     pub cert_signature: Vec<u8>,
 }
 
+/// Outcome of [`Accounts::add_device_within`](crate::Accounts::add_device_within).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddDevice {
+    /// Added under the next device number.
+    Added(DeviceRecord),
+    /// No such account.
+    UnknownAccount,
+    /// A device of the account (revoked ones included) has this key.
+    KeyInUse,
+    /// The account has the maximum number of non-revoked devices already.
+    TooManyDevices,
+}
+
 /// An account and its devices.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountRecord {
@@ -61,6 +74,19 @@ pub struct AccountRecord {
     pub created_at_ms: u64,
     /// All devices, ordered by device number.
     pub devices: Vec<DeviceRecord>,
+    /// The latest device list the account's devices published
+    /// ([`Accounts::set_device_list`](crate::Accounts::set_device_list)), if any.
+    pub device_list: Option<StoredDeviceList>,
+}
+
+/// An account's signed device list as stored: opaque bytes (the server checked them
+/// before storing) and the version they carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDeviceList {
+    /// The list's version (strictly increasing per account).
+    pub version: u64,
+    /// The `SignedDeviceList` bytes, as received.
+    pub data: Bytes,
 }
 
 /// One device.
@@ -216,6 +242,10 @@ pub struct Submission {
     /// `expires_at_ms` passes by [`Controls::purge_disappearing`](crate::Controls::purge_disappearing),
     /// not only by the retention sweep.
     pub disappearing: bool,
+    /// An application message accepted at a past epoch (`Submit.past_epoch`: a client
+    /// whose group diverged). Without it, an application message must be at the group's
+    /// epoch.
+    pub past_epoch_ok: bool,
 }
 
 /// A message accepted into a group log.

@@ -54,6 +54,7 @@ impl Ds {
                 handle: handle.to_string(),
                 account_key: reg.account_key.to_vec().into(),
                 devices: vec![],
+                device_list: None,
             });
         if account.account_key.as_ref() != reg.account_key {
             // "Re-registration" with a new account key (identity change).
@@ -70,6 +71,7 @@ impl Ds {
         account.devices.push(DeviceInfo {
             device_id: id,
             certificate: Some(reg.device.clone()),
+            revoked: false,
         });
         id
     }

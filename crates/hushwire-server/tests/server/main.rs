@@ -6,6 +6,7 @@
 mod api;
 mod common;
 mod controls;
+mod devices;
 mod media;
 mod tls;
 mod ws;
