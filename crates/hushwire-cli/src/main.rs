@@ -15,7 +15,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod admin;
+mod app;
+mod chat;
 mod commands;
+mod daemon;
 mod demo;
 mod device;
 mod features;
@@ -224,6 +227,29 @@ pub(crate) enum Command {
         /// profile's, set at registration).
         #[arg(long, value_enum)]
         suite: Option<SuiteArg>,
+    },
+    /// Full-screen terminal chat app (works over SSH and in tmux).
+    Chat,
+    /// The chat app in your browser, served by this process on 127.0.0.1 only. Prints
+    /// `http://127.0.0.1:PORT/?token=…`; keys never leave this process.
+    App {
+        /// Address to listen on (loopback only). Default: 127.0.0.1 with a free port.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Do not open the browser.
+        #[arg(long)]
+        no_open: bool,
+    },
+    /// JSON-RPC 2.0 for bots and integrations: over stdio (default), a unix socket
+    /// (`--socket PATH`) and/or HTTP (`--http ADDR`: POST /api/v1/rpc, GET /api/v1/events as
+    /// Server-Sent Events, GET /api/v1/check).
+    Daemon {
+        /// Serve HTTP on this address (loopback by default; elsewhere needs the token).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
+        /// Serve on this unix socket.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
     },
     /// This account's devices: link a new one, list, remove, rename.
     Device {
@@ -708,6 +734,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Group { command } => group::run(&commands::profile_dir(profile)?, command).await,
+        Command::Chat => chat::run(&commands::profile_dir(profile)?).await,
+        Command::App { listen, no_open } => {
+            app::run(&commands::profile_dir(profile)?, listen, no_open).await
+        }
+        Command::Daemon { http, socket } => {
+            daemon::run(&commands::profile_dir(profile)?, http, socket).await
+        }
         Command::Device { command } => device::run(&commands::profile_dir(profile)?, command).await,
         Command::Link {
             code,

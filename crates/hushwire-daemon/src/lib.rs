@@ -1,0 +1,1 @@
+//! Hushwire daemon (being built).

@@ -1,0 +1,368 @@
+//! One profile's Hushwire client as a long-running service: the shared core of the
+//! terminal app (`hushwire chat`), the local web app (`hushwire app`) and the JSON-RPC
+//! daemon (`hushwire daemon`).
+//!
+//! [`hushwire_client::Client`] futures are not `Send` (the profile is one SQLite
+//! connection), so the service runs the client on a thread of its own, with a
+//! current-thread Tokio runtime. That thread receives live (reconnecting by itself with
+//! backoff) and runs commands between receives:
+//!
+//! - [`Service::with`] runs any closure on the client and returns its result: every front
+//!   end uses the client library directly, so no protocol or storage logic is written
+//!   twice. A running live wait is cancelled for it and resumed afterwards (what was
+//!   stored is acknowledged later; the server redelivers anything unacknowledged, and the
+//!   profile skips what it has).
+//! - [`Service::subscribe`] gives every [`Event`] the client reports (messages, receipts,
+//!   typing, group changes, ...) plus the service's own [`ServiceEvent`]s.
+//!
+//! Dropping every [`Service`] handle (or [`Service::shutdown`]) stops the thread after the
+//! current command; the client then acknowledges what it stored and disconnects.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use hushwire_client::{Client, ClientError, ClientOptions, Event};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+/// A boxed, non-`Send` future borrowing the client.
+pub type ClientFuture<'a, R> = Pin<Box<dyn Future<Output = R> + 'a>>;
+
+type Job = Box<dyn for<'a> FnOnce(&'a mut Client) -> ClientFuture<'a, ()> + Send>;
+
+/// How long one live wait lasts before the loop checks in (commands interrupt it anyway).
+const LIVE_WAIT: Duration = Duration::from_secs(25);
+/// Bound for one network operation of the live loop.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events kept for slow subscribers before they miss some (they see `Lagged`).
+const EVENT_BUFFER: usize = 4096;
+
+/// Why the service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The profile could not be opened (not registered, damaged, ...).
+    #[error("cannot open the profile: {0}")]
+    Open(#[source] ClientError),
+    /// The service thread is gone (shut down or panicked).
+    #[error("the client service stopped")]
+    Stopped,
+    /// The service thread could not be started.
+    #[error("cannot start the client thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What the service itself reports, next to the client's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceEvent {
+    /// Something the client reported.
+    Client(Event),
+    /// Connected to the server and caught up with the mailbox (`true`), or the
+    /// connection is down and the service retries (`false`, with the reason).
+    Connection {
+        /// Whether the live connection works.
+        online: bool,
+        /// Why it is down.
+        reason: Option<String>,
+    },
+}
+
+/// Settings of a [`Service`].
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// Client settings.
+    pub client: ClientOptions,
+    /// Receive live (keep a connection and store what arrives). Off: only commands run.
+    pub live: bool,
+    /// Where received files are saved (default: the profile's `media` directory).
+    pub download_dir: Option<PathBuf>,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            client: ClientOptions::default(),
+            live: true,
+            download_dir: None,
+        }
+    }
+}
+
+/// A handle to a running client service. Cheap to clone; every clone talks to the same
+/// thread.
+#[derive(Clone)]
+pub struct Service {
+    jobs: mpsc::UnboundedSender<Job>,
+    events: broadcast::Sender<ServiceEvent>,
+    online: watch::Receiver<bool>,
+    profile_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("profile_dir", &self.profile_dir)
+            .field("online", &*self.online.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// Opens the registered profile in `profile_dir` and starts its thread.
+    pub fn start(profile_dir: &Path, options: ServiceOptions) -> Result<Self, ServiceError> {
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel::<Job>();
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (online_tx, online_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), ClientError>>();
+        let dir = profile_dir.to_path_buf();
+        let events_tx = events.clone();
+        std::thread::Builder::new()
+            .name("hushwire-client".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ClientError::Protocol(format!(
+                            "cannot start a runtime: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let mut client = match Client::open(&dir, options.client.clone()) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    client.set_auto_download(Some(
+                        options
+                            .download_dir
+                            .clone()
+                            .unwrap_or_else(|| dir.join("media")),
+                    ));
+                    let _ = ready_tx.send(Ok(()));
+                    run(&mut client, jobs_rx, events_tx, online_tx, options.live).await;
+                    client.disconnect().await;
+                });
+            })
+            .map_err(ServiceError::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self {
+                jobs: jobs_tx,
+                events,
+                online: online_rx,
+                profile_dir: profile_dir.to_path_buf(),
+            }),
+            Ok(Err(e)) => Err(ServiceError::Open(e)),
+            Err(_) => Err(ServiceError::Stopped),
+        }
+    }
+
+    /// Runs `f` on the client, between live waits, and returns its result.
+    ///
+    /// ```no_run
+    /// # async fn demo(service: hushwire_service::Service) -> Result<(), Box<dyn std::error::Error>> {
+    /// let names = service
+    ///     .with(|client| Box::pin(async move {
+    ///         client.profile().conversations().map(|c| c.len())
+    ///     }))
+    ///     .await??;
+    /// # Ok(()) }
+    /// ```
+    pub async fn with<R, F>(&self, f: F) -> Result<R, ServiceError>
+    where
+        R: Send + 'static,
+        F: for<'a> FnOnce(&'a mut Client) -> ClientFuture<'a, R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<R>();
+        let job: Job = Box::new(move |client| {
+            Box::pin(async move {
+                let r = f(client).await;
+                let _ = tx.send(r);
+            })
+        });
+        self.jobs.send(job).map_err(|_| ServiceError::Stopped)?;
+        rx.await.map_err(|_| ServiceError::Stopped)
+    }
+
+    /// Every event from now on. A subscriber that falls more than 4,096 events behind
+    /// gets `RecvError::Lagged` and misses some (a durable consumer, like the daemon,
+    /// keeps its own queue).
+    pub fn subscribe(&self) -> broadcast::Receiver<ServiceEvent> {
+        self.events.subscribe()
+    }
+
+    /// Whether the live connection is up (changes are observable with `changed()`).
+    pub fn online(&self) -> watch::Receiver<bool> {
+        self.online.clone()
+    }
+
+    /// The profile directory.
+    pub fn profile_dir(&self) -> &Path {
+        &self.profile_dir
+    }
+
+    /// An emitter for closures run with [`Service::with`]: what it is given reaches every
+    /// subscriber, like the live loop's events.
+    pub fn emitter(&self) -> Emitter {
+        Emitter(self.events.clone())
+    }
+
+    /// Queues `text` for `to` (a handle or `#GROUP`) and sends it; returns the message id.
+    /// Queued messages survive an unreachable server and go out with the next flush.
+    pub async fn send_text(&self, to: &str, text: &str) -> Result<String, ClientError> {
+        let (to, text) = (to.to_string(), text.to_string());
+        let emitter = self.emitter();
+        self.with(move |c| {
+            Box::pin(async move {
+                let id = c.queue_text(&to, &text)?;
+                c.flush_outbox(NETWORK_TIMEOUT, &mut |e| emitter.emit(e))
+                    .await?;
+                Ok(id)
+            })
+        })
+        .await
+        .map_err(stopped)?
+    }
+
+    /// Stops the thread after the current command.
+    pub async fn shutdown(self) {
+        let _ = self
+            .with(|_| Box::pin(async {}))
+            .await;
+        drop(self.jobs);
+    }
+}
+
+fn stopped(e: ServiceError) -> ClientError {
+    ClientError::Protocol(e.to_string())
+}
+
+/// Hands events to a [`Service`]'s subscribers (see [`Service::emitter`]).
+#[derive(Clone, Debug)]
+pub struct Emitter(broadcast::Sender<ServiceEvent>);
+
+impl Emitter {
+    /// Reports a client event to every subscriber.
+    pub fn emit(&self, event: Event) {
+        let _ = self.0.send(ServiceEvent::Client(event));
+    }
+}
+
+async fn run(
+    client: &mut Client,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    events: broadcast::Sender<ServiceEvent>,
+    online: watch::Sender<bool>,
+    live: bool,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        // Commands first.
+        while let Ok(job) = jobs.try_recv() {
+            job(client).await;
+        }
+        if !live {
+            match jobs.recv().await {
+                Some(job) => {
+                    job(client).await;
+                    continue;
+                }
+                None => return,
+            }
+        }
+        let mut emit = |e: Event| {
+            let _ = events.send(ServiceEvent::Client(e));
+        };
+        tokio::select! {
+            biased;
+            job = jobs.recv() => match job {
+                Some(job) => job(client).await,
+                None => return,
+            },
+            result = client.receive(LIVE_WAIT, NETWORK_TIMEOUT, &mut emit) => match result {
+                Ok(_) => {
+                    backoff = Duration::from_millis(500);
+                    if !*online.borrow() {
+                        let _ = online.send(true);
+                        let _ = events.send(ServiceEvent::Connection { online: true, reason: None });
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "live receive failed; retrying");
+                    if *online.borrow() || backoff == Duration::from_millis(500) {
+                        let _ = online.send(false);
+                        let _ = events.send(ServiceEvent::Connection {
+                            online: false,
+                            reason: Some(e.to_string()),
+                        });
+                    }
+                    // Wait before retrying, but run commands meanwhile.
+                    let sleep = tokio::time::sleep(backoff);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            () = &mut sleep => break,
+                            job = jobs.recv() => match job {
+                                Some(job) => job(client).await,
+                                None => return,
+                            },
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use hushwire_tests::{TestServer, register};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_run_and_live_messages_arrive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = TestServer::start(&tmp.path().join("server")).await;
+        let mut alice = register(tmp.path(), &server, "alice").await;
+        let bob = register(tmp.path(), &server, "bob").await;
+        drop(bob);
+        let service = Service::start(&tmp.path().join("bob"), ServiceOptions::default()).unwrap();
+        let mut events = service.subscribe();
+        hushwire_tests::send(&mut alice, "bob", "hello service").await;
+        let got = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(ServiceEvent::Client(Event::Message(m))) = events.recv().await {
+                    return m;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.text, "hello service");
+        // A command while the live wait runs.
+        let id = service.send_text("alice", "hi from the service").await.unwrap();
+        assert!(!id.is_empty());
+        let texts: Vec<String> = hushwire_tests::receive(&mut alice)
+            .await
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert!(texts.contains(&"hi from the service".into()), "{texts:?}");
+        let n = service
+            .with(|c| Box::pin(async move { c.profile().conversations().unwrap().len() }))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        service.shutdown().await;
+        server.stop().await;
+    }
+}

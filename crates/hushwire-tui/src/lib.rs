@@ -1,0 +1,1 @@
+//! Hushwire tui (being built).

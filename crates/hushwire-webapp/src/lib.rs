@@ -1,0 +1,1 @@
+//! Hushwire webapp (being built).
