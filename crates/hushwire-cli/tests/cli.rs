@@ -506,6 +506,11 @@ fn help_lists_every_command() {
         "block",
         "unblock",
         "settings",
+        "device",
+        "link",
+        "chat",
+        "app",
+        "daemon",
     ] {
         assert!(out.contains(cmd), "{cmd} missing from:\n{out}");
     }

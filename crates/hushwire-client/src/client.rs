@@ -164,6 +164,10 @@ pub struct Client {
     /// Sending receipts while waiting failed (not for a network reason): wait until the
     /// end of `receive` to try again.
     receipts_stuck: bool,
+    /// When this session last re-read the account's device list (changes made by other
+    /// devices that no commit announces, e.g. a rename, show up within
+    /// `OWN_DEVICES_EVERY`).
+    own_devices_checked: Option<Instant>,
 }
 
 impl std::fmt::Debug for Client {
@@ -190,6 +194,9 @@ fn stops_receiving(e: &ClientError) -> bool {
                 | ClientError::E2e(E2eError::IdentityChanged { .. })
         )
 }
+
+/// How often a long-running session re-reads its account's device list.
+const OWN_DEVICES_EVERY: Duration = Duration::from_secs(300);
 
 fn deadline_after(d: Duration) -> Instant {
     Instant::now() + d
@@ -233,6 +240,7 @@ impl Client {
             defer_deliveries: false,
             media: media::MediaState::default(),
             receipts_stuck: false,
+            own_devices_checked: None,
         })
     }
 
@@ -883,8 +891,15 @@ impl Client {
             }
         }
         self.flush_ack().await?;
-        // A commit added or removed another device of this account: show the new list.
-        if self.profile.own_devices_changed()? {
+        // A commit added or removed another device of this account, or this session has
+        // not looked yet: show what changed in the account's device list.
+        let changed = self.profile.own_devices_changed()?;
+        if changed
+            || self
+                .own_devices_checked
+                .is_none_or(|t| t.elapsed() >= OWN_DEVICES_EVERY)
+        {
+            self.own_devices_checked = Some(Instant::now());
             match self.refresh_own_devices().await {
                 Ok(_) => self.emit(on_event),
                 Err(e) => tracing::warn!(error = %e, "own device list not re-read"),

@@ -122,6 +122,25 @@ async fn linked_device_gets_history_and_both_devices_take_part() {
             .any(|d| d.device_id == 2 && d.current && d.name == "laptop")
     );
 
+    // A change made on one device is shown on the others (the next session's receive).
+    laptop.rename_device(1, "phone").await.unwrap();
+    drop(alice);
+    let mut alice = open(root, "alice");
+    let mut news = Vec::new();
+    alice
+        .sync(OP_TIMEOUT, &mut |e| {
+            if let Event::DevicesChanged(n) = e {
+                news.push(n);
+            }
+        })
+        .await
+        .unwrap();
+    assert!(
+        news.iter()
+            .any(|n| n.renamed.contains(&(1, "phone".to_string()))),
+        "{news:?}"
+    );
+
     // Contacts' messages reach both devices.
     receive(&mut bob).await;
     receive(&mut carol).await;
