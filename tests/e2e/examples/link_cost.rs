@@ -77,11 +77,27 @@ async fn main() {
     let report = report.unwrap();
     let laptop = Client::open(&root.join("alice-laptop"), ClientOptions::default()).unwrap();
     let convs = laptop.profile().conversations().unwrap().len();
+    // Joined (an active MLS group), not only imported from the archive.
+    let joined_groups = laptop
+        .profile()
+        .conversations()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            laptop
+                .profile()
+                .groups(&c.name)
+                .unwrap()
+                .iter()
+                .any(|g| g.state == "active" && g.members.contains(&"alice/2".to_string()))
+        })
+        .count();
     let json = serde_json::json!({
         "conversations": conversations,
         "messages_per_conversation": per,
         "link_seconds": took.as_secs_f64(),
         "conversations_on_new_device": convs,
+        "conversations_joined_by_new_device": joined_groups,
         "history_messages": joined.history.messages,
         "archive_bytes": report.history.bytes,
         "link_bytes_sent_by_existing": report.bytes_sent,
@@ -89,6 +105,7 @@ async fn main() {
     });
     println!("{json}");
     assert_eq!(convs, conversations);
+    assert_eq!(joined_groups, conversations);
     drop(laptop);
     server.stop().await;
 }
