@@ -28,6 +28,7 @@ mod migrate;
 mod output;
 mod relay;
 mod serve;
+mod verify;
 
 /// An error caused by the user's input (exit code 1).
 /// MLS ciphersuites a conversation can use.
@@ -250,6 +251,18 @@ pub(crate) enum Command {
         /// Serve on this unix socket.
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
+    },
+    /// The safety number with a contact: 60 digits (and a QR code on a terminal) to compare
+    /// in person; `--mark` records that you did.
+    Verify {
+        /// The contact's handle.
+        handle: String,
+        /// Record the contact as verified (until its key changes).
+        #[arg(long)]
+        mark: bool,
+        /// {"handle","safety_number","qr_payload","verified"}.
+        #[arg(long)]
+        json: bool,
     },
     /// This account's devices: link a new one, list, remove, rename.
     Device {
@@ -735,6 +748,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Group { command } => group::run(&commands::profile_dir(profile)?, command).await,
         Command::Chat => chat::run(&commands::profile_dir(profile)?).await,
+        Command::Verify { handle, mark, json } => {
+            verify::run(&commands::profile_dir(profile)?, &handle, mark, json).await
+        }
         Command::App { listen, no_open } => {
             app::run(&commands::profile_dir(profile)?, listen, no_open).await
         }

@@ -128,3 +128,30 @@ fn link_list_rename_remove() {
     let list = hushwire(&alice, &["device", "list", "--json"]);
     assert_eq!(json_lines(&list.stdout).len(), 1);
 }
+
+/// `verify`: the same 60-digit safety number on both sides; `--mark` records it.
+#[test]
+fn verify_shows_the_same_safety_number_on_both_sides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let alice = tmp.path().join("alice");
+    let bob = tmp.path().join("bob");
+    register(&alice, "alice", &server);
+    register(&bob, "bob", &server);
+    let a = hushwire(&alice, &["verify", "bob", "--json"]);
+    assert_ok(&a);
+    let b = hushwire(&bob, &["verify", "alice", "--mark", "--json"]);
+    assert_ok(&b);
+    let (a, b) = (&json_lines(&a.stdout)[0], &json_lines(&b.stdout)[0]);
+    assert_eq!(a["safety_number"], b["safety_number"]);
+    assert_eq!(a["qr_payload"], b["qr_payload"]);
+    let digits: Vec<&str> = a["safety_number"].as_str().unwrap().split(' ').collect();
+    assert_eq!(digits.len(), 12);
+    assert!(digits.iter().all(|g| g.len() == 5));
+    assert_eq!(a["verified"], false);
+    assert_eq!(b["verified"], true);
+    let again = hushwire(&bob, &["verify", "alice", "--json"]);
+    assert_eq!(json_lines(&again.stdout)[0]["verified"], true);
+    let bad = hushwire(&bob, &["verify", "nobody_here"]);
+    assert_ne!(bad.status.code(), Some(0));
+}

@@ -54,6 +54,7 @@ mod inbox;
 pub mod keys;
 mod outbox;
 mod profile;
+mod safety;
 mod store;
 
 /// The exact MLS configuration the profiles use, for benchmarks that measure it on bare
@@ -84,6 +85,7 @@ pub use history::{
     MAX_HISTORY_RECORD_BYTES,
 };
 pub use profile::{GroupStatus, Profile};
+pub use safety::{SafetyNumber, safety_number};
 
 use openmls::prelude::Ciphersuite;
 

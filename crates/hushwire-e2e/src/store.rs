@@ -316,6 +316,14 @@ const MIGRATIONS: &[&str] = &[
         created_at_ms INTEGER NOT NULL
     );
     "#,
+    // v9: contacts the user verified (safety.rs): the account key they compared.
+    r#"
+    CREATE TABLE verified (
+        handle TEXT PRIMARY KEY,
+        account_key BLOB NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Opens (creating if needed) the profile database and brings both schemas up to date.
