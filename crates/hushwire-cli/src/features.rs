@@ -728,6 +728,19 @@ pub(crate) fn event_line(event: &Event, json: bool) -> Option<String> {
             }
         }
         Event::DevicesChanged(news) => crate::device::news_line(news, json),
+        Event::IdentityChanged { handle } => {
+            if json {
+                json!({"type": "identity_changed", "conversation": handle, "handle": handle})
+                    .to_string()
+            } else {
+                format!(
+                    "[{}] {handle}: the account key changed. Sending to {handle} is refused \
+                     until you compare safety numbers (`hushwire verify {handle}`) and run \
+                     `hushwire trust {handle}`",
+                    human_time(now)
+                )
+            }
+        }
         _ => return None,
     })
 }

@@ -264,6 +264,12 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Accept a contact's changed account key (after comparing safety numbers with
+    /// `verify`); sending to them works again, in a new conversation group.
+    Trust {
+        /// The contact's handle.
+        handle: String,
+    },
     /// This account's devices: link a new one, list, remove, rename.
     Device {
         #[command(subcommand)]
@@ -748,6 +754,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Group { command } => group::run(&commands::profile_dir(profile)?, command).await,
         Command::Chat => chat::run(&commands::profile_dir(profile)?).await,
+        Command::Trust { handle } => verify::trust(&commands::profile_dir(profile)?, &handle).await,
         Command::Verify { handle, mark, json } => {
             verify::run(&commands::profile_dir(profile)?, &handle, mark, json).await
         }

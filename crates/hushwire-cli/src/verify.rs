@@ -66,3 +66,16 @@ pub(crate) async fn run(dir: &Path, handle: &str, mark: bool, json: bool) -> any
     )?;
     Ok(())
 }
+
+/// `hushwire trust HANDLE`.
+pub(crate) async fn trust(dir: &Path, handle: &str) -> anyhow::Result<()> {
+    hushwire_proto::identity::validate_handle(handle)
+        .map_err(|e| crate::user_error(format!("handle: {e}")))?;
+    let mut client = open_client(dir)?;
+    let result = tokio::time::timeout(NETWORK_TIMEOUT, client.trust(handle)).await;
+    client.disconnect().await;
+    result.map_err(|_| hushwire_client::ClientError::Timeout("fetching the account".into()))??;
+    print_line(&format!(
+        "trusted the current account key of {handle}; safety number: hushwire verify {handle}"
+    ))
+}

@@ -503,13 +503,33 @@ impl Client {
                         "the server's account for {needed:?} does not authenticate the message"
                     )));
                 }
-                if let [handle] = needed.as_slice() {
-                    let account = self.fetch_account(handle).await?;
-                    self.profile.learn_account(&account)?;
+                let accounts = if let [handle] = needed.as_slice() {
+                    vec![self.fetch_account(handle).await?]
                 } else {
-                    for account in self.fetch_accounts(&needed).await? {
-                        self.profile.learn_account(&account)?;
+                    self.fetch_accounts(&needed).await?
+                };
+                let mut changed = None;
+                for account in &accounts {
+                    match self.profile.learn_account(account) {
+                        Ok(()) => {}
+                        Err(E2eError::IdentityChanged { handle }) => changed = Some(handle),
+                        Err(e) => return Err(e.into()),
                     }
+                }
+                if let Some(handle) = changed {
+                    // Not the key pinned for this contact: nothing of it is accepted until
+                    // the user trusts it; the mailbox moves on.
+                    self.events.push_back(Event::IdentityChanged {
+                        handle: handle.clone(),
+                    });
+                    break self.profile.skip_envelope(
+                        envelope,
+                        Some(handle.clone()),
+                        &format!(
+                            "from {handle}, whose account key changed: compare safety numbers                              (hushwire verify {handle}), then hushwire trust {handle}"
+                        ),
+                        unix_ms(),
+                    )?;
                 }
                 fetched.extend(needed);
             };

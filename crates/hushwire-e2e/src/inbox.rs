@@ -204,6 +204,30 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// Gives up on an envelope that cannot be authenticated (e.g. from a contact whose
+    /// account key changed and is not trusted yet): records it as a failure (reported as
+    /// [`Event::Undecryptable`]) and moves past it, so the mailbox is not stuck on it.
+    pub fn skip_envelope(
+        &mut self,
+        envelope: &Envelope,
+        conversation: Option<String>,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Event>, E2eError> {
+        if envelope.seq <= self.last_received_seq()? {
+            return Ok(vec![]);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let event = record_failure(&tx, envelope.seq, conversation, reason.to_string(), now_ms)?;
+        kv_set(&tx, KV_LAST_SEQ, to_sql_u64(envelope.seq)?)?;
+        tx.commit()?;
+        Ok(vec![event])
+    }
+}
+
 fn record_failure(
     conn: &Connection,
     seq: u64,

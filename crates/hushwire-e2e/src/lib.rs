@@ -404,6 +404,13 @@ pub enum Event {
         /// Their last time online, when they went offline.
         last_seen_ms: Option<u64>,
     },
+    /// A contact's account key is not the one pinned for it: nothing of the new key is
+    /// accepted, and sending to it is refused, until the user accepts it
+    /// ([`Profile::trust`]) — ideally after comparing safety numbers.
+    IdentityChanged {
+        /// The contact.
+        handle: String,
+    },
     /// This account's device list changed: a device was linked, removed or renamed
     /// (by this device or another of the account).
     DevicesChanged(DeviceListNews),

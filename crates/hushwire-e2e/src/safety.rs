@@ -120,6 +120,46 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// Accepts a contact's changed account key (`trust HANDLE`): forgets the old key, its
+    /// devices, device list and verification, pins `account` and retires the 1:1
+    /// conversation's groups (their leaves belong to the old key), so the next message
+    /// starts a new group with the new devices. The history stays.
+    pub fn trust(&mut self, account: &hushwire_proto::wire::AccountInfo) -> Result<(), E2eError> {
+        let (me, keys) = self.me()?;
+        let (me, keys) = (me.clone(), keys.clone());
+        let handle = account.handle.clone();
+        if handle == me.handle {
+            return Err(E2eError::Protocol("this is your own account".into()));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let old: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT account_key FROM accounts WHERE handle = ?1",
+                params![handle],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if old.as_deref() != Some(account.account_key.as_ref()) {
+            for sql in [
+                "DELETE FROM accounts WHERE handle = ?1",
+                "DELETE FROM devices WHERE handle = ?1",
+                "DELETE FROM device_lists WHERE handle = ?1",
+                "DELETE FROM verified WHERE handle = ?1",
+                "UPDATE groups SET state = 'inactive' WHERE conversation = ?1 AND state = 'active'",
+            ] {
+                tx.execute(sql, params![handle])?;
+            }
+        }
+        crate::profile::learn_account_in(&tx, Some(&keys), Some(&me.handle), account)?;
+        tx.commit()?;
+        self.fresh_accounts.insert(handle);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

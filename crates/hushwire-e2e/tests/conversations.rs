@@ -437,6 +437,18 @@ fn identity_change_is_detected() {
         a.profile.provide_peer(&info, &kps, ds.tick()),
         Err(E2eError::IdentityChanged { .. })
     ));
+    // Nothing of the new key is used until alice accepts it, which changes the safety
+    // number; then her next message starts a conversation with the new devices.
+    let before = a.profile.safety_number("bob").unwrap();
+    a.profile.mark_verified("bob", ds.tick()).unwrap();
+    a.profile.trust(&info).unwrap();
+    let after = a.profile.safety_number("bob").unwrap();
+    assert_ne!(before.digits, after.digits);
+    assert!(
+        !after.verified,
+        "verification does not survive a key change"
+    );
+    a.profile.learn_account(&info).unwrap();
 }
 
 #[test]

@@ -54,6 +54,9 @@ pub enum ServiceError {
 
 /// What the service itself reports, next to the client's events.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Nearly every event is a client event: boxing it would allocate for each one to save
+// space in the rare `Connection` one.
+#[allow(clippy::large_enum_variant)]
 pub enum ServiceEvent {
     /// Something the client reported.
     Client(Event),
@@ -232,9 +235,7 @@ impl Service {
 
     /// Stops the thread after the current command.
     pub async fn shutdown(self) {
-        let _ = self
-            .with(|_| Box::pin(async {}))
-            .await;
+        let _ = self.with(|_| Box::pin(async {})).await;
         drop(self.jobs);
     }
 }
@@ -349,7 +350,10 @@ mod tests {
         .unwrap();
         assert_eq!(got.text, "hello service");
         // A command while the live wait runs.
-        let id = service.send_text("alice", "hi from the service").await.unwrap();
+        let id = service
+            .send_text("alice", "hi from the service")
+            .await
+            .unwrap();
         assert!(!id.is_empty());
         let texts: Vec<String> = hushwire_tests::receive(&mut alice)
             .await

@@ -198,6 +198,15 @@ impl Client {
         }
     }
 
+    /// Accepts `handle`'s current account key (after it changed; see
+    /// [`Event::IdentityChanged`]): fetched now and pinned
+    /// ([`hushwire_e2e::Profile::trust`]).
+    pub async fn trust(&mut self, handle: &str) -> Result<(), ClientError> {
+        let account = self.fetch_account(handle).await?;
+        self.profile.trust(&account)?;
+        Ok(())
+    }
+
     /// This account's devices as the server's signed list says (fetched now).
     pub async fn devices(&mut self) -> Result<Vec<OwnDevice>, ClientError> {
         self.refresh_own_devices().await
