@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
-pub(crate) async fn run(_dir: &Path) -> anyhow::Result<()> {
-    Err(crate::user_error("hushwire chat is not available in this build yet"))
+pub(crate) async fn run(dir: &Path) -> anyhow::Result<()> {
+    hushwire_tui::run(dir).await?;
+    Ok(())
 }

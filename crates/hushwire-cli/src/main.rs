@@ -579,7 +579,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging(cli.verbose);
+    // The terminal app owns the screen: log only when asked (-v), never over it by default.
+    if !matches!(cli.command, Command::Chat) || cli.verbose > 0 {
+        init_logging(cli.verbose);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

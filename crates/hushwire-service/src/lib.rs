@@ -113,8 +113,18 @@ impl std::fmt::Debug for Service {
 impl Service {
     /// Opens the registered profile in `profile_dir` and starts its thread.
     pub fn start(profile_dir: &Path, options: ServiceOptions) -> Result<Self, ServiceError> {
+        Self::start_subscribed(profile_dir, options).map(|(s, _)| s)
+    }
+
+    /// Like [`Service::start`], with a subscription made before the client thread runs:
+    /// it sees every event from the first on (the daemon's durable queue needs that).
+    pub fn start_subscribed(
+        profile_dir: &Path,
+        options: ServiceOptions,
+    ) -> Result<(Self, broadcast::Receiver<ServiceEvent>), ServiceError> {
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel::<Job>();
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let first = events.subscribe();
         let (online_tx, online_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), ClientError>>();
         let dir = profile_dir.to_path_buf();
@@ -155,12 +165,15 @@ impl Service {
             })
             .map_err(ServiceError::Thread)?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self {
-                jobs: jobs_tx,
-                events,
-                online: online_rx,
-                profile_dir: profile_dir.to_path_buf(),
-            }),
+            Ok(Ok(())) => Ok((
+                Self {
+                    jobs: jobs_tx,
+                    events,
+                    online: online_rx,
+                    profile_dir: profile_dir.to_path_buf(),
+                },
+                first,
+            )),
             Ok(Err(e)) => Err(ServiceError::Open(e)),
             Err(_) => Err(ServiceError::Stopped),
         }

@@ -1,0 +1,770 @@
+//! JSON-RPC 2.0: requests, batches, errors, and the methods (thin calls into the client
+//! library through the service).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hushwire_client::{Client, ClientError, Event, SendFileOptions};
+use hushwire_e2e::{E2eError, GroupDetails};
+use hushwire_service::{Emitter, Service};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::events::timeline_json;
+
+/// Bound for the network part of one method (sending the outbox, a typing frame).
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
+/// `history` returns at most this many entries.
+const MAX_HISTORY: usize = 1000;
+/// `history`'s default `limit`.
+const DEFAULT_HISTORY: usize = 50;
+/// A batch holds at most this many requests.
+pub const MAX_BATCH: usize = 100;
+
+/// JSON-RPC error codes.
+pub mod code {
+    /// Not JSON.
+    pub const PARSE: i64 = -32700;
+    /// Not a JSON-RPC 2.0 request.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// No such method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Missing or malformed parameters.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// The daemon failed (its store, a bug).
+    pub const INTERNAL: i64 = -32603;
+    /// The client library failed for a reason not listed below.
+    pub const CLIENT: i64 = -32000;
+    /// The server could not be reached: what was queued stays queued and is sent later.
+    pub const NETWORK: i64 = -32001;
+    /// No such conversation, group or message.
+    pub const NOT_FOUND: i64 = -32002;
+    /// Refused: not allowed (not an admin, not a member), or an invalid value.
+    pub const REFUSED: i64 = -32003;
+    /// The client service stopped.
+    pub const STOPPED: i64 = -32004;
+    /// A file to send could not be read.
+    pub const FILE: i64 = -32005;
+    /// Some of the operations were rejected by the server or the group (in `data`).
+    pub const REJECTED: i64 = -32006;
+}
+
+/// One JSON-RPC error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcError {
+    /// The code (see [`code`]).
+    pub code: i64,
+    /// What went wrong (no message text, no keys).
+    pub message: String,
+    /// Details.
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut e = json!({"code": self.code, "message": self.message});
+        if let (Some(data), Value::Object(o)) = (&self.data, &mut e) {
+            o.insert("data".into(), data.clone());
+        }
+        e
+    }
+}
+
+fn from_e2e(e: E2eError) -> RpcError {
+    match e {
+        E2eError::UnknownConversation(c) => {
+            RpcError::new(code::NOT_FOUND, format!("no conversation {c}"))
+        }
+        E2eError::NotAuthorized(m) | E2eError::Protocol(m) => RpcError::new(code::REFUSED, m),
+        E2eError::NeedAccount(_) | E2eError::NeedAccounts(_) | E2eError::NoKeyPackages(_) => {
+            RpcError::new(code::CLIENT, e.to_string())
+        }
+        other => RpcError::new(code::CLIENT, other.to_string()),
+    }
+}
+
+fn from_client(e: ClientError) -> RpcError {
+    if e.is_network() {
+        return RpcError::new(code::NETWORK, e.to_string());
+    }
+    match e {
+        ClientError::E2e(e) => from_e2e(e),
+        ClientError::InvalidHandle(h) => RpcError::new(code::INVALID_PARAMS, h.to_string()),
+        ClientError::UnknownHandle(h) => RpcError::new(code::NOT_FOUND, format!("no account {h}")),
+        e @ (ClientError::File { .. } | ClientError::LocalIo { .. }) => {
+            RpcError::new(code::FILE, e.to_string())
+        }
+        other => RpcError::new(code::CLIENT, other.to_string()),
+    }
+}
+
+fn stopped(e: hushwire_service::ServiceError) -> RpcError {
+    RpcError::new(code::STOPPED, e.to_string())
+}
+
+fn params<T: DeserializeOwned>(p: Value) -> Result<T, RpcError> {
+    let p = if p.is_null() { json!({}) } else { p };
+    serde_json::from_value(p).map_err(|e| RpcError::new(code::INVALID_PARAMS, e.to_string()))
+}
+
+fn is_group(name: &str) -> Result<(), RpcError> {
+    if hushwire_e2e::group::is_group_name(name) {
+        Ok(())
+    } else {
+        Err(RpcError::new(
+            code::INVALID_PARAMS,
+            format!("{name:?} is not a group; group names start with '#'"),
+        ))
+    }
+}
+
+/// What the methods reported while sending: failures to return as an error.
+#[derive(Clone, Default)]
+struct Failures(Arc<Mutex<Vec<Value>>>);
+
+impl Failures {
+    fn record(&self, e: &Event) {
+        let f = match e {
+            Event::GroupOperationFailed {
+                conversation,
+                reason,
+            } => json!({"conversation": conversation, "reason": reason}),
+            Event::SendFailed { id, reason } => json!({"id": id, "reason": reason}),
+            _ => return,
+        };
+        if let Ok(mut v) = self.0.lock() {
+            v.push(f);
+        }
+    }
+
+    fn take(&self) -> Vec<Value> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
+
+/// Sends the outbox, reporting its events to every consumer. `Ok(false)`: the server
+/// is unreachable and what was queued stays queued.
+async fn flush(c: &mut Client, emitter: &Emitter, failures: &Failures) -> Result<bool, RpcError> {
+    let result = c
+        .flush_outbox(NETWORK_TIMEOUT, &mut |e| {
+            failures.record(&e);
+            emitter.emit(e);
+        })
+        .await;
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_network() => Ok(false),
+        Err(e) => Err(from_client(e)),
+    }
+}
+
+fn rejected(failures: Vec<Value>) -> Result<(), RpcError> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(RpcError {
+        code: code::REJECTED,
+        message: "rejected".into(),
+        data: Some(Value::Array(failures)),
+    })
+}
+
+fn details_json(d: &GroupDetails) -> Value {
+    json!({
+        "conversation": d.conversation,
+        "title": d.title,
+        "description": d.description,
+        "suite": match d.suite {
+            hushwire_e2e::Suite::XWing => "xwing",
+            hushwire_e2e::Suite::Classic => "classic",
+        },
+        "epoch": d.epoch,
+        "state": d.state,
+        "leaving": d.leaving,
+        "adminsOnly": d.admins_only,
+        "members": d.members.iter().map(|m| json!({
+            "handle": m.handle,
+            "admin": m.admin,
+            "devices": m.devices,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SendParams {
+    #[serde(alias = "recipient")]
+    to: Option<String>,
+    #[serde(alias = "message")]
+    text: Option<String>,
+    #[serde(alias = "attachment")]
+    file: Option<PathBuf>,
+    #[serde(alias = "quoteId")]
+    reply_to: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConversationParams {
+    #[serde(alias = "recipient", alias = "group")]
+    conversation: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HistoryParams {
+    #[serde(alias = "recipient", alias = "group")]
+    conversation: String,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ReactionParams {
+    #[serde(alias = "targetId", alias = "messageId")]
+    id: String,
+    #[serde(default)]
+    emoji: String,
+    #[serde(default)]
+    remove: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateGroupParams {
+    #[serde(alias = "name")]
+    title: String,
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpdateGroupParams {
+    #[serde(alias = "groupId", alias = "conversation")]
+    group: String,
+    #[serde(default, alias = "addMembers")]
+    add: Vec<String>,
+    #[serde(default, alias = "removeMembers")]
+    remove: Vec<String>,
+    #[serde(default, alias = "admin", alias = "addAdmins")]
+    promote: Vec<String>,
+    #[serde(default, alias = "removeAdmins")]
+    demote: Vec<String>,
+    #[serde(alias = "name", alias = "title")]
+    rename: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TypingParams {
+    #[serde(alias = "recipient", alias = "group")]
+    conversation: String,
+    #[serde(default)]
+    stop: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GroupParams {
+    #[serde(alias = "groupId", alias = "conversation")]
+    group: String,
+}
+
+/// The methods, over one service. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Methods {
+    service: Service,
+}
+
+/// Every method name, for the docs and `-32601`.
+pub const METHODS: &[&str] = &[
+    "send",
+    "listConversations",
+    "history",
+    "sendReaction",
+    "sendReceipt",
+    "markRead",
+    "createGroup",
+    "updateGroup",
+    "quitGroup",
+    "listGroups",
+    "getGroup",
+    "listDevices",
+    "sendTyping",
+    "version",
+];
+
+impl Methods {
+    /// Methods over `service`.
+    pub fn new(service: Service) -> Self {
+        Self { service }
+    }
+
+    /// Handles one line/body: a request, a notification or a batch. `None`: nothing to
+    /// answer (notifications only).
+    pub async fn handle_text(&self, text: &str) -> Option<Value> {
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                return Some(error_response(
+                    Value::Null,
+                    &RpcError::new(code::PARSE, format!("parse error: {e}")),
+                ));
+            }
+        };
+        match value {
+            Value::Array(items) => {
+                if items.is_empty() {
+                    return Some(error_response(
+                        Value::Null,
+                        &RpcError::new(code::INVALID_REQUEST, "empty batch"),
+                    ));
+                }
+                if items.len() > MAX_BATCH {
+                    return Some(error_response(
+                        Value::Null,
+                        &RpcError::new(
+                            code::INVALID_REQUEST,
+                            format!("a batch holds at most {MAX_BATCH} requests"),
+                        ),
+                    ));
+                }
+                let mut out = Vec::new();
+                for item in items {
+                    if let Some(r) = self.handle_one(item).await {
+                        out.push(r);
+                    }
+                }
+                (!out.is_empty()).then_some(Value::Array(out))
+            }
+            other => self.handle_one(other).await,
+        }
+    }
+
+    async fn handle_one(&self, request: Value) -> Option<Value> {
+        let Value::Object(mut req) = request else {
+            return Some(error_response(
+                Value::Null,
+                &RpcError::new(code::INVALID_REQUEST, "a request is a JSON object"),
+            ));
+        };
+        let id = req.remove("id");
+        let valid_id = matches!(
+            id,
+            None | Some(Value::Null | Value::String(_) | Value::Number(_))
+        );
+        let method = match req.remove("method") {
+            Some(Value::String(m)) => Some(m),
+            _ => None,
+        };
+        if req.get("jsonrpc") != Some(&json!("2.0")) || !valid_id || method.is_none() {
+            return Some(error_response(
+                if valid_id {
+                    id.unwrap_or(Value::Null)
+                } else {
+                    Value::Null
+                },
+                &RpcError::new(
+                    code::INVALID_REQUEST,
+                    "not a JSON-RPC 2.0 request (jsonrpc \"2.0\", method, id)",
+                ),
+            ));
+        }
+        let params = req.remove("params").unwrap_or(Value::Null);
+        if !matches!(params, Value::Object(_) | Value::Null) {
+            return Some(error_response(
+                id.unwrap_or(Value::Null),
+                &RpcError::new(code::INVALID_PARAMS, "params must be an object"),
+            ));
+        }
+        let method = method.unwrap_or_default();
+        let result = self.call(&method, params).await;
+        // A notification gets no answer.
+        let id = id?;
+        Some(match result {
+            Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+            Err(e) => error_response(id, &e),
+        })
+    }
+
+    /// Calls one method.
+    pub async fn call(&self, method: &str, p: Value) -> Result<Value, RpcError> {
+        match method {
+            "version" => Ok(json!({"version": env!("CARGO_PKG_VERSION")})),
+            "send" => self.send(params(p)?).await,
+            "listConversations" => self.list_conversations().await,
+            "history" => self.history(params(p)?).await,
+            "sendReaction" => self.reaction(params(p)?).await,
+            "sendReceipt" | "markRead" => self.mark_read(params(p)?).await,
+            "createGroup" => self.create_group(params(p)?).await,
+            "updateGroup" => self.update_group(params(p)?).await,
+            "quitGroup" => self.quit_group(params(p)?).await,
+            "listGroups" => self.list_groups().await,
+            "getGroup" => self.get_group(params(p)?).await,
+            "listDevices" => self.list_devices().await,
+            "sendTyping" => self.typing(params(p)?).await,
+            other => Err(RpcError::new(
+                code::METHOD_NOT_FOUND,
+                format!("no method {other:?}"),
+            )),
+        }
+    }
+
+    async fn send(&self, p: SendParams) -> Result<Value, RpcError> {
+        let emitter = self.service.emitter();
+        let failures = Failures::default();
+        let f = failures.clone();
+        if p.text.is_none() && p.file.is_none() {
+            return Err(RpcError::new(
+                code::INVALID_PARAMS,
+                "send needs text or file",
+            ));
+        }
+        if p.to.is_none() && p.reply_to.is_none() {
+            return Err(RpcError::new(
+                code::INVALID_PARAMS,
+                "send needs to (or replyTo)",
+            ));
+        }
+        let (id, sent) = self
+            .service
+            .with(move |c| {
+                Box::pin(async move {
+                    let id = match (&p.file, &p.reply_to) {
+                        (Some(path), None) => {
+                            let to = p.to.clone().unwrap_or_default();
+                            let options = SendFileOptions {
+                                caption: p.text.clone().unwrap_or_default(),
+                                ..SendFileOptions::default()
+                            };
+                            c.send_file(&to, path, &options)
+                                .await
+                                .map_err(from_client)?
+                        }
+                        (Some(_), Some(_)) => {
+                            return Err(RpcError::new(
+                                code::INVALID_PARAMS,
+                                "a file cannot be sent as a reply",
+                            ));
+                        }
+                        (None, Some(target)) => c
+                            .profile_mut()
+                            .queue_reply(
+                                target,
+                                p.text.as_deref().unwrap_or_default(),
+                                hushwire_client::api::unix_ms(),
+                            )
+                            .map_err(from_e2e)?,
+                        (None, None) => c
+                            .queue_text(
+                                p.to.as_deref().unwrap_or_default(),
+                                p.text.as_deref().unwrap_or_default(),
+                            )
+                            .map_err(from_client)?,
+                    };
+                    let sent = flush(c, &emitter, &f).await?;
+                    Ok((id, sent))
+                })
+            })
+            .await
+            .map_err(stopped)??;
+        rejected(failures.take())?;
+        Ok(json!({"id": id, "sent": sent}))
+    }
+
+    async fn list_conversations(&self) -> Result<Value, RpcError> {
+        self.service
+            .with(|c| {
+                Box::pin(async move {
+                    let list = c.profile().conversations().map_err(from_e2e)?;
+                    Ok(Value::Array(
+                        list.iter()
+                            .map(|s| {
+                                json!({
+                                    "conversation": s.name,
+                                    "group": hushwire_e2e::group::is_group_name(&s.name),
+                                    "lastMessageAt": s.last_message_at_ms,
+                                    "messageCount": s.message_count,
+                                    "request": s.request,
+                                    "timerMs": s.expire_timer_ms,
+                                })
+                            })
+                            .collect(),
+                    ))
+                })
+            })
+            .await
+            .map_err(stopped)?
+    }
+
+    async fn history(&self, p: HistoryParams) -> Result<Value, RpcError> {
+        let limit = p.limit.unwrap_or(DEFAULT_HISTORY).min(MAX_HISTORY);
+        self.service
+            .with(move |c| {
+                Box::pin(async move {
+                    if !c
+                        .profile()
+                        .conversations()
+                        .map_err(from_e2e)?
+                        .iter()
+                        .any(|s| s.name == p.conversation)
+                    {
+                        return Err(RpcError::new(
+                            code::NOT_FOUND,
+                            format!("no conversation {}", p.conversation),
+                        ));
+                    }
+                    let items = c.profile().timeline(&p.conversation).map_err(from_e2e)?;
+                    let skip = items.len().saturating_sub(limit);
+                    Ok(Value::Array(
+                        items.iter().skip(skip).map(timeline_json).collect(),
+                    ))
+                })
+            })
+            .await
+            .map_err(stopped)?
+    }
+
+    async fn reaction(&self, p: ReactionParams) -> Result<Value, RpcError> {
+        let emoji = if p.remove { String::new() } else { p.emoji };
+        if emoji.is_empty() && !p.remove {
+            return Err(RpcError::new(
+                code::INVALID_PARAMS,
+                "sendReaction needs emoji (or remove: true)",
+            ));
+        }
+        let emitter = self.service.emitter();
+        let failures = Failures::default();
+        let f = failures.clone();
+        let sent = self
+            .service
+            .with(move |c| {
+                Box::pin(async move {
+                    c.profile_mut()
+                        .react(&p.id, &emoji, hushwire_client::api::unix_ms())
+                        .map_err(from_e2e)?;
+                    flush(c, &emitter, &f).await
+                })
+            })
+            .await
+            .map_err(stopped)??;
+        rejected(failures.take())?;
+        Ok(json!({"sent": sent}))
+    }
+
+    async fn mark_read(&self, p: ConversationParams) -> Result<Value, RpcError> {
+        let emitter = self.service.emitter();
+        let failures = Failures::default();
+        let f = failures.clone();
+        let (n, sent) = self
+            .service
+            .with(move |c| {
+                Box::pin(async move {
+                    let n = c
+                        .profile_mut()
+                        .mark_read(&p.conversation, hushwire_client::api::unix_ms())
+                        .map_err(from_e2e)?;
+                    Ok((n, flush(c, &emitter, &f).await?))
+                })
+            })
+            .await
+            .map_err(stopped)??;
+        rejected(failures.take())?;
+        Ok(json!({"read": n, "sent": sent}))
+    }
+
+    async fn create_group(&self, p: CreateGroupParams) -> Result<Value, RpcError> {
+        let emitter = self.service.emitter();
+        let failures = Failures::default();
+        let f = failures.clone();
+        let (name, sent) = self
+            .service
+            .with(move |c| {
+                Box::pin(async move {
+                    let me = c.identity().map_err(from_client)?.handle.clone();
+                    let mut handles: Vec<String> = Vec::new();
+                    for h in p.members.iter().map(|h| h.trim()).filter(|h| !h.is_empty()) {
+                        if h != me && !handles.iter().any(|x| x == h) {
+                            handles.push(h.to_string());
+                        }
+                    }
+                    if handles.is_empty() {
+                        return Err(RpcError::new(
+                            code::INVALID_PARAMS,
+                            "a group needs at least one other member",
+                        ));
+                    }
+                    let name = c
+                        .create_group(&p.title, &handles, None)
+                        .map_err(from_client)?;
+                    Ok((name, flush(c, &emitter, &f).await?))
+                })
+            })
+            .await
+            .map_err(stopped)??;
+        rejected(failures.take())?;
+        Ok(json!({"conversation": name, "sent": sent}))
+    }
+
+    async fn update_group(&self, p: UpdateGroupParams) -> Result<Value, RpcError> {
+        is_group(&p.group)?;
+        if p.add.is_empty()
+            && p.remove.is_empty()
+            && p.promote.is_empty()
+            && p.demote.is_empty()
+            && p.rename.is_none()
+        {
+            return Err(RpcError::new(
+                code::INVALID_PARAMS,
+                "updateGroup needs add, remove, promote, demote or rename",
+            ));
+        }
+        let emitter = self.service.emitter();
+        let failures = Failures::default();
+        let f = failures.clone();
+        let sent = self
+            .service
+            .with(move |c| {
+                Box::pin(async move {
+                    let now = hushwire_client::api::unix_ms();
+                    let g = &p.group;
+                    let prof = c.profile_mut();
+                    if !p.add.is_empty() {
+                        prof.group_add(g, &p.add, now).map_err(from_e2e)?;
+                    }
+                    if !p.remove.is_empty() {
+                        prof.group_remove(g, &p.remove, now).map_err(from_e2e)?;
+                    }
+                    for h in &p.promote {
+                        prof.group_set_admin(g, h, true, now).map_err(from_e2e)?;
+                    }
+                    for h in &p.demote {
+                        prof.group_set_admin(g, h, false, now).map_err(from_e2e)?;
+                    }
+                    if let Some(title) = &p.rename {
+                        prof.group_rename(g, title, now).map_err(from_e2e)?;
+                    }
+                    flush(c, &emitter, &f).await
+                })
+            })
+            .await
+            .map_err(stopped)??;
+        rejected(failures.take())?;
+        Ok(json!({"sent": sent}))
+    }
+
+    async fn quit_group(&self, p: GroupParams) -> Result<Value, RpcError> {
+        is_group(&p.group)?;
+        let emitter = self.service.emitter();
+        let failures = Failures::default();
+        let f = failures.clone();
+        let sent = self
+            .service
+            .with(move |c| {
+                Box::pin(async move {
+                    c.profile_mut()
+                        .group_leave(&p.group, hushwire_client::api::unix_ms())
+                        .map_err(from_e2e)?;
+                    flush(c, &emitter, &f).await
+                })
+            })
+            .await
+            .map_err(stopped)??;
+        rejected(failures.take())?;
+        Ok(json!({"sent": sent}))
+    }
+
+    async fn list_groups(&self) -> Result<Value, RpcError> {
+        self.service
+            .with(|c| {
+                Box::pin(async move {
+                    let mut out = Vec::new();
+                    for s in c.profile().conversations().map_err(from_e2e)? {
+                        if hushwire_e2e::group::is_group_name(&s.name) {
+                            out.push(details_json(
+                                &c.group_details(&s.name).map_err(from_client)?,
+                            ));
+                        }
+                    }
+                    Ok(Value::Array(out))
+                })
+            })
+            .await
+            .map_err(stopped)?
+    }
+
+    async fn get_group(&self, p: GroupParams) -> Result<Value, RpcError> {
+        is_group(&p.group)?;
+        self.service
+            .with(move |c| {
+                Box::pin(async move {
+                    Ok(details_json(
+                        &c.group_details(&p.group).map_err(from_client)?,
+                    ))
+                })
+            })
+            .await
+            .map_err(stopped)?
+    }
+
+    async fn list_devices(&self) -> Result<Value, RpcError> {
+        self.service
+            .with(|c| {
+                Box::pin(async move {
+                    let list = c.devices().await.map_err(from_client)?;
+                    Ok(Value::Array(
+                        list.iter()
+                            .map(|d| {
+                                json!({
+                                    "deviceId": d.device_id,
+                                    "name": d.name,
+                                    "current": d.current,
+                                    "linkedAt": d.linked_at_ms,
+                                })
+                            })
+                            .collect(),
+                    ))
+                })
+            })
+            .await
+            .map_err(stopped)?
+    }
+
+    async fn typing(&self, p: TypingParams) -> Result<Value, RpcError> {
+        let sent = self
+            .service
+            .with(move |c| {
+                Box::pin(async move {
+                    c.send_typing(&p.conversation, !p.stop, NETWORK_TIMEOUT)
+                        .await
+                        .map_err(from_client)
+                })
+            })
+            .await
+            .map_err(stopped)??;
+        Ok(json!({"sent": sent}))
+    }
+}
+
+/// A JSON-RPC error response.
+pub fn error_response(id: Value, e: &RpcError) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": e.to_json()})
+}
+
+/// A `receive` notification for one queued event.
+pub fn notification(event: &Value) -> Value {
+    json!({"jsonrpc": "2.0", "method": "receive", "params": event})
+}

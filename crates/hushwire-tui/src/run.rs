@@ -1,0 +1,517 @@
+//! The I/O loop: terminal, keyboard, service events, and the [`Action`]s of the model
+//! carried out through the client service.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crossterm::event::{Event as TermEvent, KeyEventKind};
+use hushwire_client::{Client, ClientError, SendFileOptions};
+use hushwire_e2e::{E2eError, TimelineItem};
+use hushwire_proto::link::LinkCode;
+use hushwire_service::{Emitter, Service, ServiceError, ServiceOptions};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::TuiError;
+use crate::app::{self, Action, App, ConversationRow, GroupOp, Overlay, Snapshot};
+
+/// Bound of one network operation started from the app.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a link code stays valid.
+const LINK_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the client waits for the user to approve a linking device.
+const APPROVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What reaches the loop besides service events.
+enum UiMsg {
+    Input(TermEvent),
+    InputClosed,
+    Snapshot(Result<Snapshot, String>),
+    /// An action finished: a notice for the status line, and a conversation to open.
+    Done {
+        notice: String,
+        open: Option<String>,
+    },
+    LinkCode(String),
+    LinkApprove(String, std::sync::mpsc::SyncSender<bool>),
+    LinkDone(String),
+    Devices(Vec<String>),
+}
+
+fn now_ms() -> u64 {
+    hushwire_client::api::unix_ms()
+}
+
+/// Runs the app on the registered profile in `profile_dir` until the user quits.
+pub async fn run(profile_dir: &Path) -> Result<(), TuiError> {
+    let service = Service::start(profile_dir, ServiceOptions::default())?;
+    let me = service
+        .with(|c| Box::pin(async move { c.identity().map(|i| i.handle.clone()) }))
+        .await??;
+    let mut app = App::new(me);
+    let mut terminal = ratatui::try_init().map_err(TuiError::Terminal)?;
+    let result = event_loop(&mut terminal, &service, &mut app).await;
+    let restored = ratatui::try_restore();
+    service.shutdown().await;
+    result?;
+    restored.map_err(TuiError::Terminal)
+}
+
+async fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    service: &Service,
+    app: &mut App,
+) -> Result<(), TuiError> {
+    let (ui_tx, mut ui_rx) = mpsc::unbounded_channel::<UiMsg>();
+    let input_tx = ui_tx.clone();
+    // crossterm's read blocks: a thread of its own. It ends with the process.
+    std::thread::Builder::new()
+        .name("hushwire-tui-input".into())
+        .spawn(move || {
+            loop {
+                match crossterm::event::read() {
+                    Ok(ev) => {
+                        if input_tx.send(UiMsg::Input(ev)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => {
+                        let _ = input_tx.send(UiMsg::InputClosed);
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(TuiError::Terminal)?;
+    let mut events = service.subscribe();
+    let mut online = service.online();
+    app.online = *online.borrow_and_update();
+    let mut loop_state = LoopState {
+        service: service.clone(),
+        ui: ui_tx,
+        refreshing: false,
+        refresh_again: false,
+        approve: None,
+    };
+    loop_state.refresh(app);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        terminal
+            .draw(|f| crate::ui::draw(f, app, now_ms()))
+            .map_err(TuiError::Terminal)?;
+        if app.quit {
+            return Ok(());
+        }
+        let actions = tokio::select! {
+            msg = ui_rx.recv() => match msg {
+                Some(msg) => loop_state.message(app, msg),
+                None => return Ok(()),
+            },
+            ev = events.recv() => match ev {
+                Ok(ev) => {
+                    let out = app.apply_event(&ev, now_ms());
+                    if out.bell {
+                        bell();
+                    }
+                    out.actions
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => vec![Action::Refresh],
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(TuiError::Service(ServiceError::Stopped))
+                }
+            },
+            changed = online.changed() => {
+                if changed.is_err() {
+                    return Err(TuiError::Service(ServiceError::Stopped));
+                }
+                let now = *online.borrow_and_update();
+                app.online = now;
+                if now { vec![Action::Refresh] } else { Vec::new() }
+            },
+            _ = tick.tick() => {
+                app.tick(now_ms());
+                Vec::new()
+            }
+        };
+        for action in actions {
+            loop_state.act(app, action);
+        }
+    }
+}
+
+/// Rings the terminal bell (new incoming message).
+fn bell() {
+    let mut out = std::io::stdout();
+    let _ = out.write_all(b"\x07");
+    let _ = out.flush();
+}
+
+struct LoopState {
+    service: Service,
+    ui: mpsc::UnboundedSender<UiMsg>,
+    refreshing: bool,
+    refresh_again: bool,
+    approve: Option<std::sync::mpsc::SyncSender<bool>>,
+}
+
+impl LoopState {
+    fn message(&mut self, app: &mut App, msg: UiMsg) -> Vec<Action> {
+        match msg {
+            UiMsg::Input(TermEvent::Key(key)) if key.kind != KeyEventKind::Release => {
+                return app.handle_key(key, now_ms());
+            }
+            UiMsg::Input(_) => {} // resize and the rest: redrawn anyway
+            UiMsg::InputClosed => {
+                app.quit = true;
+            }
+            UiMsg::Snapshot(result) => {
+                self.refreshing = false;
+                match result {
+                    Ok(s) => app.set_snapshot(s),
+                    Err(e) => app.status = format!("cannot read the profile: {e}"),
+                }
+                if std::mem::take(&mut self.refresh_again) {
+                    self.refresh(app);
+                }
+            }
+            UiMsg::Done { notice, open } => {
+                if !notice.is_empty() {
+                    app.status = notice;
+                }
+                let mut actions = vec![Action::Refresh];
+                if let Some(open) = open {
+                    actions.extend(app.open_conversation(&open));
+                }
+                return actions;
+            }
+            UiMsg::LinkCode(code) => {
+                let qr = qrcode::QrCode::new(code.as_bytes())
+                    .map(|q| {
+                        q.render::<qrcode::render::unicode::Dense1x2>()
+                            .quiet_zone(true)
+                            .build()
+                    })
+                    .unwrap_or_default();
+                app.overlay = Some(Overlay::Link {
+                    code,
+                    qr,
+                    status: format!("waiting for the new device ({} s)…", LINK_TIMEOUT.as_secs()),
+                });
+            }
+            UiMsg::LinkApprove(name, answer) => {
+                self.approve = Some(answer);
+                app.overlay = Some(Overlay::Approve { name });
+            }
+            UiMsg::LinkDone(text) => {
+                self.approve = None;
+                app.status = text.clone();
+                if let Some(Overlay::Link { status, .. }) = &mut app.overlay {
+                    *status = text;
+                }
+                return vec![Action::Refresh];
+            }
+            UiMsg::Devices(lines) => {
+                app.overlay = Some(Overlay::Info {
+                    title: "Your devices".into(),
+                    lines,
+                });
+            }
+        }
+        Vec::new()
+    }
+
+    /// Loads the conversation list and the open conversation (one load at a time; a
+    /// request meanwhile loads again afterwards).
+    fn refresh(&mut self, app: &App) {
+        if self.refreshing {
+            self.refresh_again = true;
+            return;
+        }
+        self.refreshing = true;
+        let open = app.open.clone();
+        let service = self.service.clone();
+        let ui = self.ui.clone();
+        tokio::spawn(async move {
+            let result = service
+                .with(move |c| Box::pin(async move { load_snapshot(c, open.as_deref()) }))
+                .await;
+            let result = match result {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = ui.send(UiMsg::Snapshot(result));
+        });
+    }
+
+    fn act(&mut self, app: &mut App, action: Action) {
+        let emitter = self.service.emitter();
+        match action {
+            Action::Refresh => self.refresh(app),
+            Action::Quit => app.quit = true,
+            Action::ApproveLink(yes) => {
+                if let Some(answer) = self.approve.take() {
+                    let _ = answer.send(yes);
+                }
+            }
+            Action::Typing {
+                conversation,
+                typing,
+            } => {
+                let service = self.service.clone();
+                // Best effort: a lost typing signal matters to nobody.
+                tokio::spawn(async move {
+                    let _ = service
+                        .with(move |c| {
+                            Box::pin(async move {
+                                c.send_typing(&conversation, typing, NETWORK_TIMEOUT).await
+                            })
+                        })
+                        .await;
+                });
+            }
+            Action::Send { to, text, reply_to } => self.spawn(move |c| {
+                Box::pin(async move {
+                    match reply_to {
+                        Some(r) => c.profile_mut().queue_reply(&r, &text, now_ms())?,
+                        None => c.queue_text(&to, &text)?,
+                    };
+                    Ok(flush(c, &emitter, "").await)
+                })
+            }),
+            Action::SendFile { to, path } => self.spawn(move |c| {
+                Box::pin(async move {
+                    let path = expand_home(&path);
+                    c.send_file(&to, &path, &SendFileOptions::default()).await?;
+                    Ok(flush(c, &emitter, "file sent").await)
+                })
+            }),
+            Action::React { message_id, emoji } => self.spawn(move |c| {
+                Box::pin(async move {
+                    c.profile_mut().react(&message_id, &emoji, now_ms())?;
+                    Ok(flush(c, &emitter, "").await)
+                })
+            }),
+            Action::MarkRead(conversation) => self.spawn(move |c| {
+                Box::pin(async move {
+                    let n = c.profile_mut().mark_read(&conversation, now_ms())?;
+                    if n == 0 {
+                        return Ok(String::new());
+                    }
+                    Ok(flush(c, &emitter, "").await)
+                })
+            }),
+            Action::GroupCreate { title, members } => {
+                let ui = self.ui.clone();
+                let service = self.service.clone();
+                tokio::spawn(async move {
+                    let result = service
+                        .with(move |c| {
+                            Box::pin(async move {
+                                let name = c.create_group(&title, &members, None)?;
+                                let notice = flush(c, &emitter, &format!("created {name}")).await;
+                                Ok::<_, ClientError>((name, notice))
+                            })
+                        })
+                        .await;
+                    let msg = match result {
+                        Ok(Ok((name, notice))) => UiMsg::Done {
+                            notice,
+                            open: Some(name),
+                        },
+                        Ok(Err(e)) => done(e.to_string()),
+                        Err(e) => done(e.to_string()),
+                    };
+                    let _ = ui.send(msg);
+                });
+            }
+            Action::Group { group, op } => self.spawn(move |c| {
+                Box::pin(async move {
+                    let now = now_ms();
+                    let p = c.profile_mut();
+                    let what = match &op {
+                        GroupOp::Add(h) => {
+                            p.group_add(&group, h, now)?;
+                            format!("added {} to {group}", h.join(", "))
+                        }
+                        GroupOp::Remove(h) => {
+                            p.group_remove(&group, h, now)?;
+                            format!("removed {} from {group}", h.join(", "))
+                        }
+                        GroupOp::Leave => {
+                            p.group_leave(&group, now)?;
+                            format!("left {group}")
+                        }
+                        GroupOp::Rename(t) => {
+                            p.group_rename(&group, t, now)?;
+                            format!("renamed {group} to #{t}")
+                        }
+                    };
+                    Ok(flush(c, &emitter, &what).await)
+                })
+            }),
+            Action::Devices => {
+                let ui = self.ui.clone();
+                let service = self.service.clone();
+                tokio::spawn(async move {
+                    let result = service
+                        .with(|c| {
+                            Box::pin(async move {
+                                tokio::time::timeout(NETWORK_TIMEOUT, c.devices()).await
+                            })
+                        })
+                        .await;
+                    let msg = match result {
+                        Ok(Ok(Ok(devices))) => UiMsg::Devices(
+                            devices
+                                .iter()
+                                .map(|d| {
+                                    format!(
+                                        "{}{} {}",
+                                        if d.current { "* " } else { "  " },
+                                        d.device_id,
+                                        if d.name.is_empty() {
+                                            "(no name)"
+                                        } else {
+                                            &d.name
+                                        }
+                                    )
+                                })
+                                .collect(),
+                        ),
+                        Ok(Ok(Err(e))) => done(format!("cannot list devices: {e}")),
+                        Ok(Err(_)) => done("listing the devices timed out".into()),
+                        Err(e) => done(e.to_string()),
+                    };
+                    let _ = ui.send(msg);
+                });
+            }
+            Action::Link => {
+                let ui = self.ui.clone();
+                let service = self.service.clone();
+                tokio::spawn(async move {
+                    let ui_in = ui.clone();
+                    let result = service
+                        .with(move |c| Box::pin(async move { link(c, &ui_in, &emitter).await }))
+                        .await;
+                    let text = match result {
+                        Ok(Ok(t)) => t,
+                        Ok(Err(e)) => format!("linking failed: {e}"),
+                        Err(e) => format!("linking failed: {e}"),
+                    };
+                    let _ = ui.send(UiMsg::LinkDone(text));
+                });
+            }
+        }
+    }
+
+    /// Runs `f` on the client; its notice (or error) goes to the status line.
+    fn spawn<F>(&self, f: F)
+    where
+        F: for<'a> FnOnce(
+                &'a mut Client,
+            )
+                -> hushwire_service::ClientFuture<'a, Result<String, ClientError>>
+            + Send
+            + 'static,
+    {
+        let ui = self.ui.clone();
+        let service = self.service.clone();
+        tokio::spawn(async move {
+            let msg = match service.with(f).await {
+                Ok(Ok(notice)) => done(notice),
+                Ok(Err(e)) => done(e.to_string()),
+                Err(e) => done(e.to_string()),
+            };
+            let _ = ui.send(msg);
+        });
+    }
+}
+
+fn done(notice: String) -> UiMsg {
+    UiMsg::Done { notice, open: None }
+}
+
+/// `~/x` → `$HOME/x`.
+fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+/// Sends what is queued; the notice says so, or that it waits for the connection.
+async fn flush(c: &mut Client, emitter: &Emitter, ok: &str) -> String {
+    match c
+        .flush_outbox(NETWORK_TIMEOUT, &mut |e| emitter.emit(e))
+        .await
+    {
+        Ok(_) => ok.to_string(),
+        Err(e) => format!("queued; will be sent when the server is reachable ({e})"),
+    }
+}
+
+/// The device-linking side of this device (see `hushwire device link`).
+async fn link(
+    c: &mut Client,
+    ui: &mpsc::UnboundedSender<UiMsg>,
+    emitter: &Emitter,
+) -> Result<String, ClientError> {
+    let code_ui = ui.clone();
+    let mut on_code = move |code: &LinkCode| {
+        let _ = code_ui.send(UiMsg::LinkCode(code.encode()));
+    };
+    let approve_ui = ui.clone();
+    let mut approve = move |name: &str| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if approve_ui
+            .send(UiMsg::LinkApprove(name.to_string(), tx))
+            .is_err()
+        {
+            return false;
+        }
+        // The client waits for the answer (linking is the only thing it does now).
+        rx.recv_timeout(APPROVE_TIMEOUT).unwrap_or(false)
+    };
+    let emitter = emitter.clone();
+    let mut on_event = move |e| emitter.emit(e);
+    let report = c
+        .link_device(LINK_TIMEOUT, &mut on_code, &mut approve, &mut on_event)
+        .await?;
+    Ok(format!(
+        "linked device {} ({}): added to {} conversation(s), {} message(s) of history sent",
+        report.device_id, report.name, report.conversations, report.history.messages
+    ))
+}
+
+/// The conversation list (with previews) and the open conversation's messages.
+fn load_snapshot(c: &Client, open: Option<&str>) -> Result<Snapshot, E2eError> {
+    let profile = c.profile();
+    let mut conversations = Vec::new();
+    for summary in profile.conversations()? {
+        let timeline = profile.timeline(&summary.name)?;
+        conversations.push(ConversationRow {
+            preview: timeline.last().map(app::preview).unwrap_or_default(),
+            name: summary.name,
+            unread: 0,
+            last_at_ms: summary.last_message_at_ms,
+            request: summary.request,
+        });
+    }
+    let open = match open {
+        Some(name) => {
+            let items: Vec<TimelineItem> = profile.timeline(name)?;
+            let reactions = profile.reactions(name)?;
+            let receipts = profile.receipts(name).unwrap_or_else(|_| HashMap::new());
+            Some((
+                name.to_string(),
+                app::message_views(&items, &reactions, &receipts),
+            ))
+        }
+        None => None,
+    };
+    Ok(Snapshot {
+        conversations,
+        open,
+    })
+}
