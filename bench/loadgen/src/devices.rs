@@ -271,6 +271,8 @@ pub struct ConnHandle {
 pub struct ConnectCtx<'a> {
     /// The server.
     pub endpoint: &'a Endpoint,
+    /// Other nodes of the deployment: device `i` connects to node `i % (1 + len)`.
+    pub others: &'a [Endpoint],
     /// Every registered device.
     pub devices: &'a [Device],
     /// Group-id prefix of the run.
@@ -292,6 +294,7 @@ pub async fn connect_all(
 ) -> Result<Vec<ConnHandle>> {
     let ConnectCtx {
         endpoint,
+        others,
         devices,
         prefix,
         concurrency,
@@ -304,7 +307,12 @@ pub async fn connect_all(
     let n = range.len();
     while done < n {
         while next < range.end && set.len() < concurrency.max(1) {
-            let (endpoint, i) = (endpoint.clone(), next);
+            let node = next % (1 + others.len());
+            let endpoint = match node.checked_sub(1).and_then(|k| others.get(k)) {
+                Some(other) => other.clone(),
+                None => endpoint.clone(),
+            };
+            let i = next;
             let signer = devices
                 .get(i)
                 .map(|d| Arc::clone(&d.signer))

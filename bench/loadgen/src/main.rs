@@ -118,6 +118,11 @@ struct Common {
     /// The running server's pin (`sha256:…`).
     #[arg(long, global = true)]
     pin: Option<String>,
+    /// Another node of the same deployment as --url (same certificate and path prefix);
+    /// repeatable. Devices are spread round-robin over --url and these, so the two
+    /// devices of a pair are always on different nodes (cross-node delivery).
+    #[arg(long = "also-url", global = true, requires = "url", value_name = "URL")]
+    also_url: Vec<String>,
     /// The running server's pid, for its CPU and memory figures.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
@@ -247,6 +252,7 @@ fn session_opts(c: &Common) -> SessionOpts {
             keep_data: c.keep_data,
         },
         url: c.url.clone(),
+        also_urls: c.also_url.clone(),
         pin: c.pin.clone(),
         server_pid: c.server_pid,
         register_concurrency: c.register_concurrency,

@@ -19,6 +19,8 @@ pub struct SessionOpts {
     pub server: ServerOpts,
     /// Target a running server instead.
     pub url: Option<String>,
+    /// Further nodes of that deployment (devices spread round-robin over all).
+    pub also_urls: Vec<String>,
     /// Its pin.
     pub pin: Option<String>,
     /// Its pid, for CPU/RSS figures.
@@ -41,8 +43,11 @@ pub struct Session {
     pub server: Option<ServerProcess>,
     /// The server's pid, when known.
     pub server_pid: Option<u32>,
-    /// The endpoint every connection uses.
+    /// The endpoint registrations use, and the connections of devices `i` with
+    /// `i % (1 + others.len()) == 0`.
     pub endpoint: Endpoint,
+    /// The other nodes' endpoints (device `i` uses `others[i % (1 + len) - 1]`).
+    pub others: Vec<Endpoint>,
     /// Handle and group-id prefix of this run.
     pub prefix: String,
     /// Registered devices.
@@ -91,6 +96,18 @@ impl Session {
         let endpoint = Endpoint::new(&url, pin.as_deref())
             .context("server URL or pin")?
             .with_connect_timeout(Duration::from_secs(30));
+        let others = opts
+            .also_urls
+            .iter()
+            .map(|u| {
+                Endpoint::new(u, pin.as_deref())
+                    .map(|e| e.with_connect_timeout(Duration::from_secs(30)))
+                    .context("--also-url")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !others.is_empty() {
+            eprintln!("{} nodes: devices spread round-robin", others.len() + 1);
+        }
         let t = Instant::now();
         let devices = devices::register_all(
             &endpoint,
@@ -116,6 +133,7 @@ impl Session {
             server,
             server_pid,
             endpoint,
+            others,
             prefix,
             devices,
             conns: Vec::new(),
@@ -139,6 +157,7 @@ impl Session {
         let from = self.conns.len();
         let ctx = devices::ConnectCtx {
             endpoint: &self.endpoint,
+            others: &self.others,
             devices: &self.devices,
             prefix: &self.prefix,
             concurrency: self.connect_concurrency,

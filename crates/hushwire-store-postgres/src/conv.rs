@@ -3,9 +3,21 @@
 
 use deadpool_postgres::GenericClient;
 use hushwire_store::StoreError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
+
+/// Statements this process sent (each one protocol round trip unless pipelined),
+/// `BEGIN`/`COMMIT`/`ROLLBACK` included.
+pub(crate) static STATEMENTS: AtomicU64 = AtomicU64::new(0);
+/// Transactions this process committed.
+pub(crate) static COMMITS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts `n` statements sent.
+pub(crate) fn count_statements(n: u64) {
+    STATEMENTS.fetch_add(n, Ordering::Relaxed);
+}
 
 /// Query parameters, as tokio-postgres takes them.
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -87,6 +99,8 @@ macro_rules! in_tx {
         loop {
             attempt += 1;
             let mut client = $store.client().await?;
+            // BEGIN, then COMMIT or ROLLBACK.
+            $crate::conv::count_statements(2);
             let $tx = client
                 .transaction()
                 .await
@@ -94,7 +108,10 @@ macro_rules! in_tx {
             let result: Result<_, $crate::conv::TxError> = async { $body }.await;
             let failure = match result {
                 Ok(value) => match $tx.commit().await {
-                    Ok(()) => break Ok(value),
+                    Ok(()) => {
+                        $crate::conv::COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        break Ok(value);
+                    }
                     Err(e) => $crate::conv::TxError::Db(e),
                 },
                 Err(e) => {
@@ -125,6 +142,7 @@ macro_rules! in_tx {
 pub(crate) use in_tx;
 
 async fn prepare<C: GenericClient>(c: &C, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+    count_statements(1);
     c.prepare_cached(sql).await
 }
 

@@ -30,7 +30,12 @@
 //! # Transactions
 //! Every trait method is one transaction (reads: one statement, so one snapshot), at
 //! READ COMMITTED with explicit row locks; deadlocks and serialization failures are
-//! retried a bounded number of times.
+//! retried a bounded number of times. Except: application messages, proposals and
+//! [`Mailboxes::ack_hint`]s go to the node's **batcher** (`batch.rs`), which applies
+//! everything queued in one shared transaction of five statements (group commit) and
+//! answers each submitter after its `COMMIT`, with the same rules as below. Pool size
+//! and batching come from [`PgOptions`] or the store URL's query parameters
+//! (`?pool_size=32`); [`PgStats`] counts statements and commits.
 //! - **Commit fencing**: `submit` locks the group row (`SELECT … FOR UPDATE`) before
 //!   it compares the epoch, so of two nodes committing at the same epoch the second
 //!   waits, then reads the incremented epoch and answers `StaleEpoch`. A group's
@@ -57,6 +62,7 @@
 //! data directory on encrypted storage.
 
 mod accounts;
+mod batch;
 mod blobs;
 mod controls;
 mod conv;
@@ -75,11 +81,13 @@ use hushwire_store::{
     ClaimedKeyPackage, Controls, CreateBlobOutcome, Delivery, DeviceAddr, DeviceId, DeviceRecord,
     Envelope, GroupInfoRecord, GroupRecord, KeyPackageStock, KeyPackages, Mailboxes, NewAccount,
     NewBlob, NewDevice, NewKeyPackage, NewReport, PartOutcome, RelayAudience, ReportRecord,
-    StoreError, Submission, SubmitOutcome,
+    StoreError, Submission, SubmitKind, SubmitOutcome,
 };
 use hushwire_store::{LinkId, LinkSlot, Links, PutSlot};
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 pub use schema::SCHEMA_VERSION;
@@ -92,15 +100,27 @@ const SESSION_OPTIONS: &str =
 /// of `mailbox::EXPIRE_STEP` (a bound on one call; the rest goes at the next sweep).
 const EXPIRE_MAX_STEPS: u32 = 10_000;
 
-/// Pool and connection settings.
+/// Pool, connection and batching settings. [`PgStore::connect`] also reads them from
+/// the URL's query parameters (`pool_size`, `batch_max`, `batch_window_us`,
+/// `batch_concurrency`), which override the values given here, so an operator sets them
+/// in `store = "postgres://…?pool_size=32"`.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
-    /// Connections in the pool.
+    /// Connections in the pool (default 16). One per batch in flight, the rest for
+    /// reads, commits and the other operations.
     pub pool_size: usize,
     /// How long opening one connection may take.
     pub connect_timeout: Duration,
     /// How long an operation waits for a free pooled connection.
     pub wait_timeout: Duration,
+    /// Most operations (application messages, proposals, acknowledgement hints) in one
+    /// batch transaction (default 256).
+    pub batch_max: usize,
+    /// How long a batch is held open for more operations when the previous batch had
+    /// company (default 0: never wait; batches form while the previous one commits).
+    pub batch_window: Duration,
+    /// Batch transactions in flight at once per node (default 1).
+    pub batch_concurrency: usize,
 }
 
 impl Default for PgOptions {
@@ -109,14 +129,113 @@ impl Default for PgOptions {
             pool_size: 16,
             connect_timeout: Duration::from_secs(10),
             wait_timeout: Duration::from_secs(30),
+            batch_max: 256,
+            batch_window: Duration::ZERO,
+            batch_concurrency: 1,
         }
     }
 }
 
-/// The PostgreSQL store. Cheap to clone (clones share the pool).
+/// The URL query parameters this backend reads (and removes before the URL is parsed
+/// as a PostgreSQL connection string).
+const OWN_PARAMS: [&str; 4] = [
+    "pool_size",
+    "batch_max",
+    "batch_window_us",
+    "batch_concurrency",
+];
+
+impl PgOptions {
+    /// Applies this backend's query parameters of `url` to `self` and returns the URL
+    /// without them. Values must be whole numbers (`pool_size` and `batch_max` at least
+    /// 1, `batch_concurrency` 1 to 64, `batch_window_us` at most 1,000,000).
+    pub fn apply_url(&mut self, url: &str) -> Result<String, StoreError> {
+        let Some((base, query)) = url.split_once('?') else {
+            return Ok(url.to_owned());
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if !OWN_PARAMS.contains(&key) {
+                kept.push(pair);
+                continue;
+            }
+            let n: u64 = value.parse().map_err(|_| {
+                StoreError::Invalid(format!("store URL parameter {key} must be a whole number"))
+            })?;
+            let size = |lo: u64, hi: u64| {
+                if (lo..=hi).contains(&n) {
+                    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+                } else {
+                    Err(StoreError::Invalid(format!(
+                        "store URL parameter {key} must be {lo} to {hi}"
+                    )))
+                }
+            };
+            match key {
+                "pool_size" => self.pool_size = size(1, 10_000)?,
+                "batch_max" => self.batch_max = size(1, 100_000)?,
+                "batch_concurrency" => self.batch_concurrency = size(1, 64)?,
+                _ => self.batch_window = Duration::from_micros(size(0, 1_000_000)? as u64),
+            }
+        }
+        Ok(if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        })
+    }
+}
+
+/// Process-wide counters of this backend (every [`PgStore`] of the process together):
+/// what the benchmarks divide by the messages delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PgStats {
+    /// Statements sent, `BEGIN`/`COMMIT`/`ROLLBACK` included (each a protocol round
+    /// trip, except that a batch pipelines three of them in one).
+    pub statements: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Batch transactions run (attempts that were retried count once).
+    pub batches: u64,
+    /// Submissions that went through batches.
+    pub batched_submits: u64,
+    /// Acknowledgement hints applied through batches, after coalescing per device.
+    pub batched_ack_hints: u64,
+}
+
+impl PgStats {
+    /// The counters now.
+    pub fn now() -> Self {
+        Self {
+            statements: conv::STATEMENTS.load(Ordering::Relaxed),
+            commits: conv::COMMITS.load(Ordering::Relaxed),
+            batches: batch::BATCHES.load(Ordering::Relaxed),
+            batched_submits: batch::BATCHED_SUBMITS.load(Ordering::Relaxed),
+            batched_ack_hints: batch::BATCHED_HINTS.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A connection from `pool`, its failures as store errors.
+pub(crate) async fn pooled(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
+    use deadpool_postgres::PoolError;
+    pool.get().await.map_err(|e| match e {
+        PoolError::Closed => StoreError::Closed,
+        PoolError::Backend(e) => conv::backend(e),
+        PoolError::Timeout(kind) => {
+            StoreError::Backend(format!("postgres: no connection in time ({kind:?})"))
+        }
+        other => StoreError::Backend(format!("postgres pool: {other}")),
+    })
+}
+
+/// The PostgreSQL store. Cheap to clone (clones share the pool and the batcher).
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// The batcher's queue (see `batch.rs`); it ends when the last clone is dropped.
+    batcher: mpsc::Sender<batch::Op>,
 }
 
 impl fmt::Debug for PgStore {
@@ -132,7 +251,9 @@ impl fmt::Debug for PgStore {
 impl PgStore {
     /// The connection settings of `url` with this backend's session settings added, for
     /// callers building their own pool for [`PgStore::connect_with_pool`].
+    /// This backend's own query parameters (see [`PgOptions`]) are left out.
     pub fn pg_config(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, StoreError> {
+        let url = options.clone().apply_url(url)?;
         // The parser's message may quote the URL: not repeated.
         let mut config: tokio_postgres::Config = url
             .parse()
@@ -149,10 +270,12 @@ impl PgStore {
         Ok(config)
     }
 
-    /// Connects to `url` (`postgres://user:password@host:port/db`), brings the schema up
+    /// Connects to `url` (`postgres://user:password@host:port/db`, with optional
+    /// [`PgOptions`] query parameters such as `?pool_size=32`), brings the schema up
     /// to date and returns the store.
-    pub async fn connect(url: &str, options: PgOptions) -> Result<Self, StoreError> {
-        let config = Self::pg_config(url, &options)?;
+    pub async fn connect(url: &str, mut options: PgOptions) -> Result<Self, StoreError> {
+        let url = options.apply_url(url)?;
+        let config = Self::pg_config(&url, &options)?;
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -168,15 +291,19 @@ impl PgStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| StoreError::Invalid(format!("PostgreSQL pool: {e}")))?;
-        Self::connect_with_pool(pool).await
+        Self::connect_batching(pool, &options).await
     }
 
     /// Uses an existing pool (its connections should be configured with
     /// [`PgStore::pg_config`]); brings the schema up to date. Refuses a pool whose
     /// sessions run with `synchronous_commit` off.
+    /// Batches as [`PgOptions::default`] says.
     pub async fn connect_with_pool(pool: Pool) -> Result<Self, StoreError> {
-        let store = Self { pool };
-        let mut client = store.client().await?;
+        Self::connect_batching(pool, &PgOptions::default()).await
+    }
+
+    async fn connect_batching(pool: Pool, options: &PgOptions) -> Result<Self, StoreError> {
+        let mut client = pooled(&pool).await?;
         let sync: String = client
             .query_one("SHOW synchronous_commit", &[])
             .await
@@ -189,7 +316,18 @@ impl PgStore {
         }
         schema::migrate(&mut client).await?;
         drop(client);
-        Ok(store)
+        let max = options.batch_max.max(1);
+        let (batcher, rx) = mpsc::channel(max.saturating_mul(8).min(65_536));
+        tokio::spawn(batch::run(
+            pool.clone(),
+            rx,
+            batch::Batching {
+                max,
+                window: options.batch_window,
+                concurrency: options.batch_concurrency.max(1),
+            },
+        ));
+        Ok(Self { pool, batcher })
     }
 
     /// Closes the pool: operations waiting or started later fail with
@@ -212,15 +350,7 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
-        use deadpool_postgres::PoolError;
-        self.pool.get().await.map_err(|e| match e {
-            PoolError::Closed => StoreError::Closed,
-            PoolError::Backend(e) => conv::backend(e),
-            PoolError::Timeout(kind) => {
-                StoreError::Backend(format!("postgres: no connection in time ({kind:?})"))
-            }
-            other => StoreError::Backend(format!("postgres pool: {other}")),
-        })
+        pooled(&self.pool).await
     }
 
     /// Runs a read on a pooled connection.
@@ -390,7 +520,19 @@ impl KeyPackages for PgStore {
 #[async_trait]
 impl Delivery for PgStore {
     async fn submit(&self, submission: Submission) -> Result<SubmitOutcome, StoreError> {
-        in_tx!(self, |tx| delivery::submit(&tx, &submission).await)
+        if matches!(submission.kind, SubmitKind::Commit { .. }) {
+            // Rare, and they change rosters: one transaction each (same group lock).
+            return in_tx!(self, |tx| delivery::submit(&tx, &submission).await);
+        }
+        if self.pool.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.batcher
+            .send(batch::Op::Submit(Box::new(submission), reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn group(&self, group_id: &[u8]) -> Result<Option<GroupRecord>, StoreError> {
@@ -419,6 +561,20 @@ impl Mailboxes for PgStore {
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> Result<u64, StoreError> {
         let (dev, up_to) = (conv::to_i64(device.0), conv::to_i64(up_to_seq));
         in_tx!(self, |tx| mailbox::ack(&tx, dev, up_to).await)
+    }
+
+    async fn ack_hint(&self, device: DeviceId, up_to_seq: u64) -> Result<(), StoreError> {
+        if self.pool.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        // Waits only for room in the queue, never for the commit.
+        self.batcher
+            .send(batch::Op::AckHint {
+                device: conv::to_i64(device.0),
+                up_to_seq: conv::to_i64(up_to_seq),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     async fn pending(&self, device: DeviceId) -> Result<u64, StoreError> {

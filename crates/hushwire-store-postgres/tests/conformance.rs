@@ -207,6 +207,7 @@ async fn password_is_never_shown() {
             pool_size: 1,
             connect_timeout: std::time::Duration::from_secs(2),
             wait_timeout: std::time::Duration::from_secs(2),
+            ..PgOptions::default()
         },
     )
     .await
