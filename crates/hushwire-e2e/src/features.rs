@@ -1429,6 +1429,23 @@ impl Profile {
         Ok(ids.len())
     }
 
+    /// Unread incoming messages per conversation (those [`Profile::mark_read`] has not
+    /// marked yet), for conversation lists; conversations with none are left out.
+    pub fn unread_counts(&self) -> Result<Vec<(String, u64)>, E2eError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT conversation, COUNT(*) FROM messages WHERE outgoing = 0
+             AND read_at_ms IS NULL AND view_once = 0 AND kind IN {TARGET_KINDS}
+             GROUP BY conversation"
+        ))?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (conversation, n) = row?;
+            out.push((conversation, u64::try_from(n).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
     /// The attachment (with its key) of received view-once message `id` while it is not
     /// opened yet, to fetch the file just before [`Profile::view_once`]; `None` for a
     /// text, an own or an opened message.

@@ -150,6 +150,10 @@ pub enum GroupOp {
     Leave,
     /// Change the title.
     Rename(String),
+    /// Make a member an admin.
+    Promote(String),
+    /// Take a member's admin rights.
+    Demote(String),
 }
 
 /// Something for the I/O loop to do.
@@ -207,6 +211,8 @@ pub enum Action {
     ApproveLink(bool),
     /// List this account's devices.
     Devices,
+    /// Show a group's title, members and admins.
+    GroupInfo(String),
     /// Reload the conversation list and the open conversation.
     Refresh,
     /// Leave the app.
@@ -303,7 +309,14 @@ impl App {
             .map(|c| c.name.clone());
         self.conversations = snapshot.conversations;
         for row in &mut self.conversations {
-            row.unread = self.unread.get(&row.name).copied().unwrap_or(0);
+            // The profile's count (unread until opened, across sessions) or, when ahead
+            // of it, this session's; the open conversation is being read.
+            row.unread = if self.open.as_deref() == Some(row.name.as_str()) {
+                0
+            } else {
+                row.unread
+                    .max(self.unread.get(&row.name).copied().unwrap_or(0))
+            };
         }
         if let Some(name) = selected_name
             && let Some(i) = self.conversations.iter().position(|c| c.name == name)
@@ -823,10 +836,13 @@ impl App {
             "remove" if !split_handles(args).is_empty() => GroupOp::Remove(split_handles(args)),
             "leave" => GroupOp::Leave,
             "rename" if !args.is_empty() => GroupOp::Rename(args.to_string()),
+            "promote" if split_handles(args).len() == 1 => GroupOp::Promote(args.to_string()),
+            "demote" if split_handles(args).len() == 1 => GroupOp::Demote(args.to_string()),
+            "info" | "members" => return vec![Action::GroupInfo(group)],
             _ => {
-                self.status =
-                    "usage: /group create TITLE a,b | add a,b | remove a | leave | rename TITLE"
-                        .into();
+                self.status = "usage: /group create TITLE a,b | add a,b | remove a | leave | \
+                               rename TITLE | promote a | demote a | info"
+                    .into();
                 return Vec::new();
             }
         };

@@ -27,7 +27,8 @@
 //! | `/new HANDLE` | open (or start) a conversation |
 //! | `/file PATH` | send a file to the open conversation |
 //! | `/group create TITLE a,b` | create a group chat |
-//! | `/group add a,b`, `/group remove a`, `/group leave`, `/group rename TITLE` | change the open group (or name one: `/group add #TITLE a`) |
+//! | `/group add a,b`, `/group remove a`, `/group leave`, `/group rename TITLE`, `/group promote a`, `/group demote a` | change the open group (or name one: `/group add #TITLE a`) |
+//! | `/group info` | the open group's title, members (devices) and admins |
 //! | `/link` | link a new device: shows `link-code:` and a QR code; approve its name with `y` |
 //! | `/devices` | list this account's devices |
 //! | `/read` | mark the open conversation read (opening it does too) |
@@ -44,7 +45,8 @@
 //! so both are tested with ratatui's `TestBackend`. The loop in [`run`] reads the
 //! keyboard on a thread, subscribes to the service's events and carries out the model's
 //! [`Action`]s with the client library through [`hushwire_service::Service::with`].
-//! Unread counts are those of this session (the profile has no unread count yet).
+//! Unread counts come from the profile (messages not yet marked read), so they survive
+//! a restart.
 
 pub mod app;
 mod run;

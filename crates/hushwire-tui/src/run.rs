@@ -37,6 +37,7 @@ enum UiMsg {
     LinkApprove(String, std::sync::mpsc::SyncSender<bool>),
     LinkDone(String),
     Devices(Vec<String>),
+    Info(String, Vec<String>),
 }
 
 fn now_ms() -> u64 {
@@ -217,6 +218,9 @@ impl LoopState {
                     lines,
                 });
             }
+            UiMsg::Info(title, lines) => {
+                app.overlay = Some(Overlay::Info { title, lines });
+            }
         }
         Vec::new()
     }
@@ -346,10 +350,54 @@ impl LoopState {
                             p.group_rename(&group, t, now)?;
                             format!("renamed {group} to #{t}")
                         }
+                        GroupOp::Promote(h) => {
+                            p.group_set_admin(&group, h, true, now)?;
+                            format!("made {h} an admin of {group}")
+                        }
+                        GroupOp::Demote(h) => {
+                            p.group_set_admin(&group, h, false, now)?;
+                            format!("{h} is no longer an admin of {group}")
+                        }
                     };
                     Ok(flush(c, &emitter, &what).await)
                 })
             }),
+            Action::GroupInfo(group) => {
+                let ui = self.ui.clone();
+                let service = self.service.clone();
+                tokio::spawn(async move {
+                    let name = group.clone();
+                    let result = service
+                        .with(move |c| Box::pin(async move { c.profile().group_details(&name) }))
+                        .await;
+                    let msg = match result {
+                        Ok(Ok(d)) => {
+                            let mut lines = vec![
+                                format!("title: {}", d.title),
+                                format!(
+                                    "who may change members: {}",
+                                    if d.admins_only { "admins" } else { "everyone" }
+                                ),
+                                format!("state: {}, epoch {}", d.state, d.epoch),
+                                format!("{} member(s):", d.members.len()),
+                            ];
+                            lines.extend(d.members.iter().map(|m| {
+                                format!(
+                                    "  {}{} ({} device{})",
+                                    m.handle,
+                                    if m.admin { " [admin]" } else { "" },
+                                    m.devices.len(),
+                                    if m.devices.len() == 1 { "" } else { "s" }
+                                )
+                            }));
+                            UiMsg::Info(group, lines)
+                        }
+                        Ok(Err(e)) => done(format!("{group}: {e}")),
+                        Err(e) => done(e.to_string()),
+                    };
+                    let _ = ui.send(msg);
+                });
+            }
             Action::Devices => {
                 let ui = self.ui.clone();
                 let service = self.service.clone();
@@ -487,13 +535,14 @@ async fn link(
 /// The conversation list (with previews) and the open conversation's messages.
 fn load_snapshot(c: &Client, open: Option<&str>) -> Result<Snapshot, E2eError> {
     let profile = c.profile();
+    let unread: HashMap<String, u64> = profile.unread_counts()?.into_iter().collect();
     let mut conversations = Vec::new();
     for summary in profile.conversations()? {
         let timeline = profile.timeline(&summary.name)?;
         conversations.push(ConversationRow {
             preview: timeline.last().map(app::preview).unwrap_or_default(),
+            unread: unread.get(&summary.name).copied().unwrap_or(0),
             name: summary.name,
-            unread: 0,
             last_at_ms: summary.last_message_at_ms,
             request: summary.request,
         });

@@ -32,6 +32,8 @@ pub const HELP: &[(&str, &str)] = &[
     ("/group remove a", "remove a member from the open group"),
     ("/group leave", "leave the open group"),
     ("/group rename TITLE", "rename the open group"),
+    ("/group promote a", "make a an admin (demote: take it back)"),
+    ("/group info", "the open group's members and admins"),
     ("/link", "link a new device (shows a code and a QR code)"),
     ("/devices", "list this account's devices"),
     ("/read", "mark the open conversation read"),

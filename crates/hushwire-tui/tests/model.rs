@@ -423,6 +423,28 @@ fn slash_commands() {
         }]
     );
     assert_eq!(
+        run(&mut app, "/group promote erin"),
+        vec![Action::Group {
+            group: "#friends".into(),
+            op: GroupOp::Promote("erin".into())
+        }]
+    );
+    assert_eq!(
+        run(&mut app, "/group demote erin"),
+        vec![Action::Group {
+            group: "#friends".into(),
+            op: GroupOp::Demote("erin".into())
+        }]
+    );
+    assert!(
+        run(&mut app, "/group promote a,b").is_empty(),
+        "one at a time"
+    );
+    assert_eq!(
+        run(&mut app, "/group info"),
+        vec![Action::GroupInfo("#friends".into())]
+    );
+    assert_eq!(
         run(&mut app, "/group rename Old friends"),
         vec![Action::Group {
             group: "#friends".into(),

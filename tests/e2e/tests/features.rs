@@ -426,7 +426,13 @@ async fn read_receipts_off_sends_none() {
     bob.profile_mut().set_read_receipts(false).unwrap();
     let id = send(&mut alice, "bob", "did you read this?").await;
     sync_events(&mut bob).await;
+    assert_eq!(
+        bob.profile().unread_counts().unwrap(),
+        [("alice".to_string(), 2)],
+        "the two unread messages are counted"
+    );
     assert_eq!(bob.profile_mut().mark_read("alice", now()).unwrap(), 2);
+    assert!(bob.profile().unread_counts().unwrap().is_empty());
     assert_eq!(bob.profile().outbox_len().unwrap(), 0, "nothing queued");
     sync_events(&mut bob).await;
     let got = receipts_of(&sync_events(&mut alice).await);
