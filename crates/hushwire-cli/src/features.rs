@@ -72,45 +72,12 @@ fn now_ms() -> u64 {
 
 /// `5s`, `30m`, `1h`, `7d`, `2w`, `off` → milliseconds (0: off).
 pub(crate) fn parse_timer(text: &str) -> anyhow::Result<u64> {
-    let t = text.trim().to_ascii_lowercase();
-    if t == "off" || t == "0" {
-        return Ok(0);
-    }
-    let bad = || {
-        user_error(format!(
-            "not a timer: {text:?} (e.g. 5s, 30m, 1h, 7d, 2w or off)"
-        ))
-    };
-    let unit = t.chars().last().ok_or_else(bad)?;
-    let n: u64 = t[..t.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
-    let per = match unit {
-        's' => 1_000,
-        'm' => 60_000,
-        'h' => 3_600_000,
-        'd' => 86_400_000,
-        'w' => 7 * 86_400_000,
-        _ => return Err(bad()),
-    };
-    let ms = n.checked_mul(per).ok_or_else(bad)?;
-    hushwire_e2e::validate_timer(ms).map_err(|e| user_error(e.to_string()))?;
-    Ok(ms)
+    hushwire_service::parse_timer(text).map_err(user_error)
 }
 
 /// A timer as the user writes it: `5s`, `1h`, `7d`, `off`.
 pub(crate) fn timer_text(ms: u64) -> String {
-    if ms == 0 {
-        return "off".into();
-    }
-    // Weeks only past one ("7d" stays as the user wrote it; "14d" prints as "2w").
-    if ms > 7 * 86_400_000 && ms.is_multiple_of(7 * 86_400_000) {
-        return format!("{}w", ms / (7 * 86_400_000));
-    }
-    for (per, unit) in [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m")] {
-        if ms.is_multiple_of(per) {
-            return format!("{}{unit}", ms / per);
-        }
-    }
-    format!("{}s", ms / 1000)
+    hushwire_service::timer_text(ms)
 }
 
 /// E2E errors the user caused (a wrong id, not the author...) exit with 1.

@@ -157,6 +157,33 @@ fn chat_sends_and_shows_a_reply_in_tmux() {
     assert!(screen.contains('✓'), "{screen}");
     assert!(screen.contains("● online"), "{screen}");
 
+    // alice edits her message (the newest of her own) and sets a disappearing timer.
+    tmux.keys("/edit hello, edited in the terminal app");
+    tmux.key("Enter");
+    tmux.wait_for("message edited");
+    tmux.wait_for("(edited)");
+    tmux.keys("/timer 1h");
+    tmux.key("Enter");
+    tmux.wait_for("bob ⏱ 1h");
+    let start = Instant::now();
+    let (mut edited, mut timer) = (false, false);
+    while !(edited && timer) {
+        let o = hushwire(&bob, &["receive", "--json", "--timeout", "0"]);
+        assert_ok(&o);
+        for v in String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            edited |= v["type"] == "edit" && v["text"] == "hello, edited in the terminal app";
+            timer |= v["type"] == "timer";
+        }
+        assert!(
+            start.elapsed() < STEP,
+            "bob never got the edit and the timer"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     // The help overlay, then quit.
     tmux.key("F1");
     tmux.wait_for("Help — keys and commands");

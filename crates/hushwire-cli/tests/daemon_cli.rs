@@ -1,4 +1,5 @@
-//! `hushwire daemon` through the built binary: every method over stdio against a
+//! `hushwire daemon` through the built binary: every method (the conversation features
+//! too) over stdio against a
 //! `hushwire serve` child, `--socket` and `--http` started from the command line, and
 //! events surviving a daemon killed with SIGKILL while messages arrive.
 
@@ -211,6 +212,57 @@ fn every_method_over_stdio() {
 
     d.ok("sendTyping", json!({"conversation": "alice"}));
     d.ok("sendTyping", json!({"conversation": "alice", "stop": true}));
+
+    // Conversation features: edit, delete, timer, blocking, settings, view once.
+    let r = d.ok("send", json!({"to": "alice", "text": "teh typo"}));
+    let own = r["id"].as_str().unwrap().to_string();
+    d.ok("editMessage", json!({"id": own, "text": "the typo"}));
+    let got = receive_until(&alice, |v| v["type"] == json!("edit"));
+    assert_eq!(
+        (&got["message_id"], &got["text"]),
+        (&json!(own), &json!("the typo"))
+    );
+    let r = d.ok("remoteDelete", json!({"id": own}));
+    assert_eq!(r["scope"], json!("everyone"));
+    receive_until(&alice, |v| {
+        v["type"] == json!("delete") && v["message_id"] == json!(own)
+    });
+    assert_eq!(
+        d.call("remoteDelete", json!({"id": own}))["error"]["code"],
+        json!(-32002)
+    );
+    let r = d.ok("setTimer", json!({"conversation": "alice", "timer": "1h"}));
+    assert_eq!(r["timer"], json!("1h"));
+    let got = receive_until(&alice, |v| v["type"] == json!("timer"));
+    assert_eq!(got["timer"], json!("1h"));
+    d.ok("setTimer", json!({"conversation": "alice", "timer": "off"}));
+    assert_eq!(
+        d.call("setTimer", json!({"conversation": "alice", "timer": "1y"}))["error"]["code"],
+        json!(-32602)
+    );
+    assert_eq!(d.ok("listRequests", json!({})), json!([]));
+    d.ok("block", json!({"handle": "carol"}));
+    assert_eq!(d.ok("listBlocked", json!({})), json!(["carol"]));
+    d.ok("unblock", json!({"handle": "carol"}));
+    assert_eq!(d.ok("listBlocked", json!({})), json!([]));
+    let s = d.ok("updateSettings", json!({"presence": "everyone"}));
+    assert_eq!(s["presence"], json!("everyone"));
+    assert_eq!(d.ok("getSettings", json!({})), s);
+    assert_ok(&hushwire(
+        &alice,
+        &["send", "bob", "only once", "--view-once"],
+    ));
+    let e = d.event(|p| p["type"] == json!("message") && p["viewOnce"] == json!(true));
+    assert!(e["text"].is_null(), "{e}");
+    let r = d.ok("openViewOnce", json!({"id": e["id"]}));
+    assert_eq!(
+        (&r["from"], &r["text"]),
+        (&json!("alice"), &json!("only once"))
+    );
+    assert_eq!(
+        d.call("openViewOnce", json!({"id": e["id"]}))["error"]["code"],
+        json!(-32003)
+    );
 
     let r = d.ok(
         "createGroup",

@@ -24,7 +24,15 @@ fn message_fields(m: &StoredMessage) -> Map<String, Value> {
     o.insert("from".into(), json!(m.from));
     o.insert("sentAt".into(), json!(m.sent_at_ms));
     o.insert("receivedAt".into(), json!(m.received_at_ms));
-    o.insert("text".into(), json!(m.text));
+    // A view-once message's content is only for `openViewOnce` (the profile hides it).
+    o.insert(
+        "text".into(),
+        if m.view_once {
+            Value::Null
+        } else {
+            json!(m.text)
+        },
+    );
     o.insert("outgoing".into(), json!(m.outgoing));
     o.insert("state".into(), json!(state_name(m.state)));
     o.insert("replyTo".into(), json!(m.reply_to));
@@ -205,8 +213,11 @@ pub(crate) fn event_entry(event: &ServiceEvent) -> NewEvent {
             timer_ms,
         } => plain(
             json!({"type": "timerChanged", "conversation": conversation, "by": by,
-                          "timerMs": timer_ms}),
+                          "timer": hushwire_service::timer_text(*timer_ms), "timerMs": timer_ms}),
         ),
+        Event::IdentityChanged { handle } => {
+            plain(json!({"type": "identityChanged", "handle": handle}))
+        }
         _ => plain(json!({"type": "other"})),
     }
 }

@@ -44,15 +44,25 @@
 //! ## Methods
 //! Names follow signal-cli's daemon where they fit (its parameter names are accepted as
 //! aliases: `recipient`, `message`, `attachment`, `quoteId`, `targetId`, `groupId`,
-//! `addMembers`, `removeMembers`, `name`).
+//! `addMembers`, `removeMembers`, `name`; `updateConfiguration` is `updateSettings`).
 //!
 //! | method | params | result |
 //! |---|---|---|
-//! | `send` | `to` (handle or `#GROUP`), `text`?, `file`? (path), `replyTo`? (message id) | `{"id","sent"}` |
-//! | `listConversations` | – | `[{"conversation","group","lastMessageAt","messageCount","request","timerMs"}]` |
+//! | `send` | `to` (handle or `#GROUP`), `text`?, `file`? (path), `replyTo`? (message id), `viewOnce`? | `{"id","sent"}` |
+//! | `listConversations` | – | `[{"conversation","group","lastMessageAt","messageCount","request","timer","timerMs"}]` |
 //! | `history` | `conversation`, `limit`? (default 50, at most 1000) | the latest timeline entries, oldest first |
 //! | `sendReaction` | `id`, `emoji` (or `remove: true`) | `{"sent"}` |
 //! | `sendReceipt`, `markRead` | `conversation` | `{"read": n, "sent"}` (read receipts) |
+//! | `editMessage` | `id` (an own text), `text` | `{"sent"}` |
+//! | `remoteDelete` | `id` | `{"scope","sent"}`: `everyone` (own message), `unsent` (own, never sent), `me` (someone else's: this device only) |
+//! | `setTimer` | `conversation`, `timer` (`5s`, `30m`, `1h`, `7d`, `2w` … 90 days, or `off`) | `{"conversation","timer","timerMs","sent"}` |
+//! | `listRequests` | – | `[{"from","conversation","messages","firstAt","lastText"}]` (unanswered message requests) |
+//! | `acceptRequest` | `handle` | `{"sent"}` |
+//! | `block`, `unblock` | `handle` | `{"sent"}` |
+//! | `listBlocked` | – | `["handle", …]` |
+//! | `getSettings` | – | `{"readReceipts","presence"}` |
+//! | `updateSettings` | `readReceipts`? (bool), `presence`? (`everyone`, `contacts`, `nobody`) | the settings after the change |
+//! | `openViewOnce` | `id`, `dir`? (default `PROFILE/media/.view-once`) | `{"id","from","text","path"}` |
 //! | `createGroup` | `title`, `members` | `{"conversation","sent"}` |
 //! | `updateGroup` | `group`, `add`?, `remove`?, `promote`?, `demote`? (handle lists), `rename`? | `{"sent"}` |
 //! | `quitGroup` | `group` | `{"sent"}` |
@@ -64,11 +74,23 @@
 //!
 //! `sent: false` means the server was unreachable: the message or operation is queued in
 //! the profile's outbox and goes out with the next successful send (the live connection
-//! retries). A file path is resolved against the daemon's working directory.
+//! retries); `sent` is `true` also when there was nothing to send (a delete on this
+//! device only). A file path is resolved against the daemon's working directory.
+//!
+//! A reply (`send` with `replyTo`) goes to the quoted message's conversation (`to`, if
+//! given, must name it); it carries no file. `viewOnce` sends a file or a text that the
+//! receiver opens once: received view-once messages arrive with `"viewOnce":true` and
+//! `"text":null`, and `openViewOnce` returns their text and, for a file, the path of the
+//! decrypted copy (the caller deletes it when done); the message is then erased on
+//! this device, a viewed receipt goes out, and opening it again is refused (`-32003`).
+//! Only an own text can be edited; a group's timer only by its admins. A blocked
+//! account's messages are dropped (and the server stops queueing them).
 //!
 //! Errors: `-32700` parse, `-32600` invalid request, `-32601` unknown method, `-32602`
-//! bad params, `-32603` internal; application errors: `-32000` client error, `-32001`
-//! network (queued), `-32002` not found, `-32003` refused (not an admin, invalid value),
+//! bad params (a malformed message id or handle, an unknown timer or presence value),
+//! `-32603` internal; application errors: `-32000` client error, `-32001` network
+//! (queued), `-32002` not found (conversation, group, message id, message request, block),
+//! `-32003` refused (not an admin, not the author, viewed already, invalid value),
 //! `-32004` the client stopped, `-32005` a file could not be read, `-32006` rejected by
 //! the server or the group (`data` lists what).
 //!
@@ -77,9 +99,13 @@
 //! `{"jsonrpc":"2.0","method":"receive","params":{"seq":N,"type":…,…}}` (an SSE event
 //! over HTTP). Types: `message`, `attachment` (with `attachment`: file name, type, size,
 //! `path` once downloaded), `relayLink`, `conversationStarted`, `request`, `receipt`,
-//! `reaction`, `edited`, `deleted`, `typing`, `presence`, `group`,
+//! `reaction`, `edited` (`messageId`, `from`, the new `text`), `deleted` (`messageId`,
+//! `from`: deleted for everyone by its author), `typing`, `presence`, `group`,
 //! `groupOperationFailed`, `sent`, `sendFailed`, `undecryptable`, `devicesChanged`,
-//! `timerChanged`, `connection` (`online`, `reason`).
+//! `timerChanged` (`by`, `timer`, `timerMs`), `identityChanged` (`handle`),
+//! `connection` (`online`, `reason`). Messages carry `replyTo`, `viewOnce`,
+//! `expiresAt` (a disappearing message) and `editedAt`; a `request` event precedes the
+//! first message of someone who is not a contact yet.
 //!
 //! ## Durability
 //! Events are appended to `daemon-events.sqlite` in the profile directory (WAL,

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hushwire_client::{Client, ClientError, Event, SendFileOptions};
-use hushwire_e2e::{E2eError, GroupDetails};
-use hushwire_service::{Emitter, Service};
+use hushwire_client::{Client, ClientError, Event, SendFileOptions, StoredMessage};
+use hushwire_e2e::{DeleteScope, E2eError, GroupDetails, PresenceShare};
+use hushwire_service::{Command, Emitter, Outcome, Service, parse_timer, timer_text};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -22,6 +22,8 @@ const MAX_HISTORY: usize = 1000;
 const DEFAULT_HISTORY: usize = 50;
 /// A batch holds at most this many requests.
 pub const MAX_BATCH: usize = 100;
+/// Bound for `openViewOnce` (downloading the file included).
+const VIEW_ONCE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// JSON-RPC error codes.
 pub mod code {
@@ -128,6 +130,59 @@ fn is_group(name: &str) -> Result<(), RpcError> {
     }
 }
 
+/// Checks the form of a handle (`[a-z0-9_.]`, 3 to 32 characters, as
+/// `hushwire_proto::identity::validate_handle`; the profile checks again) so that a
+/// malformed one is reported as invalid params.
+fn check_handle(what: &str, handle: &str) -> Result<(), RpcError> {
+    let n = handle.chars().count();
+    let bad = if !(3..=32).contains(&n) {
+        Some(format!("a handle has 3 to 32 characters, got {n}"))
+    } else {
+        handle
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '.'))
+            .map(|c| format!("a handle may contain only a-z, 0-9, '_' and '.', found {c:?}"))
+    };
+    match bad {
+        Some(why) => Err(RpcError::new(
+            code::INVALID_PARAMS,
+            format!("{what}: {handle:?} is not a handle ({why})"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks the form of a message id.
+fn check_message_id(id: &str) -> Result<(), RpcError> {
+    hushwire_e2e::parse_message_id(id).map(|_| ()).map_err(|_| {
+        RpcError::new(
+            code::INVALID_PARAMS,
+            format!("id: not a message id: {id:?}"),
+        )
+    })
+}
+
+/// `everyone`, `unsent`, `me`.
+fn scope_name(s: DeleteScope) -> &'static str {
+    match s {
+        DeleteScope::Everyone => "everyone",
+        DeleteScope::Unsent => "unsent",
+        DeleteScope::ForMe => "me",
+    }
+}
+
+fn presence_from(name: &str) -> Result<PresenceShare, RpcError> {
+    match name {
+        "everyone" => Ok(PresenceShare::Everyone),
+        "contacts" => Ok(PresenceShare::Contacts),
+        "nobody" => Ok(PresenceShare::Nobody),
+        other => Err(RpcError::new(
+            code::INVALID_PARAMS,
+            format!("presence: {other:?} is not one of \"everyone\", \"contacts\", \"nobody\""),
+        )),
+    }
+}
+
 /// What the methods reported while sending: failures to return as an error.
 #[derive(Clone, Default)]
 struct Failures(Arc<Mutex<Vec<Value>>>);
@@ -169,6 +224,17 @@ async fn flush(c: &mut Client, emitter: &Emitter, failures: &Failures) -> Result
         Err(e) if e.is_network() => Ok(false),
         Err(e) => Err(from_client(e)),
     }
+}
+
+/// A command's outcome: its failures as an error, else whether it went out.
+fn outcome_sent(o: &Outcome) -> Result<bool, RpcError> {
+    rejected(
+        o.failures
+            .iter()
+            .map(|reason| json!({"reason": reason}))
+            .collect(),
+    )?;
+    Ok(o.pending.is_none())
 }
 
 fn rejected(failures: Vec<Value>) -> Result<(), RpcError> {
@@ -214,6 +280,54 @@ struct SendParams {
     file: Option<PathBuf>,
     #[serde(alias = "quoteId")]
     reply_to: Option<String>,
+    #[serde(default)]
+    view_once: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EditParams {
+    #[serde(alias = "targetId", alias = "messageId", alias = "editId")]
+    id: String,
+    #[serde(alias = "message")]
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MessageParams {
+    #[serde(alias = "targetId", alias = "messageId")]
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TimerParams {
+    #[serde(alias = "recipient", alias = "group")]
+    conversation: String,
+    timer: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HandleParams {
+    #[serde(alias = "recipient")]
+    handle: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SettingsParams {
+    read_receipts: Option<bool>,
+    presence: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ViewOnceParams {
+    #[serde(alias = "targetId", alias = "messageId")]
+    id: String,
+    dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +418,17 @@ pub const METHODS: &[&str] = &[
     "getGroup",
     "listDevices",
     "sendTyping",
+    "editMessage",
+    "remoteDelete",
+    "setTimer",
+    "listRequests",
+    "acceptRequest",
+    "block",
+    "unblock",
+    "listBlocked",
+    "getSettings",
+    "updateSettings",
+    "openViewOnce",
     "version",
 ];
 
@@ -416,6 +541,17 @@ impl Methods {
             "getGroup" => self.get_group(params(p)?).await,
             "listDevices" => self.list_devices().await,
             "sendTyping" => self.typing(params(p)?).await,
+            "editMessage" => self.edit(params(p)?).await,
+            "remoteDelete" => self.delete(params(p)?).await,
+            "setTimer" => self.set_timer(params(p)?).await,
+            "listRequests" => self.list_requests().await,
+            "acceptRequest" => self.accept(params(p)?).await,
+            "block" => self.block(params(p)?, true).await,
+            "unblock" => self.block(params(p)?, false).await,
+            "listBlocked" => self.list_blocked().await,
+            "getSettings" => self.settings().await,
+            "updateSettings" | "updateConfiguration" => self.update_settings(params(p)?).await,
+            "openViewOnce" => self.open_view_once(params(p)?).await,
             other => Err(RpcError::new(
                 code::METHOD_NOT_FOUND,
                 format!("no method {other:?}"),
@@ -423,57 +559,110 @@ impl Methods {
         }
     }
 
+    /// Applies `command` through the service (the code every front shares).
+    async fn command(&self, command: Command) -> Result<Outcome, RpcError> {
+        self.service.command(command).await.map_err(from_client)
+    }
+
+    /// The message `id` on this device: malformed → invalid params, unknown → not found.
+    async fn find_message(&self, id: &str) -> Result<StoredMessage, RpcError> {
+        check_message_id(id)?;
+        let id = id.to_string();
+        self.service
+            .with(move |c| {
+                Box::pin(async move {
+                    c.profile().find_message(&id).map_err(|e| match e {
+                        // No message with this id here (or several senders used it).
+                        E2eError::Protocol(m) => RpcError::new(code::NOT_FOUND, m),
+                        other => from_e2e(other),
+                    })
+                })
+            })
+            .await
+            .map_err(stopped)?
+    }
+
     async fn send(&self, p: SendParams) -> Result<Value, RpcError> {
-        let emitter = self.service.emitter();
-        let failures = Failures::default();
-        let f = failures.clone();
         if p.text.is_none() && p.file.is_none() {
             return Err(RpcError::new(
                 code::INVALID_PARAMS,
                 "send needs text or file",
             ));
         }
-        if p.to.is_none() && p.reply_to.is_none() {
+        if let Some(target) = p.reply_to {
+            if p.file.is_some() {
+                return Err(RpcError::new(
+                    code::INVALID_PARAMS,
+                    "a file cannot be sent as a reply",
+                ));
+            }
+            if p.view_once {
+                return Err(RpcError::new(
+                    code::INVALID_PARAMS,
+                    "a reply cannot be view-once",
+                ));
+            }
+            let m = self.find_message(&target).await?;
+            if let Some(to) = &p.to
+                && *to != m.conversation
+            {
+                return Err(RpcError::new(
+                    code::INVALID_PARAMS,
+                    format!(
+                        "replyTo: message {target} is in {}, not in {to}",
+                        m.conversation
+                    ),
+                ));
+            }
+            let o = self
+                .command(Command::Reply {
+                    id: target,
+                    text: p.text.unwrap_or_default(),
+                })
+                .await?;
+            let sent = outcome_sent(&o)?;
+            return Ok(json!({"id": o.id, "sent": sent}));
+        }
+        let Some(to) = p.to else {
             return Err(RpcError::new(
                 code::INVALID_PARAMS,
                 "send needs to (or replyTo)",
             ));
+        };
+        let group = hushwire_e2e::group::is_group_name(&to);
+        if p.view_once && p.file.is_none() && !group {
+            check_handle("to", &to)?;
         }
+        let emitter = self.service.emitter();
+        let failures = Failures::default();
+        let f = failures.clone();
         let (id, sent) = self
             .service
             .with(move |c| {
                 Box::pin(async move {
-                    let id = match (&p.file, &p.reply_to) {
-                        (Some(path), None) => {
-                            let to = p.to.clone().unwrap_or_default();
+                    let text = p.text.unwrap_or_default();
+                    let id = match &p.file {
+                        Some(path) => {
                             let options = SendFileOptions {
-                                caption: p.text.clone().unwrap_or_default(),
+                                caption: text,
+                                view_once: p.view_once,
                                 ..SendFileOptions::default()
                             };
                             c.send_file(&to, path, &options)
                                 .await
                                 .map_err(from_client)?
                         }
-                        (Some(_), Some(_)) => {
-                            return Err(RpcError::new(
-                                code::INVALID_PARAMS,
-                                "a file cannot be sent as a reply",
-                            ));
-                        }
-                        (None, Some(target)) => c
+                        None if p.view_once => c
                             .profile_mut()
-                            .queue_reply(
-                                target,
-                                p.text.as_deref().unwrap_or_default(),
+                            .queue_text_with(
+                                &to,
+                                &text,
+                                None,
+                                true,
                                 hushwire_client::api::unix_ms(),
                             )
                             .map_err(from_e2e)?,
-                        (None, None) => c
-                            .queue_text(
-                                p.to.as_deref().unwrap_or_default(),
-                                p.text.as_deref().unwrap_or_default(),
-                            )
-                            .map_err(from_client)?,
+                        None => c.queue_text(&to, &text).map_err(from_client)?,
                     };
                     let sent = flush(c, &emitter, &f).await?;
                     Ok((id, sent))
@@ -499,6 +688,7 @@ impl Methods {
                                     "lastMessageAt": s.last_message_at_ms,
                                     "messageCount": s.message_count,
                                     "request": s.request,
+                                    "timer": timer_text(s.expire_timer_ms),
                                     "timerMs": s.expire_timer_ms,
                                 })
                             })
@@ -546,23 +736,13 @@ impl Methods {
                 "sendReaction needs emoji (or remove: true)",
             ));
         }
-        let emitter = self.service.emitter();
-        let failures = Failures::default();
-        let f = failures.clone();
-        let sent = self
-            .service
-            .with(move |c| {
-                Box::pin(async move {
-                    c.profile_mut()
-                        .react(&p.id, &emoji, hushwire_client::api::unix_ms())
-                        .map_err(from_e2e)?;
-                    flush(c, &emitter, &f).await
-                })
-            })
-            .await
-            .map_err(stopped)??;
-        rejected(failures.take())?;
-        Ok(json!({"sent": sent}))
+        if !emoji.is_empty() {
+            hushwire_e2e::validate_reaction(&emoji)
+                .map_err(|e| RpcError::new(code::INVALID_PARAMS, format!("emoji: {e}")))?;
+        }
+        self.find_message(&p.id).await?;
+        let o = self.command(Command::React { id: p.id, emoji }).await?;
+        Ok(json!({"sent": outcome_sent(&o)?}))
     }
 
     async fn mark_read(&self, p: ConversationParams) -> Result<Value, RpcError> {
@@ -756,6 +936,183 @@ impl Methods {
             .await
             .map_err(stopped)??;
         Ok(json!({"sent": sent}))
+    }
+
+    async fn edit(&self, p: EditParams) -> Result<Value, RpcError> {
+        if p.text.is_empty() {
+            return Err(RpcError::new(
+                code::INVALID_PARAMS,
+                "editMessage needs the new text",
+            ));
+        }
+        self.find_message(&p.id).await?;
+        let o = self
+            .command(Command::Edit {
+                id: p.id,
+                text: p.text,
+            })
+            .await?;
+        Ok(json!({"sent": outcome_sent(&o)?}))
+    }
+
+    async fn delete(&self, p: MessageParams) -> Result<Value, RpcError> {
+        self.find_message(&p.id).await?;
+        let o = self.command(Command::Delete { id: p.id }).await?;
+        let sent = outcome_sent(&o)?;
+        Ok(json!({"scope": o.scope.map(scope_name), "sent": sent}))
+    }
+
+    async fn set_timer(&self, p: TimerParams) -> Result<Value, RpcError> {
+        let timer_ms = parse_timer(&p.timer)
+            .map_err(|e| RpcError::new(code::INVALID_PARAMS, format!("timer: {e}")))?;
+        let o = self
+            .command(Command::Timer {
+                conversation: p.conversation.clone(),
+                timer_ms,
+            })
+            .await?;
+        let sent = outcome_sent(&o)?;
+        Ok(json!({
+            "conversation": p.conversation,
+            "timer": timer_text(timer_ms),
+            "timerMs": timer_ms,
+            "sent": sent,
+        }))
+    }
+
+    async fn list_requests(&self) -> Result<Value, RpcError> {
+        self.service
+            .with(|c| {
+                Box::pin(async move {
+                    let list = c.profile().requests().map_err(from_e2e)?;
+                    Ok(Value::Array(
+                        list.iter()
+                            .map(|r| {
+                                json!({
+                                    "from": r.from,
+                                    "conversation": r.from,
+                                    "messages": r.messages,
+                                    "firstAt": r.first_at_ms,
+                                    "lastText": r.last_text,
+                                })
+                            })
+                            .collect(),
+                    ))
+                })
+            })
+            .await
+            .map_err(stopped)?
+    }
+
+    async fn accept(&self, p: HandleParams) -> Result<Value, RpcError> {
+        check_handle("handle", &p.handle)?;
+        let handle = p.handle.clone();
+        let request = self
+            .service
+            .with(move |c| Box::pin(async move { c.profile().is_request(&handle) }))
+            .await
+            .map_err(stopped)?
+            .map_err(from_e2e)?;
+        if !request {
+            return Err(RpcError::new(
+                code::NOT_FOUND,
+                format!("no message request from {}", p.handle),
+            ));
+        }
+        let o = self.command(Command::Accept { handle: p.handle }).await?;
+        Ok(json!({"sent": outcome_sent(&o)?}))
+    }
+
+    async fn blocked(&self) -> Result<Vec<String>, RpcError> {
+        self.service
+            .with(|c| Box::pin(async move { c.profile().blocked() }))
+            .await
+            .map_err(stopped)?
+            .map_err(from_e2e)
+    }
+
+    async fn block(&self, p: HandleParams, block: bool) -> Result<Value, RpcError> {
+        check_handle("handle", &p.handle)?;
+        let command = if block {
+            Command::Block { handle: p.handle }
+        } else {
+            if !self.blocked().await?.contains(&p.handle) {
+                return Err(RpcError::new(
+                    code::NOT_FOUND,
+                    format!("{} is not blocked", p.handle),
+                ));
+            }
+            Command::Unblock { handle: p.handle }
+        };
+        let o = self.command(command).await?;
+        Ok(json!({"sent": outcome_sent(&o)?}))
+    }
+
+    async fn list_blocked(&self) -> Result<Value, RpcError> {
+        Ok(json!(self.blocked().await?))
+    }
+
+    async fn settings(&self) -> Result<Value, RpcError> {
+        self.service
+            .with(|c| {
+                Box::pin(async move {
+                    let p = c.profile();
+                    Ok(json!({
+                        "readReceipts": p.read_receipts().map_err(from_e2e)?,
+                        "presence": p.presence_share().map_err(from_e2e)?.as_str(),
+                    }))
+                })
+            })
+            .await
+            .map_err(stopped)?
+    }
+
+    async fn update_settings(&self, p: SettingsParams) -> Result<Value, RpcError> {
+        if p.read_receipts.is_none() && p.presence.is_none() {
+            return Err(RpcError::new(
+                code::INVALID_PARAMS,
+                "updateSettings needs readReceipts or presence",
+            ));
+        }
+        // Every value is checked before anything changes.
+        let share = p.presence.as_deref().map(presence_from).transpose()?;
+        if let Some(on) = p.read_receipts {
+            self.command(Command::ReadReceipts(on)).await?;
+        }
+        if let Some(share) = share {
+            self.command(Command::Presence(share)).await?;
+        }
+        self.settings().await
+    }
+
+    async fn open_view_once(&self, p: ViewOnceParams) -> Result<Value, RpcError> {
+        let m = self.find_message(&p.id).await?;
+        if m.outgoing {
+            return Err(RpcError::new(
+                code::REFUSED,
+                "your own view-once messages cannot be opened",
+            ));
+        }
+        if !m.view_once {
+            return Err(RpcError::new(
+                code::REFUSED,
+                format!("message {} is not view-once", p.id),
+            ));
+        }
+        let dir = p
+            .dir
+            .unwrap_or_else(|| self.service.profile_dir().join("media").join(".view-once"));
+        let opened = self
+            .service
+            .open_view_once(&p.id, dir, VIEW_ONCE_TIMEOUT)
+            .await
+            .map_err(from_client)?;
+        Ok(json!({
+            "id": p.id,
+            "from": opened.from,
+            "text": opened.text,
+            "path": opened.path.map(|p| p.display().to_string()),
+        }))
     }
 }
 

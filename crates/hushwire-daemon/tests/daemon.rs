@@ -1,13 +1,15 @@
-//! The daemon in process: every method over the unix socket and over HTTP, events,
+//! The daemon in process: every method over the unix socket and over HTTP (the
+//! conversation features checked end to end by a second client), events,
 //! the durable queue (replay to the next consumer, recovery of what the profile stored
 //! but the queue missed) and the HTTP token.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use hushwire_client::{Client, Event};
-use hushwire_daemon::{Daemon, EventQueue, Token, http_token};
+use hushwire_client::{Client, Event, SendFileOptions};
+use hushwire_daemon::{Daemon, EventQueue, METHODS, Token, http_token};
 use hushwire_service::ServiceOptions;
 use hushwire_tests::{TestServer, register};
 use serde_json::{Value, json};
@@ -175,7 +177,7 @@ impl Sse {
     }
 }
 
-enum Transport {
+enum Link {
     Socket(LineClient),
     Http {
         addr: std::net::SocketAddr,
@@ -184,11 +186,35 @@ enum Transport {
     },
 }
 
+/// One transport, and the methods called over it (every one must be).
+struct Transport {
+    link: Link,
+    called: BTreeSet<String>,
+}
+
 impl Transport {
+    fn new(link: Link) -> Self {
+        Self {
+            link,
+            called: BTreeSet::new(),
+        }
+    }
+
+    /// Asserts that every method of the daemon was called over this transport.
+    fn assert_every_method_called(&self, tag: &str) {
+        let missing: Vec<&str> = METHODS
+            .iter()
+            .copied()
+            .filter(|m| !self.called.contains(*m))
+            .collect();
+        assert!(missing.is_empty(), "not exercised over {tag}: {missing:?}");
+    }
+
     async fn call(&mut self, method: &str, params: Value) -> Value {
-        match self {
-            Transport::Socket(c) => c.call(method, params).await,
-            Transport::Http { addr, next_id, .. } => {
+        self.called.insert(method.to_string());
+        match &mut self.link {
+            Link::Socket(c) => c.call(method, params).await,
+            Link::Http { addr, next_id, .. } => {
                 *next_id += 1;
                 let req =
                     json!({"jsonrpc": "2.0", "id": *next_id, "method": method, "params": params});
@@ -216,16 +242,16 @@ impl Transport {
     }
 
     async fn event(&mut self, f: impl Fn(&Value) -> bool) -> Value {
-        match self {
-            Transport::Socket(c) => c.event(f).await,
-            Transport::Http { events, .. } => events.event(f).await.1,
+        match &mut self.link {
+            Link::Socket(c) => c.event(f).await,
+            Link::Http { events, .. } => events.event(f).await.1,
         }
     }
 
     /// Sends a raw line/body; returns the answer, if any.
     async fn raw(&mut self, text: &str) -> Option<Value> {
-        match self {
-            Transport::Socket(c) => {
+        match &mut self.link {
+            Link::Socket(c) => {
                 c.send_line(text).await;
                 // A marker call tells whether an answer came before it.
                 let marker = 999_999;
@@ -239,7 +265,7 @@ impl Transport {
                 assert_eq!(second["id"], json!(marker));
                 Some(first)
             }
-            Transport::Http { addr, .. } => {
+            Link::Http { addr, .. } => {
                 let (status, body) = http(*addr, "POST", "/api/v1/rpc", &[], text).await;
                 if status == 204 {
                     return None;
@@ -484,6 +510,498 @@ async fn exercise(t: &mut Transport, alice: &mut Client, tag: &str, tmp: &Path) 
     );
 }
 
+/// A well-formed message id no one used.
+const UNKNOWN_ID: &str = "01900000-0000-7000-8000-000000000000";
+
+fn now() -> u64 {
+    hushwire_client::api::unix_ms()
+}
+
+/// Sends what `c` queued.
+async fn flush_client(c: &mut Client) {
+    c.flush_outbox(WAIT, &mut |_| {}).await.unwrap();
+}
+
+/// Syncs `c` until `f` matches one of its events; returns every event seen until then.
+async fn collect_until(c: &mut Client, f: impl Fn(&Event) -> bool) -> Vec<Event> {
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let got = alice_events(c).await;
+        let found = got.iter().any(&f);
+        seen.extend(got);
+        if found {
+            return seen;
+        }
+    }
+    panic!("never got the expected event");
+}
+
+/// The `conversation`'s timeline over `t`.
+async fn history_of(t: &mut Transport, conversation: &str) -> Vec<Value> {
+    let h = t
+        .ok(
+            "history",
+            json!({"conversation": conversation, "limit": 1000}),
+        )
+        .await;
+    h.as_array().unwrap().clone()
+}
+
+async fn conversation_of(t: &mut Transport, conversation: &str) -> Value {
+    let list = t.ok("listConversations", json!({})).await;
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["conversation"] == json!(conversation))
+        .unwrap_or_else(|| panic!("no {conversation} in {list}"))
+        .clone()
+}
+
+/// Edits, deletes, timers, view once, requests, blocking and settings over `t`, each
+/// checked on the other side (alice, and `stranger`, who is not bob's contact yet).
+async fn conversation_features(
+    t: &mut Transport,
+    alice: &mut Client,
+    stranger: &mut Client,
+    tag: &str,
+    tmp: &Path,
+) {
+    let stranger_name = stranger.identity().unwrap().handle.clone();
+
+    // editMessage: an own text, for everyone.
+    let r = t
+        .ok(
+            "send",
+            json!({"to": "alice", "text": format!("typo {tag}")}),
+        )
+        .await;
+    let own = r["id"].as_str().unwrap().to_string();
+    alice_until(alice, |e| matches!(e, Event::Message(m) if m.id == own)).await;
+    let edited = format!("fixed {tag}");
+    let r = t
+        .ok("editMessage", json!({"id": own, "text": edited}))
+        .await;
+    assert_eq!(r["sent"], json!(true));
+    alice_until(alice, |e| {
+        matches!(e, Event::Edited { message_id, text, from, .. }
+            if *message_id == own && *text == edited && from == "bob")
+    })
+    .await;
+    assert_eq!(alice.profile().find_message(&own).unwrap().text, edited);
+    for (params, code) in [
+        (json!({"id": "not-an-id", "text": "x"}), -32602),
+        (json!({"id": UNKNOWN_ID, "text": "x"}), -32002),
+        (json!({"id": own}), -32602),
+        (json!({"id": own, "text": ""}), -32602),
+    ] {
+        assert_eq!(t.err("editMessage", params.clone()).await, code, "{params}");
+    }
+    // Someone else's message cannot be edited; their edit arrives as an event.
+    let theirs = hushwire_tests::send(alice, "bob", &format!("alice's {tag}")).await;
+    t.event(|p| p["type"] == json!("message") && p["id"] == json!(theirs))
+        .await;
+    assert_eq!(
+        t.err("editMessage", json!({"id": theirs, "text": "x"}))
+            .await,
+        -32003
+    );
+    let alice_edit = format!("alice's, edited {tag}");
+    alice
+        .profile_mut()
+        .edit(&theirs, &alice_edit, now())
+        .unwrap();
+    flush_client(alice).await;
+    let e = t
+        .event(|p| p["type"] == json!("edited") && p["messageId"] == json!(theirs))
+        .await;
+    assert_eq!(
+        (&e["text"], &e["from"]),
+        (&json!(alice_edit), &json!("alice"))
+    );
+    let h = history_of(t, "alice").await;
+    let m = h.iter().find(|m| m["id"] == json!(theirs)).unwrap();
+    assert_eq!(m["text"], json!(alice_edit));
+    assert!(m["editedAt"].is_u64(), "{m}");
+
+    // send with replyTo: the quoted message must exist, in the conversation named.
+    assert_eq!(
+        t.err(
+            "send",
+            json!({"to": "alice", "text": "x", "replyTo": UNKNOWN_ID})
+        )
+        .await,
+        -32002
+    );
+    assert_eq!(
+        t.err(
+            "send",
+            json!({"to": "carol", "text": "x", "replyTo": theirs})
+        )
+        .await,
+        -32602
+    );
+    assert_eq!(
+        t.err("sendReaction", json!({"id": UNKNOWN_ID, "emoji": "👍"}))
+            .await,
+        -32002
+    );
+
+    // remoteDelete: an own message for everyone.
+    let r = t
+        .ok(
+            "send",
+            json!({"to": "alice", "text": format!("regret {tag}")}),
+        )
+        .await;
+    let gone = r["id"].as_str().unwrap().to_string();
+    alice_until(alice, |e| matches!(e, Event::Message(m) if m.id == gone)).await;
+    let r = t.ok("remoteDelete", json!({"id": gone})).await;
+    assert_eq!(r["scope"], json!("everyone"), "{r}");
+    alice_until(
+        alice,
+        |e| matches!(e, Event::Deleted { message_id, .. } if *message_id == gone),
+    )
+    .await;
+    assert!(alice.profile().find_message(&gone).is_err());
+    // Someone else's: on this device only.
+    let r = t.ok("remoteDelete", json!({"targetId": theirs})).await;
+    assert_eq!(r["scope"], json!("me"), "{r}");
+    assert!(
+        !history_of(t, "alice")
+            .await
+            .iter()
+            .any(|m| m["id"] == json!(theirs))
+    );
+    assert!(alice.profile().find_message(&theirs).is_ok());
+    assert_eq!(t.err("remoteDelete", json!({"id": theirs})).await, -32002);
+    assert_eq!(t.err("remoteDelete", json!({"id": "nope"})).await, -32602);
+    // alice deletes hers: bob's copy goes.
+    let hers = hushwire_tests::send(alice, "bob", &format!("oops {tag}")).await;
+    t.event(|p| p["type"] == json!("message") && p["id"] == json!(hers))
+        .await;
+    alice.profile_mut().delete_message(&hers, now()).unwrap();
+    flush_client(alice).await;
+    let e = t
+        .event(|p| p["type"] == json!("deleted") && p["messageId"] == json!(hers))
+        .await;
+    assert_eq!(e["from"], json!("alice"));
+    assert!(
+        !history_of(t, "alice")
+            .await
+            .iter()
+            .any(|m| m["id"] == json!(hers))
+    );
+
+    // setTimer: set on both sides.
+    let r = t
+        .ok("setTimer", json!({"conversation": "alice", "timer": "1h"}))
+        .await;
+    assert_eq!(
+        (&r["timer"], &r["timerMs"], &r["sent"]),
+        (&json!("1h"), &json!(3_600_000), &json!(true))
+    );
+    alice_until(
+        alice,
+        |e| matches!(e, Event::TimerChanged { by, timer_ms: 3_600_000, .. } if by == "bob"),
+    )
+    .await;
+    assert_eq!(alice.profile().timer("bob").unwrap(), 3_600_000);
+    let c = conversation_of(t, "alice").await;
+    assert_eq!(
+        (&c["timer"], &c["timerMs"]),
+        (&json!("1h"), &json!(3_600_000))
+    );
+    for (params, code) in [
+        (json!({"conversation": "alice", "timer": "1s"}), -32602),
+        (json!({"conversation": "alice", "timer": "soon"}), -32602),
+        (json!({"conversation": "alice"}), -32602),
+        (json!({"conversation": "nobody", "timer": "1h"}), -32002),
+    ] {
+        assert_eq!(t.err("setTimer", params.clone()).await, code, "{params}");
+    }
+    // alice turns it off: bob sees the change.
+    alice.profile_mut().set_timer("bob", 0, now()).unwrap();
+    flush_client(alice).await;
+    let e = t
+        .event(|p| p["type"] == json!("timerChanged") && p["by"] == json!("alice"))
+        .await;
+    assert_eq!((&e["timer"], &e["timerMs"]), (&json!("off"), &json!(0)));
+    assert_eq!(conversation_of(t, "alice").await["timer"], json!("off"));
+
+    // send viewOnce: a file and a text alice opens once.
+    let file = tmp.join(format!("once-{tag}.txt"));
+    std::fs::write(&file, format!("for your eyes only {tag}")).unwrap();
+    let r = t
+        .ok(
+            "send",
+            json!({"to": "alice", "file": file, "text": "once", "viewOnce": true}),
+        )
+        .await;
+    let once = r["id"].as_str().unwrap().to_string();
+    let got = alice_until(
+        alice,
+        |e| matches!(e, Event::Attachment(m, _) if m.id == once),
+    )
+    .await;
+    let Event::Attachment(m, _) = got else {
+        unreachable!()
+    };
+    assert!(m.view_once);
+    let dir = tmp.join(format!("alice-view-{tag}"));
+    let (m, path) = alice.open_view_once(&once, &dir).await.unwrap();
+    assert_eq!(m.text, "once");
+    assert_eq!(
+        std::fs::read_to_string(path.unwrap()).unwrap(),
+        format!("for your eyes only {tag}")
+    );
+    assert!(alice.open_view_once(&once, &dir).await.is_err());
+    assert_eq!(
+        t.err("openViewOnce", json!({"id": once})).await,
+        -32003,
+        "an own view-once message"
+    );
+    let secret = format!("a secret {tag}");
+    let r = t
+        .ok(
+            "send",
+            json!({"to": "alice", "text": secret, "viewOnce": true}),
+        )
+        .await;
+    let once_text = r["id"].as_str().unwrap().to_string();
+    let got = alice_until(
+        alice,
+        |e| matches!(e, Event::Message(m) if m.id == once_text),
+    )
+    .await;
+    let Event::Message(m) = got else {
+        unreachable!()
+    };
+    assert!(m.view_once && m.text.is_empty());
+    let (m, path) = alice.open_view_once(&once_text, &dir).await.unwrap();
+    assert_eq!((m.text, path), (secret, None));
+    assert_eq!(
+        t.err(
+            "send",
+            json!({"to": "alice", "text": "x", "viewOnce": true, "replyTo": theirs})
+        )
+        .await,
+        -32602
+    );
+
+    // openViewOnce: alice's view-once file, once.
+    let src = tmp.join(format!("from-alice-{tag}.txt"));
+    std::fs::write(&src, format!("alice's eyes-only file {tag}")).unwrap();
+    let options = SendFileOptions {
+        caption: "just once".into(),
+        view_once: true,
+        ..SendFileOptions::default()
+    };
+    let vid = alice.send_file("bob", &src, &options).await.unwrap();
+    flush_client(alice).await;
+    let e = t
+        .event(|p| p["type"] == json!("attachment") && p["id"] == json!(vid))
+        .await;
+    assert_eq!((&e["viewOnce"], &e["text"]), (&json!(true), &Value::Null));
+    let dir = tmp.join(format!("bob-view-{tag}"));
+    let r = t.ok("openViewOnce", json!({"id": vid, "dir": dir})).await;
+    assert_eq!(
+        (&r["from"], &r["text"]),
+        (&json!("alice"), &json!("just once"))
+    );
+    let path = r["path"].as_str().unwrap();
+    assert!(Path::new(path).starts_with(&dir), "{path}");
+    assert_eq!(
+        std::fs::read_to_string(path).unwrap(),
+        format!("alice's eyes-only file {tag}")
+    );
+    assert_eq!(
+        t.err("openViewOnce", json!({"id": vid, "dir": dir})).await,
+        -32003,
+        "opened once only"
+    );
+    alice_until(alice, |e| {
+        matches!(e, Event::Receipt { message_id, status, .. }
+            if *message_id == vid && status.as_str() == "viewed")
+    })
+    .await;
+    // A view-once text, into the default directory.
+    let secret = format!("alice's secret {tag}");
+    let vid = alice
+        .profile_mut()
+        .queue_text_with("bob", &secret, None, true, now())
+        .unwrap();
+    flush_client(alice).await;
+    let e = t
+        .event(|p| p["type"] == json!("message") && p["id"] == json!(vid))
+        .await;
+    assert_eq!((&e["viewOnce"], &e["text"]), (&json!(true), &Value::Null));
+    let r = t.ok("openViewOnce", json!({"id": vid})).await;
+    assert_eq!((&r["text"], &r["path"]), (&json!(secret), &Value::Null));
+    assert_eq!(t.err("openViewOnce", json!({"id": vid})).await, -32003);
+    assert_eq!(
+        t.err("openViewOnce", json!({"id": UNKNOWN_ID})).await,
+        -32002
+    );
+    assert_eq!(
+        t.err("openViewOnce", json!({"id": own})).await,
+        -32003,
+        "not view-once"
+    );
+
+    // Message requests: a stranger writes.
+    let hello = format!("hello from {stranger_name} {tag}");
+    hushwire_tests::send(stranger, "bob", &hello).await;
+    t.event(|p| p["type"] == json!("request") && p["from"] == json!(stranger_name))
+        .await;
+    t.event(|p| p["type"] == json!("message") && p["text"] == json!(hello))
+        .await;
+    let reqs = t.ok("listRequests", json!({})).await;
+    let req = reqs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["from"] == json!(stranger_name))
+        .unwrap_or_else(|| panic!("{reqs}"))
+        .clone();
+    assert_eq!(
+        (&req["messages"], &req["lastText"], &req["conversation"]),
+        (&json!(1), &json!(hello), &json!(stranger_name))
+    );
+    assert_eq!(
+        conversation_of(t, &stranger_name).await["request"],
+        json!(true)
+    );
+    assert_eq!(
+        t.err("acceptRequest", json!({"handle": "Not A Handle"}))
+            .await,
+        -32602
+    );
+    assert_eq!(
+        t.err("acceptRequest", json!({"handle": "alice"})).await,
+        -32002
+    );
+    let r = t
+        .ok("acceptRequest", json!({"handle": stranger_name}))
+        .await;
+    assert_eq!(r["sent"], json!(true));
+    let reqs = t.ok("listRequests", json!({})).await;
+    assert!(
+        !reqs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["from"] == json!(stranger_name)),
+        "{reqs}"
+    );
+    assert_eq!(
+        conversation_of(t, &stranger_name).await["request"],
+        json!(false)
+    );
+    // Accepting sends the delivered receipt the request held back.
+    collect_until(stranger, |e| {
+        matches!(e, Event::Receipt { from, status, .. }
+            if from == "bob" && status.as_str() == "delivered")
+    })
+    .await;
+
+    // Blocking: the stranger's messages are not shown.
+    let r = t.ok("block", json!({"handle": stranger_name})).await;
+    assert_eq!(r["sent"], json!(true));
+    assert_eq!(t.ok("listBlocked", json!({})).await, json!([stranger_name]));
+    assert_eq!(t.err("block", json!({"handle": "bob"})).await, -32003);
+    assert_eq!(t.err("block", json!({"handle": "x"})).await, -32602);
+    assert_eq!(t.err("block", json!({})).await, -32602);
+    let spam = format!("spam {tag}");
+    stranger.queue_text("bob", &spam).unwrap();
+    let _ = stranger.flush_outbox(WAIT, &mut |_| {}).await;
+    // alice's message, sent after it, arrives; the blocked one never does.
+    let after = format!("after the block {tag}");
+    hushwire_tests::send(alice, "bob", &after).await;
+    t.event(|p| p["type"] == json!("message") && p["text"] == json!(after))
+        .await;
+    assert!(
+        !history_of(t, &stranger_name)
+            .await
+            .iter()
+            .any(|m| m["text"] == json!(spam))
+    );
+    if let Link::Socket(c) = &t.link {
+        assert!(
+            !c.notifications.iter().any(|p| p["text"] == json!(spam)),
+            "a blocked sender's message was reported"
+        );
+    }
+    t.ok("unblock", json!({"recipient": stranger_name})).await;
+    assert_eq!(t.ok("listBlocked", json!({})).await, json!([]));
+    assert_eq!(
+        t.err("unblock", json!({"handle": stranger_name})).await,
+        -32002
+    );
+
+    // Settings.
+    let s = t.ok("getSettings", json!({})).await;
+    assert_eq!(s, json!({"readReceipts": true, "presence": "contacts"}));
+    let method = if tag == "socket" {
+        "updateSettings"
+    } else {
+        "updateConfiguration"
+    };
+    let s = t
+        .ok(method, json!({"readReceipts": false, "presence": "nobody"}))
+        .await;
+    assert_eq!(s, json!({"readReceipts": false, "presence": "nobody"}));
+    for params in [
+        json!({}),
+        json!({"readReceipts": true, "presence": "sometimes"}),
+        json!({"readReceipts": "yes"}),
+        json!({"typingIndicators": true}),
+    ] {
+        assert_eq!(
+            t.err("updateSettings", params.clone()).await,
+            -32602,
+            "{params}"
+        );
+    }
+    assert_eq!(
+        t.ok("getSettings", json!({})).await,
+        json!({"readReceipts": false, "presence": "nobody"}),
+        "a rejected update changes nothing"
+    );
+    // With read receipts off, reading sends none.
+    let quiet = hushwire_tests::send(alice, "bob", &format!("unreceipted {tag}")).await;
+    t.event(|p| p["type"] == json!("message") && p["id"] == json!(quiet))
+        .await;
+    let read = if tag == "socket" {
+        "sendReceipt"
+    } else {
+        "markRead"
+    };
+    let r = t.ok(read, json!({"conversation": "alice"})).await;
+    assert!(r["read"].as_u64().unwrap() >= 1, "{r}");
+    let r = t
+        .ok(
+            "send",
+            json!({"to": "alice", "text": format!("marker {tag}")}),
+        )
+        .await;
+    let marker = r["id"].as_str().unwrap().to_string();
+    let seen = collect_until(alice, |e| matches!(e, Event::Message(m) if m.id == marker)).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::Receipt { message_id, status, .. }
+            if *message_id == quiet && status.as_str() == "read")),
+        "a read receipt went out with read receipts off"
+    );
+    let s = t
+        .ok(
+            "updateSettings",
+            json!({"readReceipts": true, "presence": "contacts"}),
+        )
+        .await;
+    assert_eq!(s, json!({"readReceipts": true, "presence": "contacts"}));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_over_the_socket_and_http() {
     let tmp = tempfile::tempdir().unwrap();
@@ -491,6 +1009,9 @@ async fn every_method_over_the_socket_and_http() {
     let mut alice = register(tmp.path(), &server, "alice").await;
     drop(register(tmp.path(), &server, "bob").await);
     drop(register(tmp.path(), &server, "carol").await);
+    // Strangers who write to bob: one per transport.
+    let mut dave = register(tmp.path(), &server, "dave").await;
+    let mut erin = register(tmp.path(), &server, "erin").await;
     let daemon = Daemon::start(&tmp.path().join("bob"), ServiceOptions::default())
         .await
         .unwrap();
@@ -508,8 +1029,10 @@ async fn every_method_over_the_socket_and_http() {
         drop(socket);
         r
     });
-    let mut t = Transport::Socket(LineClient::connect(&path).await);
+    let mut t = Transport::new(Link::Socket(LineClient::connect(&path).await));
     exercise(&mut t, &mut alice, "socket", tmp.path()).await;
+    conversation_features(&mut t, &mut alice, &mut dave, "socket", tmp.path()).await;
+    t.assert_every_method_called("socket");
     drop(t);
 
     // HTTP on loopback (no token needed).
@@ -524,15 +1047,17 @@ async fn every_method_over_the_socket_and_http() {
     assert_eq!(check["ok"], json!(true));
     assert!(check["online"].is_boolean());
     let events = Sse::open(addr, None).await;
-    let mut t = Transport::Http {
+    let mut t = Transport::new(Link::Http {
         addr,
         events,
         next_id: 0,
-    };
+    });
     exercise(&mut t, &mut alice, "http", tmp.path()).await;
+    conversation_features(&mut t, &mut alice, &mut erin, "http", tmp.path()).await;
+    t.assert_every_method_called("http");
 
     // SSE resumes after Last-Event-ID.
-    let Transport::Http { mut events, .. } = t else {
+    let Link::Http { mut events, .. } = t.link else {
         unreachable!()
     };
     let (first, _) = events.next().await;

@@ -24,6 +24,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use hushwire_client::{Client, ClientError, ClientOptions, Event};
+
+mod commands;
+pub use commands::{Command, Outcome, ViewOnce, parse_timer, timer_text};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// A boxed, non-`Send` future borrowing the client.
@@ -299,7 +302,13 @@ async fn run(
                 Some(job) => job(client).await,
                 None => return,
             },
-            result = client.receive(LIVE_WAIT, NETWORK_TIMEOUT, &mut emit) => match result {
+            // Offline, the first receive only catches up (no wait), so that "online" is
+            // reported as soon as the mailbox is drained, not after a whole live wait.
+            result = client.receive(
+                if *online.borrow() { LIVE_WAIT } else { Duration::ZERO },
+                NETWORK_TIMEOUT,
+                &mut emit,
+            ) => match result {
                 Ok(_) => {
                     backoff = Duration::from_millis(500);
                     if !*online.borrow() {
@@ -380,6 +389,143 @@ mod tests {
             .unwrap();
         assert_eq!(n, 1);
         service.shutdown().await;
+        server.stop().await;
+    }
+
+    /// Every conversation command through the service, checked on the other client.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conversation_commands_reach_the_other_client() {
+        use hushwire_e2e::{DeleteScope, E2eError};
+        let tmp = tempfile::tempdir().unwrap();
+        let server = TestServer::start(&tmp.path().join("server")).await;
+        let mut alice = register(tmp.path(), &server, "alice").await;
+        drop(register(tmp.path(), &server, "bob").await);
+        let options = ServiceOptions {
+            live: false,
+            ..ServiceOptions::default()
+        };
+        let bob = Service::start(&tmp.path().join("bob"), options).unwrap();
+        let sync =
+            || bob.with(|c| Box::pin(async move { c.sync(NETWORK_TIMEOUT, &mut |_| {}).await }));
+        let hello = hushwire_tests::send(&mut alice, "bob", "hello bob").await;
+        sync().await.unwrap().unwrap();
+        let request = || bob.with(|c| Box::pin(async move { c.profile().is_request("alice") }));
+        assert!(request().await.unwrap().unwrap());
+        bob.command(Command::Accept {
+            handle: "alice".into(),
+        })
+        .await
+        .unwrap();
+        assert!(!request().await.unwrap().unwrap());
+
+        // Reply, edit, react: alice sees the current state.
+        let reply = bob
+            .command(Command::Reply {
+                id: hello.clone(),
+                text: "hi alise".into(),
+            })
+            .await
+            .unwrap();
+        let reply_id = reply.id.expect("a reply has an id");
+        assert!(reply.pending.is_none() && reply.failures.is_empty());
+        bob.command(Command::Edit {
+            id: reply_id.clone(),
+            text: "hi alice".into(),
+        })
+        .await
+        .unwrap();
+        bob.command(Command::React {
+            id: hello.clone(),
+            emoji: "👍".into(),
+        })
+        .await
+        .unwrap();
+        hushwire_tests::receive(&mut alice).await;
+        let got = alice.profile().history("bob").unwrap();
+        let r = got
+            .iter()
+            .find(|m| m.id == reply_id)
+            .expect("the reply arrived");
+        assert_eq!(r.text, "hi alice");
+        assert!(r.edited_at_ms.is_some());
+        assert_eq!(r.reply_to.as_deref(), Some(hello.as_str()));
+        let reactions = alice.profile().reactions("bob").unwrap();
+        assert_eq!(reactions[&hello][0].emoji, "👍");
+
+        // Only the author edits; someone else's message is deleted here only.
+        let err = bob
+            .command(Command::Edit {
+                id: hello.clone(),
+                text: "forged".into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::E2e(E2eError::NotAuthorized(_))),
+            "{err}"
+        );
+        let own = bob
+            .command(Command::Delete {
+                id: reply_id.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(own.scope, Some(DeleteScope::Everyone));
+        let theirs = bob
+            .command(Command::Delete { id: hello.clone() })
+            .await
+            .unwrap();
+        assert_eq!(theirs.scope, Some(DeleteScope::ForMe));
+        hushwire_tests::receive(&mut alice).await;
+        let ids: Vec<String> = alice
+            .profile()
+            .history("bob")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert!(!ids.contains(&reply_id), "deleted for everyone");
+        assert!(ids.contains(&hello), "alice keeps her own message");
+
+        // The timer is agreed in the conversation.
+        bob.command(Command::Timer {
+            conversation: "alice".into(),
+            timer_ms: parse_timer("1h").unwrap(),
+        })
+        .await
+        .unwrap();
+        hushwire_tests::receive(&mut alice).await;
+        assert_eq!(alice.profile().timer("bob").unwrap(), 3_600_000);
+
+        // Settings and blocking.
+        bob.command(Command::ReadReceipts(false)).await.unwrap();
+        let on = bob
+            .with(|c| Box::pin(async move { c.profile().read_receipts() }))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!on);
+        bob.command(Command::Block {
+            handle: "alice".into(),
+        })
+        .await
+        .unwrap();
+        let blocked = || bob.with(|c| Box::pin(async move { c.profile().blocked() }));
+        assert_eq!(blocked().await.unwrap().unwrap(), vec!["alice".to_string()]);
+        bob.command(Command::Unblock {
+            handle: "alice".into(),
+        })
+        .await
+        .unwrap();
+        assert!(blocked().await.unwrap().unwrap().is_empty());
+
+        // An unknown message is an error, and changes nothing.
+        assert!(
+            bob.command(Command::Delete { id: "nope".into() })
+                .await
+                .is_err()
+        );
+        bob.shutdown().await;
         server.stop().await;
     }
 }

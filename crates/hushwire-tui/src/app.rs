@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use hushwire_client::{Event, MessageState, StoredMessage};
 use hushwire_e2e::{GroupEvent, GroupEventKind, Reaction, Receipt, ReceiptStatus, TimelineItem};
-use hushwire_service::ServiceEvent;
+use hushwire_service::{Command, ServiceEvent};
 
 /// At most one "typing" signal per conversation in this interval.
 pub const TYPING_SEND_INTERVAL_MS: u64 = 3_000;
@@ -98,6 +98,10 @@ pub struct MessageView {
     pub notice: bool,
     /// Edited by its author.
     pub edited: bool,
+    /// A view-once message (its content is not shown; `v` opens a received one once).
+    pub view_once: bool,
+    /// When it disappears (the conversation's timer), if it does.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// The pane that has the keyboard.
@@ -129,6 +133,22 @@ pub enum Overlay {
     Approve {
         /// The name it proposes.
         name: String,
+    },
+    /// A question answered with `y`/`n` (deleting a message...).
+    Confirm {
+        /// The question.
+        question: String,
+        /// What `y` does.
+        action: Box<Action>,
+    },
+    /// An opened view-once message: shown until closed, then its file is deleted.
+    ViewOnce {
+        /// The sender.
+        from: String,
+        /// Its text or caption.
+        text: String,
+        /// The decrypted file, if it carried one.
+        path: Option<String>,
     },
     /// Lines to read (device list, group members...).
     Info {
@@ -174,7 +194,17 @@ pub enum Action {
         to: String,
         /// The file.
         path: String,
+        /// Viewable once by the recipients.
+        view_once: bool,
     },
+    /// A conversation command (edit, delete, timer, accept, block, settings...).
+    Command(Command),
+    /// Open a received view-once message (once).
+    OpenViewOnce(String),
+    /// Delete the decrypted file of a closed view-once message.
+    DiscardViewOnce(String),
+    /// List the blocked accounts.
+    Blocked,
     /// React to a message.
     React {
         /// The message.
@@ -235,6 +265,8 @@ pub struct Snapshot {
     pub conversations: Vec<ConversationRow>,
     /// The open conversation's name and messages, when one is open.
     pub open: Option<(String, Vec<MessageView>)>,
+    /// The open conversation's disappearing-messages timer (0: off).
+    pub timer_ms: u64,
 }
 
 /// The whole screen's state.
@@ -264,6 +296,10 @@ pub struct App {
     pub reply_to: Option<String>,
     /// The emoji being typed for a reaction (to the message id).
     pub react_prompt: Option<(String, String)>,
+    /// The own message the compose line replaces the text of (`E` on it).
+    pub editing: Option<String>,
+    /// The open conversation's disappearing-messages timer (0: off).
+    pub timer_ms: u64,
     /// A window over the panes.
     pub overlay: Option<Overlay>,
     /// The last notice (errors, results).
@@ -292,6 +328,8 @@ impl App {
             compose: String::new(),
             reply_to: None,
             react_prompt: None,
+            editing: None,
+            timer_ms: 0,
             overlay: None,
             status: "Welcome! Press F1 or ? for help.".into(),
             typing: HashMap::new(),
@@ -334,6 +372,7 @@ impl App {
                 .and_then(|i| self.messages.get(i))
                 .map(|m| m.id.clone());
             self.messages = messages;
+            self.timer_ms = snapshot.timer_ms;
             self.selected_message =
                 selected_id.and_then(|id| self.messages.iter().position(|m| m.id == id));
         }
@@ -377,6 +416,8 @@ impl App {
             self.messages.clear();
             self.selected_message = None;
             self.reply_to = None;
+            self.editing = None;
+            self.timer_ms = 0;
         }
         self.open = Some(conversation.to_string());
         self.unread.remove(conversation);
@@ -537,6 +578,26 @@ impl App {
 
     fn overlay_key(&mut self, overlay: Overlay, key: KeyEvent) -> Vec<Action> {
         match overlay {
+            Overlay::Confirm { action, .. } => match key.code {
+                KeyCode::Char('y') | KeyCode::Char('Y') => {
+                    self.overlay = None;
+                    vec![*action]
+                }
+                KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {
+                    self.overlay = None;
+                    self.status = "cancelled".into();
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            },
+            Overlay::ViewOnce { path, .. } => {
+                if matches!(key.code, KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')) {
+                    self.overlay = None;
+                    self.status = "the view-once message is gone".into();
+                    return path.map(Action::DiscardViewOnce).into_iter().collect();
+                }
+                Vec::new()
+            }
             Overlay::Approve { .. } => match key.code {
                 KeyCode::Char('y') | KeyCode::Char('Y') => {
                     self.overlay = Some(Overlay::Link {
@@ -651,6 +712,9 @@ impl App {
                 Some(m) => self.react_prompt = Some((m.id.clone(), String::new())),
                 None => self.status = "no message to react to".into(),
             },
+            KeyCode::Char('E') => self.start_edit(),
+            KeyCode::Char('d') | KeyCode::Delete => return self.confirm_delete(),
+            KeyCode::Char('v') => return self.open_view_once(),
             KeyCode::Tab | KeyCode::Enter | KeyCode::Right => self.focus = Focus::Compose,
             KeyCode::BackTab | KeyCode::Left | KeyCode::Esc => self.focus = Focus::List,
             KeyCode::Char('/') => {
@@ -670,8 +734,13 @@ impl App {
                 self.compose.pop();
             }
             KeyCode::Esc => {
-                // Esc cancels a reply first, then leaves the compose line.
-                let cancelled_reply = self.reply_to.take().is_some();
+                // Esc cancels a reply or an edit first, then leaves the compose line.
+                let cancelled_edit = self.editing.take().is_some();
+                if cancelled_edit {
+                    self.compose.clear();
+                    self.status = "edit cancelled".into();
+                }
+                let cancelled_reply = self.reply_to.take().is_some() || cancelled_edit;
                 self.focus = if cancelled_reply {
                     Focus::Compose
                 } else {
@@ -698,7 +767,7 @@ impl App {
         let Some(open) = self.open.clone() else {
             return Vec::new();
         };
-        if self.compose.starts_with('/') {
+        if self.compose.starts_with('/') || self.editing.is_some() {
             return Vec::new();
         }
         if let Some((conv, at)) = &self.last_typing_sent
@@ -722,6 +791,13 @@ impl App {
         }
         if let Some(command) = text.strip_prefix('/') {
             return self.command(command);
+        }
+        if let Some(id) = self.editing.take() {
+            self.selected_message = None;
+            return vec![Action::Command(Command::Edit {
+                id,
+                text: text.to_string(),
+            })];
         }
         let Some(to) = self.open.clone() else {
             self.status = "open a conversation first (Enter in the list, or /new HANDLE)".into();
@@ -758,20 +834,99 @@ impl App {
                 }
                 self.open_conversation(rest)
             }
-            "file" => match (&self.open, rest.is_empty()) {
+            "file" | "viewonce" => match (&self.open, rest.is_empty()) {
                 (Some(to), false) => vec![Action::SendFile {
                     to: to.clone(),
                     path: rest.to_string(),
+                    view_once: name == "viewonce",
                 }],
                 (None, _) => {
                     self.status = "open a conversation first".into();
                     Vec::new()
                 }
                 (_, true) => {
-                    self.status = "usage: /file PATH".into();
+                    self.status = format!("usage: /{name} PATH");
                     Vec::new()
                 }
             },
+            "edit" => {
+                if rest.is_empty() {
+                    self.start_edit();
+                    return Vec::new();
+                }
+                match self.own_text_target() {
+                    Some(id) => vec![Action::Command(Command::Edit {
+                        id,
+                        text: rest.to_string(),
+                    })],
+                    None => {
+                        self.status = "select one of your text messages to edit".into();
+                        Vec::new()
+                    }
+                }
+            }
+            "delete" => self.confirm_delete(),
+            "view" => self.open_view_once(),
+            "timer" => match (&self.open, hushwire_service::parse_timer(rest)) {
+                (None, _) => {
+                    self.status = "open a conversation first".into();
+                    Vec::new()
+                }
+                (Some(_), Err(e)) if !rest.is_empty() => {
+                    self.status = e;
+                    Vec::new()
+                }
+                (Some(c), Ok(timer_ms)) if !rest.is_empty() => {
+                    vec![Action::Command(Command::Timer {
+                        conversation: c.clone(),
+                        timer_ms,
+                    })]
+                }
+                (Some(_), _) => {
+                    self.status = format!(
+                        "disappearing messages: {} (usage: /timer 5s|30m|1h|7d|off)",
+                        hushwire_service::timer_text(self.timer_ms)
+                    );
+                    Vec::new()
+                }
+            },
+            "accept" | "block" | "unblock" => {
+                let handle = if rest.is_empty() {
+                    self.open.clone().filter(|o| !o.starts_with('#'))
+                } else {
+                    Some(rest.to_string())
+                };
+                let Some(handle) = handle.filter(|h| !h.contains(char::is_whitespace)) else {
+                    self.status = format!("usage: /{name} HANDLE (or open their chat)");
+                    return Vec::new();
+                };
+                let command = match name {
+                    "accept" => Command::Accept { handle },
+                    "block" => Command::Block { handle },
+                    _ => Command::Unblock { handle },
+                };
+                vec![Action::Command(command)]
+            }
+            "blocked" => vec![Action::Blocked],
+            "receipts" => match rest {
+                "on" | "off" => vec![Action::Command(Command::ReadReceipts(rest == "on"))],
+                _ => {
+                    self.status = "usage: /receipts on|off".into();
+                    Vec::new()
+                }
+            },
+            "presence" => {
+                let share = match rest {
+                    "everyone" => hushwire_e2e::PresenceShare::Everyone,
+                    "contacts" => hushwire_e2e::PresenceShare::Contacts,
+                    "nobody" => hushwire_e2e::PresenceShare::Nobody,
+                    _ => {
+                        self.status = "usage: /presence everyone|contacts|nobody".into();
+                        return Vec::new();
+                    }
+                };
+                vec![Action::Command(Command::Presence(share))]
+            }
             "read" => match &self.open {
                 Some(c) => vec![Action::MarkRead(c.clone())],
                 None => {
@@ -791,6 +946,71 @@ impl App {
             "group" => self.group_command(rest),
             other => {
                 self.status = format!("unknown command /{other} (F1 lists them)");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The selected (or newest) message if it is an own, editable text.
+    fn own_text_target(&self) -> Option<String> {
+        let m = match self.selected_message {
+            Some(i) => self.messages.get(i),
+            None => self.messages.iter().rev().find(|m| m.outgoing && !m.notice),
+        }?;
+        (m.outgoing && !m.notice && !m.view_once && m.attachment.is_none()).then(|| m.id.clone())
+    }
+
+    /// `E` on an own text: the compose line takes its text; Enter replaces it.
+    fn start_edit(&mut self) {
+        let Some(id) = self.own_text_target() else {
+            self.status = "only your own text messages can be edited".into();
+            return;
+        };
+        let text = self
+            .messages
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.text.clone())
+            .unwrap_or_default();
+        self.compose = text;
+        self.editing = Some(id);
+        self.reply_to = None;
+        self.focus = Focus::Compose;
+        self.status = "editing: Enter saves, Esc cancels".into();
+    }
+
+    /// `d` on a message: asks, then deletes (an own one for everyone).
+    fn confirm_delete(&mut self) -> Vec<Action> {
+        let Some(m) = self.target_message().filter(|m| !m.notice) else {
+            self.status = "no message to delete".into();
+            return Vec::new();
+        };
+        let question = if m.outgoing {
+            format!("Delete \"{}\" for everyone?", shorten(&m.text, 40))
+        } else {
+            format!(
+                "Delete {}'s message \"{}\" on this device?",
+                m.from,
+                shorten(&m.text, 40)
+            )
+        };
+        self.overlay = Some(Overlay::Confirm {
+            question,
+            action: Box::new(Action::Command(Command::Delete { id: m.id.clone() })),
+        });
+        Vec::new()
+    }
+
+    /// `v` on a received view-once message: opens it (once).
+    fn open_view_once(&mut self) -> Vec<Action> {
+        match self.target_message() {
+            Some(m) if m.view_once && !m.outgoing => vec![Action::OpenViewOnce(m.id.clone())],
+            Some(m) if m.view_once => {
+                self.status = "your own view-once messages cannot be opened".into();
+                Vec::new()
+            }
+            _ => {
+                self.status = "select a view-once message (↑ ↓) to open it".into();
                 Vec::new()
             }
         }
@@ -968,10 +1188,13 @@ pub fn message_views(
             id: m.id.clone(),
             from: m.from.clone(),
             at_ms: m.sent_at_ms,
-            text: if m.view_once && m.text.is_empty() {
-                "(view-once message)".into()
-            } else {
-                m.text.clone()
+            // A view-once message's content shows only when opened (`v`).
+            text: match (m.view_once, m.outgoing) {
+                (false, _) => m.text.clone(),
+                (true, true) => "(view-once message)".into(),
+                (true, false) => {
+                    "(view-once message: select it and press v to open it once)".into()
+                }
             },
             outgoing: m.outgoing,
             ticks: m.outgoing.then(|| ticks_of(m, receipts.get(&m.id))),
@@ -983,6 +1206,8 @@ pub fn message_views(
             attachment: None,
             notice: false,
             edited: m.edited_at_ms.is_some(),
+            view_once: m.view_once,
+            expires_at_ms: m.expires_at_ms,
         }
     };
     items
@@ -993,6 +1218,7 @@ pub fn message_views(
                 text: "shared a relay link (hushwire relay to use it)".into(),
                 ..view(m)
             },
+            TimelineItem::Attachment(m, _) if m.view_once => view(m),
             TimelineItem::Attachment(m, a) => MessageView {
                 attachment: Some(AttachmentView {
                     name: a.file_name.clone(),
@@ -1019,6 +1245,8 @@ pub fn message_views(
                 attachment: None,
                 notice: true,
                 edited: false,
+                view_once: false,
+                expires_at_ms: None,
             },
         })
         .collect()

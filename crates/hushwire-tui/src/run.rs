@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use crossterm::event::{Event as TermEvent, KeyEventKind};
 use hushwire_client::{Client, ClientError, SendFileOptions};
+use hushwire_e2e::DeleteScope;
 use hushwire_e2e::{E2eError, TimelineItem};
 use hushwire_proto::link::LinkCode;
-use hushwire_service::{Emitter, Service, ServiceError, ServiceOptions};
+use hushwire_service::{Command, Emitter, Outcome, Service, ServiceError, ServiceOptions};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::TuiError;
@@ -38,6 +39,7 @@ enum UiMsg {
     LinkDone(String),
     Devices(Vec<String>),
     Info(String, Vec<String>),
+    ViewOnce(hushwire_service::ViewOnce),
 }
 
 fn now_ms() -> u64 {
@@ -221,6 +223,14 @@ impl LoopState {
             UiMsg::Info(title, lines) => {
                 app.overlay = Some(Overlay::Info { title, lines });
             }
+            UiMsg::ViewOnce(v) => {
+                app.overlay = Some(Overlay::ViewOnce {
+                    from: v.from,
+                    text: v.text,
+                    path: v.path.map(|p| p.display().to_string()),
+                });
+                return vec![Action::Refresh];
+            }
         }
         Vec::new()
     }
@@ -283,28 +293,70 @@ impl LoopState {
                     Ok(flush(c, &emitter, "").await)
                 })
             }),
-            Action::SendFile { to, path } => self.spawn(move |c| {
+            Action::SendFile {
+                to,
+                path,
+                view_once,
+            } => self.spawn(move |c| {
                 Box::pin(async move {
                     let path = expand_home(&path);
-                    c.send_file(&to, &path, &SendFileOptions::default()).await?;
-                    Ok(flush(c, &emitter, "file sent").await)
+                    let options = SendFileOptions {
+                        view_once,
+                        ..SendFileOptions::default()
+                    };
+                    c.send_file(&to, &path, &options).await?;
+                    let what = if view_once {
+                        "view-once file sent"
+                    } else {
+                        "file sent"
+                    };
+                    Ok(flush(c, &emitter, what).await)
                 })
             }),
-            Action::React { message_id, emoji } => self.spawn(move |c| {
-                Box::pin(async move {
-                    c.profile_mut().react(&message_id, &emoji, now_ms())?;
-                    Ok(flush(c, &emitter, "").await)
-                })
+            Action::React { message_id, emoji } => self.command(Command::React {
+                id: message_id,
+                emoji,
             }),
-            Action::MarkRead(conversation) => self.spawn(move |c| {
-                Box::pin(async move {
-                    let n = c.profile_mut().mark_read(&conversation, now_ms())?;
-                    if n == 0 {
-                        return Ok(String::new());
-                    }
-                    Ok(flush(c, &emitter, "").await)
-                })
-            }),
+            Action::MarkRead(conversation) => self.command(Command::MarkRead { conversation }),
+            Action::Command(command) => self.command(command),
+            Action::OpenViewOnce(id) => {
+                let ui = self.ui.clone();
+                let service = self.service.clone();
+                let dir = service.profile_dir().join("media").join(".view-once");
+                tokio::spawn(async move {
+                    let msg = match service.open_view_once(&id, dir, NETWORK_TIMEOUT).await {
+                        Ok(v) => UiMsg::ViewOnce(v),
+                        Err(e) => done(format!("cannot open it: {e}")),
+                    };
+                    let _ = ui.send(msg);
+                });
+            }
+            Action::DiscardViewOnce(path) => {
+                if let Err(e) = std::fs::remove_file(&path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    app.status = format!("cannot delete {path}: {e}");
+                }
+            }
+            Action::Blocked => {
+                let ui = self.ui.clone();
+                let service = self.service.clone();
+                tokio::spawn(async move {
+                    let result = service
+                        .with(|c| Box::pin(async move { c.profile().blocked() }))
+                        .await;
+                    let msg = match result {
+                        Ok(Ok(list)) if list.is_empty() => done("nobody is blocked".into()),
+                        Ok(Ok(list)) => UiMsg::Info(
+                            "Blocked (/unblock HANDLE)".into(),
+                            list.into_iter().map(|h| format!("  {h}")).collect(),
+                        ),
+                        Ok(Err(e)) => done(e.to_string()),
+                        Err(e) => done(e.to_string()),
+                    };
+                    let _ = ui.send(msg);
+                });
+            }
             Action::GroupCreate { title, members } => {
                 let ui = self.ui.clone();
                 let service = self.service.clone();
@@ -453,6 +505,20 @@ impl LoopState {
         }
     }
 
+    /// Runs a conversation command; what it did (or why not) goes to the status line.
+    fn command(&self, command: Command) {
+        let ui = self.ui.clone();
+        let service = self.service.clone();
+        tokio::spawn(async move {
+            let what = describe(&command);
+            let msg = match service.command(command).await {
+                Ok(outcome) => done(outcome_notice(what, &outcome)),
+                Err(e) => done(e.to_string()),
+            };
+            let _ = ui.send(msg);
+        });
+    }
+
     /// Runs `f` on the client; its notice (or error) goes to the status line.
     fn spawn<F>(&self, f: F)
     where
@@ -473,6 +539,45 @@ impl LoopState {
             };
             let _ = ui.send(msg);
         });
+    }
+}
+
+/// What a successful command says on the status line (empty: nothing worth saying).
+fn describe(command: &Command) -> String {
+    match command {
+        Command::Reply { .. } | Command::React { .. } | Command::MarkRead { .. } => String::new(),
+        Command::Edit { .. } => "message edited".into(),
+        Command::Delete { .. } => "message deleted".into(),
+        Command::Timer {
+            conversation,
+            timer_ms,
+        } => format!(
+            "disappearing messages in {conversation}: {}",
+            hushwire_service::timer_text(*timer_ms)
+        ),
+        Command::Accept { handle } => format!("accepted {handle}'s message request"),
+        Command::Block { handle } => format!("blocked {handle}"),
+        Command::Unblock { handle } => format!("unblocked {handle}"),
+        Command::ReadReceipts(on) => {
+            format!("read receipts {}", if *on { "on" } else { "off" })
+        }
+        Command::Presence(share) => format!("presence shared with: {share:?}").to_lowercase(),
+    }
+}
+
+fn outcome_notice(what: String, outcome: &Outcome) -> String {
+    let what = match outcome.scope {
+        Some(DeleteScope::Everyone) => "deleted for everyone".into(),
+        Some(DeleteScope::Unsent) => "deleted before it was sent".into(),
+        Some(DeleteScope::ForMe) => "deleted on this device".into(),
+        None => what,
+    };
+    if let Some(reason) = outcome.failures.first() {
+        return format!("refused: {reason}");
+    }
+    match &outcome.pending {
+        Some(e) => format!("queued; will be sent when the server is reachable ({e})"),
+        None => what,
     }
 }
 
@@ -559,8 +664,13 @@ fn load_snapshot(c: &Client, open: Option<&str>) -> Result<Snapshot, E2eError> {
         }
         None => None,
     };
+    let timer_ms = match &open {
+        Some((name, _)) => profile.timer(name).unwrap_or(0),
+        None => 0,
+    };
     Ok(Snapshot {
         conversations,
         open,
+        timer_ms,
     })
 }

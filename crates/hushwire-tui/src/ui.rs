@@ -12,32 +12,61 @@ use crate::app::{App, Focus, MessageView, Overlay, clock, human_size, shorten};
 /// The keys and commands shown by the help overlay.
 pub const HELP: &[(&str, &str)] = &[
     ("F1 / ?", "this help (Esc closes it)"),
-    ("Tab / Shift-Tab", "next / previous pane"),
-    ("← →", "list ↔ messages"),
-    ("↑ ↓", "select a conversation or a message"),
-    ("Enter", "open the conversation / send the message"),
-    ("Esc", "back (cancel a reply, leave the compose line)"),
-    ("PgUp / PgDn", "scroll the messages"),
-    ("r", "reply to the selected message (message pane)"),
-    ("e", "react to the selected message with an emoji"),
-    ("n", "new conversation (list pane)"),
-    ("q / Ctrl-C", "quit (list pane / anywhere)"),
+    ("Tab / Shift-Tab  ← →", "next / previous pane"),
+    (
+        "↑ ↓  PgUp PgDn",
+        "select a conversation or a message; scroll",
+    ),
+    (
+        "Enter / Esc",
+        "open, send / back (cancels a reply or an edit)",
+    ),
+    ("r / e", "reply to / react to the selected message"),
+    (
+        "E / d",
+        "edit your selected message / delete the selected message",
+    ),
+    ("v", "open the selected view-once message (once)"),
+    (
+        "n / q / Ctrl-C",
+        "new conversation / quit (list pane) / quit",
+    ),
     ("/new HANDLE", "open a conversation with HANDLE"),
-    ("/file PATH", "send a file to the open conversation"),
+    ("/file PATH", "send a file (/viewonce PATH: viewable once)"),
     (
         "/group create TITLE a,b",
         "create a group chat with a and b",
     ),
-    ("/group add a,b", "add members to the open group"),
-    ("/group remove a", "remove a member from the open group"),
-    ("/group leave", "leave the open group"),
-    ("/group rename TITLE", "rename the open group"),
-    ("/group promote a", "make a an admin (demote: take it back)"),
+    (
+        "/group add a,b | remove a",
+        "add or remove members of the open group",
+    ),
+    ("/group leave | rename T", "leave or rename the open group"),
+    (
+        "/group promote a | demote a",
+        "make a an admin, or take it back",
+    ),
     ("/group info", "the open group's members and admins"),
-    ("/link", "link a new device (shows a code and a QR code)"),
-    ("/devices", "list this account's devices"),
-    ("/read", "mark the open conversation read"),
-    ("/quit", "quit"),
+    ("/edit TEXT  /delete", "edit / delete the selected message"),
+    (
+        "/timer 30m|1h|7d|off",
+        "disappearing messages in this conversation",
+    ),
+    (
+        "/accept  /block [HANDLE]",
+        "answer a message request; block someone",
+    ),
+    (
+        "/unblock HANDLE  /blocked",
+        "take a block back; list blocked accounts",
+    ),
+    ("/receipts on|off", "send read receipts or not"),
+    ("/presence everyone|contacts|nobody", "who sees you online"),
+    (
+        "/link  /devices",
+        "link a new device (QR code); list your devices",
+    ),
+    ("/read  /quit", "mark the conversation read; quit"),
 ];
 
 fn focused(on: bool) -> Style {
@@ -75,6 +104,33 @@ pub fn draw(frame: &mut Frame, app: &App, now_ms: u64) {
                 Line::from("Link it? It will read your conversations.  y = yes, n = no").bold(),
             ];
             popup(frame, "Link a device", lines, 70, 7);
+        }
+        Some(Overlay::Confirm { question, .. }) => {
+            let lines = vec![
+                Line::from(question.clone()),
+                Line::from(""),
+                Line::from("y = yes, n = no").bold(),
+            ];
+            popup(frame, "Are you sure?", lines, 70, 6);
+        }
+        Some(Overlay::ViewOnce { from, text, path }) => {
+            let mut lines = vec![Line::from(format!("From {from}, viewable once:")).bold()];
+            if !text.is_empty() {
+                lines.push(Line::from(""));
+                lines.extend(text.lines().map(|l| Line::from(l.to_string())));
+            }
+            if let Some(path) = path {
+                lines.push(Line::from(""));
+                lines.push(Line::from("The file is decrypted at:"));
+                lines.push(Line::from(path.clone()).fg(Color::Yellow));
+                lines.push(Line::from(
+                    "Open it now: it is deleted when this window closes.",
+                ));
+            }
+            lines.push(Line::from(""));
+            lines.push(Line::from("Esc closes it for good.").fg(Color::DarkGray));
+            let height = u16::try_from(lines.len() + 4).unwrap_or(u16::MAX);
+            popup(frame, "View once", lines, 76, height);
         }
         Some(Overlay::Info { title, lines }) => {
             let height = u16::try_from(lines.len())
@@ -202,6 +258,12 @@ fn message_lines(m: &MessageView, width: usize, selected: bool) -> Vec<Line<'sta
             Style::default().fg(Color::DarkGray),
         ));
     }
+    if m.view_once {
+        head.push(Span::styled(" ①", Style::default().fg(Color::Yellow)));
+    }
+    if m.expires_at_ms.is_some() {
+        head.push(Span::styled(" ⏱", Style::default().fg(Color::DarkGray)));
+    }
     if let Some(t) = m.ticks {
         let color = match t {
             crate::app::Ticks::Read => Color::Blue,
@@ -270,10 +332,15 @@ fn draw_messages(frame: &mut Frame, app: &App, area: Rect, now_ms: u64) {
     let title = match &app.open {
         Some(name) => {
             let typing = app.typing_in_open(now_ms);
-            if typing.is_empty() {
-                format!(" {name} ")
+            let timer = if app.timer_ms > 0 {
+                format!(" ⏱ {}", hushwire_service::timer_text(app.timer_ms))
             } else {
-                format!(" {name} — {} typing… ", typing.join(", "))
+                String::new()
+            };
+            if typing.is_empty() {
+                format!(" {name}{timer} ")
+            } else {
+                format!(" {name}{timer} — {} typing… ", typing.join(", "))
             }
         }
         None => " No conversation open ".into(),
@@ -329,12 +396,28 @@ fn draw_compose(frame: &mut Frame, app: &App, area: Rect) {
             format!(" Reply to {quoted} (Esc cancels) "),
             app.compose.clone(),
         )
-    } else {
-        let to = app.open.as_deref().unwrap_or("…");
+    } else if app.editing.is_some() {
         (
-            format!(" Message {to} — Enter sends, /commands, F1 help "),
+            " Edit your message (Enter saves, Esc cancels) ".to_string(),
             app.compose.clone(),
         )
+    } else {
+        let to = app.open.as_deref().unwrap_or("…");
+        let request = app
+            .conversations
+            .iter()
+            .any(|c| c.request && Some(c.name.as_str()) == app.open.as_deref());
+        if request {
+            (
+                format!(" Message request from {to} — /accept, /block, or reply to accept "),
+                app.compose.clone(),
+            )
+        } else {
+            (
+                format!(" Message {to} — Enter sends, /commands, F1 help "),
+                app.compose.clone(),
+            )
+        }
     };
     let active = app.focus == Focus::Compose || app.react_prompt.is_some();
     let block = Block::default()

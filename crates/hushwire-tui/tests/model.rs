@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use hushwire_client::{Event, MessageState, StoredMessage};
 use hushwire_e2e::{Reaction, Receipt, ReceiptStatus, TimelineItem};
-use hushwire_service::ServiceEvent;
+use hushwire_service::{Command, ServiceEvent};
 use hushwire_tui::app::{
     Action, AttachmentView, ConversationRow, GroupOp, MessageView, Snapshot,
     TYPING_SEND_INTERVAL_MS, TYPING_SHOWN_MS, Ticks, message_views,
@@ -92,6 +92,8 @@ fn view(id: &str, from: &str, text: &str, outgoing: bool) -> MessageView {
         attachment: None,
         notice: false,
         edited: false,
+        view_once: false,
+        expires_at_ms: None,
     }
 }
 
@@ -112,6 +114,7 @@ fn sample_app() -> App {
     app.set_snapshot(Snapshot {
         conversations: vec![row("bob", "see you"), row("#friends", "carol: party!")],
         open: None,
+        timer_ms: 0,
     });
     let _ = app.open_conversation("bob");
     let mut hi = view("m1", "alice", "hi bob", true);
@@ -133,6 +136,7 @@ fn sample_app() -> App {
     app.set_snapshot(Snapshot {
         conversations: vec![row("bob", "see you"), row("#friends", "carol: party!")],
         open: Some(("bob".into(), vec![hi, second, answer, photo, queued])),
+        timer_ms: 0,
     });
     app
 }
@@ -194,8 +198,11 @@ fn help_overlay_lists_keys_and_commands() {
         "/group create TITLE a,b",
         "/link",
         "/file PATH",
-        "PgUp / PgDn",
-        "reply to the selected message",
+        "PgUp PgDn",
+        "reply to / react to the selected message",
+        "/timer 30m|1h|7d|off",
+        "/viewonce PATH",
+        "delete the selected message",
     ] {
         assert!(screen_has(&screen, needle), "missing {needle:?}:\n{text}");
     }
@@ -394,7 +401,8 @@ fn slash_commands() {
         run(&mut app, "/file /tmp/a b.png"),
         vec![Action::SendFile {
             to: "carol".into(),
-            path: "/tmp/a b.png".into()
+            path: "/tmp/a b.png".into(),
+            view_once: false,
         }]
     );
     assert_eq!(
@@ -500,6 +508,7 @@ fn events_ring_count_unread_and_mark_the_open_chat_read() {
     app.set_snapshot(Snapshot {
         conversations: vec![row("dave", "psst"), row("bob", "new!")],
         open: None,
+        timer_ms: 0,
     });
     assert_eq!(app.conversations[0].unread, 1);
     assert_eq!(app.conversations[1].name, "bob");
@@ -590,4 +599,195 @@ fn small_terminal_renders_without_panicking() {
         render(&app, w, h);
         app.overlay = None;
     }
+}
+
+#[test]
+fn edit_delete_view_once_timer_requests_and_blocking() {
+    let mut app = sample_app();
+    let run = |app: &mut App, line: &str| {
+        app.focus = Focus::Compose;
+        app.compose.clear();
+        type_text(app, line, NOW);
+        app.handle_key(key(KeyCode::Enter), NOW)
+    };
+    // E on an own text: the compose line takes its text; Enter saves the edit.
+    app.focus = Focus::Messages;
+    app.selected_message = Some(1); // m2, alice's "are you there?"
+    app.handle_key(key(KeyCode::Char('E')), NOW);
+    assert_eq!(app.focus, Focus::Compose);
+    assert_eq!(app.compose, "are you there?");
+    assert_eq!(app.editing.as_deref(), Some("m2"));
+    assert!(screen_has(&render(&app, 100, 30), "Edit your message"));
+    app.handle_key(key(KeyCode::Backspace), NOW);
+    let actions = type_text(&mut app, "!", NOW);
+    assert!(actions.is_empty(), "no typing signal while editing");
+    assert_eq!(
+        app.handle_key(key(KeyCode::Enter), NOW),
+        vec![Action::Command(Command::Edit {
+            id: "m2".into(),
+            text: "are you there!".into()
+        })]
+    );
+    assert_eq!(app.editing, None);
+    // Esc cancels an edit and empties the line.
+    app.focus = Focus::Messages;
+    app.selected_message = Some(0);
+    app.handle_key(key(KeyCode::Char('E')), NOW);
+    app.handle_key(key(KeyCode::Esc), NOW);
+    assert_eq!((app.editing.as_deref(), app.compose.as_str()), (None, ""));
+    // Someone else's message is not editable.
+    app.focus = Focus::Messages;
+    app.selected_message = Some(2);
+    app.handle_key(key(KeyCode::Char('E')), NOW);
+    assert_eq!(app.editing, None);
+    assert!(app.status.contains("only your own"), "{}", app.status);
+
+    // d asks first; y deletes (bob's message: on this device only).
+    assert!(app.handle_key(key(KeyCode::Char('d')), NOW).is_empty());
+    assert!(
+        matches!(&app.overlay, Some(Overlay::Confirm { question, .. })
+        if question.contains("on this device"))
+    );
+    assert!(screen_has(&render(&app, 100, 30), "y = yes, n = no"));
+    assert_eq!(
+        app.handle_key(key(KeyCode::Char('y')), NOW),
+        vec![Action::Command(Command::Delete { id: "m3".into() })]
+    );
+    assert_eq!(app.overlay, None);
+    app.focus = Focus::Messages;
+    app.selected_message = Some(0);
+    app.handle_key(key(KeyCode::Delete), NOW);
+    assert!(
+        matches!(&app.overlay, Some(Overlay::Confirm { question, .. })
+        if question.contains("for everyone"))
+    );
+    assert!(app.handle_key(key(KeyCode::Char('n')), NOW).is_empty());
+    assert_eq!(app.overlay, None);
+
+    // /edit TEXT edits the selected own message; /delete asks.
+    app.selected_message = Some(0);
+    assert_eq!(
+        run(&mut app, "/edit hello bob"),
+        vec![Action::Command(Command::Edit {
+            id: "m1".into(),
+            text: "hello bob".into()
+        })]
+    );
+    app.selected_message = Some(0);
+    assert!(run(&mut app, "/delete").is_empty());
+    assert!(matches!(app.overlay, Some(Overlay::Confirm { .. })));
+    app.handle_key(key(KeyCode::Esc), NOW);
+
+    // Timer: set, shown in the title once the snapshot says so, refused when invalid.
+    assert_eq!(
+        run(&mut app, "/timer 1h"),
+        vec![Action::Command(Command::Timer {
+            conversation: "bob".into(),
+            timer_ms: 3_600_000
+        })]
+    );
+    assert!(run(&mut app, "/timer 3x").is_empty());
+    assert!(app.status.contains("not a timer"), "{}", app.status);
+    let mut expiring = view("m9", "bob", "gone soon", false);
+    expiring.expires_at_ms = Some(NOW + 3_600_000);
+    let mut once = view(
+        "m10",
+        "bob",
+        "(view-once message: select it and press v to open it once)",
+        false,
+    );
+    once.view_once = true;
+    app.set_snapshot(Snapshot {
+        conversations: vec![row("bob", "see you")],
+        open: Some(("bob".into(), vec![expiring, once])),
+        timer_ms: 3_600_000,
+    });
+    let screen = render(&app, 100, 30);
+    assert!(screen_has(&screen, "bob ⏱ 1h"), "{}", screen.join("\n"));
+    assert!(screen_has(&screen, "press v to open it once"));
+    assert!(run(&mut app, "/timer").is_empty());
+    assert!(
+        app.status.contains("disappearing messages: 1h"),
+        "{}",
+        app.status
+    );
+
+    // v opens a received view-once message; closing the window discards its file.
+    app.focus = Focus::Messages;
+    app.selected_message = Some(1);
+    assert_eq!(
+        app.handle_key(key(KeyCode::Char('v')), NOW),
+        vec![Action::OpenViewOnce("m10".into())]
+    );
+    app.overlay = Some(Overlay::ViewOnce {
+        from: "bob".into(),
+        text: "a secret".into(),
+        path: Some("/p/media/.view-once/photo.jpg".into()),
+    });
+    let screen = render(&app, 100, 30);
+    assert!(screen_has(&screen, "a secret"));
+    assert!(screen_has(&screen, "/p/media/.view-once/photo.jpg"));
+    assert_eq!(
+        app.handle_key(key(KeyCode::Esc), NOW),
+        vec![Action::DiscardViewOnce(
+            "/p/media/.view-once/photo.jpg".into()
+        )]
+    );
+    assert_eq!(app.overlay, None);
+    // A normal message is not opened with v.
+    app.selected_message = Some(0);
+    assert!(app.handle_key(key(KeyCode::Char('v')), NOW).is_empty());
+    assert_eq!(
+        run(&mut app, "/viewonce ~/secret.jpg"),
+        vec![Action::SendFile {
+            to: "bob".into(),
+            path: "~/secret.jpg".into(),
+            view_once: true,
+        }]
+    );
+
+    // Requests: the compose line says how to answer; /accept and /block name the open chat.
+    let mut request = row("mallory", "buy now");
+    request.request = true;
+    app.set_snapshot(Snapshot {
+        conversations: vec![request, row("bob", "see you")],
+        open: None,
+        timer_ms: 0,
+    });
+    app.open_conversation("mallory");
+    assert!(screen_has(
+        &render(&app, 110, 30),
+        "Message request from mallory"
+    ));
+    assert_eq!(
+        run(&mut app, "/accept"),
+        vec![Action::Command(Command::Accept {
+            handle: "mallory".into()
+        })]
+    );
+    assert_eq!(
+        run(&mut app, "/block"),
+        vec![Action::Command(Command::Block {
+            handle: "mallory".into()
+        })]
+    );
+    assert_eq!(
+        run(&mut app, "/unblock mallory"),
+        vec![Action::Command(Command::Unblock {
+            handle: "mallory".into()
+        })]
+    );
+    assert_eq!(run(&mut app, "/blocked"), vec![Action::Blocked]);
+    assert_eq!(
+        run(&mut app, "/receipts off"),
+        vec![Action::Command(Command::ReadReceipts(false))]
+    );
+    assert_eq!(
+        run(&mut app, "/presence nobody"),
+        vec![Action::Command(Command::Presence(
+            hushwire_e2e::PresenceShare::Nobody
+        ))]
+    );
+    assert!(run(&mut app, "/presence sometimes").is_empty());
+    assert!(app.status.contains("usage: /presence"));
 }

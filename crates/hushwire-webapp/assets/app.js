@@ -12,6 +12,8 @@ const state = {
   current: null,
   timeline: null,
   replyTo: null,
+  editing: null, // { id, text } while an own message is being edited
+  viewOnce: false, // the next attached file goes out view-once
   typing: new Map(), // conversation -> Map(from -> expiry)
   typingSent: 0,
   typingTimer: null,
@@ -39,6 +41,15 @@ function icon(path) {
   return svg;
 }
 const ICON_REPLY = "M10 9V5l-7 7 7 7v-4.1c5 0 8.5 1.6 11 5.1-1-5-4-10-11-11z";
+const ICON_MORE = "M12 8a2 2 0 1 0 0-4 2 2 0 0 0 0 4zm0 2a2 2 0 1 0 0 4 2 2 0 0 0 0-4zm0 6a2 2 0 1 0 0 4 2 2 0 0 0 0-4z";
+const ICON_EDIT = "M3 17.2V21h3.8L17.8 9.9l-3.7-3.7L3 17.2zM20.7 7a1 1 0 0 0 0-1.4l-2.3-2.3a1 1 0 0 0-1.4 0l-1.8 1.8 3.7 3.7L20.7 7z";
+const ICON_TRASH = "M6 19a2 2 0 0 0 2 2h8a2 2 0 0 0 2-2V7H6v12zM19 4h-3.5l-1-1h-5l-1 1H5v2h14V4z";
+const ICON_TIMER = "M15 1H9v2h6V1zm-4 13h2V8h-2v6zm8-6.6 1.4-1.4-1.4-1.4-1.4 1.4A9 9 0 1 0 21 13a9 9 0 0 0-2-5.6zM12 20a7 7 0 1 1 0-14 7 7 0 0 1 0 14z";
+const ICON_ONCE = "M12 2a10 10 0 1 0 0 20 10 10 0 0 0 0-20zm0 18a8 8 0 1 1 0-16 8 8 0 0 1 0 16zm-1.2-12.5h2.4V17h-2V9.8l-1.6.9-.9-1.6 2.1-1.6z";
+const TIMERS = [
+  ["off", "Off"], ["5m", "5 minutes"], ["1h", "1 hour"], ["8h", "8 hours"],
+  ["1d", "1 day"], ["7d", "1 week"], ["90d", "90 days"],
+];
 const ICON_SMILE = "M12 2a10 10 0 1 0 0 20 10 10 0 0 0 0-20zm0 18a8 8 0 1 1 0-16 8 8 0 0 1 0 16zm-3.5-9a1.5 1.5 0 1 0 0-3 1.5 1.5 0 0 0 0 3zm7 0a1.5 1.5 0 1 0 0-3 1.5 1.5 0 0 0 0 3zM12 17.5c2.3 0 4.3-1.5 5.1-3.5H6.9c.8 2 2.8 3.5 5.1 3.5z";
 
 function avatar(name, small) {
@@ -74,6 +85,26 @@ function fmtDay(ms) {
   const y = new Date(now.getTime() - 86400000);
   if (d.toDateString() === y.toDateString()) return "Yesterday";
   return d.toLocaleDateString([], { weekday: "long", day: "numeric", month: "long" });
+}
+
+// A timer in words: 3600000 → "1 hour".
+function fmtTimer(ms) {
+  if (!ms) return "Off";
+  const units = [[604800000, "week"], [86400000, "day"], [3600000, "hour"], [60000, "minute"], [1000, "second"]];
+  for (const [per, name] of units) {
+    if (ms % per === 0) {
+      const n = ms / per;
+      return n + " " + name + (n === 1 ? "" : "s");
+    }
+  }
+  return Math.round(ms / 1000) + " seconds";
+}
+
+function fmtTimerShort(ms) {
+  if (!ms) return "";
+  const units = [[86400000, "d"], [3600000, "h"], [60000, "m"], [1000, "s"]];
+  for (const [per, u] of units) if (ms % per === 0) return ms / per + u;
+  return Math.round(ms / 1000) + "s";
 }
 
 function fmtSize(n) {
@@ -153,6 +184,8 @@ async function loadState() {
   setOnline(s.online);
   $("set-receipts").checked = !!s.settings.read_receipts;
   $("set-presence").value = s.settings.presence;
+  state.blocked = s.settings.blocked || [];
+  if ($("dlg-settings").open) renderBlocked();
   renderList();
 }
 
@@ -178,6 +211,13 @@ function renderList() {
     const top = el("div", "conv-top");
     top.appendChild(el("span", "conv-name", c.group ? c.title : c.name));
     if (c.request) top.appendChild(el("span", "tag", "Request"));
+    if (c.blocked) top.appendChild(el("span", "tag muted", "Blocked"));
+    if (c.timer_ms) {
+      const tm = el("span", "conv-timer");
+      tm.appendChild(icon(ICON_TIMER));
+      tm.title = "Disappearing messages: " + fmtTimer(c.timer_ms);
+      top.appendChild(tm);
+    }
     top.appendChild(el("span", "conv-time", fmtListTime(c.last_at)));
     const bottom = el("div", "conv-bottom");
     let preview = "";
@@ -202,6 +242,8 @@ function renderList() {
 async function openConversation(name) {
   if (state.current !== name) {
     state.replyTo = null;
+    if (state.editing) cancelEdit();
+    setViewOnce(false);
     renderReply();
   }
   state.current = name;
@@ -243,6 +285,13 @@ async function loadTimeline(scroll) {
 function renderHeader() {
   const t = state.timeline;
   $("btn-info").hidden = !t.group;
+  const timer = $("btn-timer");
+  // A timer needs the conversation to exist (after its first message).
+  timer.hidden = !(t.items.length || t.group) || t.request || t.blocked;
+  timer.classList.toggle("on", !!t.timer_ms);
+  $("timer-label").textContent = fmtTimerShort(t.timer_ms);
+  timer.title = "Disappearing messages: " + fmtTimer(t.timer_ms);
+  renderBars();
   if (t.details) $("chat-title").textContent = t.details.title;
   const typers = typingIn(t.name);
   const sub = $("chat-sub");
@@ -252,6 +301,79 @@ function renderHeader() {
   else sub.textContent = "End-to-end encrypted";
   $("typing").hidden = typers.length === 0;
   $("typing-text").textContent = typers.length ? typers.join(", ") + (typers.length > 1 ? " are" : " is") + " typing…" : "";
+}
+
+// A message request or a blocked account: a banner instead of the compose box.
+function renderBars() {
+  const t = state.timeline;
+  const who = t.name;
+  $("request-bar").hidden = !t.request || t.blocked;
+  $("blocked-bar").hidden = !t.blocked;
+  $("composer").hidden = !!(t.request || t.blocked);
+  if (t.request) {
+    $("request-title").textContent = who + " wants to message you";
+    $("request-text").textContent = "They won't know you've seen their messages until you accept. Block them to stop all their messages.";
+  }
+  if (t.blocked) $("blocked-text").textContent = "You blocked " + who + ". You won't get their messages.";
+  if ((t.request || t.blocked) && (state.replyTo || state.editing)) {
+    state.replyTo = null;
+    state.editing = null;
+    renderReply();
+  }
+  if (t.request || t.blocked) $("reply-bar").hidden = true;
+}
+
+async function contact(action, handle) {
+  const labels = { accept: "Accepted", block: "Blocked", unblock: "Unblocked", decline: "Request deleted" };
+  if (action === "block") {
+    const ok = await ask("Block " + handle + "?", "Blocked accounts can't message you or see your presence. You can unblock them in Settings.", "Block");
+    if (!ok) return;
+  }
+  if (action === "decline") {
+    const ok = await ask("Delete this request?", "Its messages are deleted from this device. If " + handle + " writes again, it is a new request.", "Delete");
+    if (!ok) return;
+  }
+  try {
+    await api("/api/contact", { handle, action });
+    toast(labels[action]);
+    if (action === "decline" && state.current === handle) closeChat();
+  } catch (e) { toast(e.message, true); }
+  await refresh(false);
+  if ($("dlg-settings").open) renderBlocked();
+}
+
+function closeChat() {
+  $("app").classList.remove("in-chat");
+  state.current = null;
+  state.timeline = null;
+  $("empty-chat").hidden = false;
+  $("chat-head").hidden = true;
+  $("composer").hidden = true;
+  $("request-bar").hidden = true;
+  $("blocked-bar").hidden = true;
+  $("reply-bar").hidden = true;
+  $("messages").textContent = "";
+  renderList();
+}
+
+function showTimerMenu() {
+  const t = state.timeline;
+  if (!t) return;
+  const r = $("btn-timer").getBoundingClientRect();
+  const current = fmtTimerShort(t.timer_ms) || "off";
+  const entries = TIMERS.map(([value, label]) => [label, null, () => setTimer(value), { id: "timer-" + value, checked: value === current }]);
+  showMenu(entries, r.left + r.width / 2 - 60, r.bottom + 6, "timer-menu");
+  const head = el("div", "menu-head", "Disappearing messages");
+  menu.insertBefore(head, menu.firstChild);
+}
+
+async function setTimer(value) {
+  const conversation = state.current;
+  try {
+    const r = await api("/api/timer", { conversation, timer: value });
+    toast(r.timer_ms ? "Messages now disappear after " + fmtTimer(r.timer_ms) : "Disappearing messages off");
+  } catch (e) { toast(e.message, true); }
+  await refresh(false);
 }
 
 function tickFor(stateName) {
@@ -289,6 +411,12 @@ function renderTimeline(scroll) {
     box.appendChild(renderMessage(item, t, first));
     if (item.reactions && item.reactions.length) box.appendChild(renderReactions(item));
   }
+  if (t.timer_ms) {
+    const note = el("div", "event timer-note");
+    note.appendChild(icon(ICON_TIMER));
+    note.appendChild(el("span", "", "Disappearing messages are on: new messages vanish " + fmtTimer(t.timer_ms) + " after they're sent."));
+    box.appendChild(note);
+  }
   if (scroll || atBottom) box.scrollTop = box.scrollHeight;
 }
 
@@ -307,11 +435,21 @@ function renderMessage(m, t, first) {
     });
     bubble.appendChild(qd);
   }
-  if (m.kind === "attachment") bubble.appendChild(renderAttachment(m, t));
-  const text = m.view_once ? "View-once message (open it on the terminal app)" : m.text;
-  if (text) bubble.appendChild(el("span", "text", text));
+  if (m.view_once) {
+    bubble.classList.add("once-bubble");
+    bubble.appendChild(renderViewOnce(m, t));
+  } else {
+    if (m.kind === "attachment") bubble.appendChild(renderAttachment(m, t));
+    if (m.text) bubble.appendChild(el("span", "text", m.text));
+  }
   const meta = el("span", "meta");
-  if (m.edited) meta.appendChild(el("span", "", "edited"));
+  if (m.expires_at) {
+    const clock = el("span", "expires");
+    clock.appendChild(icon(ICON_TIMER));
+    clock.title = "Disappears " + new Date(m.expires_at).toLocaleString();
+    meta.appendChild(clock);
+  }
+  if (m.edited) meta.appendChild(el("span", "edited", "edited"));
   meta.appendChild(el("span", "", fmtTime(m.at)));
   if (m.outgoing) {
     const tick = tickFor(m.state);
@@ -338,10 +476,233 @@ function renderMessage(m, t, first) {
   reply.classList.add("reply-btn");
   reply.appendChild(icon(ICON_REPLY));
   reply.addEventListener("click", () => startReply(m));
-  actions.append(react, reply);
+  const more = el("button", "icon-btn more-btn");
+  more.type = "button";
+  more.title = "More";
+  more.setAttribute("aria-label", "More actions");
+  more.setAttribute("aria-haspopup", "menu");
+  more.appendChild(icon(ICON_MORE));
+  more.addEventListener("click", (e) => {
+    e.stopPropagation();
+    const r = more.getBoundingClientRect();
+    showMessageMenu(m, r.left + r.width / 2, r.bottom + 4);
+  });
+  actions.append(react, reply, more);
   row.appendChild(actions);
   row.addEventListener("dblclick", () => startReply(m));
+  row.addEventListener("contextmenu", (e) => {
+    e.preventDefault();
+    showMessageMenu(m, e.clientX, e.clientY);
+  });
   return row;
+}
+
+function canEdit(m) {
+  return m.outgoing && m.kind === "message" && !m.view_once && m.state !== "failed";
+}
+
+// A small floating menu of [label, icon, action, danger] entries at (x, y).
+let menu = null;
+function closeMenu() {
+  if (menu) { menu.remove(); menu = null; }
+}
+
+function showMenu(entries, x, y, cls) {
+  closeMenu();
+  closePicker();
+  menu = el("div", "menu" + (cls ? " " + cls : ""));
+  menu.setAttribute("role", "menu");
+  for (const [label, path, action, extra] of entries) {
+    const b = el("button", "menu-item" + (extra && extra.danger ? " danger" : "") + (extra && extra.checked ? " checked" : ""));
+    b.type = "button";
+    b.setAttribute("role", "menuitem");
+    if (extra && extra.id) b.dataset.action = extra.id;
+    if (path) b.appendChild(icon(path));
+    b.appendChild(el("span", "", label));
+    b.addEventListener("click", (e) => { e.stopPropagation(); closeMenu(); action(); });
+    menu.appendChild(b);
+  }
+  document.body.appendChild(menu);
+  const w = menu.offsetWidth;
+  const h = menu.offsetHeight;
+  menu.style.left = Math.max(8, Math.min(window.innerWidth - w - 8, x - w / 2)) + "px";
+  menu.style.top = Math.max(8, Math.min(window.innerHeight - h - 8, y)) + "px";
+  const first = menu.querySelector("button");
+  if (first) first.focus();
+}
+
+function showMessageMenu(m, x, y) {
+  const entries = [];
+  if (!m.view_once || m.outgoing) entries.push(["Reply", ICON_REPLY, () => startReply(m), { id: "reply" }]);
+  entries.push(["React", ICON_SMILE, () => {
+    const row = document.querySelector('.row[data-id="' + CSS.escape(m.id) + '"] .react-btn');
+    if (row) showPicker(row, m);
+  }, { id: "react" }]);
+  if (canEdit(m)) entries.push(["Edit", ICON_EDIT, () => startEdit(m), { id: "edit" }]);
+  entries.push([m.outgoing ? "Delete for everyone" : "Delete for me", ICON_TRASH, () => deleteMessage(m), { id: "delete", danger: true }]);
+  showMenu(entries, x, y);
+}
+
+// A confirmation in the app's own dialog; resolves to true or false.
+function ask(title, text, okLabel) {
+  return new Promise((resolve) => {
+    const d = $("dlg-confirm");
+    $("confirm-title").textContent = title;
+    $("confirm-text").textContent = text;
+    $("confirm-ok").textContent = okLabel || "OK";
+    const done = (v) => {
+      $("confirm-ok").onclick = null;
+      $("confirm-cancel").onclick = null;
+      d.onclose = null;
+      if (d.open) d.close();
+      resolve(v);
+    };
+    $("confirm-ok").onclick = () => done(true);
+    $("confirm-cancel").onclick = () => done(false);
+    d.onclose = () => done(false);
+    d.showModal();
+    $("confirm-cancel").focus();
+  });
+}
+
+async function deleteMessage(m) {
+  const everyone = m.outgoing;
+  const ok = await ask(
+    everyone ? "Delete for everyone?" : "Delete for me?",
+    everyone
+      ? "This message will be deleted for everyone in this chat."
+      : "This message will be deleted from this device. Others still have it.",
+    "Delete",
+  );
+  if (!ok) return;
+  try {
+    await api("/api/delete", { id: m.id });
+    if (state.replyTo && state.replyTo.id === m.id) { state.replyTo = null; renderReply(); }
+    if (state.editing && state.editing.id === m.id) cancelEdit();
+    toast("Message deleted");
+  } catch (e) { toast(e.message, true); }
+  await refresh(false);
+}
+
+function startEdit(m) {
+  state.replyTo = null;
+  state.editing = { id: m.id, text: m.text };
+  renderReply();
+  const box = $("text");
+  box.value = m.text;
+  autosize();
+  box.focus();
+  box.setSelectionRange(box.value.length, box.value.length);
+}
+
+function cancelEdit() {
+  if (!state.editing) return;
+  state.editing = null;
+  $("text").value = "";
+  autosize();
+  renderReply();
+}
+
+function renderViewOnce(m, t) {
+  const what = m.kind === "attachment" ? (m.attachment && m.attachment.image ? "Photo" : "File") : "Message";
+  const box = el("div", "once");
+  const badge = el("span", "once-icon");
+  badge.appendChild(icon(ICON_ONCE));
+  if (m.outgoing) {
+    box.appendChild(badge);
+    box.appendChild(el("span", "once-label", m.viewed ? "View once · Opened" : "View once · " + what));
+    if (m.viewed) box.classList.add("done");
+    return box;
+  }
+  if (m.opened) {
+    box.classList.add("done");
+    box.appendChild(badge);
+    box.appendChild(el("span", "once-label", "Opened"));
+    return box;
+  }
+  const b = el("button", "once-open");
+  b.type = "button";
+  b.appendChild(badge);
+  b.appendChild(el("span", "once-label", "View once — open " + what.toLowerCase()));
+  b.addEventListener("click", () => openViewOnce(m, t, b));
+  box.appendChild(b);
+  return box;
+}
+
+let onceUrl = null;
+async function openViewOnce(m, t, button) {
+  button.disabled = true;
+  button.classList.add("busy");
+  let r;
+  try {
+    r = await fetch("/api/view-once", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ conversation: t.name, id: m.id }),
+    });
+  } catch (e) {
+    button.disabled = false;
+    button.classList.remove("busy");
+    toast(e.message, true);
+    return;
+  }
+  const type = r.headers.get("Content-Type") || "";
+  if (!r.ok) {
+    let msg = "cannot open it (" + r.status + ")";
+    try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
+    toast(msg, true);
+    await refresh(false);
+    return;
+  }
+  const dec = (h) => { try { return decodeURIComponent(r.headers.get(h) || ""); } catch (_) { return ""; } };
+  const img = $("once-image");
+  const file = $("once-file");
+  const textBox = $("once-text");
+  img.hidden = true;
+  file.hidden = true;
+  textBox.hidden = true;
+  if (onceUrl) { URL.revokeObjectURL(onceUrl); onceUrl = null; }
+  let from = m.from;
+  let caption = "";
+  if (type.startsWith("application/json")) {
+    const v = await r.json();
+    from = v.from || from;
+    caption = v.text || "";
+  } else {
+    const blob = await r.blob();
+    onceUrl = URL.createObjectURL(blob);
+    from = dec("X-Hushwire-From") || from;
+    caption = dec("X-Hushwire-Text");
+    if (type.startsWith("image/")) {
+      img.src = onceUrl;
+      img.hidden = false;
+    } else {
+      const name = dec("X-Hushwire-Name") || "file";
+      const a = $("once-download");
+      a.href = onceUrl;
+      a.download = name;
+      $("once-file-name").textContent = name + " · " + fmtSize(blob.size);
+      file.hidden = false;
+    }
+  }
+  if (caption) { textBox.textContent = caption; textBox.hidden = false; }
+  $("once-from").textContent = from;
+  $("once-from-avatar").replaceWith(Object.assign(avatar(from, true), { id: "once-from-avatar" }));
+  $("dlg-once").showModal();
+  await refresh(false);
+}
+
+function closeViewOnce() {
+  const d = $("dlg-once");
+  if (d.open) d.close();
+}
+
+function onViewOnceClosed() {
+  $("once-image").removeAttribute("src");
+  $("once-download").removeAttribute("href");
+  $("once-text").textContent = "";
+  if (onceUrl) { URL.revokeObjectURL(onceUrl); onceUrl = null; }
 }
 
 function renderAttachment(m, t) {
@@ -429,6 +790,7 @@ async function react(m, emoji) {
 }
 
 function startReply(m) {
+  if (state.editing) cancelEdit();
   state.replyTo = { id: m.id, from: m.from, text: m.kind === "attachment" ? "📎 " + m.attachment.name : m.text };
   renderReply();
   $("text").focus();
@@ -436,7 +798,16 @@ function startReply(m) {
 
 function renderReply() {
   const r = state.replyTo;
-  $("reply-bar").hidden = !r;
+  const ed = state.editing;
+  $("reply-bar").hidden = !r && !ed;
+  $("reply-bar").classList.toggle("editing", !!ed);
+  $("reply-cancel").title = ed ? "Cancel editing" : "Cancel reply";
+  $("text").placeholder = ed ? "Edit message" : "Message";
+  if (ed) {
+    $("reply-from").textContent = "Edit message";
+    $("reply-text").textContent = ed.text;
+    return;
+  }
   if (!r) return;
   $("reply-from").textContent = "Replying to " + (r.from === state.me ? "yourself" : r.from);
   $("reply-text").textContent = r.text;
@@ -444,7 +815,26 @@ function renderReply() {
 
 // ------------------------------------------------------------------ composing
 
+async function saveEdit() {
+  const box = $("text");
+  const text = box.value;
+  const ed = state.editing;
+  if (!ed) return;
+  if (!text.trim()) { toast("The text is empty: delete the message instead", true); return; }
+  if (text === ed.text) { cancelEdit(); return; }
+  try {
+    const r = await api("/api/edit", { id: ed.id, text });
+    state.editing = null;
+    box.value = "";
+    autosize();
+    renderReply();
+    if (r.pending) toast("Queued: it goes out when the server is reachable");
+  } catch (e) { toast(e.message, true); }
+  await refresh(false);
+}
+
 async function sendText() {
+  if (state.editing) return saveEdit();
   const box = $("text");
   const text = box.value;
   if (!text.trim() || !state.current) return;
@@ -491,7 +881,7 @@ function stopTyping() {
   }
 }
 
-function uploadFile(file) {
+function uploadFile(file, viewOnce) {
   const to = state.current;
   if (!to) return Promise.resolve();
   state.uploads += 1;
@@ -501,7 +891,9 @@ function uploadFile(file) {
   $("upload-fill").style.width = "0%";
   return new Promise((resolve) => {
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/api/upload?" + q({ to, name: file.name }));
+    const params = { to, name: file.name };
+    if (viewOnce) params.view_once = "true";
+    xhr.open("POST", "/api/upload?" + q(params));
     xhr.setRequestHeader("Content-Type", "application/octet-stream");
     xhr.upload.addEventListener("progress", (e) => {
       if (!e.lengthComputable) return;
@@ -527,7 +919,18 @@ function uploadFile(file) {
 }
 
 async function uploadFiles(files) {
-  for (const f of files) await uploadFile(f);
+  // The view-once switch applies to the files picked while it is on, then turns off.
+  const once = state.viewOnce;
+  setViewOnce(false);
+  for (const f of files) await uploadFile(f, once);
+}
+
+function setViewOnce(on) {
+  state.viewOnce = on;
+  const b = $("btn-view-once");
+  b.classList.toggle("on", on);
+  b.setAttribute("aria-pressed", on ? "true" : "false");
+  b.title = on ? "View once: on (the next file can be opened once)" : "View once: off";
 }
 
 function onTransfer(ev) {
@@ -647,7 +1050,26 @@ function onLink(ev) {
   toast(msg, !ev.ok);
 }
 
+function renderBlocked() {
+  const list = $("blocked-list");
+  list.textContent = "";
+  const blocked = state.blocked || [];
+  $("blocked-none").hidden = blocked.length > 0;
+  for (const h of blocked) {
+    const li = el("li");
+    li.appendChild(avatar(h, true));
+    li.appendChild(el("span", "grow", h));
+    const b = el("button", "pill ghost small unblock-btn", "Unblock");
+    b.type = "button";
+    b.dataset.handle = h;
+    b.addEventListener("click", () => contact("unblock", h));
+    li.appendChild(b);
+    list.appendChild(li);
+  }
+}
+
 async function openSettings() {
+  renderBlocked();
   $("dlg-settings").showModal();
   const list = $("devices");
   list.textContent = "";
@@ -765,13 +1187,32 @@ function init() {
     state.current = null;
     renderList();
   });
+  setViewOnce(false);
   $("composer").addEventListener("submit", (e) => { e.preventDefault(); sendText(); });
   $("text").addEventListener("input", onInput);
   $("text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); sendText(); }
+    if (e.key === "Escape" && state.editing) { e.preventDefault(); cancelEdit(); }
     if (e.key === "Escape" && state.replyTo) { state.replyTo = null; renderReply(); }
+    if (e.key === "ArrowUp" && !$("text").value && state.timeline) {
+      // Up on an empty box edits the last own text, as in other messengers.
+      const own = state.timeline.items.filter((m) => m.kind === "message" && canEdit(m));
+      if (own.length) { e.preventDefault(); startEdit(own[own.length - 1]); }
+    }
   });
-  $("reply-cancel").addEventListener("click", () => { state.replyTo = null; renderReply(); });
+  $("reply-cancel").addEventListener("click", () => {
+    if (state.editing) cancelEdit();
+    state.replyTo = null;
+    renderReply();
+  });
+  $("btn-view-once").addEventListener("click", () => setViewOnce(!state.viewOnce));
+  $("btn-timer").addEventListener("click", (e) => { e.stopPropagation(); showTimerMenu(); });
+  $("btn-accept").addEventListener("click", () => contact("accept", state.current));
+  $("btn-block").addEventListener("click", () => contact("block", state.current));
+  $("btn-decline").addEventListener("click", () => contact("decline", state.current));
+  $("btn-unblock").addEventListener("click", () => contact("unblock", state.current));
+  $("once-close").addEventListener("click", closeViewOnce);
+  $("dlg-once").addEventListener("close", onViewOnceClosed);
   $("btn-attach").addEventListener("click", () => $("file-input").click());
   $("file-input").addEventListener("change", (e) => {
     const files = [...e.target.files];
@@ -794,7 +1235,12 @@ function init() {
     $("drop").hidden = true;
     if (state.current && e.dataTransfer && e.dataTransfer.files.length) uploadFiles([...e.dataTransfer.files]);
   });
-  document.addEventListener("click", (e) => { if (picker && !picker.contains(e.target)) closePicker(); });
+  document.addEventListener("click", (e) => {
+    if (picker && !picker.contains(e.target)) closePicker();
+    if (menu && !menu.contains(e.target)) closeMenu();
+  });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") { closeMenu(); closePicker(); } });
+  $("messages").addEventListener("scroll", closeMenu);
   document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") refresh(false); });
   loadState().catch((e) => toast(e.message, true));
   connect();

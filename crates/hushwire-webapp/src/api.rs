@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,12 +20,13 @@ use hushwire_client::api::unix_ms;
 use hushwire_client::{Client, ClientError, SendFileOptions, Transfer};
 use hushwire_e2e::group::is_group_name;
 use hushwire_e2e::{
-    E2eError, Event, GroupEvent, MessageState, PresenceShare, ReceiptStatus, StoredMessage,
-    TimelineItem,
+    DeleteScope, E2eError, Event, GroupEvent, MessageState, PresenceShare, ReceiptStatus,
+    StoredMessage, TimelineItem,
 };
-use hushwire_service::{Service, ServiceError, ServiceEvent};
+use hushwire_service::{Command, Outcome, Service, ServiceError, ServiceEvent};
 use rand::RngCore;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, oneshot};
@@ -46,6 +47,22 @@ const MAX_JSON_BYTES: usize = 256 * 1024;
 /// Where uploaded files are kept (they are the attachment's local copy), under the
 /// profile's `media` directory.
 const OUTBOX_DIR: &str = "outbox";
+/// Where an opened view-once file is decrypted for the moment it takes to read it into
+/// memory, under the profile's `media` directory.
+const VIEW_ONCE_DIR: &str = ".view-once";
+/// The largest view-once file handed to the browser (it is held in memory once).
+const MAX_VIEW_ONCE_BYTES: u64 = 256 * 1024 * 1024;
+/// The longest message id accepted (ids are UUIDs).
+const MAX_ID_LEN: usize = 64;
+
+/// A view-once message opened in this session: the store erases it, so the timeline
+/// shows "Opened" from this record.
+#[derive(Debug, Clone)]
+pub(crate) struct Opened {
+    conversation: String,
+    from: String,
+    at: u64,
+}
 
 pub(crate) struct Inner {
     service: Service,
@@ -54,6 +71,7 @@ pub(crate) struct Inner {
     unread: Mutex<HashMap<String, u64>>,
     app_events: broadcast::Sender<Value>,
     linking: AtomicBool,
+    opened: Mutex<HashMap<String, Opened>>,
 }
 
 impl Inner {
@@ -70,6 +88,7 @@ impl Inner {
             unread: Mutex::new(HashMap::new()),
             app_events,
             linking: AtomicBool::new(false),
+            opened: Mutex::new(HashMap::new()),
         }
     }
 
@@ -86,6 +105,20 @@ impl Inner {
             m.remove(conversation);
         }
     }
+
+    fn opened_snapshot(&self) -> HashMap<String, Opened> {
+        self.opened.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn was_opened(&self, id: &str) -> bool {
+        self.opened.lock().is_ok_and(|m| m.contains_key(id))
+    }
+
+    fn mark_opened(&self, id: &str, opened: Opened) {
+        if let Ok(mut m) = self.opened.lock() {
+            m.insert(id.to_string(), opened);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -100,6 +133,8 @@ pub(crate) enum ApiError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    #[error("{1}")]
+    Rejected(StatusCode, String),
     #[error("the file is larger than {MAX_UPLOAD_BYTES} bytes")]
     TooLarge,
     #[error("{0}")]
@@ -118,6 +153,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) | ApiError::Local(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Rejected(status, _) => *status,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Client(e) if !e.is_transient() => StatusCode::BAD_REQUEST,
             ApiError::Client(_) => StatusCode::BAD_GATEWAY,
@@ -128,6 +164,33 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult = Result<axum::Json<Value>, ApiError>;
+
+/// A JSON request body whose rejections (malformed JSON, a missing field, the wrong
+/// content type) come back as JSON errors like every other failure.
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let status = if status.is_client_error() {
+                    status
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                Err(ApiError::Rejected(status, rejection.body_text()))
+            }
+        }
+    }
+}
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
@@ -142,6 +205,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/devices", get(api_devices))
         .route("/api/send", post(api_send))
         .route("/api/react", post(api_react))
+        .route("/api/edit", post(api_edit))
+        .route("/api/delete", post(api_delete))
+        .route("/api/timer", post(api_timer))
+        .route("/api/view-once", post(api_view_once))
+        .route("/api/contact", post(api_contact))
         .route("/api/read", post(api_read))
         .route("/api/typing", post(api_typing))
         .route("/api/upload", post(api_upload))
@@ -219,6 +287,11 @@ fn refused(refusal: Refusal) -> Response {
 /// Counts unread messages per conversation while the app runs and forwards transfer
 /// progress to the browser.
 pub(crate) fn spawn_background(state: AppState) {
+    // A view-once file left behind by a crash is not kept.
+    let leftovers = state.0.media_dir().join(VIEW_ONCE_DIR);
+    tokio::spawn(async move {
+        let _ = tokio::fs::remove_dir_all(leftovers).await;
+    });
     let mut events = state.0.service.subscribe();
     let st = state.clone();
     tokio::spawn(async move {
@@ -279,6 +352,7 @@ fn build_state(
     // The profile's count (not yet marked read: it survives a restart), or this
     // session's when it is ahead.
     let stored: HashMap<String, u64> = p.unread_counts()?.into_iter().collect();
+    let blocked = p.blocked()?;
     let mut conversations = Vec::new();
     for s in p.conversations()? {
         let group = is_group_name(&s.name);
@@ -298,6 +372,8 @@ fn build_state(
             "title": title,
             "group": group,
             "request": s.request,
+            "blocked": !group && blocked.contains(&s.name),
+            "timer_ms": p.timer(&s.name).unwrap_or(0),
             "unread": unread
                 .get(&s.name)
                 .copied()
@@ -313,6 +389,7 @@ fn build_state(
         "settings": {
             "read_receipts": p.read_receipts()?,
             "presence": p.presence_share()?.as_str(),
+            "blocked": blocked,
         },
         "conversations": conversations,
     }))
@@ -324,6 +401,14 @@ fn preview_of(item: &TimelineItem, me: &str) -> Value {
             "from": m.from, "outgoing": m.outgoing,
             "text": if m.view_once { "View-once message".to_string() } else { m.text.clone() },
         }),
+        TimelineItem::Attachment(m, a) if m.view_once => {
+            let label = if a.mime.starts_with("image/") {
+                "View-once photo"
+            } else {
+                "View-once file"
+            };
+            json!({"from": m.from, "outgoing": m.outgoing, "text": label})
+        }
         TimelineItem::Attachment(m, a) => {
             let label = if a.mime.starts_with("image/") {
                 "📷 Photo".to_string()
@@ -367,14 +452,19 @@ struct ConversationQuery {
 }
 
 async fn api_timeline(State(st): State<AppState>, Query(q): Query<ConversationQuery>) -> ApiResult {
+    let opened = st.0.opened_snapshot();
     let v =
         st.0.service
-            .with(move |c| Box::pin(async move { build_timeline(c, &q.c) }))
+            .with(move |c| Box::pin(async move { build_timeline(c, &q.c, &opened) }))
             .await??;
     Ok(axum::Json(v))
 }
 
-fn build_timeline(c: &mut Client, conversation: &str) -> Result<Value, ApiError> {
+fn build_timeline(
+    c: &mut Client,
+    conversation: &str,
+    opened: &HashMap<String, Opened>,
+) -> Result<Value, ApiError> {
     let me = c.identity()?.handle.clone();
     let p = c.profile();
     // A 1:1 chat opened before its first message has an empty timeline; a group chat
@@ -397,6 +487,9 @@ fn build_timeline(c: &mut Client, conversation: &str) -> Result<Value, ApiError>
             TimelineItem::Message(m) => {
                 quoted.insert(&m.id, (&m.from, m.text.clone()));
             }
+            TimelineItem::Attachment(m, _) if m.view_once => {
+                quoted.insert(&m.id, (&m.from, "View-once message".to_string()));
+            }
             TimelineItem::Attachment(m, a) => {
                 quoted.insert(&m.id, (&m.from, format!("📎 {}", a.file_name)));
             }
@@ -414,6 +507,18 @@ fn build_timeline(c: &mut Client, conversation: &str) -> Result<Value, ApiError>
                 if matches!(item, TimelineItem::RelayLink(_)) {
                     v["kind"] = json!("link");
                 }
+                if m.view_once && opened.contains_key(&m.id) {
+                    v["opened"] = json!(true);
+                }
+                v
+            }
+            TimelineItem::Attachment(m, a) if m.view_once => {
+                // Nothing of a view-once file's content (no name, no thumbnail): only
+                // whether it is a picture.
+                let mut v = message_json(m, &me, &reactions, &receipts, &quoted);
+                v["kind"] = json!("attachment");
+                v["attachment"] = json!({"image": a.mime.starts_with("image/")});
+                v["opened"] = json!(opened.contains_key(&m.id));
                 v
             }
             TimelineItem::Attachment(m, a) => {
@@ -435,6 +540,33 @@ fn build_timeline(c: &mut Client, conversation: &str) -> Result<Value, ApiError>
         };
         out.push(v);
     }
+    // Opened view-once files are erased from the store: an "Opened" line in their place.
+    let mut gone: Vec<(&String, &Opened)> = opened
+        .iter()
+        .filter(|(id, o)| {
+            o.conversation == conversation
+                && !items.iter().any(|i| match i {
+                    TimelineItem::Message(m)
+                    | TimelineItem::RelayLink(m)
+                    | TimelineItem::Attachment(m, _) => m.id == **id,
+                    TimelineItem::Group(_) => false,
+                })
+        })
+        .collect();
+    gone.sort_by_key(|(_, o)| o.at);
+    for (id, o) in gone {
+        let at = out.partition_point(|v| v["at"].as_u64().unwrap_or(0) <= o.at);
+        out.insert(
+            at,
+            json!({
+                "kind": "message", "id": id, "from": o.from, "outgoing": false, "at": o.at,
+                "text": "", "view_once": true, "opened": true, "edited": false,
+                "state": "received", "reply": null, "reactions": [],
+            }),
+        );
+    }
+    let timer_ms = p.timer(conversation).unwrap_or(0);
+    let blocked = !group && p.blocked()?.iter().any(|b| b == conversation);
     let details = details.map(|d| {
         let admin_me = d.members.iter().any(|m| m.handle == me && m.admin);
         json!({
@@ -450,6 +582,9 @@ fn build_timeline(c: &mut Client, conversation: &str) -> Result<Value, ApiError>
         "me": me,
         "details": details,
         "request": p.is_request(conversation)?,
+        "blocked": blocked,
+        "timer_ms": timer_ms,
+        "timer": hushwire_service::timer_text(timer_ms),
         "items": out,
     }))
 }
@@ -461,6 +596,11 @@ fn message_json(
     receipts: &HashMap<String, Vec<hushwire_e2e::Receipt>>,
     quoted: &HashMap<&str, (&str, String)>,
 ) -> Value {
+    let viewed = m.view_once
+        && m.outgoing
+        && receipts
+            .get(&m.id)
+            .is_some_and(|r| r.iter().any(|r| r.status == ReceiptStatus::Viewed));
     let state = match m.state {
         MessageState::Queued => "queued",
         MessageState::Failed => "failed",
@@ -502,6 +642,8 @@ fn message_json(
         "at": m.sent_at_ms,
         "text": m.text,
         "view_once": m.view_once,
+        "viewed": viewed,
+        "expires_at": m.expires_at_ms,
         "edited": m.edited_at_ms.is_some(),
         "state": state,
         "reply": reply,
@@ -654,22 +796,24 @@ struct SendRequest {
     reply_to: Option<String>,
 }
 
-async fn api_send(
-    State(st): State<AppState>,
-    axum::Json(req): axum::Json<SendRequest>,
-) -> ApiResult {
+async fn api_send(State(st): State<AppState>, JsonBody(req): JsonBody<SendRequest>) -> ApiResult {
     if req.text.trim().is_empty() {
         return Err(ApiError::BadRequest("the message is empty".into()));
+    }
+    if let Some(reply_to) = req.reply_to.as_deref().filter(|r| !r.is_empty()) {
+        let id = check_id(reply_to)?;
+        let outcome =
+            st.0.service
+                .command(Command::Reply { id, text: req.text })
+                .await?;
+        return Ok(axum::Json(outcome_json(&outcome)));
     }
     let emitter = st.0.service.emitter();
     let v =
         st.0.service
             .with(move |c| {
                 Box::pin(async move {
-                    let id = match req.reply_to.as_deref().filter(|r| !r.is_empty()) {
-                        Some(r) => c.profile_mut().queue_reply(r, &req.text, unix_ms())?,
-                        None => c.queue_text(&req.to, &req.text)?,
-                    };
+                    let id = c.queue_text(&req.to, &req.text)?;
                     let (failures, pending) = flush(c, &emitter).await;
                     Ok::<_, ApiError>(json!({"id": id, "failures": failures, "pending": pending}))
                 })
@@ -678,31 +822,337 @@ async fn api_send(
     Ok(axum::Json(v))
 }
 
+/// What a command did, as the browser reads it.
+fn outcome_json(o: &Outcome) -> Value {
+    let scope = o.scope.map(|s| match s {
+        DeleteScope::Everyone => "everyone",
+        DeleteScope::Unsent => "unsent",
+        DeleteScope::ForMe => "me",
+    });
+    json!({"id": o.id, "scope": scope, "failures": o.failures, "pending": o.pending})
+}
+
+/// A message id from the browser: a UUID's characters, bounded.
+pub(crate) fn check_id(id: &str) -> Result<String, ApiError> {
+    let id = id.trim();
+    if id.is_empty()
+        || id.len() > MAX_ID_LEN
+        || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+    {
+        return Err(ApiError::BadRequest("not a message id".into()));
+    }
+    Ok(id.to_string())
+}
+
+/// One handle from the browser (a leading `@` is dropped), checked.
+pub(crate) fn check_handle(handle: &str) -> Result<String, ApiError> {
+    let h = handle.trim().trim_start_matches('@');
+    hushwire_proto::identity::validate_handle(h)
+        .map_err(|e| ApiError::BadRequest(format!("{h:?} is not a handle: {e}")))?;
+    Ok(h.to_string())
+}
+
+/// A conversation name from the browser: a handle or `#GROUP`.
+pub(crate) fn check_conversation(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if is_group_name(name) {
+        Ok(name.to_string())
+    } else {
+        check_handle(name)
+    }
+}
+
 #[derive(Deserialize)]
 struct ReactRequest {
     id: String,
     emoji: String,
 }
 
-async fn api_react(
-    State(st): State<AppState>,
-    axum::Json(req): axum::Json<ReactRequest>,
-) -> ApiResult {
+async fn api_react(State(st): State<AppState>, JsonBody(req): JsonBody<ReactRequest>) -> ApiResult {
     if !req.emoji.is_empty() {
         hushwire_e2e::validate_reaction(&req.emoji).map_err(ApiError::BadRequest)?;
     }
-    let emitter = st.0.service.emitter();
-    let v =
+    let id = check_id(&req.id)?;
+    let outcome =
+        st.0.service
+            .command(Command::React {
+                id,
+                emoji: req.emoji,
+            })
+            .await?;
+    Ok(axum::Json(outcome_json(&outcome)))
+}
+
+#[derive(Deserialize)]
+struct EditRequest {
+    id: String,
+    text: String,
+}
+
+async fn api_edit(State(st): State<AppState>, JsonBody(req): JsonBody<EditRequest>) -> ApiResult {
+    let id = check_id(&req.id)?;
+    if req.text.trim().is_empty() {
+        return Err(ApiError::BadRequest(
+            "the new text is empty (delete the message instead)".into(),
+        ));
+    }
+    let outcome =
+        st.0.service
+            .command(Command::Edit { id, text: req.text })
+            .await?;
+    Ok(axum::Json(outcome_json(&outcome)))
+}
+
+#[derive(Deserialize)]
+struct DeleteRequest {
+    id: String,
+}
+
+async fn api_delete(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<DeleteRequest>,
+) -> ApiResult {
+    let id = check_id(&req.id)?;
+    let outcome = st.0.service.command(Command::Delete { id }).await?;
+    Ok(axum::Json(outcome_json(&outcome)))
+}
+
+#[derive(Deserialize)]
+struct TimerRequest {
+    conversation: String,
+    /// `off`, `5m`, `1h`, `7d`, ...
+    timer: String,
+}
+
+/// The timer of a request, in milliseconds (0: off), within the allowed range.
+pub(crate) fn timer_of(text: &str) -> Result<u64, ApiError> {
+    hushwire_service::parse_timer(text).map_err(ApiError::BadRequest)
+}
+
+async fn api_timer(State(st): State<AppState>, JsonBody(req): JsonBody<TimerRequest>) -> ApiResult {
+    let conversation = check_conversation(&req.conversation)?;
+    let timer_ms = timer_of(&req.timer)?;
+    let outcome =
+        st.0.service
+            .command(Command::Timer {
+                conversation,
+                timer_ms,
+            })
+            .await?;
+    let mut v = outcome_json(&outcome);
+    v["timer_ms"] = json!(timer_ms);
+    v["timer"] = json!(hushwire_service::timer_text(timer_ms));
+    Ok(axum::Json(v))
+}
+
+/// What the browser may do about another account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ContactAction {
+    /// Accept their message request.
+    Accept,
+    /// Delete their message request (a new message is a request again).
+    Decline,
+    /// Block them.
+    Block,
+    /// Take a block back.
+    Unblock,
+}
+
+impl ContactAction {
+    pub(crate) fn parse(action: &str) -> Result<Self, ApiError> {
+        Ok(match action {
+            "accept" => Self::Accept,
+            "decline" => Self::Decline,
+            "block" => Self::Block,
+            "unblock" => Self::Unblock,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown action {other:?} (accept, decline, block or unblock)"
+                )));
+            }
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct ContactRequest {
+    handle: String,
+    action: String,
+}
+
+async fn api_contact(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<ContactRequest>,
+) -> ApiResult {
+    let action = ContactAction::parse(&req.action)?;
+    let handle = check_handle(&req.handle)?;
+    let command = match action {
+        ContactAction::Accept => Command::Accept { handle },
+        ContactAction::Block => Command::Block { handle },
+        ContactAction::Unblock => Command::Unblock { handle },
+        ContactAction::Decline => {
+            // Local only: nothing to send.
+            st.0.clear_unread(&handle);
+            st.0.service
+                .with(move |c| Box::pin(async move { c.profile_mut().decline(&handle) }))
+                .await??;
+            return Ok(axum::Json(json!({"failures": [], "pending": null})));
+        }
+    };
+    let outcome = st.0.service.command(command).await?;
+    Ok(axum::Json(outcome_json(&outcome)))
+}
+
+#[derive(Deserialize)]
+struct ViewOnceRequest {
+    conversation: String,
+    id: String,
+}
+
+/// Percent-encodes `text` for a header value (the browser decodes it with
+/// `decodeURIComponent`).
+pub(crate) fn header_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Opens a received view-once message once: the file is decrypted into a private
+/// directory under the profile, read into memory and deleted at once, and its bytes are
+/// the answer (never cached). A text-only message comes back as JSON. A second open is
+/// refused.
+async fn api_view_once(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<ViewOnceRequest>,
+) -> Result<Response, ApiError> {
+    let id = check_id(&req.id)?;
+    let conversation = check_conversation(&req.conversation)?;
+    if st.0.was_opened(&id) {
+        return Err(ApiError::Conflict(
+            "this view-once message was opened already".into(),
+        ));
+    }
+    // What it is (from the timeline) before it is erased.
+    let (sid, sconv) = (id.clone(), conversation.clone());
+    let found =
         st.0.service
             .with(move |c| {
                 Box::pin(async move {
-                    c.profile_mut().react(&req.id, &req.emoji, unix_ms())?;
-                    let (failures, pending) = flush(c, &emitter).await;
-                    Ok::<_, ApiError>(json!({"failures": failures, "pending": pending}))
+                    let found = c
+                        .profile()
+                        .timeline(&sconv)?
+                        .into_iter()
+                        .find_map(|i| match i {
+                            TimelineItem::Message(m) if m.id == sid => Some((m, None)),
+                            TimelineItem::Attachment(m, a) if m.id == sid => Some((m, Some(a))),
+                            _ => None,
+                        });
+                    Ok::<_, ApiError>(found)
                 })
             })
             .await??;
-    Ok(axum::Json(v))
+    let Some((message, info)) = found else {
+        return Err(ApiError::NotFound);
+    };
+    if !message.view_once || message.outgoing {
+        return Err(ApiError::BadRequest(
+            "only received view-once messages can be opened".into(),
+        ));
+    }
+    let mut rnd = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut rnd);
+    let dir = st.0.media_dir().join(VIEW_ONCE_DIR).join(hex::encode(rnd));
+    let opened =
+        st.0.service
+            .open_view_once(&id, dir.clone(), NETWORK_TIMEOUT * 4)
+            .await;
+    let opened = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(e.into());
+        }
+    };
+    st.0.mark_opened(
+        &id,
+        Opened {
+            conversation,
+            from: message.from.clone(),
+            at: message.sent_at_ms,
+        },
+    );
+    let bytes = match &opened.path {
+        Some(path) => {
+            let read = async {
+                let len = tokio::fs::metadata(path).await?.len();
+                if len > MAX_VIEW_ONCE_BYTES {
+                    return Ok(None);
+                }
+                tokio::fs::read(path).await.map(Some)
+            }
+            .await;
+            // Gone from the disk before anything else happens.
+            let _ = tokio::fs::remove_file(path).await;
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            match read? {
+                Some(b) => Some(b),
+                None => return Err(ApiError::TooLarge),
+            }
+        }
+        None => {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            None
+        }
+    };
+    let mut r = match bytes {
+        None => {
+            let body = json!({"kind": "text", "from": opened.from, "text": opened.text});
+            let mut r = Response::new(Body::from(body.to_string()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Some(bytes) => {
+            let (name, mime) = match &info {
+                Some(a) => (safe_file_name(&a.file_name), a.mime.as_str()),
+                None => ("file".to_string(), ""),
+            };
+            let (mime, disposition) = match inline_mime(mime).filter(|m| m.starts_with("image/")) {
+                Some(m) => (m, format!("inline; filename=\"{}\"", header_text(&name))),
+                None => (
+                    "application/octet-stream",
+                    format!("attachment; filename=\"{}\"", header_text(&name)),
+                ),
+            };
+            let mut r = Response::new(Body::from(bytes));
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+            if let Ok(v) = HeaderValue::from_str(&disposition) {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+            for (k, v) in [
+                ("x-hushwire-from", header_text(&opened.from)),
+                ("x-hushwire-text", header_text(&opened.text)),
+                ("x-hushwire-name", header_text(&name)),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(k, v);
+                }
+            }
+            r
+        }
+    };
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
 }
 
 #[derive(Deserialize)]
@@ -710,25 +1160,13 @@ struct ReadRequest {
     conversation: String,
 }
 
-async fn api_read(
-    State(st): State<AppState>,
-    axum::Json(req): axum::Json<ReadRequest>,
-) -> ApiResult {
+async fn api_read(State(st): State<AppState>, JsonBody(req): JsonBody<ReadRequest>) -> ApiResult {
     st.0.clear_unread(&req.conversation);
-    let emitter = st.0.service.emitter();
-    let v =
-        st.0.service
-            .with(move |c| {
-                Box::pin(async move {
-                    let n = c.profile_mut().mark_read(&req.conversation, unix_ms())?;
-                    if n > 0 {
-                        let _ = flush(c, &emitter).await;
-                    }
-                    Ok::<_, ApiError>(json!({"read": n}))
-                })
-            })
-            .await??;
-    Ok(axum::Json(v))
+    let conversation = check_conversation(&req.conversation)?;
+    st.0.service
+        .command(Command::MarkRead { conversation })
+        .await?;
+    Ok(axum::Json(json!({"ok": true})))
 }
 
 #[derive(Deserialize)]
@@ -739,7 +1177,7 @@ struct TypingRequest {
 
 async fn api_typing(
     State(st): State<AppState>,
-    axum::Json(req): axum::Json<TypingRequest>,
+    JsonBody(req): JsonBody<TypingRequest>,
 ) -> ApiResult {
     let sent =
         st.0.service
@@ -760,6 +1198,9 @@ struct UploadQuery {
     name: String,
     #[serde(default)]
     caption: String,
+    /// Receivers open it once; then it is gone.
+    #[serde(default)]
+    view_once: bool,
 }
 
 /// A file name safe to create in a directory of our own: no separators, no leading dot,
@@ -814,7 +1255,7 @@ async fn api_upload(
                     caption: q.caption,
                     voice: false,
                     file_name: Some(safe_file_name(&q.name)),
-                    view_once: false,
+                    view_once: q.view_once,
                 };
                 let id = c.send_file(&to, &file, &options).await?;
                 let (failures, pending) = flush(c, &emitter).await;
@@ -880,7 +1321,7 @@ fn clean_handles(handles: &[String]) -> Result<Vec<String>, ApiError> {
 
 async fn api_create_group(
     State(st): State<AppState>,
-    axum::Json(req): axum::Json<CreateGroupRequest>,
+    JsonBody(req): JsonBody<CreateGroupRequest>,
 ) -> ApiResult {
     let members = clean_handles(&req.members)?;
     let emitter = st.0.service.emitter();
@@ -918,7 +1359,7 @@ struct GroupOpRequest {
 
 async fn api_group_op(
     State(st): State<AppState>,
-    axum::Json(req): axum::Json<GroupOpRequest>,
+    JsonBody(req): JsonBody<GroupOpRequest>,
 ) -> ApiResult {
     if !is_group_name(&req.group) {
         return Err(ApiError::BadRequest(format!(
@@ -966,35 +1407,38 @@ struct SettingsRequest {
     presence: Option<String>,
 }
 
+/// `everyone`, `contacts` or `nobody`.
+pub(crate) fn presence_of(text: &str) -> Result<PresenceShare, ApiError> {
+    match text {
+        "everyone" => Ok(PresenceShare::Everyone),
+        "contacts" => Ok(PresenceShare::Contacts),
+        "nobody" => Ok(PresenceShare::Nobody),
+        other => Err(ApiError::BadRequest(format!(
+            "unknown presence setting {other:?} (everyone, contacts or nobody)"
+        ))),
+    }
+}
+
 async fn api_settings(
     State(st): State<AppState>,
-    axum::Json(req): axum::Json<SettingsRequest>,
+    JsonBody(req): JsonBody<SettingsRequest>,
 ) -> ApiResult {
-    let share = match req.presence.as_deref() {
-        None => None,
-        Some("everyone") => Some(PresenceShare::Everyone),
-        Some("contacts") => Some(PresenceShare::Contacts),
-        Some("nobody") => Some(PresenceShare::Nobody),
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "unknown presence setting {other:?}"
-            )));
-        }
-    };
+    let share = req.presence.as_deref().map(presence_of).transpose()?;
+    if let Some(on) = req.read_receipts {
+        st.0.service.command(Command::ReadReceipts(on)).await?;
+    }
+    if let Some(share) = share {
+        st.0.service.command(Command::Presence(share)).await?;
+    }
     let v =
         st.0.service
             .with(move |c| {
                 Box::pin(async move {
-                    let p = c.profile_mut();
-                    if let Some(on) = req.read_receipts {
-                        p.set_read_receipts(on)?;
-                    }
-                    if let Some(share) = share {
-                        p.set_presence_share(share)?;
-                    }
+                    let p = c.profile();
                     Ok::<_, ApiError>(json!({
                         "read_receipts": p.read_receipts()?,
                         "presence": p.presence_share()?.as_str(),
+                        "blocked": p.blocked()?,
                     }))
                 })
             })
@@ -1131,6 +1575,92 @@ mod tests {
         assert_eq!(safe_file_name(""), "file");
         assert_eq!(safe_file_name("a\u{0}b\nc"), "abc");
         assert!(safe_file_name(&"x".repeat(500)).len() <= 120);
+    }
+
+    #[test]
+    fn ids_handles_and_conversations_are_checked() {
+        assert_eq!(
+            check_id(" 0190a3c4-7b1e-7c2d-9e8f-0123456789ab ").unwrap(),
+            "0190a3c4-7b1e-7c2d-9e8f-0123456789ab"
+        );
+        for bad in ["", "../x", "abc def", "0190'; DROP", &"a".repeat(65)] {
+            let e = check_id(bad).unwrap_err();
+            assert!(matches!(e, ApiError::BadRequest(_)), "{bad}");
+        }
+        assert_eq!(check_handle("@bob").unwrap(), "bob");
+        assert!(check_handle("").is_err());
+        assert!(check_handle("bob smith").is_err());
+        assert!(check_conversation("bob").is_ok());
+        assert!(check_conversation("no/slashes").is_err());
+    }
+
+    #[test]
+    fn timers_and_actions_are_parsed() {
+        assert_eq!(timer_of("off").unwrap(), 0);
+        assert_eq!(timer_of("5m").unwrap(), 300_000);
+        assert_eq!(timer_of("90d").unwrap(), 90 * 86_400_000);
+        for bad in ["1s", "91d", "soon", ""] {
+            assert!(
+                matches!(timer_of(bad), Err(ApiError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            ContactAction::parse("accept").unwrap(),
+            ContactAction::Accept
+        );
+        assert_eq!(ContactAction::parse("block").unwrap(), ContactAction::Block);
+        assert_eq!(
+            ContactAction::parse("unblock").unwrap(),
+            ContactAction::Unblock
+        );
+        assert_eq!(
+            ContactAction::parse("decline").unwrap(),
+            ContactAction::Decline
+        );
+        let e = ContactAction::parse("ban").unwrap_err();
+        assert!(e.to_string().contains("unknown action"), "{e}");
+        assert_eq!(presence_of("contacts").unwrap(), PresenceShare::Contacts);
+        assert!(presence_of("friends").is_err());
+    }
+
+    #[test]
+    fn request_bodies_parse() {
+        let r: TimerRequest =
+            serde_json::from_str(r#"{"conversation":"bob","timer":"1h"}"#).unwrap();
+        assert_eq!((r.conversation.as_str(), r.timer.as_str()), ("bob", "1h"));
+        let r: EditRequest = serde_json::from_str(r#"{"id":"01","text":"new"}"#).unwrap();
+        assert_eq!(r.text, "new");
+        assert!(serde_json::from_str::<EditRequest>(r#"{"id":"01"}"#).is_err());
+        assert!(serde_json::from_str::<ContactRequest>(r#"{"handle":"bob"}"#).is_err());
+        let r: ViewOnceRequest =
+            serde_json::from_str(r#"{"conversation":"bob","id":"01"}"#).unwrap();
+        assert_eq!(r.id, "01");
+        let q: UploadQuery =
+            serde_json::from_str(r#"{"to":"bob","name":"a.png","view_once":true}"#).unwrap();
+        assert!(q.view_once);
+    }
+
+    #[test]
+    fn header_text_is_percent_encoded() {
+        assert_eq!(header_text("a b/ü"), "a%20b%2F%C3%BC");
+        assert_eq!(
+            header_text("line\r\nInjected: 1"),
+            "line%0D%0AInjected%3A%201"
+        );
+        assert_eq!(header_text("line\nx"), "line%0Ax");
+        assert_eq!(header_text("plain-text_1.png"), "plain-text_1.png");
+    }
+
+    #[test]
+    fn outcomes_name_the_delete_scope() {
+        let o = Outcome {
+            scope: Some(DeleteScope::ForMe),
+            ..Outcome::default()
+        };
+        let v = outcome_json(&o);
+        assert_eq!(v["scope"], "me");
+        assert_eq!(v["failures"], json!([]));
     }
 
     #[test]

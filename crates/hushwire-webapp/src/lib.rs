@@ -15,7 +15,14 @@
 //! renders data and sends commands; every key stays in this process, so no JavaScript
 //! ever touches one. What it offers: the conversation list (unread counts, previews),
 //! chat view with bubbles, ticks (queued, sent, delivered, read), replies with quotes,
-//! reactions (click a message's smiley), image previews (thumbnails from the
+//! reactions (click a message's smiley), a message menu (hover `⋯` or right-click:
+//! reply, react, edit an own text, delete: for everyone when it is one's own, for me
+//! otherwise, after a confirmation), the disappearing-messages timer in the chat header
+//! (off, 5 minutes to 90 days; a note in the chat and a clock on timed messages),
+//! view-once files (a switch next to the file button; received ones open once in a
+//! full-window overlay, then show "Opened"), message requests (a banner with Accept,
+//! Block and Delete instead of the compose box), blocked accounts (a banner, and a list
+//! with Unblock in the settings), image previews (thumbnails from the
 //! attachment, full pictures from the profile's `media` directory), drag-and-drop and a
 //! file button with upload progress, the typing indicator, group management (create,
 //! add, remove, rename, leave), device linking (a QR code rendered server-side as SVG plus
@@ -41,9 +48,19 @@
 //!
 //! `GET /api/state`, `GET /api/timeline?c=NAME`, `GET /api/media?c=&id=`,
 //! `GET /api/thumb?c=&id=`, `GET /api/devices`, `POST /api/send`, `/api/react`,
-//! `/api/read`, `/api/typing`, `/api/upload?to=&name=` (the raw file as the body,
-//! streamed to the profile's `media/outbox` directory, then `Client::send_file`),
-//! `/api/groups`, `/api/group`, `/api/settings`, `/api/link`; `GET /ws` (JSON events).
+//! `/api/read`, `/api/typing`, `/api/upload?to=&name=[&view_once=true]` (the raw file
+//! as the body, streamed to the profile's `media/outbox` directory, then
+//! `Client::send_file`), `/api/groups`, `/api/group`, `/api/settings`, `/api/link`;
+//! `GET /ws` (JSON events). The conversation commands go through
+//! [`hushwire_service::Service::command`]: `POST /api/edit {id, text}`,
+//! `/api/delete {id}` (answers the scope: `everyone`, `unsent` or `me`),
+//! `/api/timer {conversation, timer}` (`off`, `5m`, `1h`, ... `90d`),
+//! `/api/contact {handle, action}` (`accept`, `decline`, `block`, `unblock`).
+//! `POST /api/view-once {conversation, id}` opens a received view-once message once
+//! ([`hushwire_service::Service::open_view_once`] into `media/.view-once/`, read into
+//! memory and deleted at once): the file's bytes (`Cache-Control: no-store`; sender,
+//! caption and name percent-encoded in `X-Hushwire-From`, `-Text`, `-Name`) or, for a
+//! text, JSON; a second open gets 409. Malformed bodies get a 4xx with a JSON `error`.
 
 mod api;
 mod assets;

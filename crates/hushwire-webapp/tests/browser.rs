@@ -2,7 +2,10 @@
 //! bob as a plain client. Real headless Chromium (Debian's `chromium`, driven by
 //! playwright-core from `tests/browser/node_modules`; `scripts/test-tools.sh` installs
 //! both) opens the app, sends a message and a picture, sees bob's typing, reply and
-//! reaction arrive live, reacts, and creates a group. Screenshots go to
+//! reaction arrive live, reacts, creates a group, edits a message, deletes one for
+//! everyone, sets a disappearing-messages timer, sends a view-once picture (bob opens
+//! it once) and opens bob's, accepts carol's message request and blocks (then
+//! unblocks) dave; every step is checked on the other client's store. Screenshots go to
 //! `target/webapp-screenshots/`. Plain HTTP checks cover the token, `Host` and `Origin`
 //! gates and the security headers.
 
@@ -13,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use hushwire_client::Client;
+use hushwire_client::{Client, SendFileOptions};
+use hushwire_e2e::{ReceiptStatus, TimelineItem};
 use hushwire_service::{Service, ServiceOptions};
 use hushwire_tests::{TestServer, register};
 use hushwire_webapp::WebApp;
@@ -225,6 +229,40 @@ async fn flush(c: &mut Client) {
         .unwrap();
 }
 
+/// Receives until `done` holds for the client's store.
+async fn sync_until(c: &mut Client, what: &str, mut done: impl FnMut(&Client) -> bool) {
+    let waited = tokio::time::timeout(STEP, async {
+        while !done(c) {
+            c.sync(Duration::from_secs(30), &mut |_| {}).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting for: {what}");
+}
+
+/// The texts of `conversation` in `c`'s timeline (messages only).
+fn texts(c: &Client, conversation: &str) -> Vec<String> {
+    c.profile()
+        .timeline(conversation)
+        .unwrap()
+        .into_iter()
+        .filter_map(|i| match i {
+            TimelineItem::Message(m) => Some(m.text),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What alice's running app holds, read through its service.
+async fn alice_texts(service: &Service, conversation: &str) -> Vec<String> {
+    let conversation = conversation.to_string();
+    service
+        .with(move |c| Box::pin(async move { texts(c, &conversation) }))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_in_chromium() {
     let chromium =
@@ -242,6 +280,8 @@ async fn the_app_in_chromium() {
     let alice = register(tmp.path(), &server, "alice").await;
     drop(alice);
     let mut bob = register(tmp.path(), &server, "bob").await;
+    let mut carol = register(tmp.path(), &server, "carol").await;
+    let mut dave = register(tmp.path(), &server, "dave").await;
     let service = Service::start(&tmp.path().join("alice"), ServiceOptions::default()).unwrap();
     let app = hushwire_webapp::start(service.clone(), None).await.unwrap();
     assert!(app.addr().ip().is_loopback());
@@ -367,6 +407,173 @@ async fn the_app_in_chromium() {
     assert_eq!(details.title, "Weekend trip");
     stdin.write_all(b"GO\n").await.unwrap();
 
+    // 5. Alice edited her first message and sent one more: bob has both.
+    let line = next_line(&mut out).await;
+    assert_eq!(line, "STEP oops-sent", "{line}");
+    sync_until(&mut bob, "the edit and the oops message", |b| {
+        let t = texts(b, "alice");
+        t.iter().any(|t| t.contains("Oops")) && t.iter().any(|t| t.contains("Saturday at 10"))
+    })
+    .await;
+    let edited = bob
+        .profile()
+        .timeline("alice")
+        .unwrap()
+        .into_iter()
+        .find_map(|i| match i {
+            TimelineItem::Message(m) if m.id == text_id => Some(m),
+            _ => None,
+        })
+        .expect("the edited message");
+    assert_eq!(edited.text, "Hi Bob! Are we still on for Saturday at 10?");
+    assert!(edited.edited_at_ms.is_some());
+    stdin.write_all(b"GO\n").await.unwrap();
+
+    // 6. She deleted it for everyone, set a one-hour timer, sent a text under it and a
+    // view-once picture.
+    let line = next_line(&mut out).await;
+    assert_eq!(line, "STEP features", "{line}");
+    let view_once_id = |b: &Client| {
+        b.profile()
+            .timeline("alice")
+            .unwrap()
+            .into_iter()
+            .find_map(|i| match i {
+                TimelineItem::Attachment(m, _) if m.view_once && !m.outgoing => Some(m.id),
+                _ => None,
+            })
+    };
+    sync_until(
+        &mut bob,
+        "the delete, the timer and the view-once picture",
+        |b| {
+            let t = texts(b, "alice");
+            !t.iter().any(|t| t.contains("Oops"))
+                && t.iter().any(|t| t.contains("disappears in an hour"))
+                && b.profile().timer("alice").unwrap() == 3_600_000
+                && view_once_id(b).is_some()
+        },
+    )
+    .await;
+    let timed = bob
+        .profile()
+        .timeline("alice")
+        .unwrap()
+        .into_iter()
+        .find_map(|i| match i {
+            TimelineItem::Message(m) if m.text.contains("disappears") => Some(m),
+            _ => None,
+        })
+        .unwrap();
+    assert!(timed.expires_at_ms.is_some(), "the timer applies");
+    let once = view_once_id(&bob).unwrap();
+    let dir = tmp.path().join("bob-opened");
+    let (_, path) = bob.open_view_once(&once, &dir).await.unwrap();
+    let path = path.expect("a file");
+    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&pic).unwrap());
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        bob.open_view_once(&once, &dir).await.is_err(),
+        "a second open is refused"
+    );
+    flush(&mut bob).await;
+    // Bob sends alice a view-once picture of his own.
+    let bob_once = bob
+        .send_file(
+            "alice",
+            &pic,
+            &SendFileOptions {
+                caption: "For your eyes only once 👀".into(),
+                voice: false,
+                file_name: Some("secret.png".into()),
+                view_once: true,
+            },
+        )
+        .await
+        .unwrap();
+    flush(&mut bob).await;
+    stdin.write_all(b"GO\n").await.unwrap();
+
+    // 7. Alice opened it once in the browser: bob learns it was viewed.
+    let line = next_line(&mut out).await;
+    assert_eq!(line, "STEP once-opened", "{line}");
+    sync_until(&mut bob, "the viewed receipt", |b| {
+        b.profile()
+            .receipts("alice")
+            .unwrap()
+            .get(&bob_once)
+            .is_some_and(|r| r.iter().any(|r| r.status == ReceiptStatus::Viewed))
+    })
+    .await;
+    // Nothing of it stays in alice's media directory.
+    let leftovers = tmp.path().join("alice/media/.view-once");
+    assert!(
+        !leftovers.exists() || std::fs::read_dir(&leftovers).unwrap().next().is_none(),
+        "a view-once file was left on disk"
+    );
+
+    // 8. Two strangers write to alice: carol (accepted) and dave (blocked).
+    let carol_id = hushwire_tests::send(
+        &mut carol,
+        "alice",
+        "Hi Alice, it's Carol from the climbing gym",
+    )
+    .await;
+    hushwire_tests::send(&mut dave, "alice", "Cheap followers, click here").await;
+    stdin.write_all(b"GO\n").await.unwrap();
+    let line = next_line(&mut out).await;
+    assert_eq!(line, "STEP requests", "{line}");
+    sync_until(
+        &mut carol,
+        "alice's delivered receipt after accepting",
+        |c| {
+            c.profile()
+                .receipts("alice")
+                .unwrap()
+                .get(&carol_id)
+                .is_some_and(|r| r.iter().any(|r| r.status >= ReceiptStatus::Delivered))
+        },
+    )
+    .await;
+    let blocked = service
+        .with(|c| Box::pin(async move { c.profile().blocked().unwrap() }))
+        .await
+        .unwrap();
+    assert_eq!(blocked, ["dave"]);
+    let accepted = service
+        .with(|c| Box::pin(async move { c.profile().is_request("carol").unwrap() }))
+        .await
+        .unwrap();
+    assert!(!accepted, "carol is no longer a request");
+    // Blocked: dave's next message never reaches alice.
+    hushwire_tests::send(&mut dave, "alice", "Are you there?").await;
+    stdin.write_all(b"GO\n").await.unwrap();
+
+    // 9. Unblocked from the settings: dave's messages arrive again (and the one sent
+    // while blocked never does).
+    let line = next_line(&mut out).await;
+    assert_eq!(line, "STEP unblocked", "{line}");
+    hushwire_tests::send(&mut dave, "alice", "Sorry about the spam").await;
+    tokio::time::timeout(STEP, async {
+        while !alice_texts(&service, "dave")
+            .await
+            .iter()
+            .any(|t| t.contains("Sorry about the spam"))
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("dave's message after the unblock");
+    assert!(
+        !alice_texts(&service, "dave")
+            .await
+            .iter()
+            .any(|t| t.contains("Are you there")),
+        "a message sent while blocked arrived"
+    );
+    stdin.write_all(b"GO\n").await.unwrap();
+
     let line = next_line(&mut out).await;
     assert_eq!(line, "DONE", "{line}");
     let status = tokio::time::timeout(STEP, node.wait())
@@ -378,6 +585,11 @@ async fn the_app_in_chromium() {
         "01-sent.png",
         "03-reply-reaction.png",
         "05-group.png",
+        "11-editing.png",
+        "14-timer-view-once.png",
+        "15-view-once-open.png",
+        "16-request.png",
+        "17-settings-blocked.png",
         "07-dark.png",
         "10-narrow-list.png",
     ] {
@@ -386,6 +598,6 @@ async fn the_app_in_chromium() {
 
     app.stop().await;
     service.shutdown().await;
-    drop(bob);
+    drop((bob, carol, dave));
     server.stop().await;
 }
