@@ -29,7 +29,7 @@ mod features;
 mod group;
 mod media;
 
-pub use devices::{Joined, LinkReport, join_by_link};
+pub use devices::{Joined, LinkReport, LinkRequest, PendingLink, join_by_link};
 
 pub use features::PRESENCE_WAIT;
 pub use media::{Direction, ProgressFn, SendFileOptions, Transfer};

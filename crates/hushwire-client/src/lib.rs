@@ -47,8 +47,8 @@ mod client;
 mod register;
 
 pub use client::{
-    Client, ClientOptions, Direction, Joined, LinkReport, PRESENCE_WAIT, ProfileSigner, ProgressFn,
-    ReceiveReport, SUITES, SendFileOptions, Transfer, join_by_link,
+    Client, ClientOptions, Direction, Joined, LinkReport, LinkRequest, PRESENCE_WAIT, PendingLink,
+    ProfileSigner, ProgressFn, ReceiveReport, SUITES, SendFileOptions, Transfer, join_by_link,
 };
 pub use register::{INITIAL_KEY_PACKAGES, Registered, register, register_servers};
 

@@ -528,4 +528,80 @@ mod tests {
         bob.shutdown().await;
         server.stop().await;
     }
+
+    /// Linking in three steps: while the session waits for the new device the service
+    /// goes on receiving (only opening and finishing hold the client), and what arrived
+    /// meanwhile is in the new device's history.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn linking_keeps_the_service_receiving() {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = TestServer::start(&tmp.path().join("server")).await;
+        drop(register(tmp.path(), &server, "alice").await);
+        let mut bob = register(tmp.path(), &server, "bob").await;
+        let service = Service::start(&tmp.path().join("alice"), ServiceOptions::default()).unwrap();
+        let mut events = service.subscribe();
+        let pending = service
+            .with(|c| Box::pin(async move { c.open_link(Duration::from_secs(120)).await }))
+            .await
+            .unwrap()
+            .unwrap();
+        let code = pending.code().encode();
+        let waiting = tokio::spawn(async move {
+            let request = pending.wait_for_device().await;
+            (pending, request)
+        });
+
+        hushwire_tests::send(&mut bob, "alice", "while linking").await;
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if let Ok(ServiceEvent::Client(Event::Message(m))) = events.recv().await
+                    && m.text == "while linking"
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the service received while the link session waited");
+        assert!(!waiting.is_finished(), "no device has answered yet");
+
+        let laptop = tmp.path().join("alice-laptop");
+        let existing = async {
+            let (pending, request) = waiting.await.unwrap();
+            let request = request.unwrap();
+            assert_eq!(request.name, "laptop");
+            service
+                .with(move |c| {
+                    Box::pin(
+                        async move { c.finish_link(pending, request, true, &mut |_| {}).await },
+                    )
+                })
+                .await
+                .unwrap()
+        };
+        let mut ignore = |_| {};
+        let new = hushwire_client::join_by_link(
+            &laptop,
+            &code,
+            "laptop",
+            ClientOptions::default(),
+            Duration::from_secs(120),
+            &mut ignore,
+        );
+        let (report, joined) = tokio::join!(existing, new);
+        let report = report.unwrap();
+        joined.unwrap();
+        assert_eq!(report.name, "laptop");
+        let laptop = Client::open(&laptop, ClientOptions::default()).unwrap();
+        let texts: Vec<String> = laptop
+            .profile()
+            .history("bob")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert!(texts.contains(&"while linking".to_string()), "{texts:?}");
+        service.shutdown().await;
+        server.stop().await;
+    }
 }

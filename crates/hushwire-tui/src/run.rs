@@ -10,9 +10,8 @@ use crossterm::event::{Event as TermEvent, KeyEventKind};
 use hushwire_client::{Client, ClientError, SendFileOptions};
 use hushwire_e2e::DeleteScope;
 use hushwire_e2e::{E2eError, TimelineItem};
-use hushwire_proto::link::LinkCode;
 use hushwire_service::{Command, Emitter, Outcome, Service, ServiceError, ServiceOptions};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::TuiError;
 use crate::app::{self, Action, App, ConversationRow, GroupOp, Overlay, Snapshot};
@@ -35,7 +34,7 @@ enum UiMsg {
         open: Option<String>,
     },
     LinkCode(String),
-    LinkApprove(String, std::sync::mpsc::SyncSender<bool>),
+    LinkApprove(String, oneshot::Sender<bool>),
     LinkDone(String),
     Devices(Vec<String>),
     Info(String, Vec<String>),
@@ -155,7 +154,7 @@ struct LoopState {
     ui: mpsc::UnboundedSender<UiMsg>,
     refreshing: bool,
     refresh_again: bool,
-    approve: Option<std::sync::mpsc::SyncSender<bool>>,
+    approve: Option<oneshot::Sender<bool>>,
 }
 
 impl LoopState {
@@ -490,13 +489,8 @@ impl LoopState {
                 let ui = self.ui.clone();
                 let service = self.service.clone();
                 tokio::spawn(async move {
-                    let ui_in = ui.clone();
-                    let result = service
-                        .with(move |c| Box::pin(async move { link(c, &ui_in, &emitter).await }))
-                        .await;
-                    let text = match result {
-                        Ok(Ok(t)) => t,
-                        Ok(Err(e)) => format!("linking failed: {e}"),
+                    let text = match link(&service, &ui).await {
+                        Ok(t) => t,
                         Err(e) => format!("linking failed: {e}"),
                     };
                     let _ = ui.send(UiMsg::LinkDone(text));
@@ -604,33 +598,41 @@ async fn flush(c: &mut Client, emitter: &Emitter, ok: &str) -> String {
     }
 }
 
-/// The device-linking side of this device (see `hushwire device link`).
-async fn link(
-    c: &mut Client,
-    ui: &mpsc::UnboundedSender<UiMsg>,
-    emitter: &Emitter,
-) -> Result<String, ClientError> {
-    let code_ui = ui.clone();
-    let mut on_code = move |code: &LinkCode| {
-        let _ = code_ui.send(UiMsg::LinkCode(code.encode()));
-    };
-    let approve_ui = ui.clone();
-    let mut approve = move |name: &str| {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        if approve_ui
-            .send(UiMsg::LinkApprove(name.to_string(), tx))
-            .is_err()
-        {
-            return false;
+/// The device-linking side of this device (see `hushwire device link`). The client is
+/// held only to open the session and to finish it: while the new device is awaited and
+/// the user decides, it keeps receiving.
+async fn link(service: &Service, ui: &mpsc::UnboundedSender<UiMsg>) -> Result<String, ClientError> {
+    let stopped = |e: ServiceError| ClientError::Protocol(e.to_string());
+    let pending = service
+        .with(|c| Box::pin(async move { c.open_link(LINK_TIMEOUT).await }))
+        .await
+        .map_err(stopped)??;
+    let _ = ui.send(UiMsg::LinkCode(pending.code().encode()));
+    let request = match pending.wait_for_device().await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = service
+                .with(move |c| Box::pin(async move { c.close_link(&pending).await }))
+                .await;
+            return Err(e);
         }
-        // The client waits for the answer (linking is the only thing it does now).
-        rx.recv_timeout(APPROVE_TIMEOUT).unwrap_or(false)
     };
-    let emitter = emitter.clone();
-    let mut on_event = move |e| emitter.emit(e);
-    let report = c
-        .link_device(LINK_TIMEOUT, &mut on_code, &mut approve, &mut on_event)
-        .await?;
+    let (answer, answered) = oneshot::channel();
+    let _ = ui.send(UiMsg::LinkApprove(request.name.clone(), answer));
+    let approved = matches!(
+        tokio::time::timeout(APPROVE_TIMEOUT, answered).await,
+        Ok(Ok(true))
+    );
+    let emitter = service.emitter();
+    let report = service
+        .with(move |c| {
+            Box::pin(async move {
+                c.finish_link(pending, request, approved, &mut |e| emitter.emit(e))
+                    .await
+            })
+        })
+        .await
+        .map_err(stopped)??;
     Ok(format!(
         "linked device {} ({}): added to {} conversation(s), {} message(s) of history sent",
         report.device_id, report.name, report.conversations, report.history.messages

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 use zeroize::Zeroizing;
 
 use crate::security::{self, Refusal, Token};
@@ -1461,54 +1461,67 @@ pub(crate) fn qr_svg(text: &str) -> Result<String, ApiError> {
 
 /// Starts linking a new device: returns the link code (and its QR) at once; the
 /// outcome arrives later as a `link` event on the WebSocket. While the session waits
-/// for the new device (up to three minutes) other commands wait too.
+/// for the new device (up to three minutes) the app goes on as usual.
 async fn api_link(State(st): State<AppState>) -> ApiResult {
     if st.0.linking.swap(true, Ordering::SeqCst) {
         return Err(ApiError::Conflict(
             "a device link is already waiting".into(),
         ));
     }
-    let (code_tx, code_rx) = oneshot::channel::<Zeroizing<String>>();
+    // The client is held only to open the session and to finish it: while the new
+    // device is awaited it keeps receiving.
+    let opened =
+        st.0.service
+            .with(|c| Box::pin(async move { c.open_link(LINK_TIMEOUT).await }))
+            .await;
+    let pending = match opened {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            st.0.linking.store(false, Ordering::SeqCst);
+            return Err(ApiError::Conflict(format!(
+                "the link session could not be opened: {e}"
+            )));
+        }
+        Err(e) => {
+            st.0.linking.store(false, Ordering::SeqCst);
+            return Err(e.into());
+        }
+    };
+    let code = Zeroizing::new(pending.code().encode());
     let state = st.clone();
     tokio::spawn(async move {
-        let emitter = state.0.service.emitter();
-        let result = state
-            .0
-            .service
-            .with(move |c| {
-                Box::pin(async move {
-                    let mut code_tx = Some(code_tx);
-                    let mut on_code = move |code: &hushwire_proto::link::LinkCode| {
-                        if let Some(tx) = code_tx.take() {
-                            let _ = tx.send(Zeroizing::new(code.encode()));
-                        }
-                    };
-                    // The user started this from the app and holds the code: the new
-                    // device that presents it is the one they are linking.
-                    let mut approve = |_: &str| true;
-                    let r = c
-                        .link_device(LINK_TIMEOUT, &mut on_code, &mut approve, &mut |e| {
-                            emitter.emit(e)
-                        })
-                        .await;
-                    match r {
-                        Ok(report) => json!({
-                            "type": "link", "ok": true, "device": report.device_id,
-                            "name": report.name, "conversations": report.conversations,
-                        }),
-                        Err(e) => json!({"type": "link", "ok": false, "error": e.to_string()}),
-                    }
+        let service = state.0.service.clone();
+        let emitter = service.emitter();
+        let result = match pending.wait_for_device().await {
+            Ok(request) => service
+                .with(move |c| {
+                    Box::pin(async move {
+                        // The user started this from the app and holds the code: the new
+                        // device that presents it is the one they are linking.
+                        c.finish_link(pending, request, true, &mut |e| emitter.emit(e))
+                            .await
+                    })
                 })
-            })
-            .await
-            .unwrap_or_else(|e| json!({"type": "link", "ok": false, "error": e.to_string()}));
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string())),
+            Err(e) => {
+                let _ = service
+                    .with(move |c| Box::pin(async move { c.close_link(&pending).await }))
+                    .await;
+                Err(e.to_string())
+            }
+        };
+        let event = match result {
+            Ok(report) => json!({
+                "type": "link", "ok": true, "device": report.device_id,
+                "name": report.name, "conversations": report.conversations,
+            }),
+            Err(e) => json!({"type": "link", "ok": false, "error": e}),
+        };
         state.0.linking.store(false, Ordering::SeqCst);
-        let _ = state.0.app_events.send(result);
+        let _ = state.0.app_events.send(event);
     });
-    let code = tokio::time::timeout(NETWORK_TIMEOUT, code_rx)
-        .await
-        .map_err(|_| ApiError::Conflict("the server did not open a link session".into()))?
-        .map_err(|_| ApiError::Conflict("the link session could not be opened".into()))?;
     let svg = qr_svg(&code)?;
     Ok(axum::Json(json!({
         "code": code.as_str(),

@@ -72,6 +72,62 @@ pub struct Joined {
     pub bytes_received: u64,
 }
 
+/// A link session opened by [`Client::open_link`], waiting for the new device.
+pub struct PendingLink {
+    api: ApiClient,
+    channel: LinkChannel,
+    link_id: Vec<u8>,
+    code: LinkCode,
+    deadline: Instant,
+}
+
+impl std::fmt::Debug for PendingLink {
+    // The code carries the session secret: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLink").finish_non_exhaustive()
+    }
+}
+
+impl PendingLink {
+    /// The link code to show (its secret included: show it, never log it).
+    pub fn code(&self) -> &LinkCode {
+        &self.code
+    }
+
+    /// Step 2 of linking: waits (until the session's deadline) for the new device's
+    /// hello. Needs no client, so the app keeps receiving meanwhile.
+    pub async fn wait_for_device(&self) -> Result<LinkRequest, ClientError> {
+        let (hello, _) = read_slot(
+            &self.api,
+            &self.channel,
+            &self.link_id,
+            "hello",
+            self.deadline,
+        )
+        .await?;
+        let hello: wire::LinkHello = decode(&hello, "the new device's hello")?;
+        let device_key: [u8; 32] = hello
+            .device_key
+            .as_ref()
+            .try_into()
+            .map_err(|_| link_error("the new device's key is not 32 bytes"))?;
+        let name = if hushwire_e2e::validate_device_name(&hello.name).is_ok() {
+            hello.name
+        } else {
+            "new device".to_string()
+        };
+        Ok(LinkRequest { name, device_key })
+    }
+}
+
+/// A new device asking to be linked ([`PendingLink::wait_for_device`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRequest {
+    /// The name it proposes (checked; "new device" when unusable).
+    pub name: String,
+    device_key: [u8; 32],
+}
+
 fn link_error(reason: impl Into<String>) -> ClientError {
     ClientError::Link(reason.into())
 }
@@ -268,6 +324,10 @@ impl Client {
     /// hands the link code to `on_code` (to show it), waits for the new device, asks
     /// `approve` with the name it proposes, then registers and certifies it, adds it to
     /// every conversation and sends the history archive. See the module docs.
+    ///
+    /// This holds the client for the whole wait; an app that keeps receiving meanwhile
+    /// uses the three steps instead: [`Client::open_link`], [`PendingLink::wait_for_device`]
+    /// (which needs no client) and [`Client::finish_link`].
     pub async fn link_device(
         &mut self,
         timeout: Duration,
@@ -275,6 +335,22 @@ impl Client {
         approve: &mut (dyn FnMut(&str) -> bool + Send),
         on_event: &mut (dyn FnMut(Event) + Send),
     ) -> Result<LinkReport, ClientError> {
+        let pending = self.open_link(timeout).await?;
+        on_code(pending.code());
+        let request = match pending.wait_for_device().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.close_link(&pending).await;
+                return Err(e);
+            }
+        };
+        let approved = approve(&request.name);
+        self.finish_link(pending, request, approved, on_event).await
+    }
+
+    /// Step 1 of linking: opens a link session valid for `timeout` (at most the server's
+    /// limit). Show [`PendingLink::code`] to the user.
+    pub async fn open_link(&mut self, timeout: Duration) -> Result<PendingLink, ClientError> {
         let deadline = Instant::now() + timeout;
         let ttl = u32::try_from(timeout.as_secs().max(1))
             .unwrap_or(MAX_LINK_TTL_SECS)
@@ -298,45 +374,56 @@ impl Client {
             link_id: link_id_arr,
             secret: *secret,
         };
-        on_code(&code);
         let channel = LinkChannel::new(&link_id, &secret);
-        let result = self
-            .run_link(&channel, &link_id, deadline, approve, on_event)
-            .await;
-        // The session is deleted either way (it also expires by itself).
-        if let Ok(req) = self.signed(ApiRequest::delete_link(&link_id)) {
+        Ok(PendingLink {
+            api: self.api.clone(),
+            channel,
+            link_id,
+            code,
+            deadline,
+        })
+    }
+
+    /// Step 3 of linking: with the user's answer to [`LinkRequest::name`], registers and
+    /// certifies the new device, adds it to every conversation and sends the history
+    /// archive (or tells the new device it was declined). The session is deleted either
+    /// way.
+    pub async fn finish_link(
+        &mut self,
+        pending: PendingLink,
+        request: LinkRequest,
+        approved: bool,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<LinkReport, ClientError> {
+        let result = self.run_link(&pending, request, approved, on_event).await;
+        self.close_link(&pending).await;
+        result
+    }
+
+    /// Deletes a link session (it also expires by itself).
+    pub async fn close_link(&mut self, pending: &PendingLink) {
+        if let Ok(req) = self.signed(ApiRequest::delete_link(&pending.link_id)) {
             let _ = self.api.call::<()>(req).await;
         }
-        result
     }
 
     async fn run_link(
         &mut self,
-        channel: &LinkChannel,
-        link_id: &[u8],
-        deadline: Instant,
-        approve: &mut (dyn FnMut(&str) -> bool + Send),
+        pending: &PendingLink,
+        request: LinkRequest,
+        approved: bool,
         on_event: &mut (dyn FnMut(Event) + Send),
     ) -> Result<LinkReport, ClientError> {
+        let (channel, link_id, deadline) =
+            (&pending.channel, &pending.link_id[..], pending.deadline);
         let api = self.api.clone();
-        let (hello, _) = read_slot(&api, channel, link_id, "hello", deadline).await?;
-        let hello: wire::LinkHello = decode(&hello, "the new device's hello")?;
-        let device_key: [u8; 32] = hello
-            .device_key
-            .as_ref()
-            .try_into()
-            .map_err(|_| link_error("the new device's key is not 32 bytes"))?;
-        let name = if hushwire_e2e::validate_device_name(&hello.name).is_ok() {
-            hello.name.clone()
-        } else {
-            "new device".to_string()
-        };
+        let LinkRequest { name, device_key } = request;
         let mut sent = 0u64;
         let refuse = |reason: &str| wire::LinkWelcome {
             refused: reason.to_string(),
             ..wire::LinkWelcome::default()
         };
-        if !approve(&name) {
+        if !approved {
             put_slot(
                 &api,
                 channel,
