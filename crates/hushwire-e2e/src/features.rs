@@ -335,6 +335,7 @@ pub(crate) fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored
         state: MessageState::from_i64(r.get(7)?),
         reply_to: reply_to.as_deref().map(uuid_text),
         view_once: view_once != 0,
+        viewed: view_once == 2,
         expires_at_ms: expires.map(from_sql_u64),
         edited_at_ms: edited.map(from_sql_u64),
     })

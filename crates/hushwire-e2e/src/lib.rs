@@ -253,6 +253,8 @@ pub struct StoredMessage {
     /// A view-once message (its `text` is always empty here: see
     /// [`Profile::view_once`]).
     pub view_once: bool,
+    /// A received view-once message that was opened (its content is erased).
+    pub viewed: bool,
     /// A disappearing message: when it is deleted.
     pub expires_at_ms: Option<u64>,
     /// When it was last edited.

@@ -425,6 +425,9 @@ impl Profile {
                     .unwrap_or_default();
                 if let Some(info) = crate::attachments::info_of(&self.conn, &m.from, &id)? {
                     out.push(crate::TimelineItem::Attachment(m, info));
+                } else if m.viewed {
+                    // An opened view-once file: its record is erased, the entry stays.
+                    out.push(crate::TimelineItem::Message(m));
                 }
             } else if let Some(ev) =
                 crate::group::parse_event(m.conversation, m.from, &m.text, m.sent_at_ms)

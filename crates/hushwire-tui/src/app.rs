@@ -1192,6 +1192,7 @@ pub fn message_views(
             text: match (m.view_once, m.outgoing) {
                 (false, _) => m.text.clone(),
                 (true, true) => "(view-once message)".into(),
+                (true, false) if m.viewed => "(view-once message, opened)".into(),
                 (true, false) => {
                     "(view-once message: select it and press v to open it once)".into()
                 }

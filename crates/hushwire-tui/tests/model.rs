@@ -74,6 +74,7 @@ fn msg(id: &str, from: &str, text: &str, outgoing: bool, at: u64) -> StoredMessa
         },
         reply_to: None,
         view_once: false,
+        viewed: false,
         expires_at_ms: None,
         edited_at_ms: None,
     }

@@ -507,7 +507,7 @@ fn build_timeline(
                 if matches!(item, TimelineItem::RelayLink(_)) {
                     v["kind"] = json!("link");
                 }
-                if m.view_once && opened.contains_key(&m.id) {
+                if m.view_once && (m.viewed || opened.contains_key(&m.id)) {
                     v["opened"] = json!(true);
                 }
                 v

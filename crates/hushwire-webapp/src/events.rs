@@ -114,6 +114,7 @@ mod tests {
             state: hushwire_e2e::MessageState::Received,
             reply_to: None,
             view_once: false,
+            viewed: false,
             expires_at_ms: None,
             edited_at_ms: None,
         };

@@ -879,6 +879,18 @@ async fn view_once_file_is_opened_once() {
         "{again:?}"
     );
     assert!(bob.profile().attachment("alice", &id).unwrap().is_none());
+    // The entry stays in the timeline, marked opened, with nothing of its content.
+    let entry = bob
+        .profile()
+        .timeline("alice")
+        .unwrap()
+        .into_iter()
+        .find_map(|i| match i {
+            hushwire_e2e::TimelineItem::Message(m) if m.id == id => Some(m),
+            _ => None,
+        })
+        .expect("the opened view-once entry is still listed");
+    assert!(entry.view_once && entry.viewed && entry.text.is_empty());
     flush(&mut bob).await;
     let receipts = receipts_of(&sync_events(&mut alice).await);
     assert!(receipts.contains(&(id.clone(), "bob".to_string(), ReceiptStatus::Viewed)));
