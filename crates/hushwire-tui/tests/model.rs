@@ -31,6 +31,14 @@ fn type_text(app: &mut App, text: &str, now: u64) -> Vec<Action> {
     actions
 }
 
+/// Types `line` into the compose line and presses Enter.
+fn run(app: &mut App, line: &str) -> Vec<Action> {
+    app.focus = Focus::Compose;
+    app.compose.clear();
+    type_text(app, line, NOW);
+    app.handle_key(key(KeyCode::Enter), NOW)
+}
+
 /// The screen as text, one string per row (wide characters' trailing cells skipped).
 fn render(app: &App, width: u16, height: u16) -> Vec<String> {
     let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
@@ -386,12 +394,6 @@ fn keys_send_reply_react_and_switch_panes() {
 #[test]
 fn slash_commands() {
     let mut app = sample_app();
-    let run = |app: &mut App, line: &str| {
-        app.focus = Focus::Compose;
-        app.compose.clear();
-        type_text(app, line, NOW);
-        app.handle_key(key(KeyCode::Enter), NOW)
-    };
     assert_eq!(
         run(&mut app, "/new carol"),
         vec![Action::Refresh, Action::MarkRead("carol".into())]
@@ -605,12 +607,6 @@ fn small_terminal_renders_without_panicking() {
 #[test]
 fn edit_delete_view_once_timer_requests_and_blocking() {
     let mut app = sample_app();
-    let run = |app: &mut App, line: &str| {
-        app.focus = Focus::Compose;
-        app.compose.clear();
-        type_text(app, line, NOW);
-        app.handle_key(key(KeyCode::Enter), NOW)
-    };
     // E on an own text: the compose line takes its text; Enter saves the edit.
     app.focus = Focus::Messages;
     app.selected_message = Some(1); // m2, alice's "are you there?"
