@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use hushwire_server::ServerConfig;
 use hushwire_server::reports::evidence_messages;
+use hushwire_store::Accounts as _;
 use serde_json::json;
 
 use crate::output::{human_time, print_line, rfc3339};
@@ -123,4 +124,55 @@ async fn run(
             return Ok(());
         }
     }
+}
+
+/// `admin reset-account HANDLE`: releases a handle whose owner lost every device.
+pub(crate) async fn reset_account(
+    data: Option<PathBuf>,
+    store: Option<String>,
+    handle: &str,
+) -> anyhow::Result<()> {
+    hushwire_proto::identity::validate_handle(handle)
+        .map_err(|e| user_error(format!("handle: {e}")))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let found = match store {
+        Some(url) => {
+            let config = ServerConfig {
+                store: Some(hushwire_server::StoreUrl(url)),
+                ..ServerConfig::default()
+            };
+            if !config.store.as_ref().is_some_and(|u| u.is_postgres()) {
+                return Err(user_error("--store must be a postgres:// URL"));
+            }
+            let store = hushwire_server::open_store(&config)
+                .await
+                .context("cannot open the store")?;
+            store.reset_account(handle, now).await?
+        }
+        None => {
+            let config = ServerConfig {
+                data_dir: match data {
+                    Some(d) => d,
+                    None => crate::serve::default_data_dir()?,
+                },
+                ..ServerConfig::default()
+            };
+            let store = hushwire_server::open_sqlite(&config)
+                .await
+                .context("cannot open the server database")?;
+            let found = store.reset_account(handle, now).await;
+            store.shutdown().await;
+            found?
+        }
+    };
+    if !found {
+        return Err(user_error(format!("no account {handle}")));
+    }
+    print_line(&format!(
+        "{handle} released: its devices are revoked and the handle can be registered again; \
+         the key directory publishes the release at its next epoch"
+    ))
 }

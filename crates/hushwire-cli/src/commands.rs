@@ -292,6 +292,9 @@ pub(crate) async fn receive(
     if let Some(e) = report.outbox_error {
         eprintln!("warning: queued messages not sent: {e}");
     }
+    if let Some(e) = report.directory_error {
+        eprintln!("WARNING: the key directory check of your own account failed: {e}");
+    }
     Ok(())
 }
 
@@ -304,6 +307,11 @@ pub(crate) async fn sync(dir: &Path) -> anyhow::Result<()> {
     let report = result?;
     if let Some(e) = report.outbox_error {
         return Err(anyhow::Error::new(e).context("queued messages not sent"));
+    }
+    if let Some(e) = report.directory_error {
+        return Err(
+            anyhow::Error::new(e).context("the key directory check of your own account failed")
+        );
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! # Layout
 //! - this file: the command line (clap), logging, and the mapping of errors to exit
 //!   codes (0 ok, 1 user error, 2 unexpected, 3 server or network unreachable,
-//!   4 untrusted key — signal-cli's conventions).
+//!   4 untrusted key — signal-cli's conventions; 5 a key directory proof failed).
 //! - `serve`: `serve` and `admin invite` over the `hushwire-server` library.
 //! - `commands`: the client commands over `hushwire-client`.
 //! - `output`: human and JSON (one object per line) rendering.
@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod admin;
 mod app;
+mod audit;
 mod chat;
 mod commands;
 mod daemon;
@@ -171,8 +172,34 @@ pub(crate) enum Command {
     },
     /// Server administration.
     Admin {
+        /// The server's data directory (for every subcommand that takes `--data`).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// Audit a server's key directory: verify every signed root and the append-only
+    /// proof of every epoch (or of --from..=--to). Exits 5 when anything fails.
+    Audit {
+        /// The server's URL, e.g. `https://chat.example.org`.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// The server's certificate pin (sha256:…), when it has no public certificate.
+        #[arg(long, value_name = "PIN")]
+        pin: Option<String>,
+        /// First epoch to verify (default 1).
+        #[arg(long, value_name = "N")]
+        from: Option<u64>,
+        /// Last epoch to verify (default: the latest).
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+        /// Remember the audited keys and root here, and refuse a later history that no
+        /// longer contains that root (a rewritten history or a forked view).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// {"epochs","from","to","latest","root_hash","signing_key"}.
+        #[arg(long)]
+        json: bool,
     },
     /// Create an account on a server for this profile.
     Register {
@@ -463,6 +490,25 @@ pub(crate) enum AdminCommand {
         #[arg(long, value_name = "N", default_value_t = 72)]
         ttl_hours: u64,
     },
+    /// Release HANDLE whose owner lost every device: its devices are revoked and the
+    /// handle can be registered again with a new key (contacts then see a key change;
+    /// the key directory publishes the release).
+    ResetAccount {
+        /// The handle to release.
+        handle: String,
+        /// The server's data directory (embedded store). Default: the user data
+        /// directory, e.g. ~/.local/share/hushwire-server.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// The PostgreSQL store instead (postgres://…).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "HUSHWIRE_STORE",
+            hide_env_values = true
+        )]
+        store: Option<String>,
+    },
     /// List users' reports (oldest first), or close one.
     Reports {
         /// The server's data directory. Default: the user data directory, e.g.
@@ -532,6 +578,12 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<E>() {
             return e2e_code(e);
         }
+        if cause
+            .downcast_ref::<hushwire_directory::audit::AuditError>()
+            .is_some()
+        {
+            return 5;
+        }
         if let Some(c) = cause.downcast_ref::<C>() {
             return match c {
                 C::InvalidHandle(_)
@@ -546,6 +598,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 | C::File { .. }
                 | C::Link(_) => 1,
                 C::E2e(e) => e2e_code(e),
+                C::KeyTransparency { .. } => 5,
                 C::Unreachable { .. }
                 | C::PinMismatch { .. }
                 | C::UntrustedCertificate(_)
@@ -625,6 +678,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.command,
         Command::Serve { .. }
             | Command::Admin { .. }
+            | Command::Audit { .. }
             | Command::Demo
             | Command::Relay { command: None, .. }
     );
@@ -674,12 +728,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => relay::manage(&commands::profile_dir(profile)?, command).await,
         Command::Admin {
+            data: admin_data,
             command: AdminCommand::Invite { data, ttl_hours },
-        } => serve::admin_invite(data, ttl_hours).await,
+        } => serve::admin_invite(data.or(admin_data), ttl_hours).await,
         Command::Admin {
+            data: admin_data,
             command: AdminCommand::Reports { data, json, close },
-        } => admin::reports(data, json, close).await,
+        } => admin::reports(data.or(admin_data), json, close).await,
         Command::Admin {
+            data: admin_data,
+            command:
+                AdminCommand::ResetAccount {
+                    handle,
+                    data,
+                    store,
+                },
+        } => admin::reset_account(data.or(admin_data), store, &handle).await,
+        Command::Audit {
+            server,
+            pin,
+            from,
+            to,
+            state,
+            json,
+        } => {
+            audit::run(audit::AuditArgs {
+                server,
+                pin,
+                from,
+                to,
+                state,
+                json,
+            })
+            .await
+        }
+        Command::Admin {
+            data: _,
             command:
                 AdminCommand::Migrate {
                     from,

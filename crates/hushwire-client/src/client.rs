@@ -25,6 +25,7 @@ use crate::connection::frame_name;
 use crate::{ApiClient, ApiRequest, ClientError, Connection, Endpoint};
 
 mod devices;
+mod directory;
 mod features;
 mod group;
 mod media;
@@ -85,6 +86,11 @@ pub struct ReceiveReport {
     pub outbox_left: usize,
     /// Why the outbox could not be flushed, if it could not (receiving went on anyway).
     pub outbox_error: Option<ClientError>,
+    /// The periodic check of this account's own key directory entry
+    /// ([`Client::check_directory`]) failed: [`ClientError::KeyTransparency`] when the
+    /// server published a key for this account that it did not create. Receiving went
+    /// on; the check runs again on every receive until it passes.
+    pub directory_error: Option<ClientError>,
 }
 
 /// A [`Signer`] backed by a profile's device key.
@@ -168,6 +174,9 @@ pub struct Client {
     /// devices that no commit announces, e.g. a rename, show up within
     /// `OWN_DEVICES_EVERY`).
     own_devices_checked: Option<Instant>,
+    /// Contacts whose account (and key directory entry) was fetched this session before
+    /// sending to them.
+    peers_checked: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -237,6 +246,7 @@ impl Client {
             events: VecDeque::new(),
             stored_this_session: 0,
             key_packages_checked: false,
+            peers_checked: std::collections::HashSet::new(),
             defer_deliveries: false,
             media: media::MediaState::default(),
             receipts_stuck: false,
@@ -299,16 +309,20 @@ impl Client {
 
     /// Fetches an account (signed `GET /v1/accounts/{handle}`); 404 is
     /// [`ClientError::UnknownHandle`].
+    /// The account is checked against the server's key directory first
+    /// ([`ClientError::KeyTransparency`] when the directory contradicts it).
     pub async fn fetch_account(&self, handle: &str) -> Result<wire::AccountInfo, ClientError> {
         let req = self.signed(ApiRequest::account(handle))?;
-        match self.api.call::<wire::AccountInfo>(req).await {
+        let account = match self.api.call::<wire::AccountInfo>(req).await {
             Err(ClientError::Api {
                 status: 404,
                 code: ErrorCode::NotFound | ErrorCode::Unspecified,
                 ..
-            }) => Err(ClientError::UnknownHandle(handle.to_string())),
-            other => other,
-        }
+            }) => return Err(ClientError::UnknownHandle(handle.to_string())),
+            other => other?,
+        };
+        self.verify_accounts(std::slice::from_ref(&account)).await?;
+        Ok(account)
     }
 
     fn signed(&self, req: ApiRequest) -> Result<ApiRequest, ClientError> {
@@ -503,10 +517,23 @@ impl Client {
                         "the server's account for {needed:?} does not authenticate the message"
                     )));
                 }
-                let accounts = if let [handle] = needed.as_slice() {
-                    vec![self.fetch_account(handle).await?]
+                let fetched_accounts = if let [handle] = needed.as_slice() {
+                    self.fetch_account(handle).await.map(|a| vec![a])
                 } else {
-                    self.fetch_accounts(&needed).await?
+                    self.fetch_accounts(&needed).await
+                };
+                let accounts = match fetched_accounts {
+                    // The directory contradicts the sender's account: nothing of it is
+                    // used; the mailbox moves on.
+                    Err(ClientError::KeyTransparency { handle, reason }) => {
+                        break self.profile.skip_envelope(
+                            envelope,
+                            Some(handle.clone()),
+                            &format!("from {handle}: key transparency check failed: {reason}"),
+                            unix_ms(),
+                        )?;
+                    }
+                    other => other?,
                 };
                 let mut changed = None;
                 for account in &accounts {
@@ -619,6 +646,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         let deadline = deadline_after(timeout);
         self.profile.sweep_expired(unix_ms())?;
+        self.check_peers().await?;
         let mut attempt = 0;
         loop {
             let step = self.outbox_step(deadline).await;
@@ -633,6 +661,39 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Before the first send to a contact in this session, fetches its account (checked
+    /// against the key directory) and feeds it to the profile: a changed account key
+    /// (say, the handle was released and registered again) stops sending with
+    /// [`E2eError::IdentityChanged`] until the user trusts it, instead of going on in a
+    /// conversation with devices that are gone.
+    async fn check_peers(&mut self) -> Result<(), ClientError> {
+        let peers: Vec<String> = self
+            .profile
+            .outbox_peers()?
+            .into_iter()
+            .filter(|p| !self.peers_checked.contains(p))
+            .collect();
+        for peer in peers {
+            let account = match self.fetch_account(&peer).await {
+                // New conversations fail their texts when they start.
+                Err(ClientError::UnknownHandle(_)) => continue,
+                other => other?,
+            };
+            match self.profile.learn_account(&account) {
+                Ok(()) => {}
+                Err(E2eError::IdentityChanged { handle }) => {
+                    self.events.push_back(Event::IdentityChanged {
+                        handle: handle.clone(),
+                    });
+                    return Err(E2eError::IdentityChanged { handle }.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.peers_checked.insert(peer);
+        }
+        Ok(())
     }
 
     /// The server has no account `handle`: the texts queued for it can never go out.
@@ -871,6 +932,12 @@ impl Client {
             if let Err(e) = self.top_up_key_packages().await {
                 tracing::warn!(error = %e, "key package top-up failed");
             }
+        }
+        if self.own_directory_check_due()?
+            && let Err(e) = self.check_directory().await
+        {
+            tracing::warn!(error = %e, "key directory check failed");
+            report.directory_error = Some(e);
         }
         let until = deadline_after(wait);
         if !wait.is_zero() {

@@ -102,6 +102,17 @@ pub enum ClientError {
     /// declined or failed, or the account has the most devices allowed.
     #[error("link: {0}")]
     Link(String),
+    /// The server's key directory contradicts an account it served (a substituted or
+    /// unpublished key, a device list it did not publish), a proof does not verify, or
+    /// the server published a key for this account that it did not create. Nothing of
+    /// the account was used.
+    #[error("key transparency check failed for {handle:?}: {reason}")]
+    KeyTransparency {
+        /// The handle concerned ("" for the directory as a whole).
+        handle: String,
+        /// What failed.
+        reason: String,
+    },
     /// The operation did not finish before its deadline.
     #[error("timed out: {0}")]
     Timeout(String),

@@ -42,6 +42,8 @@ pub use api::{ApiClient, ApiRequest, ByteStream, KeySigner, Signer};
 pub use connection::{Connection, FrameReceiver, FrameSender, PendingConnection};
 pub use endpoint::{Dialer, Endpoint, Transport};
 pub use error::ClientError;
+/// HTTP methods of [`ApiRequest::new`].
+pub use reqwest::Method;
 pub use routes::{ProxyKind, ProxyUrl, Route, RouteBook, ServerNode};
 mod client;
 mod register;

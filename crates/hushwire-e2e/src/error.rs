@@ -42,6 +42,10 @@ pub enum E2eError {
         /// The contact's handle.
         handle: String,
     },
+    /// The server's key directory broke a rule this profile holds it to: its keys
+    /// changed, or a signed root went backwards or forked from one seen before.
+    #[error("key directory: {0}")]
+    KeyDirectory(String),
     /// `provide_peer` got no key package for the peer.
     #[error("no key packages for {0:?}")]
     NoKeyPackages(String),

@@ -45,6 +45,7 @@
 
 mod attachments;
 mod devices;
+mod directory;
 mod error;
 mod features;
 pub mod group;
@@ -73,6 +74,7 @@ pub use devices::{
     DeviceListEdit, DeviceListNews, LinkChannel, LinkSecrets, MAX_DEVICE_NAME_BYTES, OwnDevice,
     validate_device_name, verify_device_list,
 };
+pub use directory::DirectoryCheck;
 pub use error::{E2eError, MlsError};
 pub use features::{
     DeleteScope, EPHEMERAL_BUDGET, EphemeralOut, EphemeralReceived, MAX_DELIVERED_RECEIPT_DEVICES,

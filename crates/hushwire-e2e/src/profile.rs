@@ -539,6 +539,23 @@ impl Profile {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
+    /// The 1:1 contacts that queued texts and attachments wait for (groups left out).
+    pub fn outbox_peers(&self) -> Result<Vec<String>, E2eError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT DISTINCT conversation FROM outbox WHERE kind IN ('text', 'content') \
+             ORDER BY conversation",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let c = row?;
+            if !crate::group::is_group_name(&c) {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether the outbox still holds the item `message_id` (as returned by
     /// [`Profile::queue_text`]).
     pub fn is_outbox_item_pending(&self, message_id: &str) -> Result<bool, E2eError> {

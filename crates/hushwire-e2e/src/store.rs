@@ -324,6 +324,25 @@ const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL
     );
     "#,
+    // v10: key transparency (directory.rs). `directory_pin`: the server's directory keys
+    // (pinned on first use) and the highest signed root seen. `directory_checks`: the
+    // account key each contact's directory entry was checked against; epoch NULL while
+    // the server had not published it yet (checked again later).
+    r#"
+    CREATE TABLE directory_pin (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        vrf_key BLOB NOT NULL,
+        signing_key BLOB NOT NULL,
+        epoch INTEGER NOT NULL,
+        root BLOB NOT NULL
+    );
+    CREATE TABLE directory_checks (
+        handle TEXT PRIMARY KEY,
+        account_key BLOB NOT NULL,
+        epoch INTEGER,
+        at_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Opens (creating if needed) the profile database and brings both schemas up to date.

@@ -11,8 +11,10 @@
 //! - [`identity`]: handles, and the exact byte strings that account and device keys sign.
 //! - [`limits`]: sizes every peer enforces.
 //! - [`link`]: link codes (joining a new device to an account).
+//! - [`directory`]: key directory values and signed epoch roots (key transparency).
 
 pub mod codec;
+pub mod directory;
 pub mod identity;
 pub mod limits;
 pub mod link;

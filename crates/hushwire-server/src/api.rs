@@ -22,7 +22,7 @@ use prost::Message;
 
 use crate::config::RegistrationPolicy;
 use crate::error::ApiError;
-use crate::{ConnPermit, Server, auth, devices, links, media, now_ms, reports, ws};
+use crate::{ConnPermit, Server, auth, devices, directory, links, media, now_ms, reports, ws};
 
 /// The router for every route of protocol.md, under the configured path prefix.
 pub fn app(server: &Server) -> Router {
@@ -73,6 +73,17 @@ pub fn app(server: &Server) -> Router {
         .route(
             &format!("{p}/v1/blobs/{{id}}/parts/{{index}}"),
             put(media::upload_part),
+        )
+        .route(&format!("{p}/v1/directory"), get(directory::latest))
+        .route(&format!("{p}/v1/directory/roots"), get(directory::roots))
+        .route(
+            &format!("{p}/v1/directory/audit/{{epoch}}"),
+            get(directory::audit),
+        )
+        .route(&format!("{p}/v1/directory/lookup"), post(directory::lookup))
+        .route(
+            &format!("{p}/v1/directory/history"),
+            get(directory::history),
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -140,6 +140,9 @@ pub struct RateLimits {
     /// Unauthenticated link-session requests (slot writes and reads, `PUT`/`GET
     /// /v1/links/{id}/{slot}`) per client IP per minute. Default: 120.
     pub link_requests_per_ip_per_minute: u32,
+    /// Public key-directory requests (`GET /v1/directory…`: roots and audit proofs)
+    /// per client IP per minute. Default: 600.
+    pub directory_requests_per_ip_per_minute: u32,
 }
 
 impl Default for RateLimits {
@@ -149,6 +152,7 @@ impl Default for RateLimits {
             claims_per_device_per_minute: 60,
             signals_per_device_per_minute: 120,
             link_requests_per_ip_per_minute: 120,
+            directory_requests_per_ip_per_minute: 600,
         }
     }
 }
@@ -406,6 +410,39 @@ impl MediaConfig {
     }
 }
 
+/// The key directory (`[directory]`): key transparency (see `hushwire-directory`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// How often pending key changes (new accounts, device lists, released handles) are
+    /// published as a new signed epoch. A new account's key is verifiable by its contacts
+    /// from the next publication on. 100 ms to 1 day. Default: 30 s.
+    #[serde(with = "human_duration")]
+    pub publish_interval: Duration,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            publish_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl DirectoryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.publish_interval < Duration::from_millis(100)
+            || self.publish_interval > Duration::from_secs(86_400)
+        {
+            return Err(invalid(
+                "directory.publish_interval",
+                "must be between 100ms and 1d",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The cross-node bus (`[bus]`): with several `hushwire serve` nodes sharing one store,
 /// they wake each other's connections and relay ephemeral signals over NATS core
 /// pub/sub (see `hushwire-bus`). Off (one node) while `url` is unset.
@@ -528,6 +565,8 @@ pub struct ServerConfig {
     pub media: MediaConfig,
     /// The cross-node bus (`[bus]`). Default: off.
     pub bus: BusConfig,
+    /// The key directory.
+    pub directory: DirectoryConfig,
     /// Seconds a WebSocket client has to answer the challenge. Default: 10.
     pub auth_timeout_secs: u64,
     /// Seconds a TLS handshake may take. Default: 10.
@@ -555,6 +594,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             media: MediaConfig::default(),
             bus: BusConfig::default(),
+            directory: DirectoryConfig::default(),
             auth_timeout_secs: 10,
             handshake_timeout_secs: 10,
             expire_interval_secs: 3600,
@@ -721,6 +761,12 @@ impl ServerConfig {
                 "must be at least 1",
             ));
         }
+        if self.rate_limits.directory_requests_per_ip_per_minute == 0 {
+            return Err(invalid(
+                "rate_limits.directory_requests_per_ip_per_minute",
+                "must be at least 1",
+            ));
+        }
         let l = &self.limits;
         if !(1024..=limits::MAX_FRAME_BYTES).contains(&l.max_frame_bytes) {
             return Err(invalid(
@@ -766,6 +812,7 @@ impl ServerConfig {
         }
         self.media.validate()?;
         self.bus.validate()?;
+        self.directory.validate()?;
         for (field, v) in [
             ("auth_timeout_secs", self.auth_timeout_secs),
             ("handshake_timeout_secs", self.handshake_timeout_secs),
@@ -907,11 +954,17 @@ impl fmt::Display for ServerConfig {
         writeln!(
             f,
             "rate_limits = {} registrations/IP/min, {} claims/device/min, {} signals/device/min, \
-             {} link requests/IP/min",
+             {} link requests/IP/min, {} directory requests/IP/min",
             self.rate_limits.registrations_per_ip_per_minute,
             self.rate_limits.claims_per_device_per_minute,
             self.rate_limits.signals_per_device_per_minute,
-            self.rate_limits.link_requests_per_ip_per_minute
+            self.rate_limits.link_requests_per_ip_per_minute,
+            self.rate_limits.directory_requests_per_ip_per_minute
+        )?;
+        writeln!(
+            f,
+            "directory.publish_interval = {}",
+            humantime::format_duration(self.directory.publish_interval)
         )?;
         writeln!(
             f,

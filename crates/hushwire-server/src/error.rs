@@ -111,6 +111,9 @@ pub enum ApiError {
     /// A Range starting at or past the end of a blob of this many bytes.
     #[error("range not satisfiable: the blob holds {0} bytes")]
     RangeNotSatisfiable(u64),
+    /// Not ready yet (for example the key directory is still loading); retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(&'static str),
     /// A server-side failure; the detail is for the log only.
     #[error("internal: {0}")]
     Internal(String),
@@ -135,6 +138,7 @@ impl ApiError {
             Self::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -153,6 +157,7 @@ impl ApiError {
             ErrorCode::QuotaExceeded => StatusCode::FORBIDDEN,
             ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

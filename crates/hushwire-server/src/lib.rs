@@ -66,6 +66,7 @@ mod auth;
 mod cluster;
 pub mod config;
 mod devices;
+mod directory;
 pub mod error;
 mod hub;
 mod links;
@@ -77,7 +78,8 @@ mod ws;
 
 pub use api::app;
 pub use config::{
-    AcmeConfig, BusConfig, ConfigError, MediaConfig, RegistrationPolicy, ServerConfig, StoreUrl,
+    AcmeConfig, BusConfig, ConfigError, DirectoryConfig, MediaConfig, RegistrationPolicy,
+    ServerConfig, StoreUrl,
 };
 pub use error::{ApiError, ServerError};
 pub use hushwire_blobstore::{BlobStore, ObjectBlobStore};
@@ -149,6 +151,8 @@ pub(crate) struct Shared {
     pub(crate) signal_limiter: ratelimit::RateLimiter<DeviceId>,
     /// Unauthenticated link-slot requests per client IP.
     pub(crate) link_limiter: ratelimit::RateLimiter<IpAddr>,
+    /// Public key-directory requests per client IP.
+    pub(crate) directory_limiter: ratelimit::RateLimiter<IpAddr>,
     /// Cancelled when the server shuts down; WebSockets close with 1001.
     pub(crate) shutdown: CancellationToken,
     /// Every connection and WebSocket task, waited for on shutdown.
@@ -164,6 +168,8 @@ pub(crate) struct Shared {
     pub(crate) bus: hushwire_bus::Bus,
     /// The bus's connection task, taken and spawned by [`RunningServer::run`].
     pub(crate) bus_driver: std::sync::Mutex<Option<hushwire_bus::Driver>>,
+    /// The key directory, once replayed from the store (opened by [`RunningServer::run`]).
+    pub(crate) directory: tokio::sync::OnceCell<Arc<hushwire_directory::KeyDirectory>>,
 }
 
 /// The server's shared state: configuration, store, hub, limiters. Cheap to clone.
@@ -226,6 +232,10 @@ impl Server {
                 rl.link_requests_per_ip_per_minute,
                 RATE_LIMIT_KEYS,
             ),
+            directory_limiter: ratelimit::RateLimiter::new(
+                rl.directory_requests_per_ip_per_minute,
+                RATE_LIMIT_KEYS,
+            ),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             metrics: Metrics::default(),
@@ -234,6 +244,7 @@ impl Server {
             upload_budget,
             bus,
             bus_driver: std::sync::Mutex::new(bus_driver),
+            directory: tokio::sync::OnceCell::new(),
             config,
         };
         Ok(Self {
@@ -459,6 +470,7 @@ impl RunningServer {
         shared.tasks.spawn(expiry_loop(server.clone()));
         shared.tasks.spawn(media::sweep_loop(server.clone()));
         shared.tasks.spawn(purge_loop(server.clone()));
+        shared.tasks.spawn(directory::run(server.clone()));
         cluster::start(&server);
         if let Some(store) = &tls.acme {
             shared.tasks.spawn(acme::maintain(

@@ -67,7 +67,7 @@ pub(crate) async fn create_account(
     if inserted == 0 {
         return Err(StoreError::HandleTaken.into());
     }
-    insert_device(
+    let device = insert_device(
         tx,
         &new.handle,
         1,
@@ -77,7 +77,9 @@ pub(crate) async fn create_account(
             cert_signature: new.cert_signature.clone(),
         },
     )
-    .await
+    .await?;
+    crate::directory::record_change(tx, &new.handle).await?;
+    Ok(device)
 }
 
 async fn insert_device(

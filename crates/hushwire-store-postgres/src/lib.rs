@@ -26,6 +26,8 @@
 //! - `blobs`, `blob_parts`, `blob_readers`: media metadata. `blocks`: block lists.
 //! - `device_lists`: each account's latest signed device list. `links`, `link_slots`:
 //!   link sessions and their write-once slots.
+//! - `directory_secret`, `directory_epochs`, `directory_changes`: the key directory's
+//!   secret, epoch log and change queue (`directory.rs`); account reset in `reset.rs`.
 //!
 //! # Transactions
 //! Every trait method is one transaction (reads: one statement, so one snapshot), at
@@ -67,8 +69,10 @@ mod blobs;
 mod controls;
 mod conv;
 mod delivery;
+mod directory;
 mod links;
 mod mailbox;
+mod reset;
 mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -83,6 +87,7 @@ use hushwire_store::{
     NewBlob, NewDevice, NewKeyPackage, NewReport, PartOutcome, RelayAudience, ReportRecord,
     StoreError, Submission, SubmitKind, SubmitOutcome,
 };
+use hushwire_store::{DirectoryChange, DirectoryEpoch, KeyDirectory};
 use hushwire_store::{LinkId, LinkSlot, Links, PutSlot};
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -429,6 +434,51 @@ impl Accounts for PgStore {
             &tx, handle, version, &signed
         )
         .await)
+    }
+
+    async fn reset_account(&self, handle: &str, now_ms: u64) -> Result<bool, StoreError> {
+        in_tx!(self, |tx| reset::reset_account(&tx, handle, now_ms).await)
+    }
+}
+
+#[async_trait]
+impl KeyDirectory for PgStore {
+    async fn directory_secret(&self, candidate: bytes::Bytes) -> Result<bytes::Bytes, StoreError> {
+        in_tx!(self, |tx| directory::directory_secret(&tx, &candidate)
+            .await)
+    }
+
+    async fn directory_changes(&self, limit: usize) -> Result<Vec<DirectoryChange>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(async |c| directory::directory_changes(c, limit).await)
+            .await
+    }
+
+    async fn append_directory_epoch(
+        &self,
+        epoch: DirectoryEpoch,
+        consumed_through: u64,
+    ) -> Result<bool, StoreError> {
+        in_tx!(self, |tx| directory::append_epoch(
+            &tx,
+            &epoch,
+            consumed_through
+        )
+        .await)
+    }
+
+    async fn directory_epochs(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DirectoryEpoch>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(async |c| directory::directory_epochs(c, after, limit).await)
+            .await
     }
 }
 

@@ -1,7 +1,8 @@
 //! Device lists and link sessions ([`hushwire_store::Links`]), migration 0003.
 //!
 //! - A device list is an upsert whose update only happens for a higher version, so of
-//!   two nodes storing lists concurrently the higher version stays.
+//!   two nodes storing lists concurrently the higher version stays. A stored list
+//!   queues a key directory change in the same transaction.
 //! - Writing a slot locks its session row first (`FOR UPDATE`): writes to one session
 //!   are serialized, so the slot count is exact, and the slot's primary key makes it
 //!   write-once.
@@ -20,9 +21,14 @@ pub(crate) async fn set_device_list(
     version: u64,
     data: &[u8],
 ) -> Result<bool, TxError> {
-    if row_opt(tx, "SELECT 1 FROM accounts WHERE handle = $1", &[&handle])
-        .await?
-        .is_none()
+    // KEY SHARE: a reset of the account (FOR UPDATE) waits for this, or this for it.
+    if row_opt(
+        tx,
+        "SELECT 1 FROM accounts WHERE handle = $1 FOR KEY SHARE",
+        &[&handle],
+    )
+    .await?
+    .is_none()
     {
         return Err(StoreError::Invalid("unknown account".into()).into());
     }
@@ -34,6 +40,9 @@ pub(crate) async fn set_device_list(
         &[&handle, &to_i64(version), &data],
     )
     .await?;
+    if n > 0 {
+        crate::directory::record_change(tx, handle).await?;
+    }
     Ok(n > 0)
 }
 

@@ -15,10 +15,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_initial.sql")),
     (2, include_str!("../migrations/0002_reports.sql")),
     (3, include_str!("../migrations/0003_devices_and_links.sql")),
+    (4, include_str!("../migrations/0004_key_directory.sql")),
 ];
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Advisory lock key of the migration (`"hushwire"` in ASCII, as an i64).
 const MIGRATION_LOCK: i64 = 0x6875_7368_7769_7265;

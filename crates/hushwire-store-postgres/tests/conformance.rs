@@ -15,7 +15,8 @@ use hushwire_store::conformance::{
     register, welcome,
 };
 use hushwire_store::{
-    Delivery, KeyPackages, Mailboxes, NewReport, Store, StoreError, SubmitOutcome,
+    Accounts, Delivery, KeyDirectory, KeyPackages, Mailboxes, NewReport, Store, StoreError,
+    SubmitOutcome,
 };
 use hushwire_store_postgres::testing::{TEST_URL_ENV, TestDatabase, admin_url, connect_admin};
 use hushwire_store_postgres::{PgOptions, PgStore, SCHEMA_VERSION};
@@ -559,4 +560,118 @@ async fn reports_round_trip() {
         left.iter().map(|r| r.id).collect::<Vec<_>>(),
         vec![ids[0], ids[2]]
     );
+}
+
+/// Migration 4 queues a key directory change for every account that existed before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_4_queues_existing_accounts() {
+    skip_unless_postgres!();
+    let db = test_db().await;
+    let client = admin_client(&db.url).await;
+    client
+        .batch_execute(concat!(
+            include_str!("../migrations/0001_initial.sql"),
+            include_str!("../migrations/0002_reports.sql"),
+            include_str!("../migrations/0003_devices_and_links.sql"),
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, \
+               applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); \
+             INSERT INTO schema_migrations (version) VALUES (1), (2), (3); \
+             INSERT INTO accounts VALUES ('bob', '\\x00', 0), ('alice', '\\x00', 0);",
+        ))
+        .await
+        .unwrap();
+    let store = PgStore::connect(&db.url, options()).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let changes = store.directory_changes(10).await.unwrap();
+    assert_eq!(
+        changes
+            .iter()
+            .map(|c| c.handle.as_str())
+            .collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
+}
+
+/// Two nodes registering accounts and storing device lists while a publisher on each
+/// node keeps consuming the change queue: every change is published exactly once (a
+/// change committed after a publisher's read is never consumed by its append), and
+/// both nodes agree on the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_race_directory_changes() {
+    skip_unless_postgres!();
+    let db = test_db().await;
+    let n1 = Arc::new(PgStore::connect(&db.url, options()).await.unwrap());
+    let n2 = Arc::new(PgStore::connect(&db.url, options()).await.unwrap());
+    let (s1, s2) = tokio::join!(
+        n1.directory_secret(bytes::Bytes::from_static(b"node-1")),
+        n2.directory_secret(bytes::Bytes::from_static(b"node-2")),
+    );
+    assert_eq!(s1.unwrap(), s2.unwrap());
+
+    const ACCOUNTS: usize = 24;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for i in 0..ACCOUNTS {
+        let node = if i % 2 == 0 { n1.clone() } else { n2.clone() };
+        writers.push(tokio::spawn(async move {
+            let handle = format!("user{i}");
+            register(&*node, &handle).await.unwrap();
+            assert!(
+                node.set_device_list(&handle, 1, bytes::Bytes::from_static(b"list"))
+                    .await
+                    .unwrap()
+            );
+        }));
+    }
+    // Publishers: read the queue, append the next epoch consuming what was read.
+    let mut publishers = Vec::new();
+    for node in [n1.clone(), n2.clone()] {
+        let done = done.clone();
+        publishers.push(tokio::spawn(async move {
+            let mut published = Vec::new();
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                // As the server does: the log first, then the queue (so an epoch
+                // appended in between makes this append fail).
+                let last = node.directory_epochs(0, usize::MAX).await.unwrap();
+                let next = last.last().map_or(1, |e| e.epoch + 1);
+                let changes = node.directory_changes(1000).await.unwrap();
+                if let Some(through) = changes.last().map(|c| c.seq) {
+                    let epoch = hushwire_store::DirectoryEpoch {
+                        epoch: next,
+                        published_at_ms: NOW,
+                        record: bytes::Bytes::new(),
+                    };
+                    if node.append_directory_epoch(epoch, through).await.unwrap() {
+                        published.extend(changes.into_iter().map(|c| (c.seq, c.handle)));
+                    }
+                } else if finished {
+                    return published;
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut published = Vec::new();
+    for p in publishers {
+        published.extend(p.await.unwrap());
+    }
+    // Each change once: two per account (registration, device list).
+    published.sort();
+    let seqs: BTreeSet<u64> = published.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs.len(), published.len(), "a change published twice");
+    assert_eq!(published.len(), 2 * ACCOUNTS);
+    for i in 0..ACCOUNTS {
+        let handle = format!("user{i}");
+        assert_eq!(
+            published.iter().filter(|(_, h)| *h == handle).count(),
+            2,
+            "{handle}"
+        );
+    }
+    assert!(n1.directory_changes(10).await.unwrap().is_empty());
 }

@@ -30,6 +30,8 @@
 //! - `read.rs`: the read pool and read queries.
 //! - `blobs.rs`: media blob metadata ([`Blobs`]): its writes and reads.
 //! - `links.rs`: device lists and link sessions ([`Links`]).
+//! - `directory.rs`: the key directory's secret, epoch log and change queue
+//!   ([`KeyDirectory`]); `reset.rs`: [`Accounts::reset_account`].
 //! - `controls.rs`: [`Controls`]: block lists, retraction, the purge of disappearing
 //!   messages and the WAL wipe after it, the audience of ephemeral signals.
 //! - `conv.rs`: integer conversions (u64 is stored saturated at `i64::MAX`) and the
@@ -46,6 +48,7 @@ use hushwire_store::{
     NewDevice, NewKeyPackage, PartOutcome, StoreError, Submission, SubmitOutcome,
 };
 use hushwire_store::{Controls, NewReport, RelayAudience, ReportRecord};
+use hushwire_store::{DirectoryChange, DirectoryEpoch, KeyDirectory};
 use hushwire_store::{LinkId, LinkSlot, Links, PutSlot};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -58,9 +61,11 @@ use tokio::sync::{mpsc, oneshot};
 mod blobs;
 mod controls;
 mod conv;
+mod directory;
 mod links;
 mod ops;
 mod read;
+mod reset;
 mod schema;
 mod writer;
 
@@ -412,6 +417,48 @@ impl Accounts for SqliteStore {
     ) -> Result<bool, StoreError> {
         let handle = handle.to_owned();
         self.write(move |w| links::set_device_list(&w.conn, &handle, version, &signed))
+            .await
+    }
+
+    async fn reset_account(&self, handle: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let handle = handle.to_owned();
+        self.write(move |w| w.reset_account(&handle, now_ms)).await
+    }
+}
+
+#[async_trait]
+impl KeyDirectory for SqliteStore {
+    async fn directory_secret(&self, candidate: bytes::Bytes) -> Result<bytes::Bytes, StoreError> {
+        self.write(move |w| directory::directory_secret(&w.conn, &candidate))
+            .await
+    }
+
+    async fn directory_changes(&self, limit: usize) -> Result<Vec<DirectoryChange>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| directory::directory_changes(c, limit))
+            .await
+    }
+
+    async fn append_directory_epoch(
+        &self,
+        epoch: DirectoryEpoch,
+        consumed_through: u64,
+    ) -> Result<bool, StoreError> {
+        self.write(move |w| directory::append_epoch(&w.conn, &epoch, consumed_through))
+            .await
+    }
+
+    async fn directory_epochs(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DirectoryEpoch>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| directory::directory_epochs(c, after, limit))
             .await
     }
 }

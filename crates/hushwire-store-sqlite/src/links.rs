@@ -38,6 +38,9 @@ pub(crate) fn set_device_list(
         .db()?
         .execute(params![handle, to_i64(version), data])
         .db()?;
+    if n > 0 {
+        crate::directory::record_change(conn, handle)?;
+    }
     Ok(n > 0)
 }
 

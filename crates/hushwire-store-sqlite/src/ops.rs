@@ -246,7 +246,7 @@ impl WriterState {
             .db()?
             .execute(params![new.handle, new.account_key, now])
             .db()?;
-        self.insert_device(
+        let device = self.insert_device(
             &new.handle,
             1,
             NewDevice {
@@ -254,7 +254,9 @@ impl WriterState {
                 cert_created_at_ms: new.cert_created_at_ms,
                 cert_signature: new.cert_signature,
             },
-        )
+        )?;
+        crate::directory::record_change(&self.conn, &new.handle)?;
+        Ok(device)
     }
 
     fn insert_device(

@@ -6,7 +6,7 @@
 
 use hushwire_store::conformance::{self, CS, EXPIRES, NOW, accepted, application, register};
 use hushwire_store::{
-    Accounts, Delivery, KeyPackages, Mailboxes, Store, StoreError, SubmitOutcome,
+    Accounts, Delivery, KeyDirectory, KeyPackages, Mailboxes, Store, StoreError, SubmitOutcome,
 };
 use hushwire_store_sqlite::{SCHEMA_VERSION, SqliteOptions, SqliteStore, SqliteStoreError};
 use std::collections::BTreeSet;
@@ -406,4 +406,13 @@ async fn migrates_version_1_seq_floors() {
     .unwrap();
     assert_eq!(r.group_seq, 8);
     assert_eq!(r.deliveries[0].envelope.seq, 42);
+    // Migration 7 queued a key directory change for every existing account.
+    let changes = store.directory_changes(10).await.unwrap();
+    assert_eq!(
+        changes
+            .iter()
+            .map(|c| c.handle.as_str())
+            .collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
 }

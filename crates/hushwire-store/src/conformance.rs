@@ -135,6 +135,13 @@ macro_rules! __conformance_cases {
             links_slot_limit,
             links_expiry_and_purge,
             links_owner_and_delete,
+            directory_secret_write_once,
+            directory_changes_recorded,
+            directory_append_epochs,
+            directory_epochs_paging,
+            directory_concurrent_append,
+            accounts_reset,
+            accounts_reset_races,
         }
     };
     (@call cases [$($arg:tt)*]; $($name:ident),* $(,)?) => {
@@ -1669,6 +1676,9 @@ pub struct Written {
     pub sent: Submission,
     /// Its outcome.
     pub sent_outcome: Accepted,
+    /// The key directory change seq consumed by the stored epoch 1 (every change
+    /// written so far: the queue is empty at reopen).
+    pub directory_consumed: u64,
 }
 
 /// Fills a fresh store with accounts, an invite, key packages, a group and mailboxes.
@@ -1722,12 +1732,28 @@ pub async fn persistence_write(store: Arc<dyn Store>) -> Result<Written, Failure
         bob_mailbox.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![2, 3, 4]
     );
+    // The key directory: its secret, epoch 1 consuming both registrations.
+    ensure_eq!(
+        s.directory_secret(Bytes::from_static(b"persisted-secret"))
+            .await?,
+        Bytes::from_static(b"persisted-secret")
+    );
+    let changes = s.directory_changes(10).await?;
+    ensure_eq!(change_handles(&changes), vec!["alice", "bob"]);
+    let directory_consumed = changes.last().map_or(0, |c| c.seq);
+    ensure!(
+        s.append_directory_epoch(directory_epoch(1), directory_consumed)
+            .await?,
+        "epoch 1 refused"
+    );
+    ensure_eq!(s.directory_changes(10).await?, vec![]);
     Ok(Written {
         alice,
         bob,
         bob_mailbox,
         sent,
         sent_outcome,
+        directory_consumed,
     })
 }
 
@@ -1781,6 +1807,29 @@ pub async fn persistence_verify(store: Arc<dyn Store>, w: Written) -> CaseResult
     let mut n = new_account("carol");
     n.invite = Some("kept".into());
     s.create_account(n).await?;
+    // The key directory: the secret stays, the log continues, change seqs are not
+    // reused.
+    ensure_eq!(
+        s.directory_secret(Bytes::from_static(b"other")).await?,
+        Bytes::from_static(b"persisted-secret")
+    );
+    ensure_eq!(s.directory_epochs(0, 10).await?, vec![directory_epoch(1)]);
+    let changes = s.directory_changes(10).await?;
+    ensure_eq!(change_handles(&changes), vec!["carol"]);
+    ensure!(
+        changes[0].seq > w.directory_consumed,
+        "change seq {} reused (consumed through {})",
+        changes[0].seq,
+        w.directory_consumed
+    );
+    ensure!(
+        !s.append_directory_epoch(directory_epoch(1), 0).await?,
+        "epoch 1 stored twice"
+    );
+    ensure!(
+        s.append_directory_epoch(directory_epoch(2), 0).await?,
+        "epoch 2 refused"
+    );
     Ok(())
 }
 
@@ -2971,5 +3020,534 @@ pub async fn links_owner_and_delete(store: Arc<dyn Store>) -> CaseResult {
     ensure_eq!(s.link_slot(l1, "a", NOW).await?, LinkSlot::NotYet);
     ensure_eq!(s.link_owner(l1, NOW).await?, Some(a2.addr.clone()));
     ensure_eq!(s.link_owner(l2, NOW).await?, Some(a2.addr));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Key directory and account reset
+// ---------------------------------------------------------------------------------------
+
+use crate::{DirectoryChange, DirectoryEpoch, is_reset_tombstone};
+
+/// Epoch `n` with a recognisable record.
+pub fn directory_epoch(n: u64) -> DirectoryEpoch {
+    DirectoryEpoch {
+        epoch: n,
+        published_at_ms: NOW + n,
+        record: Bytes::from(format!("epoch-record:{n}")),
+    }
+}
+
+/// The handles of `changes`, in order.
+pub fn change_handles(changes: &[DirectoryChange]) -> Vec<String> {
+    changes.iter().map(|c| c.handle.clone()).collect()
+}
+
+/// Every pending directory change.
+async fn all_changes(s: &dyn Store) -> Result<Vec<DirectoryChange>, Failure> {
+    Ok(s.directory_changes(usize::MAX).await?)
+}
+
+/// The secret is written once: of concurrent first callers one candidate wins and
+/// everyone gets it; later candidates are ignored.
+pub async fn directory_secret_write_once(store: Arc<dyn Store>) -> CaseResult {
+    let mut tasks = Vec::new();
+    for n in 0..6u8 {
+        let st = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            // Binary, with a zero byte and a high byte.
+            st.directory_secret(Bytes::from(vec![0, 0xff, n, 7])).await
+        }));
+    }
+    let mut got = BTreeSet::new();
+    for t in tasks {
+        got.insert(
+            t.await
+                .map_err(|e| Failure(format!("task failed: {e}")))??,
+        );
+    }
+    ensure_eq!(got.len(), 1);
+    let secret = got
+        .into_iter()
+        .next()
+        .ok_or_else(|| Failure("no secret".into()))?;
+    ensure!(
+        secret.len() == 4 && secret[..2] == [0, 0xff] && secret[2] < 6 && secret[3] == 7,
+        "the secret is none of the candidates: {secret:?}"
+    );
+    ensure_eq!(
+        store
+            .directory_secret(Bytes::from_static(b"another candidate"))
+            .await?,
+        secret
+    );
+    Ok(())
+}
+
+/// Account creation, a stored device list and a reset each queue a change for the
+/// handle, in order; failed or no-op operations, and other account operations, queue
+/// none.
+pub async fn directory_changes_recorded(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    ensure_eq!(s.directory_changes(10).await?, vec![]);
+    register(s, "alice").await?;
+    ensure_eq!(change_handles(&all_changes(s).await?), vec!["alice"]);
+    // A taken handle and an invalid invite change nothing.
+    ensure!(
+        matches!(
+            s.create_account(new_account("alice")).await,
+            Err(StoreError::HandleTaken)
+        ),
+        "handle taken expected"
+    );
+    let mut bad = new_account("bob");
+    bad.invite = Some("no-such-invite".into());
+    ensure!(
+        matches!(s.create_account(bad).await, Err(StoreError::InviteInvalid)),
+        "invalid invite expected"
+    );
+    ensure_eq!(change_handles(&all_changes(s).await?), vec!["alice"]);
+    register(s, "bob").await?;
+    let list = |v: u64| Bytes::from(format!("signed-list:{v}"));
+    ensure!(
+        s.set_device_list("alice", 2, list(2)).await?,
+        "list refused"
+    );
+    // Not stored: no change.
+    ensure!(
+        !s.set_device_list("alice", 2, list(2)).await?,
+        "equal version stored"
+    );
+    ensure!(
+        !s.set_device_list("alice", 1, list(1)).await?,
+        "older version stored"
+    );
+    ensure!(
+        s.set_device_list("nobody", 1, list(1)).await.is_err(),
+        "list of an unknown account stored"
+    );
+    ensure_eq!(
+        change_handles(&all_changes(s).await?),
+        vec!["alice", "bob", "alice"]
+    );
+    // Devices come and go through the (signed) device list, not on their own.
+    let a2 = link_device(s, "alice").await?;
+    ensure!(s.revoke_device(&a2.addr).await?, "revocation failed");
+    s.set_block("alice", "bob", true, NOW).await?;
+    ensure_eq!(
+        change_handles(&all_changes(s).await?),
+        vec!["alice", "bob", "alice"]
+    );
+    ensure!(s.reset_account("bob", NOW).await?, "reset refused");
+    ensure!(
+        !s.reset_account("nobody", NOW).await?,
+        "reset of an unknown account"
+    );
+    ensure!(
+        s.set_device_list("alice", 3, list(3)).await?,
+        "list refused"
+    );
+    let changes = all_changes(s).await?;
+    ensure_eq!(
+        change_handles(&changes),
+        vec!["alice", "bob", "alice", "bob", "alice"]
+    );
+    ensure!(
+        changes.windows(2).all(|w| w[0].seq < w[1].seq),
+        "seqs must increase: {changes:?}"
+    );
+    // The limit.
+    ensure_eq!(s.directory_changes(2).await?, changes[..2].to_vec());
+    ensure_eq!(s.directory_changes(0).await?, vec![]);
+    Ok(())
+}
+
+/// Epochs are appended only as the next number; an append consumes exactly the changes
+/// up to the seq given, and a refused append changes nothing.
+pub async fn directory_append_epochs(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    register(s, "alice").await?;
+    register(s, "bob").await?;
+    ensure_eq!(s.directory_epochs(0, 10).await?, vec![]);
+    // 0 is never the next number; 2 is a gap while none is stored.
+    ensure!(
+        !s.append_directory_epoch(directory_epoch(0), u64::MAX)
+            .await?,
+        "epoch 0 accepted"
+    );
+    ensure!(
+        !s.append_directory_epoch(directory_epoch(2), u64::MAX)
+            .await?,
+        "epoch 2 accepted first"
+    );
+    let seen = all_changes(s).await?;
+    ensure_eq!(change_handles(&seen), vec!["alice", "bob"]);
+    let through = seen[1].seq;
+    // A change committed after the publisher read the queue.
+    register(s, "carol").await?;
+    ensure!(
+        s.append_directory_epoch(directory_epoch(1), through)
+            .await?,
+        "epoch 1 refused"
+    );
+    let left = all_changes(s).await?;
+    ensure_eq!(change_handles(&left), vec!["carol"]);
+    // A duplicate consumes nothing.
+    ensure!(
+        !s.append_directory_epoch(directory_epoch(1), u64::MAX)
+            .await?,
+        "epoch 1 accepted twice"
+    );
+    ensure_eq!(all_changes(s).await?, left);
+    // An epoch may consume nothing.
+    ensure!(
+        s.append_directory_epoch(directory_epoch(2), 0).await?,
+        "epoch 2 refused"
+    );
+    ensure_eq!(all_changes(s).await?, left);
+    let mut other = directory_epoch(2);
+    other.record = Bytes::from_static(b"another record");
+    ensure!(
+        !s.append_directory_epoch(other, u64::MAX).await?,
+        "epoch 2 accepted twice"
+    );
+    // A gap (4 when 2 is the last).
+    ensure!(
+        !s.append_directory_epoch(directory_epoch(4), u64::MAX)
+            .await?,
+        "epoch 4 accepted after 2"
+    );
+    ensure_eq!(all_changes(s).await?, left);
+    ensure_eq!(
+        s.directory_epochs(0, 10).await?,
+        vec![directory_epoch(1), directory_epoch(2)]
+    );
+    // Records are opaque bytes of any size.
+    let big = DirectoryEpoch {
+        epoch: 3,
+        published_at_ms: NOW + 3,
+        record: Bytes::from((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>()),
+    };
+    ensure!(
+        s.append_directory_epoch(big.clone(), left[0].seq).await?,
+        "epoch 3 refused"
+    );
+    ensure_eq!(all_changes(s).await?, vec![]);
+    ensure_eq!(s.directory_epochs(2, 10).await?, vec![big]);
+    Ok(())
+}
+
+/// `directory_epochs` pages by number and limit.
+pub async fn directory_epochs_paging(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    for n in 1..=5 {
+        ensure!(
+            s.append_directory_epoch(directory_epoch(n), 0).await?,
+            "epoch {n} refused"
+        );
+    }
+    let numbers = |v: Vec<DirectoryEpoch>| v.into_iter().map(|e| e.epoch).collect::<Vec<_>>();
+    ensure_eq!(
+        s.directory_epochs(0, usize::MAX).await?,
+        (1..=5).map(directory_epoch).collect::<Vec<_>>()
+    );
+    ensure_eq!(numbers(s.directory_epochs(0, 2).await?), vec![1, 2]);
+    ensure_eq!(numbers(s.directory_epochs(2, 2).await?), vec![3, 4]);
+    ensure_eq!(numbers(s.directory_epochs(4, 10).await?), vec![5]);
+    ensure_eq!(numbers(s.directory_epochs(5, 10).await?), vec![]);
+    ensure_eq!(numbers(s.directory_epochs(0, 0).await?), vec![]);
+    ensure_eq!(numbers(s.directory_epochs(u64::MAX, 10).await?), vec![]);
+    Ok(())
+}
+
+/// Nodes racing to append the same epoch number: exactly one succeeds, and its record
+/// is the one stored.
+pub async fn directory_concurrent_append(store: Arc<dyn Store>) -> CaseResult {
+    for round in 1..=4u64 {
+        let mut tasks = Vec::new();
+        for node in 0..4u8 {
+            let st = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                let epoch = DirectoryEpoch {
+                    epoch: round,
+                    published_at_ms: NOW + round,
+                    record: Bytes::from(format!("round {round} from node {node}")),
+                };
+                st.append_directory_epoch(epoch.clone(), 0)
+                    .await
+                    .map(|won| (won, epoch))
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (won, epoch) = t
+                .await
+                .map_err(|e| Failure(format!("task failed: {e}")))??;
+            if won {
+                winners.push(epoch);
+            }
+        }
+        ensure_eq!(winners.len(), 1);
+        ensure_eq!(store.directory_epochs(round - 1, 10).await?, winners);
+    }
+    Ok(())
+}
+
+/// `reset_account` releases the handle: the account is gone, its devices revoked (no
+/// mail, no key packages, reported revoked), its blocks, link sessions and quota gone;
+/// group rosters keep the old devices without naming the handle, the other members
+/// still get their messages, and the handle can be registered again from device 1.
+pub async fn accounts_reset(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let a1 = register(s, "alice").await?;
+    let a2 = link_device(s, "alice").await?;
+    let a3 = s
+        .add_device("alice", keyed_device("alice-3"))
+        .await?
+        .ok_or_else(|| Failure("alice vanished".into()))?;
+    ensure!(s.revoke_device(&a3.addr).await?, "revocation failed");
+    let b = register(s, "bob").await?;
+    let c = register(s, "carol").await?;
+    ensure!(
+        s.set_device_list("alice", 1, Bytes::from_static(b"alice-list"))
+            .await?,
+        "list refused"
+    );
+    s.add_key_packages(
+        a1.id,
+        vec![key_package(CS, "a1", false), key_package(CS, "a1-lr", true)],
+    )
+    .await?;
+    create_group(s, b"g", &b, &[&a1, &a2, &b, &c]).await?;
+    accepted(s.submit(application(&b, b"g", 1, "before")).await?)?;
+    ensure_eq!(s.pending(a1.id).await?, 1);
+    ensure_eq!(s.pending(a2.id).await?, 1);
+    s.set_block("carol", "alice", true, NOW).await?;
+    s.set_block("alice", "bob", true, NOW).await?;
+    s.create_link(link_id(1), &a1.addr, NOW + 1000).await?;
+    created(
+        s.create_blob(new_blob(blob_id(1), &a1, b"g", 10, 4))
+            .await?,
+    )?;
+    ensure_eq!(s.blob_usage("alice", NOW).await?, 10);
+    let report = |reporter: &str, reported: &str| crate::NewReport {
+        reporter: reporter.into(),
+        reported: reported.into(),
+        reason: "r".into(),
+        evidence: Vec::new(),
+        at_ms: NOW,
+    };
+    s.file_report(report("bob", "alice")).await?;
+    s.file_report(report("alice", "carol")).await?;
+    let changes_before = all_changes(s).await?.len();
+
+    ensure!(s.reset_account("alice", NOW + 1).await?, "reset refused");
+    ensure!(
+        !s.reset_account("alice", NOW + 1).await?,
+        "reset twice: the account should be gone"
+    );
+    ensure!(
+        !s.reset_account("nobody", NOW).await?,
+        "reset of an unknown account"
+    );
+
+    // The account and its devices are gone from the handle.
+    ensure_eq!(s.account("alice").await?, None);
+    ensure_eq!(s.device(&a1.addr).await?, None);
+    ensure_eq!(s.device(&a2.addr).await?, None);
+    ensure_eq!(
+        s.revoked_devices(&[a1.id, b.id, a2.id, a3.id]).await?,
+        vec![a1.id, a2.id, a3.id]
+    );
+    for d in [&a1, &a2] {
+        ensure_eq!(s.pending(d.id).await?, 0);
+        ensure_eq!(fetch_all(s, d.id).await?, vec![]);
+    }
+    let stock = s.key_package_stock(a1.id, CS).await?;
+    ensure_eq!((stock.available, stock.has_last_resort), (0, false));
+    ensure_eq!(s.claim_key_packages("alice", CS).await?, vec![]);
+    // Blocks by and of the handle, its link sessions and its quota are gone.
+    ensure_eq!(s.blocked_by("carol").await?, Vec::<String>::new());
+    ensure_eq!(s.blocked_by("alice").await?, Vec::<String>::new());
+    ensure_eq!(s.link_owner(link_id(1), NOW).await?, None);
+    ensure_eq!(s.blob_usage("alice", NOW).await?, 0);
+    // Reports by and about the old account no longer name the handle.
+    let reports = s.reports(0, 10).await?;
+    ensure_eq!(reports.len(), 2);
+    ensure!(
+        is_reset_tombstone(&reports[0].report.reported)
+            && reports[0].report.reporter == "bob"
+            && is_reset_tombstone(&reports[1].report.reporter)
+            && reports[1].report.reported == "carol",
+        "reports: {reports:?}"
+    );
+    // A directory change for the handle.
+    let changes = all_changes(s).await?;
+    ensure_eq!(changes.len(), changes_before + 1);
+    ensure_eq!(changes.last().map(|c| c.handle.as_str()), Some("alice"));
+
+    // The group keeps the old devices (not under the handle); the others still get
+    // messages, the old devices nothing.
+    let g = s
+        .group(b"g")
+        .await?
+        .ok_or_else(|| Failure("group lost".into()))?;
+    ensure_eq!(g.roster.len(), 4);
+    ensure!(
+        g.roster.contains(&b.addr)
+            && g.roster.contains(&c.addr)
+            && g.roster.iter().all(|m| m.handle != "alice"),
+        "roster after reset: {:?}",
+        g.roster
+    );
+    let r = accepted(s.submit(application(&b, b"g", 1, "after")).await?)?;
+    ensure_eq!(
+        r.deliveries.iter().map(|d| d.device).collect::<Vec<_>>(),
+        vec![c.id]
+    );
+    ensure_eq!(s.pending(c.id).await?, 2);
+    ensure_eq!(s.pending(a1.id).await?, 0);
+    ensure_eq!(s.pending(a2.id).await?, 0);
+
+    // The handle is registered again, with new keys, from device 1.
+    let mut n = new_account("alice");
+    n.account_key = b"new-account-key".to_vec();
+    n.device_key = b"new-device-key".to_vec();
+    n.now_ms = NOW + 2;
+    let new1 = s.create_account(n).await?;
+    ensure_eq!(new1.addr, addr("alice", 1));
+    ensure!(
+        new1.id != a1.id && new1.id != a2.id && new1.id != a3.id,
+        "device id reused: {:?}",
+        new1.id
+    );
+    let account = s
+        .account("alice")
+        .await?
+        .ok_or_else(|| Failure("new alice missing".into()))?;
+    ensure_eq!(account.account_key, b"new-account-key".to_vec());
+    ensure_eq!(account.created_at_ms, NOW + 2);
+    ensure_eq!(account.devices, vec![new1.clone()]);
+    ensure_eq!(account.device_list, None);
+    ensure_eq!(s.device(&addr("alice", 1)).await?, Some(new1.clone()));
+    // The new key is not refused as in use by the old devices.
+    let new2 = s
+        .add_device_within("alice", keyed_device("alice-3"), 5)
+        .await?;
+    ensure!(
+        matches!(&new2, AddDevice::Added(d) if d.addr == addr("alice", 2)),
+        "second device of the new account: {new2:?}"
+    );
+    ensure_eq!(s.blocked_by("alice").await?, Vec::<String>::new());
+    ensure_eq!(s.revoked_devices(&[new1.id]).await?, vec![]);
+    // The old roster does not reach the new account.
+    accepted(s.submit(application(&c, b"g", 1, "from carol")).await?)?;
+    ensure_eq!(s.pending(new1.id).await?, 0);
+    ensure_eq!(s.pending(b.id).await?, 1);
+    // A commit removes the old devices; another adds the new account's device.
+    let r = accepted(
+        s.submit(commit(&b, b"g", 1, &[&b, &c], vec![], None))
+            .await?,
+    )?;
+    ensure_eq!(
+        r.deliveries.iter().map(|d| d.device).collect::<Vec<_>>(),
+        vec![c.id]
+    );
+    let r = accepted(
+        s.submit(commit(
+            &b,
+            b"g",
+            2,
+            &[&b, &c, &new1],
+            vec![welcome("w-new", &[&new1])],
+            None,
+        ))
+        .await?,
+    )?;
+    ensure_eq!(r.epoch, 3);
+    ensure_eq!(s.pending(new1.id).await?, 1);
+    let g = s
+        .group(b"g")
+        .await?
+        .ok_or_else(|| Failure("group lost".into()))?;
+    ensure_eq!(
+        g.roster.into_iter().collect::<BTreeSet<_>>(),
+        [b.addr.clone(), c.addr.clone(), new1.addr.clone()]
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+    );
+    // The new account may be reset too.
+    ensure!(s.reset_account("alice", NOW + 1).await?, "second reset");
+    ensure_eq!(s.account("alice").await?, None);
+    ensure_eq!(s.revoked_devices(&[new1.id]).await?, vec![new1.id]);
+    ensure_eq!(s.pending(new1.id).await?, 0);
+    Ok(())
+}
+
+/// A reset racing a device addition or a registration of the same handle: the outcome
+/// is one of the serial orders (a device added first is reset with the account; one
+/// added after is refused; a registration after the reset holds the handle).
+pub async fn accounts_reset_races(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    for round in 0..4 {
+        let handle = format!("dev_race{round}");
+        register(s, &handle).await?;
+        let (st1, st2) = (Arc::clone(&store), Arc::clone(&store));
+        let (h1, h2) = (handle.clone(), handle.clone());
+        let reset = tokio::spawn(async move { st1.reset_account(&h1, NOW).await });
+        let add =
+            tokio::spawn(
+                async move { st2.add_device(&h2, keyed_device(&format!("{h2}-k2"))).await },
+            );
+        let reset = reset
+            .await
+            .map_err(|e| Failure(format!("task failed: {e}")))??;
+        let added = add
+            .await
+            .map_err(|e| Failure(format!("task failed: {e}")))??;
+        ensure!(reset, "{handle}: reset refused");
+        ensure_eq!(s.account(&handle).await?, None);
+        if let Some(d) = added {
+            ensure_eq!(d.addr, addr(&handle, 2));
+            ensure_eq!(s.revoked_devices(&[d.id]).await?, vec![d.id]);
+            ensure_eq!(s.device(&d.addr).await?, None);
+        }
+        let again = register(s, &handle).await?;
+        ensure_eq!(again.addr, addr(&handle, 1));
+    }
+    for round in 0..4 {
+        let handle = format!("reg_race{round}");
+        register(s, &handle).await?;
+        let (st1, st2) = (Arc::clone(&store), Arc::clone(&store));
+        let (h1, h2) = (handle.clone(), handle.clone());
+        let reset = tokio::spawn(async move { st1.reset_account(&h1, NOW).await });
+        let create = tokio::spawn(async move {
+            let mut n = new_account(&h2);
+            n.account_key = b"newer-account-key".to_vec();
+            st2.create_account(n).await
+        });
+        let reset = reset
+            .await
+            .map_err(|e| Failure(format!("task failed: {e}")))??;
+        let created = create
+            .await
+            .map_err(|e| Failure(format!("task failed: {e}")))?;
+        ensure!(reset, "{handle}: reset refused");
+        match created {
+            Ok(d) => {
+                ensure_eq!(d.addr, addr(&handle, 1));
+                let account = s
+                    .account(&handle)
+                    .await?
+                    .ok_or_else(|| Failure(format!("{handle}: new account missing")))?;
+                ensure_eq!(account.account_key, b"newer-account-key".to_vec());
+                ensure_eq!(account.devices, vec![d]);
+            }
+            Err(StoreError::HandleTaken) => {
+                ensure_eq!(s.account(&handle).await?, None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
 }

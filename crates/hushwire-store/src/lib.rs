@@ -4,8 +4,9 @@
 //! [`KeyPackages`], [`Delivery`] (the MLS Delivery Service's ordered group logs) and
 //! [`Mailboxes`] (per-device store-and-forward) and [`Blobs`] (media blob metadata and
 //! quotas) and [`Controls`] (blocking, retraction, disappearing messages) and [`Links`]
-//! (the write-once slots of device-linking sessions). [`Store`] is all of them; the
-//! server holds an `Arc<dyn Store>`.
+//! (the write-once slots of device-linking sessions) and [`KeyDirectory`] (the key
+//! transparency log: its secret, published epochs and pending changes). [`Store`] is all
+//! of them; the server holds an `Arc<dyn Store>`.
 //!
 //! Every method is one atomic, durable operation: when it returns `Ok`, the change has
 //! reached stable storage (the embedded backend batches many callers into one commit).
@@ -16,16 +17,20 @@
 //! - `controls`: [`Controls`]: block lists, retraction, disappearing messages, the
 //!   audience of ephemeral signals.
 //! - `links`: [`Links`]: link sessions (joining a new device to an account).
+//! - `directory`: [`KeyDirectory`]: the key directory's secret, epoch log and change
+//!   queue; the tombstone handles of reset accounts.
 //! - `conformance` (feature `conformance`): one suite, run by every backend's tests.
 
 use async_trait::async_trait;
 
 mod blobs;
 mod controls;
+mod directory;
 mod links;
 mod types;
 pub use blobs::*;
 pub use controls::*;
+pub use directory::*;
 pub use links::*;
 pub use types::*;
 
@@ -64,8 +69,8 @@ pub enum StoreError {
 #[async_trait]
 pub trait Accounts: Send + Sync {
     /// Creates an account with its first device (device id 1). Consumes `invite` in the
-    /// same transaction when given. Fails with [`StoreError::HandleTaken`] or
-    /// [`StoreError::InviteInvalid`].
+    /// same transaction when given, and adds a pending [`KeyDirectory`] change for the
+    /// handle. Fails with [`StoreError::HandleTaken`] or [`StoreError::InviteInvalid`].
     async fn create_account(&self, new: NewAccount) -> Result<DeviceRecord, StoreError>;
     /// The account with all its devices (revoked ones included, flagged).
     async fn account(&self, handle: &str) -> Result<Option<AccountRecord>, StoreError>;
@@ -105,13 +110,36 @@ pub trait Accounts: Send + Sync {
     /// here: the server verified it), if `version` is greater than the stored list's
     /// (any version beats no list). Returns whether it was stored; an older or equal
     /// version changes nothing and returns false. [`StoreError::Invalid`] for an
-    /// unknown handle. Served back in [`AccountRecord::device_list`].
+    /// unknown handle. Served back in [`AccountRecord::device_list`]. When it stores the
+    /// list, it adds a pending [`KeyDirectory`] change for the handle in the same
+    /// transaction.
     async fn set_device_list(
         &self,
         handle: &str,
         version: u64,
         signed: bytes::Bytes,
     ) -> Result<bool, StoreError>;
+    /// Releases `handle` whose owner lost every device (operator action), all in one
+    /// transaction:
+    /// - the account disappears: [`Accounts::account`] answers `None`, its devices are
+    ///   no longer found by their old addresses, and [`Accounts::create_account`] may
+    ///   register the handle again (with new keys, starting at device number 1);
+    /// - all its devices are revoked as by [`Accounts::revoke_device`] (KeyPackages and
+    ///   waiting mailbox entries deleted, they receive nothing,
+    ///   [`Accounts::revoked_devices`] reports them). They, its device list and its
+    ///   blobs move to a tombstone account named by [`reset_tombstone_handle`], so
+    ///   group rosters keep them (under the tombstone's address) until a commit
+    ///   removes them, and the new owner starts with no quota used;
+    /// - its block list goes, and so do other accounts' blocks of the handle (a new
+    ///   person may take it); reports by and about it name the tombstone; link
+    ///   sessions its devices opened are deleted;
+    /// - a pending [`KeyDirectory`] change for the handle is added.
+    ///
+    /// Serialized with concurrent [`Accounts::add_device`] and
+    /// [`Accounts::create_account`] of the handle (also across server nodes): a device
+    /// added concurrently is either reset with the account or refused as of an unknown
+    /// account. Returns false when there is no such account.
+    async fn reset_account(&self, handle: &str, now_ms: u64) -> Result<bool, StoreError>;
 }
 
 /// MLS KeyPackages: one-time packages handed out once, plus one last-resort package per
@@ -201,5 +229,11 @@ pub trait Mailboxes: Send + Sync {
 }
 
 /// Everything the server needs from a backend.
-pub trait Store: Accounts + KeyPackages + Delivery + Mailboxes + Blobs + Controls + Links {}
-impl<T: Accounts + KeyPackages + Delivery + Mailboxes + Blobs + Controls + Links> Store for T {}
+pub trait Store:
+    Accounts + KeyPackages + Delivery + Mailboxes + Blobs + Controls + Links + KeyDirectory
+{
+}
+impl<T> Store for T where
+    T: Accounts + KeyPackages + Delivery + Mailboxes + Blobs + Controls + Links + KeyDirectory
+{
+}

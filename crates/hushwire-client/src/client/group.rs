@@ -84,8 +84,19 @@ impl Client {
     }
 
     /// Fetches several accounts (`POST /v1/accounts`, in chunks); unknown handles are left
-    /// out.
+    /// out. Every account is checked against the server's key directory
+    /// ([`ClientError::KeyTransparency`] names the first it contradicts).
     pub async fn fetch_accounts(
+        &self,
+        handles: &[String],
+    ) -> Result<Vec<wire::AccountInfo>, ClientError> {
+        let accounts = self.fetch_accounts_unverified(handles).await?;
+        self.verify_accounts(&accounts).await?;
+        Ok(accounts)
+    }
+
+    /// [`Client::fetch_accounts`] without the directory check.
+    pub(crate) async fn fetch_accounts_unverified(
         &self,
         handles: &[String],
     ) -> Result<Vec<wire::AccountInfo>, ClientError> {
