@@ -1,7 +1,7 @@
 //! `hushwire demo`: the whole story on a throw-away embedded server.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hushwire_client::{Client, ClientOptions, Event};
@@ -127,6 +127,10 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         registration: RegistrationPolicy::Open,
         shutdown_grace_secs: 2,
+        // Publish the key directory quickly, so the story can show a verified key.
+        directory: hushwire_server::DirectoryConfig {
+            publish_interval: Duration::from_millis(300),
+        },
         ..ServerConfig::default()
     };
     let store = hushwire_server::open_sqlite(&config)
@@ -191,6 +195,36 @@ pub(crate) async fn run() -> anyhow::Result<()> {
 
         show_conversation(&alice, "bob")?;
         show_conversation(&bob, "alice")?;
+
+        say(
+            "\nkey transparency: the server publishes every account key in a signed, append-only directory",
+        )?;
+        let until = Instant::now() + Duration::from_secs(20);
+        let epoch = loop {
+            let epoch = alice.check_directory().await?;
+            alice.fetch_account("bob").await?;
+            if alice
+                .profile()
+                .directory_check("bob")?
+                .is_some_and(|c| c.epoch.is_some())
+            {
+                break epoch;
+            }
+            if Instant::now() > until {
+                return Err(anyhow::anyhow!(
+                    "the key directory published nothing in 20 s"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        say(format!(
+            "  alice checked bob's account key against its lookup proof (epoch {epoch}) and her own key's history"
+        ))?;
+        let number = alice.profile().safety_number("bob")?;
+        say(format!(
+            "  safety number of alice and bob: {}",
+            number.digits
+        ))?;
         alice.close().await;
         bob.close().await;
         anyhow::Ok(texts)
