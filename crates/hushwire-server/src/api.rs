@@ -482,6 +482,7 @@ async fn websocket(
         .on_upgrade(move |socket| {
             // axum spawns this future itself; the tracker token makes shutdown wait for it.
             let token = tasks.token();
+            let socket = Box::new(socket);
             async move {
                 let _token = token;
                 let _permit = permit;

@@ -28,9 +28,12 @@
 //! the pushes already queued for the device (`flush_with_queued`).
 //!
 //! **Memory.** An idle connection holds the socket (small tungstenite read buffer, a
-//! write buffer sized by what it last sent), a 32-slot pointer queue and this task's future. Rarely used, larger
-//! work (submits, mailbox reads) runs in boxed futures so it does not enlarge the idle
-//! state.
+//! write buffer sized by what it last sent), a 32-slot pointer queue and this task's
+//! future. A future is as large as its largest await point, so everything but the idle
+//! wait — the login, each event's handling, the flush, the close — runs in a boxed
+//! future that exists only while it runs: the idle task is about 0.8 KB instead of 2.9.
+//! What remains per connection is mostly rustls (its 4 KiB receive buffer, record keys)
+//! (BENCHMARKS.md, "Idle connection memory").
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -91,7 +94,11 @@ impl From<Close> for End {
 ///
 /// No tracing span wraps the session: entering one on every poll of every connection
 /// showed up in profiles. The few events name the peer instead.
-pub(crate) async fn serve(server: Server, mut socket: WebSocket, peer: SocketAddr) {
+///
+/// The socket comes boxed: an async fn keeps its arguments beside its locals for its
+/// whole life, so a 368-byte `WebSocket` passed by value is stored twice in every idle
+/// connection's task (three times counting the caller's capture); a box is 8 bytes.
+pub(crate) async fn serve(server: Server, mut socket: Box<WebSocket>, peer: SocketAddr) {
     let _gauge = GaugeGuard::new(&server.shared.metrics.websockets);
     let peer = peer.ip();
     tracing::debug!(%peer, "WebSocket opened");
@@ -100,7 +107,7 @@ pub(crate) async fn serve(server: Server, mut socket: WebSocket, peer: SocketAdd
         End::Close(close) => {
             tracing::debug!(%peer, code = close.code, reason = %close.reason, "closing WebSocket");
             let linger = close.code != Close::TOO_BIG;
-            finish(&mut socket, close, linger).await;
+            Box::pin(finish(&mut socket, close, linger)).await;
         }
         End::Gone => tracing::debug!(%peer, "WebSocket closed by peer"),
     }
@@ -128,44 +135,12 @@ async fn finish(socket: &mut WebSocket, close: Close, linger: bool) {
 
 async fn session(server: &Server, socket: &mut WebSocket, peer: IpAddr) -> End {
     let shared = &server.shared;
-    let mut nonce = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let challenge = server_frame::Body::Challenge(wire::AuthChallenge {
-        nonce: Bytes::copy_from_slice(&nonce),
-        server_time_ms: now_ms(),
-        protocol_version: hushwire_proto::PROTOCOL_VERSION,
-    });
-    if let Err(end) = send(socket, 0, challenge).await {
-        return end;
-    }
-    let first = tokio::select! {
-        r = tokio::time::timeout(shared.config.auth_timeout(), next_frame(socket)) => match r {
-            Ok(r) => r,
-            Err(_) => return Close::new(Close::POLICY, "authentication timed out").into(),
-        },
-        () = shared.shutdown.cancelled() => return going_away(),
-    };
-    let frame = match first {
-        Ok(f) => f,
+    // Boxed: the login's state is freed once it is done, so it does not enlarge every
+    // idle connection's task.
+    let device = match Box::pin(login(server, socket, peer)).await {
+        Ok(device) => device,
         Err(end) => return end,
     };
-    let Some(client_frame::Body::Auth(auth)) = frame.body else {
-        return Close::new(Close::POLICY, "expected an auth frame first").into();
-    };
-    let device = match auth::authenticate_ws(shared.store.as_ref(), &nonce, &auth).await {
-        Ok(d) => d,
-        Err(close) => {
-            tracing::info!(%peer, reason = %close.reason, "WebSocket authentication refused");
-            return close.into();
-        }
-    };
-    tracing::debug!(%peer, device = %device.addr, "device logged in");
-    let ok = server_frame::Body::AuthOk(wire::AuthOk {
-        server_time_ms: now_ms(),
-    });
-    if let Err(end) = send(socket, frame.request_id, ok).await {
-        return end;
-    }
 
     let mut registration = shared.hub.register(device.id);
     let _unregister = Unregister {
@@ -190,6 +165,43 @@ async fn session(server: &Server, socket: &mut WebSocket, peer: IpAddr) -> End {
     conn.run(socket, &mut registration).await
 }
 
+/// Sends the challenge and authenticates the device's answer.
+async fn login(server: &Server, socket: &mut WebSocket, peer: IpAddr) -> Result<DeviceRecord, End> {
+    let shared = &server.shared;
+    let mut nonce = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let challenge = server_frame::Body::Challenge(wire::AuthChallenge {
+        nonce: Bytes::copy_from_slice(&nonce),
+        server_time_ms: now_ms(),
+        protocol_version: hushwire_proto::PROTOCOL_VERSION,
+    });
+    send(socket, 0, challenge).await?;
+    let first = tokio::select! {
+        r = tokio::time::timeout(shared.config.auth_timeout(), next_frame(socket)) => match r {
+            Ok(r) => r,
+            Err(_) => return Err(Close::new(Close::POLICY, "authentication timed out").into()),
+        },
+        () = shared.shutdown.cancelled() => return Err(going_away()),
+    };
+    let frame = first?;
+    let Some(client_frame::Body::Auth(auth)) = frame.body else {
+        return Err(Close::new(Close::POLICY, "expected an auth frame first").into());
+    };
+    let device = match auth::authenticate_ws(shared.store.as_ref(), &nonce, &auth).await {
+        Ok(d) => d,
+        Err(close) => {
+            tracing::info!(%peer, reason = %close.reason, "WebSocket authentication refused");
+            return Err(close.into());
+        }
+    };
+    tracing::debug!(%peer, device = %device.addr, "device logged in");
+    let ok = server_frame::Body::AuthOk(wire::AuthOk {
+        server_time_ms: now_ms(),
+    });
+    send(socket, frame.request_id, ok).await?;
+    Ok(device)
+}
+
 /// Removes the hub entry when the session ends, however it ends.
 struct Unregister<'a> {
     server: &'a Server,
@@ -209,6 +221,15 @@ fn device_removed() -> End {
 
 fn going_away() -> End {
     Close::new(Close::GOING_AWAY, "server shutting down").into()
+}
+
+/// What woke an idle connection.
+enum Event {
+    Notified,
+    Push(Arc<Push>),
+    /// Boxed: a 200-byte frame held across the handler's await would be reserved in
+    /// every idle task.
+    Frame(Box<wire::ClientFrame>),
 }
 
 /// An authenticated connection.
@@ -237,7 +258,7 @@ impl Connection<'_> {
         let drained = server_frame::Body::Drained(wire::Drained {
             last_seq: self.delivered,
         });
-        if let Err(end) = send(socket, 0, drained).await {
+        if let Err(end) = Box::pin(send(socket, 0, drained)).await {
             return end;
         }
         loop {
@@ -264,26 +285,33 @@ impl Connection<'_> {
                     return end;
                 }
             }
-            let step = tokio::select! {
+            // The wait holds only the four small futures; the work an event starts runs
+            // in a boxed future, so it does not enlarge the idle task.
+            let event = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return going_away(),
-                () = reg.signals.notify.notified() => Ok(()),
+                () = reg.signals.notify.notified() => Event::Notified,
                 pushed = reg.rx.recv() => match pushed {
-                    Some(push) => self.pushed(socket, push).await,
+                    Some(push) => Event::Push(push),
                     // The hub dropped our sender: a newer connection replaced us.
-                    None => Err(Close::new(Close::REPLACED, "replaced by a newer connection of this device").into()),
+                    None => return Close::new(Close::REPLACED, "replaced by a newer connection of this device").into(),
                 },
                 frame = next_frame(socket) => match frame {
-                    Ok(frame) => self.handle(socket, frame).await,
-                    Err(end) => Err(end),
+                    Ok(frame) => Event::Frame(Box::new(frame)),
+                    Err(end) => return end,
                 },
+            };
+            let step = match event {
+                Event::Notified => Ok(()),
+                Event::Push(push) => Box::pin(self.pushed(socket, push)).await,
+                Event::Frame(frame) => Box::pin(self.handle(socket, *frame)).await,
             };
             if let Err(end) = step {
                 return end;
             }
             // Whatever else is already queued for this device leaves with it, in one
             // flush (one TLS record and one write where it fits).
-            if let Err(end) = self.flush_with_queued(socket, reg).await {
+            if let Err(end) = Box::pin(self.flush_with_queued(socket, reg)).await {
                 return end;
             }
         }
