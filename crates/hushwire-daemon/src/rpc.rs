@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hushwire_client::{Client, ClientError, Event, SendFileOptions, StoredMessage};
 use hushwire_e2e::{DeleteScope, E2eError, GroupDetails, PresenceShare};
+use hushwire_jsonrpc::{Entry, Parsed};
 use hushwire_service::{Command, Emitter, Outcome, Service, parse_timer, timer_text};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -20,67 +21,10 @@ const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HISTORY: usize = 1000;
 /// `history`'s default `limit`.
 const DEFAULT_HISTORY: usize = 50;
-/// A batch holds at most this many requests.
-pub const MAX_BATCH: usize = 100;
 /// Bound for `openViewOnce` (downloading the file included).
 const VIEW_ONCE_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// JSON-RPC error codes.
-pub mod code {
-    /// Not JSON.
-    pub const PARSE: i64 = -32700;
-    /// Not a JSON-RPC 2.0 request.
-    pub const INVALID_REQUEST: i64 = -32600;
-    /// No such method.
-    pub const METHOD_NOT_FOUND: i64 = -32601;
-    /// Missing or malformed parameters.
-    pub const INVALID_PARAMS: i64 = -32602;
-    /// The daemon failed (its store, a bug).
-    pub const INTERNAL: i64 = -32603;
-    /// The client library failed for a reason not listed below.
-    pub const CLIENT: i64 = -32000;
-    /// The server could not be reached: what was queued stays queued and is sent later.
-    pub const NETWORK: i64 = -32001;
-    /// No such conversation, group or message.
-    pub const NOT_FOUND: i64 = -32002;
-    /// Refused: not allowed (not an admin, not a member), or an invalid value.
-    pub const REFUSED: i64 = -32003;
-    /// The client service stopped.
-    pub const STOPPED: i64 = -32004;
-    /// A file to send could not be read.
-    pub const FILE: i64 = -32005;
-    /// Some of the operations were rejected by the server or the group (in `data`).
-    pub const REJECTED: i64 = -32006;
-}
-
-/// One JSON-RPC error.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RpcError {
-    /// The code (see [`code`]).
-    pub code: i64,
-    /// What went wrong (no message text, no keys).
-    pub message: String,
-    /// Details.
-    pub data: Option<Value>,
-}
-
-impl RpcError {
-    fn new(code: i64, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            data: None,
-        }
-    }
-
-    fn to_json(&self) -> Value {
-        let mut e = json!({"code": self.code, "message": self.message});
-        if let (Some(data), Value::Object(o)) = (&self.data, &mut e) {
-            o.insert("data".into(), data.clone());
-        }
-        e
-    }
-}
+pub use hushwire_jsonrpc::{MAX_BATCH, RpcError, code, error_response};
 
 fn from_e2e(e: E2eError) -> RpcError {
     match e {
@@ -441,86 +385,31 @@ impl Methods {
     /// Handles one line/body: a request, a notification or a batch. `None`: nothing to
     /// answer (notifications only).
     pub async fn handle_text(&self, text: &str) -> Option<Value> {
-        let value: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                return Some(error_response(
-                    Value::Null,
-                    &RpcError::new(code::PARSE, format!("parse error: {e}")),
-                ));
-            }
-        };
-        match value {
-            Value::Array(items) => {
-                if items.is_empty() {
-                    return Some(error_response(
-                        Value::Null,
-                        &RpcError::new(code::INVALID_REQUEST, "empty batch"),
-                    ));
-                }
-                if items.len() > MAX_BATCH {
-                    return Some(error_response(
-                        Value::Null,
-                        &RpcError::new(
-                            code::INVALID_REQUEST,
-                            format!("a batch holds at most {MAX_BATCH} requests"),
-                        ),
-                    ));
-                }
+        match hushwire_jsonrpc::parse(text) {
+            Parsed::Refused(answer) => Some(answer),
+            Parsed::One(entry) => self.handle_one(entry).await,
+            Parsed::Batch(entries) => {
                 let mut out = Vec::new();
-                for item in items {
-                    if let Some(r) = self.handle_one(item).await {
+                for entry in entries {
+                    if let Some(r) = self.handle_one(entry).await {
                         out.push(r);
                     }
                 }
                 (!out.is_empty()).then_some(Value::Array(out))
             }
-            other => self.handle_one(other).await,
         }
     }
 
-    async fn handle_one(&self, request: Value) -> Option<Value> {
-        let Value::Object(mut req) = request else {
-            return Some(error_response(
-                Value::Null,
-                &RpcError::new(code::INVALID_REQUEST, "a request is a JSON object"),
-            ));
+    async fn handle_one(&self, entry: Entry) -> Option<Value> {
+        let request = match entry {
+            Entry::Invalid(answer) => return Some(answer),
+            Entry::Call(request) => request,
         };
-        let id = req.remove("id");
-        let valid_id = matches!(
-            id,
-            None | Some(Value::Null | Value::String(_) | Value::Number(_))
-        );
-        let method = match req.remove("method") {
-            Some(Value::String(m)) => Some(m),
-            _ => None,
-        };
-        if req.get("jsonrpc") != Some(&json!("2.0")) || !valid_id || method.is_none() {
-            return Some(error_response(
-                if valid_id {
-                    id.unwrap_or(Value::Null)
-                } else {
-                    Value::Null
-                },
-                &RpcError::new(
-                    code::INVALID_REQUEST,
-                    "not a JSON-RPC 2.0 request (jsonrpc \"2.0\", method, id)",
-                ),
-            ));
-        }
-        let params = req.remove("params").unwrap_or(Value::Null);
-        if !matches!(params, Value::Object(_) | Value::Null) {
-            return Some(error_response(
-                id.unwrap_or(Value::Null),
-                &RpcError::new(code::INVALID_PARAMS, "params must be an object"),
-            ));
-        }
-        let method = method.unwrap_or_default();
-        let result = self.call(&method, params).await;
+        let result = self.call(&request.method, request.params).await;
         // A notification gets no answer.
-        let id = id?;
+        let id = request.id?;
         Some(match result {
-            Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+            Ok(v) => hushwire_jsonrpc::success(id, v),
             Err(e) => error_response(id, &e),
         })
     }
@@ -1114,11 +1003,6 @@ impl Methods {
             "path": opened.path.map(|p| p.display().to_string()),
         }))
     }
-}
-
-/// A JSON-RPC error response.
-pub fn error_response(id: Value, e: &RpcError) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "error": e.to_json()})
 }
 
 /// A `receive` notification for one queued event.
