@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, the outside programs some tests drive: proxies
 # (microsocks, tinyproxy), nginx (the camouflage comparison), nftables and iproute2
-# (network-namespace firewall tests), Pebble (a local ACME CA), tmux (the terminal
-# app's smoke test), chromium, Node.js and an emoji font (the web app's browser test);
-# from PyPI, moto (a local S3 server); and from npm, playwright-core (drives chromium). Idempotent: does nothing when they are all present. Needs root
-# (apt-get), as on CI and the dev machines.
+# (network-namespace firewall tests), Pebble (a local ACME CA), testssl.sh (the TLS
+# check), tmux (the terminal app's smoke test), chromium, Node.js and an emoji font (the
+# web app's browser test); from PyPI, moto (a local S3 server); and from npm,
+# playwright-core (drives chromium). Idempotent: does nothing when they are all present.
+# Needs root (apt-get), as on CI and the dev machines.
 set -euo pipefail
 need=0
-for tool in microsocks tinyproxy nginx nft ip pebble pebble-challtestsrv tmux chromium; do
+for tool in microsocks tinyproxy nginx nft ip pebble pebble-challtestsrv tmux chromium testssl; do
     command -v "$tool" >/dev/null 2>&1 || need=1
 done
 if [ "$need" = 1 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        microsocks tinyproxy nginx-light nftables iproute2 pebble tmux \
+        microsocks tinyproxy nginx-light nftables iproute2 pebble tmux testssl.sh \
         chromium fonts-noto-color-emoji fonts-dejavu-core >/dev/null
 fi
 
