@@ -5,6 +5,11 @@
 //! the signature verifies under the device key, and the signature was not seen before.
 //! Seen signatures are kept in a bounded [`ReplayCache`] until their timestamp leaves
 //! the window (after which the window check alone refuses them).
+//!
+//! An unknown device, a revoked device and a bad signature get one and the same answer
+//! ([`AUTH_FAILED`]): anyone may send a header naming any handle, and different answers
+//! would tell them whether that account (or device) exists. The precise reason goes to
+//! the log only.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -22,6 +27,17 @@ use crate::error::{ApiError, Close};
 /// holds a sustained ~330 signed requests a second; beyond that requests are refused
 /// (fail closed) instead of forgetting signatures that could then be replayed.
 pub(crate) const REPLAY_CACHE_ENTRIES: usize = 100_000;
+
+/// The one answer to credentials naming an unknown or revoked device, or signed by
+/// another key.
+pub(crate) const AUTH_FAILED: &str = "authentication failed";
+
+/// The answer to refused credentials; `detail` (which must not reach the client) is
+/// logged.
+fn refused(addr: &DeviceAddr, detail: &'static str) -> ApiError {
+    tracing::debug!(device = %addr, detail, "request authentication refused");
+    ApiError::Unauthenticated(AUTH_FAILED)
+}
 
 /// Why a signature could not be recorded.
 #[derive(Debug, PartialEq, Eq)]
@@ -104,9 +120,9 @@ pub(crate) async fn authenticate_request(
     let device = store
         .device(&addr)
         .await?
-        .ok_or(ApiError::Unauthenticated("unknown device"))?;
+        .ok_or_else(|| refused(&addr, "unknown device"))?;
     if device.revoked {
-        return Err(ApiError::Unauthenticated("device is revoked"));
+        return Err(refused(&addr, "device is revoked"));
     }
     let payload = identity::request_auth_payload(
         method,
@@ -117,7 +133,7 @@ pub(crate) async fn authenticate_request(
         body,
     );
     identity::verify(&device.device_key, &payload, &auth.signature)
-        .map_err(|_| ApiError::Unauthenticated("bad signature"))?;
+        .map_err(|_| refused(&addr, "bad signature"))?;
     let expires = auth.unix_ms.saturating_add(REQUEST_AUTH_WINDOW_MS);
     match replay.insert(auth.signature, expires, now_ms) {
         Ok(()) => {}
@@ -148,28 +164,21 @@ pub(crate) async fn authenticate_ws(
         handle: auth.handle.clone(),
         device_id: auth.device_id,
     };
+    let refused = |detail: &'static str| {
+        tracing::debug!(device = %addr, detail, "WebSocket authentication refused");
+        Close::new(Close::POLICY, AUTH_FAILED)
+    };
     let device = match store.device(&addr).await {
         Ok(Some(d)) => d,
-        Ok(None) => {
-            return Err(Close::new(
-                Close::POLICY,
-                "authentication failed: unknown device",
-            ));
-        }
+        Ok(None) => return Err(refused("unknown device")),
         Err(e) => return Err(Close::internal(&e)),
     };
     if device.revoked {
-        return Err(Close::new(
-            Close::POLICY,
-            "authentication failed: device revoked",
-        ));
+        return Err(refused("device revoked"));
     }
     let payload = identity::ws_auth_payload(nonce, &auth.handle, auth.device_id);
     if identity::verify(&device.device_key, &payload, &auth.signature).is_err() {
-        return Err(Close::new(
-            Close::POLICY,
-            "authentication failed: bad signature",
-        ));
+        return Err(refused("bad signature"));
     }
     Ok(device)
 }

@@ -232,10 +232,11 @@ async fn precheck(server: &Server, headers: &HeaderMap) -> Result<(), ApiError> 
         handle: auth.handle,
         device_id: auth.device_id,
     };
+    // The same answer as `auth::authenticate_request` for either: it does not say
+    // whether the device exists.
     match server.shared.store.device(&addr).await? {
         Some(d) if !d.revoked => Ok(()),
-        Some(_) => Err(ApiError::Unauthenticated("device is revoked")),
-        None => Err(ApiError::Unauthenticated("unknown device")),
+        Some(_) | None => Err(ApiError::Unauthenticated(auth::AUTH_FAILED)),
     }
 }
 

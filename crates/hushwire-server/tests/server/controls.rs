@@ -18,7 +18,7 @@ async fn create_group(ws: &mut Ws, group: &[u8], members: &[&Identity], id: u64)
 }
 
 /// Sends a frame answered by `done` and returns the answer.
-async fn done(ws: &mut Ws, request_id: u64, body: client_frame::Body) -> wire::Done {
+pub(crate) async fn done(ws: &mut Ws, request_id: u64, body: client_frame::Body) -> wire::Done {
     ws.send(request_id, body).await;
     loop {
         let f = ws.recv().await;
@@ -29,7 +29,7 @@ async fn done(ws: &mut Ws, request_id: u64, body: client_frame::Body) -> wire::D
     }
 }
 
-fn code(d: &wire::Done) -> Option<ErrorCode> {
+pub(crate) fn code(d: &wire::Done) -> Option<ErrorCode> {
     d.error
         .as_ref()
         .map(|e| ErrorCode::try_from(e.code).unwrap())
@@ -52,7 +52,7 @@ async fn next_signal(ws: &mut Ws) -> (String, Bytes) {
     }
 }
 
-async fn pending(server: &TestServer, who: &Identity) -> u64 {
+pub(crate) async fn pending(server: &TestServer, who: &Identity) -> u64 {
     let addr = who.addr();
     let device = server
         .store

@@ -3,6 +3,7 @@
 // Test helpers (not only #[test] fns) may panic: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod access;
 mod api;
 mod common;
 mod controls;

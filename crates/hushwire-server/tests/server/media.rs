@@ -14,16 +14,16 @@ use prost::Message as _;
 
 use crate::common::*;
 
-const PART: u32 = 1024;
+pub(crate) const PART: u32 = 1024;
 
-fn media_config(c: &mut ServerConfig) {
+pub(crate) fn media_config(c: &mut ServerConfig) {
     c.media.part_size = PART;
     c.media.max_blob_bytes = 64 * 1024;
     c.media.upload_buffer_bytes = 16 * 1024;
 }
 
 /// Bytes that look like ciphertext (the server never sees anything else).
-fn ciphertext(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn ciphertext(len: usize, seed: u8) -> Vec<u8> {
     let mut state = 0x9e37_79b9_u32 ^ u32::from(seed);
     (0..len)
         .map(|_| {
@@ -86,18 +86,18 @@ async fn create(c: &Client, who: &Identity, group: &[u8], size: u64) -> Resp {
 }
 
 /// A created blob's hex id (asserting success).
-async fn created(c: &Client, who: &Identity, group: &[u8], size: u64) -> String {
+pub(crate) async fn created(c: &Client, who: &Identity, group: &[u8], size: u64) -> String {
     let b: wire::BlobCreated = create(c, who, group, size).await.decode();
     assert_eq!(b.blob_id.len(), 32);
     assert_eq!(b.part_size, PART);
     hex(&b.blob_id)
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-async fn put(c: &Client, who: &Identity, id: &str, index: u32, body: &[u8]) -> Resp {
+pub(crate) async fn put(c: &Client, who: &Identity, id: &str, index: u32, body: &[u8]) -> Resp {
     c.signed(
         who,
         "PUT",
@@ -107,7 +107,12 @@ async fn put(c: &Client, who: &Identity, id: &str, index: u32, body: &[u8]) -> R
     .await
 }
 
-async fn upload_all(c: &Client, who: &Identity, id: &str, data: &[u8]) -> wire::BlobStatus {
+pub(crate) async fn upload_all(
+    c: &Client,
+    who: &Identity,
+    id: &str,
+    data: &[u8],
+) -> wire::BlobStatus {
     let mut last = None;
     for (i, part) in data.chunks(PART as usize).enumerate() {
         last = Some(put(c, who, id, i as u32, part).await.decode());

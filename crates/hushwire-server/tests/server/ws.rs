@@ -23,7 +23,7 @@ async fn ws_auth_good_and_bad() {
     ws2.send_auth(&mallory, &nonce).await;
     let (code, reason) = ws2.expect_close().await;
     assert_eq!(code, 1008);
-    assert!(reason.contains("bad signature"), "{reason}");
+    assert_eq!(reason, "authentication failed");
 
     // Signature over another nonce.
     let mut ws3 = c.ws_connect().await;
@@ -39,7 +39,8 @@ async fn ws_auth_good_and_bad() {
     ws4.send_auth(&ghost, &nonce).await;
     let (code, reason) = ws4.expect_close().await;
     assert_eq!(code, 1008);
-    assert!(reason.contains("unknown device"), "{reason}");
+    // The same answer as a bad signature: it does not say whether "ghost" exists.
+    assert_eq!(reason, "authentication failed");
 
     // A frame before auth.
     let mut ws5 = c.ws_connect().await;
