@@ -133,6 +133,12 @@ struct Live {
     /// A delivery was left unprocessed (deferred mode): nothing later on this
     /// connection may be processed, or the skipped one would be lost.
     deferred: bool,
+    /// A frame was taken off this connection and its processing did not finish (the
+    /// caller's future was dropped mid-way, e.g. a live wait cancelled for a command
+    /// while fetching a new member's account for a commit). The server does not send it
+    /// again on this connection, so the next call reconnects: what is unacknowledged is
+    /// delivered again, and the profile skips what it already stored.
+    interrupted: bool,
     last_traffic: Instant,
     /// This silence's keep-alive interval: `keepalive` jittered by ±30%, drawn again
     /// after every ping so heartbeats have no fixed period an observer could match.
@@ -350,6 +356,7 @@ impl Client {
             acked_up_to: 0,
             unacked: 0,
             deferred: false,
+            interrupted: false,
             last_traffic: Instant::now(),
             keepalive_due: jittered(self.options.keepalive),
         });
@@ -357,6 +364,10 @@ impl Client {
     }
 
     async fn ensure_connected(&mut self) -> Result<(), ClientError> {
+        if self.live.as_ref().is_some_and(|l| l.interrupted) {
+            tracing::debug!("a frame's processing was interrupted; reconnecting");
+            self.drop_connection();
+        }
         if self.live.is_none() {
             self.connect().await?;
         }
@@ -450,6 +461,19 @@ impl Client {
 
     /// Handles one frame: envelopes are stored through the profile.
     async fn dispatch(&mut self, frame: ServerFrame) -> Result<Incoming, ClientError> {
+        // Until this returns (an error too), the frame is nowhere else: see
+        // `Live::interrupted`.
+        if let Some(live) = self.live.as_mut() {
+            live.interrupted = true;
+        }
+        let result = self.dispatch_frame(frame).await;
+        if let Some(live) = self.live.as_mut() {
+            live.interrupted = false;
+        }
+        result
+    }
+
+    async fn dispatch_frame(&mut self, frame: ServerFrame) -> Result<Incoming, ClientError> {
         match frame.body {
             Some(server_frame::Body::Deliver(envelope)) => {
                 self.store_envelope(&envelope).await?;

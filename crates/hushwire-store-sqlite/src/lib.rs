@@ -161,6 +161,18 @@ pub enum SqliteStoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The database file is damaged (truncated, overwritten): refused rather than
+    /// served, which would lose or garble what it holds.
+    #[error(
+        "database {path} is damaged ({detail}); restore it from a backup, or move it \
+         away to start with an empty server"
+    )]
+    Corrupt {
+        /// The database path.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// A SQLite call failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -193,6 +205,14 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Whether SQLite reports a damaged or foreign file.
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
 fn configure(conn: &Connection, busy_timeout: Duration, cache_kib: u32) -> rusqlite::Result<()> {
     conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "foreign_keys", true)?;
@@ -205,7 +225,10 @@ fn configure(conn: &Connection, busy_timeout: Duration, cache_kib: u32) -> rusql
 impl SqliteStore {
     /// Opens (or creates) the database at `path`, applies pending migrations and starts
     /// the writer thread. Refuses a database from a newer schema version
-    /// ([`SqliteStoreError::SchemaTooNew`]).
+    /// ([`SqliteStoreError::SchemaTooNew`]) and a damaged one
+    /// ([`SqliteStoreError::Corrupt`]: an existing but empty file, which SQLite would
+    /// take for a new database, or one failing `PRAGMA quick_check`, which reads every
+    /// page once).
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, SqliteStoreError> {
         if options.max_batch == 0 {
             return Err(SqliteStoreError::InvalidOptions(
@@ -222,10 +245,27 @@ impl SqliteStore {
                 "readers must be at least 1",
             ));
         }
-        let open_err = |source| SqliteStoreError::Open {
+        let corrupt = |detail: String| SqliteStoreError::Corrupt {
             path: path.to_owned(),
-            source,
+            detail,
         };
+        // Any statement may be the first to read a damaged page (the schema, say).
+        let open_err = |source: rusqlite::Error| {
+            if is_damage(&source) {
+                corrupt(source.to_string())
+            } else {
+                SqliteStoreError::Open {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        };
+
+        // A new database gets its pages during this open (the schema), so an existing
+        // empty file was truncated: SQLite would silently start it over, empty.
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            return Err(corrupt("the file is empty".into()));
+        }
 
         let mut conn = Connection::open_with_flags(
             path,
@@ -235,6 +275,16 @@ impl SqliteStore {
         )
         .map_err(open_err)?;
         configure(&conn, options.busy_timeout, options.cache_kib).map_err(open_err)?;
+        // Truncated or overwritten pages would otherwise surface later, as failing
+        // requests (or not at all for pages read rarely).
+        let check: rusqlite::Result<Vec<String>> = conn
+            .prepare("PRAGMA quick_check(5)")
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect());
+        match check {
+            Ok(rows) if rows.iter().all(|r| r == "ok") => {}
+            Ok(rows) => return Err(corrupt(rows.join("; "))),
+            Err(e) => return Err(open_err(e)),
+        }
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(open_err)?;
