@@ -140,7 +140,10 @@ where
 {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
-        // Read one request head.
+        // Read one request head. Its deadline runs from its first byte, as nginx's
+        // `client_header_timeout`: a client trickling a byte now and then (slowloris)
+        // is closed when it runs out, not kept while each read beats the timeout.
+        let mut head_deadline = None;
         let (head, head_len) = loop {
             match parse(&buf) {
                 Parsed::Head(head, len) => break (head, len),
@@ -156,12 +159,12 @@ where
                 }
                 Parsed::Partial => {}
             }
-            let wait = if buf.is_empty() {
-                timeouts.keepalive
+            let deadline = if buf.is_empty() {
+                tokio::time::Instant::now() + timeouts.keepalive
             } else {
-                timeouts.header
+                *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeouts.header)
             };
-            match tokio::time::timeout(wait, io.read_buf(&mut buf)).await {
+            match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Outcome::Closed,
                 Ok(Ok(_)) => {}
             }
@@ -274,6 +277,56 @@ mod tests {
             }
             Outcome::Closed => panic!("expected the secret request"),
         }
+    }
+
+    fn short() -> Timeouts {
+        Timeouts {
+            header: Duration::from_millis(300),
+            keepalive: Duration::from_millis(300),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_head_is_closed_at_the_header_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = DecoySite::builtin_in(dir.path()).unwrap();
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(async move { serve(server, &site, short(), |_| true).await });
+        // One byte every 100 ms: each read beats the 300 ms timeout, the head never ends.
+        let started = tokio::time::Instant::now();
+        let trickle = b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa";
+        for b in trickle {
+            if client.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if task.is_finished() {
+                break;
+            }
+        }
+        assert!(matches!(task.await.unwrap(), Outcome::Closed));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(600),
+            "closed after {took:?} (virtual time), not at the head's deadline"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_after_the_keepalive_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = DecoySite::builtin_in(dir.path()).unwrap();
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(async move { serve(server, &site, short(), |_| false).await });
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = vec![0u8; 64 * 1024];
+        let n = client.read(&mut got).await.unwrap();
+        assert!(got[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+        // Then nothing: the connection ends by itself.
+        assert!(matches!(task.await.unwrap(), Outcome::Closed));
     }
 
     #[tokio::test]

@@ -557,6 +557,18 @@ pub struct ServerConfig {
     /// Most simultaneous TCP connections (HTTPS and WebSocket alike); further ones wait
     /// in the kernel's accept queue. Default: 10 000.
     pub max_connections: usize,
+    /// Most simultaneous connections from one client IP address (an IPv4-mapped IPv6
+    /// peer counts as its IPv4 address); further ones are closed right after accept,
+    /// before TLS, so one address cannot take every `max_connections` slot. At least 1;
+    /// above `max_connections` it is `max_connections` in effect (a small server keeps
+    /// working without setting it). Default: 256 (room for many users behind one NAT
+    /// address).
+    pub max_connections_per_ip: usize,
+    /// Client address prefixes (CIDR such as `"10.0.0.0/8"`, or a bare address) that
+    /// `max_connections_per_ip` does not apply to. Default: `["127.0.0.0/8",
+    /// "::1/128"]`: a reverse proxy or load balancer on the same host, and local
+    /// benchmarks, connect from loopback. Behind a proxy on another host, add its address.
+    pub connection_limit_exempt: Vec<String>,
     /// Rate limits.
     pub rate_limits: RateLimits,
     /// Size limits.
@@ -590,6 +602,8 @@ impl Default for ServerConfig {
             registration: RegistrationPolicy::Open,
             retention_days: 30,
             max_connections: 10_000,
+            max_connections_per_ip: 256,
+            connection_limit_exempt: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
             rate_limits: RateLimits::default(),
             limits: Limits::default(),
             media: MediaConfig::default(),
@@ -701,6 +715,19 @@ impl ServerConfig {
         Self::from_toml(&text)
     }
 
+    /// `connection_limit_exempt` parsed.
+    pub(crate) fn connection_limit_exempt_cidrs(
+        &self,
+    ) -> Result<Vec<crate::conn_limit::Cidr>, ConfigError> {
+        self.connection_limit_exempt
+            .iter()
+            .map(|c| {
+                crate::conn_limit::Cidr::parse(c)
+                    .map_err(|reason| invalid("connection_limit_exempt", reason))
+            })
+            .collect()
+    }
+
     /// Checks every value; the error names the key and the allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.data_dir.as_os_str().is_empty() {
@@ -737,6 +764,13 @@ impl ServerConfig {
         if self.max_connections == 0 || self.max_connections > 1_000_000 {
             return Err(invalid("max_connections", "must be between 1 and 1000000"));
         }
+        if self.max_connections_per_ip == 0 || self.max_connections_per_ip > 1_000_000 {
+            return Err(invalid(
+                "max_connections_per_ip",
+                "must be between 1 and 1000000",
+            ));
+        }
+        self.connection_limit_exempt_cidrs()?;
         if self.rate_limits.registrations_per_ip_per_minute == 0 {
             return Err(invalid(
                 "rate_limits.registrations_per_ip_per_minute",
@@ -953,6 +987,16 @@ impl fmt::Display for ServerConfig {
         writeln!(f, "max_connections = {}", self.max_connections)?;
         writeln!(
             f,
+            "max_connections_per_ip = {} (exempt: {})",
+            self.max_connections_per_ip,
+            if self.connection_limit_exempt.is_empty() {
+                "none".to_owned()
+            } else {
+                self.connection_limit_exempt.join(", ")
+            }
+        )?;
+        writeln!(
+            f,
             "rate_limits = {} registrations/IP/min, {} claims/device/min, {} signals/device/min, \
              {} link requests/IP/min, {} directory requests/IP/min",
             self.rate_limits.registrations_per_ip_per_minute,
@@ -1080,6 +1124,16 @@ mod tests {
         assert!(err("path_prefix = \"/a/../b\"").contains("path_prefix"));
         assert!(err("retention_days = 0").contains("retention_days"));
         assert!(err("max_connections = 0").contains("max_connections"));
+        assert!(err("max_connections_per_ip = 0").contains("max_connections_per_ip"));
+        assert!(err("max_connections_per_ip = 1000001").contains("max_connections_per_ip"));
+        // A small server need not lower the per-IP cap below its default.
+        assert!(ServerConfig::from_toml("max_connections = 100").is_ok());
+        assert!(
+            err("connection_limit_exempt = [\"10.0.0.0/33\"]").contains("connection_limit_exempt")
+        );
+        assert!(
+            err("connection_limit_exempt = [\"proxy.local\"]").contains("connection_limit_exempt")
+        );
         assert!(err("[limits]\nmax_frame_bytes = 2000000").contains("limits.max_frame_bytes"));
         assert!(
             err("[limits]\nmax_frame_bytes = 2048\nmax_message_bytes = 4096")

@@ -23,6 +23,7 @@
 //! - [`acme`]: certificates from an ACME CA (instant-acme, TLS-ALPN-01), renewal.
 //! - this file: [`Server`] (shared state), [`bind`] / [`RunningServer::run`] (the TLS
 //!   accept loop, connection limit, graceful shutdown), the retention task, invites.
+//! - `conn_limit`: the per-client-IP cap on open connections (`max_connections_per_ip`).
 //! - `api`: the HTTPS routes ([`app`]), protobuf bodies and body limits.
 //! - `auth`: signed-request verification with a replay cache; WebSocket challenge check.
 //! - `ws`: one WebSocket connection: challenge, auth, backlog, live pushes, submit, ack.
@@ -65,6 +66,7 @@ mod api;
 mod auth;
 mod cluster;
 pub mod config;
+mod conn_limit;
 mod devices;
 mod directory;
 pub mod error;
@@ -104,6 +106,8 @@ pub(crate) struct Metrics {
     pub(crate) gap_refetches: AtomicU64,
     /// Mailbox re-reads because another node (or the cluster poller) said so.
     pub(crate) wake_refetches: AtomicU64,
+    /// Connections closed at accept: their address had `max_connections_per_ip` open.
+    refused_per_ip: AtomicU64,
 }
 
 /// A snapshot of the server's counters.
@@ -122,6 +126,9 @@ pub struct Stats {
     /// Mailbox re-reads because another node stored entries for the device (a bus
     /// wake) or the cluster poller found some.
     pub wake_refetches: u64,
+    /// Connections closed right after accept because their client address already had
+    /// `max_connections_per_ip` open.
+    pub refused_per_ip: u64,
 }
 
 /// Decrements a gauge when dropped.
@@ -153,6 +160,8 @@ pub(crate) struct Shared {
     pub(crate) link_limiter: ratelimit::RateLimiter<IpAddr>,
     /// Public key-directory requests per client IP.
     pub(crate) directory_limiter: ratelimit::RateLimiter<IpAddr>,
+    /// Open connections per client IP (`max_connections_per_ip`).
+    pub(crate) conn_limit: conn_limit::ConnLimiter,
     /// Cancelled when the server shuts down; WebSockets close with 1001.
     pub(crate) shutdown: CancellationToken,
     /// Every connection and WebSocket task, waited for on shutdown.
@@ -211,6 +220,10 @@ impl Server {
             usize::try_from(config.media.upload_buffer_bytes).unwrap_or(usize::MAX),
         ));
         let rl = &config.rate_limits;
+        let conn_limit = conn_limit::ConnLimiter::new(
+            config.max_connections_per_ip,
+            config.connection_limit_exempt_cidrs()?,
+        );
         let (bus, bus_driver) = cluster::bus(&config.bus)?;
         let shared = Shared {
             store,
@@ -236,6 +249,7 @@ impl Server {
                 rl.directory_requests_per_ip_per_minute,
                 RATE_LIMIT_KEYS,
             ),
+            conn_limit,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             metrics: Metrics::default(),
@@ -284,6 +298,7 @@ impl Server {
             lag_refetches: m.lag_refetches.load(Ordering::Relaxed),
             gap_refetches: m.gap_refetches.load(Ordering::Relaxed),
             wake_refetches: m.wake_refetches.load(Ordering::Relaxed),
+            refused_per_ip: m.refused_per_ip.load(Ordering::Relaxed),
         }
     }
 }
@@ -508,6 +523,18 @@ impl RunningServer {
                     continue;
                 }
             };
+            let Some(ip_slot) = shared.conn_limit.admit(peer.ip()) else {
+                // Closed before any TLS work: the cheapest answer to a flood. Debug
+                // only, once per connection: a flood must not flood the log.
+                shared
+                    .metrics
+                    .refused_per_ip
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "connection refused: max_connections_per_ip reached");
+                drop(stream);
+                drop(permit);
+                continue;
+            };
             let span = tracing::debug_span!("conn", %peer);
             shared.tasks.spawn(
                 serve_connection(
@@ -517,6 +544,7 @@ impl RunningServer {
                     stream,
                     peer,
                     permit,
+                    ip_slot,
                 )
                 .instrument(span),
             );
@@ -541,16 +569,18 @@ impl RunningServer {
     }
 }
 
-/// One accepted TCP connection's slot: its connection-limit permit and its place in
-/// the `connections` gauge. Shared by the HTTP connection and a WebSocket upgraded from
-/// it, so both count until the last of them ends.
+/// One accepted TCP connection's slot: its connection-limit permit, its place in its
+/// client address's count and in the `connections` gauge. Shared by the HTTP
+/// connection and a WebSocket upgraded from it, so both count until the last of them
+/// ends.
 pub(crate) struct ConnSlot {
     server: Server,
     _permit: OwnedSemaphorePermit,
+    _ip: conn_limit::IpSlot,
 }
 
 impl ConnSlot {
-    fn new(server: Server, permit: OwnedSemaphorePermit) -> Self {
+    fn new(server: Server, permit: OwnedSemaphorePermit, ip: conn_limit::IpSlot) -> Self {
         server
             .shared
             .metrics
@@ -559,6 +589,7 @@ impl ConnSlot {
         Self {
             server,
             _permit: permit,
+            _ip: ip,
         }
     }
 }
@@ -586,9 +617,10 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    ip_slot: conn_limit::IpSlot,
 ) {
     let shared = &server.shared;
-    let slot = Arc::new(ConnSlot::new(server.clone(), permit));
+    let slot = Arc::new(ConnSlot::new(server.clone(), permit, ip_slot));
     let _ = stream.set_nodelay(true);
     let handshake =
         tokio::time::timeout(shared.config.handshake_timeout(), acceptor.accept(stream));

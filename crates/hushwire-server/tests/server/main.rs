@@ -8,6 +8,8 @@ mod api;
 mod common;
 mod controls;
 mod devices;
+mod limits;
 mod media;
+mod slow;
 mod tls;
 mod ws;
