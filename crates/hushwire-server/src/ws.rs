@@ -977,6 +977,56 @@ mod tests {
     }
 
     #[test]
+    fn enforces_the_group_message_size_and_member_limits() {
+        let limits = Limits {
+            max_group_message_bytes: 1024,
+            max_group_members: 3,
+            ..Limits::default()
+        };
+        // A chat message over max_group_message_bytes: TOO_LARGE; a commit of the same
+        // size is bounded by max_message_bytes only.
+        let big = |ct| {
+            let mut s = submit(ct);
+            s.mls_message = mls::synthetic_private_message(b"g1", 3, ct, &[7; 2048]).into();
+            s
+        };
+        let e = validate_submit(big(ContentType::Application), &me(), &limits).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooLarge as i32);
+        assert!(e.message.contains("1024"), "{}", e.message);
+        let mut commit = big(ContentType::Commit);
+        commit.roster = vec![wire::DeviceAddress {
+            handle: "alice".into(),
+            device_id: 1,
+        }];
+        assert!(validate_submit(commit, &me(), &limits).is_ok());
+
+        // A roster of 4 handles (one with two devices) over max_group_members 3:
+        // LIMIT_EXCEEDED; 3 handles with 4 devices pass (members are handles).
+        let roster = |handles: &[(&str, u32)]| {
+            let mut c = submit(ContentType::Commit);
+            c.roster = handles
+                .iter()
+                .map(|(h, d)| wire::DeviceAddress {
+                    handle: (*h).into(),
+                    device_id: *d,
+                })
+                .collect();
+            c
+        };
+        let four = roster(&[
+            ("alice", 1),
+            ("alice", 2),
+            ("bob", 1),
+            ("carol", 1),
+            ("dave", 1),
+        ]);
+        let e = validate_submit(four, &me(), &limits).unwrap_err();
+        assert_eq!(e.code, ErrorCode::LimitExceeded as i32);
+        let three = roster(&[("alice", 1), ("alice", 2), ("bob", 1), ("carol", 1)]);
+        assert!(validate_submit(three, &me(), &limits).is_ok());
+    }
+
+    #[test]
     fn refuses_bad_submits() {
         let bad_req = ErrorCode::BadRequest as i32;
         let mut s = submit(ContentType::Application);
