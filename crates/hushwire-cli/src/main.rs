@@ -603,6 +603,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 | C::PinMismatch { .. }
                 | C::UntrustedCertificate(_)
                 | C::Timeout(_)
+                | C::StorageFull(_)
                 | C::Closed { .. } => 3,
                 C::Api { status, .. } if *status == 429 || *status >= 500 => 3,
                 C::Api { code, .. } if *code == hushwire_proto::wire::ErrorCode::NoKeyPackages => 3,

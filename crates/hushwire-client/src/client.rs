@@ -897,7 +897,16 @@ impl Client {
                 ));
             };
             match self.dispatch(frame).await? {
-                Incoming::SubmitResult(id, result) if id == request_id => return Ok(result),
+                Incoming::SubmitResult(id, result) if id == request_id => {
+                    // A full disk on the server is no verdict on the message: it stays
+                    // at the head of the outbox (same message id) for a later retry.
+                    if let Some(wire::submit_result::Outcome::Rejected(e)) = &result.outcome
+                        && e.code() == ErrorCode::StorageFull
+                    {
+                        return Err(ClientError::StorageFull(e.message.clone()));
+                    }
+                    return Ok(result);
+                }
                 _ => {}
             }
         }

@@ -87,6 +87,10 @@ pub enum ClientError {
         /// The server's message.
         message: String,
     },
+    /// The server refused to store a message because its storage is full. Nothing was
+    /// lost: the message stays queued, and sending again later may succeed.
+    #[error("the server's storage is full; try again later")]
+    StorageFull(String),
     /// The server broke the protocol (undecodable frame, unexpected frame, bad response).
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -148,7 +152,7 @@ impl ClientError {
     /// Whether trying again later (a reconnect) may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unreachable { .. } | Self::Timeout(_) => true,
+            Self::Unreachable { .. } | Self::Timeout(_) | Self::StorageFull(_) => true,
             // 1000 normal closure mid-session, 1001 going away, 1006 dropped, 1011 internal,
             // 1012/1013 restart/try again later.
             Self::Closed { code, .. } => matches!(code, 1000 | 1001 | 1006 | 1011 | 1012 | 1013),
@@ -157,11 +161,15 @@ impl ClientError {
         }
     }
 
-    /// Whether the server could not be reached or dropped us (exit code 3 in the CLI).
+    /// Whether the server could not be reached, dropped us or cannot take the request now
+    /// (exit code 3 in the CLI).
     pub fn is_network(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable { .. } | Self::Timeout(_) | Self::Closed { .. }
+            Self::Unreachable { .. }
+                | Self::Timeout(_)
+                | Self::Closed { .. }
+                | Self::StorageFull(_)
         ) || matches!(self, Self::Api { status, .. } if *status >= 500)
     }
 }

@@ -98,7 +98,7 @@ pub enum ApiError {
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
     /// The server has no room to store data now (disk full).
-    #[error("storage full: the server cannot store this now")]
+    #[error("{STORAGE_FULL_MESSAGE}")]
     StorageFull,
     /// A write-once or versioned resource was written already (a link slot, a device
     /// list version), or a device key is in use.
@@ -180,6 +180,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::UnknownDevice(_) => Self::NotFound("unknown device"),
             StoreError::Invalid(_) => Self::BadRequest("rejected by the store".to_owned()),
+            StoreError::StorageFull(_) => Self::StorageFull,
             other => Self::Internal(other.to_string()),
         }
     }
@@ -269,6 +270,9 @@ pub fn wire_error(code: ErrorCode, message: impl Into<String>) -> wire::Error {
     }
 }
 
+/// What a client is told when the server's storage is full.
+pub const STORAGE_FULL_MESSAGE: &str = "storage full: the server cannot store this now";
+
 /// Maps a store failure during `submit` to the `rejected{Error}` the client sees.
 pub fn submit_rejection(err: &StoreError) -> wire::Error {
     match err {
@@ -279,6 +283,11 @@ pub fn submit_rejection(err: &StoreError) -> wire::Error {
         StoreError::Invalid(detail) => {
             tracing::debug!(%detail, "store refused a submission");
             wire_error(ErrorCode::BadRequest, "rejected by the store")
+        }
+        StoreError::StorageFull(detail) => {
+            // The store warned already; the client keeps the message and retries.
+            tracing::debug!(%detail, "submission refused: storage full");
+            wire_error(ErrorCode::StorageFull, STORAGE_FULL_MESSAGE)
         }
         other => {
             tracing::error!(detail = %other, "store failed during submit");
@@ -322,6 +331,19 @@ mod tests {
             ApiError::from(StoreError::Backend("sqlite: disk I/O".into())).public_message(),
             "internal error"
         );
+    }
+
+    #[test]
+    fn a_full_store_is_storage_full_not_internal() {
+        let full = || StoreError::StorageFull("COMMIT: database or disk is full".into());
+        let api = ApiError::from(full());
+        assert_eq!(
+            (api.code(), api.status().as_u16()),
+            (ErrorCode::StorageFull, 507)
+        );
+        let rejected = submit_rejection(&full());
+        assert_eq!(rejected.code(), ErrorCode::StorageFull);
+        assert_eq!(rejected.message, STORAGE_FULL_MESSAGE);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! Acknowledgement hints ([`Msg::Ack`]) ride along: the latest one per device is applied
 //! at the start of the next batch, in the same commit, and nobody waits for it.
 
+use crate::conv::{same_error, store_error};
 use crate::ops::WriterState;
 use hushwire_store::{DeviceId, StoreError};
 use std::collections::HashMap;
@@ -30,6 +31,10 @@ pub(crate) trait Job: Send {
     /// Replies to the caller once the batch's fate is known: `Ok` when the batch
     /// committed, else the commit's error.
     fn finish(self: Box<Self>, committed: Result<(), &StoreError>);
+    /// Whether the last run failed because the disk is full.
+    fn storage_full(&self) -> bool {
+        false
+    }
 }
 
 /// A [`Job`] made of a closure and the caller's reply channel.
@@ -66,12 +71,16 @@ where
             // A job that failed changed nothing: its own error stands.
             (_, Some(Err(e))) => Err(e),
             (Ok(()), Some(Ok(v))) => Ok(v),
-            (Err(e), Some(Ok(_))) => Err(StoreError::Backend(e.to_string())),
+            (Err(e), Some(Ok(_))) => Err(same_error(e)),
             (Ok(()), None) => Err(StoreError::Backend("write job did not run".into())),
-            (Err(e), None) => Err(StoreError::Backend(e.to_string())),
+            (Err(e), None) => Err(same_error(e)),
         };
         // The caller may have gone away (cancelled); the write stands regardless.
         let _ = self.reply.send(out);
+    }
+
+    fn storage_full(&self) -> bool {
+        matches!(self.out, Some(Err(StoreError::StorageFull(_))))
     }
 }
 
@@ -190,7 +199,7 @@ fn exec(state: &WriterState, sql: &str) -> Result<(), StoreError> {
         .prepare_cached(sql)
         .and_then(|mut s| s.execute([]))
         .map(|_| ())
-        .map_err(|e| StoreError::Backend(format!("{sql}: {e}")))
+        .map_err(|e| store_error(&e, format!("{sql}: {e}")))
 }
 
 /// Runs the queued acks and `batch` in one transaction and replies to every job.
@@ -211,8 +220,13 @@ fn run_batch(state: &mut WriterState, batch: &mut Vec<Box<dyn Job>>, acks: &mut 
         state.clear_caches();
     }
     let committed = result.as_ref().map(|_| ());
-    if let Err(e) = &committed {
-        tracing::error!(error = %e, jobs = batch.len(), "write batch failed");
+    match &committed {
+        Ok(()) => {}
+        // Expected to pass once space is freed: one warning per refused batch.
+        Err(e @ StoreError::StorageFull(_)) => {
+            tracing::warn!(error = %e, jobs = batch.len(), "disk full: write batch refused");
+        }
+        Err(e) => tracing::error!(error = %e, jobs = batch.len(), "write batch failed"),
     }
     for job in batch.drain(..) {
         job.finish(committed);
@@ -273,6 +287,15 @@ fn run_unit(
     }
 }
 
+/// A failure that ended the transaction, as [`StoreError::StorageFull`] when the unit
+/// that ended it failed on a full disk (SQLite then rolls back and says no more).
+fn full_if(full: bool, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Backend(detail) if full => StoreError::StorageFull(detail),
+        other => other,
+    }
+}
+
 fn run_in_transaction(
     state: &mut WriterState,
     batch: &mut [Box<dyn Job>],
@@ -282,19 +305,23 @@ fn run_in_transaction(
     exec(state, "BEGIN IMMEDIATE")?;
     // Acks first: they only remove entries, and a job queued after an ack must see it.
     for (device, up_to_seq) in acks {
+        let mut full = false;
         let apply = |w: &mut WriterState| match w.ack(*device, *up_to_seq) {
             Ok(_) => true,
             Err(e) => {
+                full = matches!(e, StoreError::StorageFull(_));
                 tracing::warn!(error = %e, device = device.0, "acknowledgement not applied");
                 false
             }
         };
-        if !run_unit(state, isolation, apply)? {
+        let ran = run_unit(state, isolation, apply);
+        if !ran.map_err(|e| full_if(full, e))? {
             return Ok(Outcome::NeedsIsolation);
         }
     }
     for job in batch.iter_mut() {
-        if !run_unit(state, isolation, |w| job.run(w))? {
+        let ran = run_unit(state, isolation, |w| job.run(w));
+        if !ran.map_err(|e| full_if(job.storage_full(), e))? {
             return Ok(Outcome::NeedsIsolation);
         }
     }

@@ -60,6 +60,11 @@ pub enum StoreError {
     /// The database failed; the message is for logs, never for clients.
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The backend has no room to store more (its disk is full). Nothing of the failed
+    /// write was kept; the same write may succeed once space is freed. The message is
+    /// for logs.
+    #[error("storage is full: {0}")]
+    StorageFull(String),
     /// The backend does not implement this operation (named).
     #[error("operation {0} is not supported by this backend")]
     Unsupported(&'static str),
