@@ -59,7 +59,7 @@ for n in $(seq 1 "$NODES"); do
         if [ "$MODE" = pg ]; then
             printf '[bus]\nurl = "%s"\nsubject_prefix = "bench%s"\n' "$NATS_URL" "$$"
         fi
-        printf '[rate_limits]\nregistrations_per_ip_per_minute = 10000000\nclaims_per_device_per_minute = 10000000\n'
+        printf '[rate_limits]\nregistrations_per_ip_per_minute = 10000000\nclaims_per_device_per_minute = 10000000\nsubmits_per_device_per_minute = 10000000\n'
     } > "$D/node.toml"
     RUST_LOG="warn,hushwire_store_postgres::stats=debug" taskset -c 1 target/release/hushwire serve \
         --config "$D/node.toml" > "$D/out.log" 2> "$D/err.log" &

@@ -19,7 +19,7 @@ cleanup() {
     rm -rf "$DATA"
 }
 trap cleanup EXIT
-printf 'max_connections = 20000\n[rate_limits]\nregistrations_per_ip_per_minute = 10000000\nclaims_per_device_per_minute = 10000000\n' > "$DATA/bench.toml"
+printf 'max_connections = 20000\n[rate_limits]\nregistrations_per_ip_per_minute = 10000000\nclaims_per_device_per_minute = 10000000\nsubmits_per_device_per_minute = 10000000\n' > "$DATA/bench.toml"
 taskset -c 1 target/release/hushwire serve --listen 127.0.0.1:0 --data "$DATA" \
     --config "$DATA/bench.toml" --store "postgres://postgres@127.0.0.1:5432/$DB" \
     > "$DATA/out.log" 2> "$DATA/err.log" &

@@ -33,6 +33,7 @@ fn bench_config(max_connections: usize) -> String {
          [rate_limits]\n\
          registrations_per_ip_per_minute = 10000000\n\
          claims_per_device_per_minute = 10000000\n\
+         submits_per_device_per_minute = 10000000\n\
          [media]\n\
          quota_bytes = 1099511627776\n"
     )

@@ -560,9 +560,13 @@ fn init_logging(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{default},async_nats=warn"))
     });
+    // Colour only on a terminal: a log file or journald gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false)
         .try_init();
 }
@@ -604,6 +608,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 | C::UntrustedCertificate(_)
                 | C::Timeout(_)
                 | C::StorageFull(_)
+                | C::RateLimited(_)
                 | C::Closed { .. } => 3,
                 C::Api { status, .. } if *status == 429 || *status >= 500 => 3,
                 C::Api { code, .. } if *code == hushwire_proto::wire::ErrorCode::NoKeyPackages => 3,

@@ -898,12 +898,19 @@ impl Client {
             };
             match self.dispatch(frame).await? {
                 Incoming::SubmitResult(id, result) if id == request_id => {
-                    // A full disk on the server is no verdict on the message: it stays
-                    // at the head of the outbox (same message id) for a later retry.
-                    if let Some(wire::submit_result::Outcome::Rejected(e)) = &result.outcome
-                        && e.code() == ErrorCode::StorageFull
-                    {
-                        return Err(ClientError::StorageFull(e.message.clone()));
+                    // A full disk or a rate limit on the server is no verdict on the
+                    // message: it stays at the head of the outbox (same message id) for
+                    // a later retry.
+                    if let Some(wire::submit_result::Outcome::Rejected(e)) = &result.outcome {
+                        match e.code() {
+                            ErrorCode::StorageFull => {
+                                return Err(ClientError::StorageFull(e.message.clone()));
+                            }
+                            ErrorCode::RateLimited => {
+                                return Err(ClientError::RateLimited(e.message.clone()));
+                            }
+                            _ => {}
+                        }
                     }
                     return Ok(result);
                 }

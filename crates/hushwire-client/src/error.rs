@@ -91,6 +91,10 @@ pub enum ClientError {
     /// lost: the message stays queued, and sending again later may succeed.
     #[error("the server's storage is full; try again later")]
     StorageFull(String),
+    /// The server refused a message because this device sends too fast. Nothing was
+    /// lost: the message stays queued and is sent again after a pause.
+    #[error("sending too fast; the server asks to slow down")]
+    RateLimited(String),
     /// The server broke the protocol (undecodable frame, unexpected frame, bad response).
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -152,7 +156,10 @@ impl ClientError {
     /// Whether trying again later (a reconnect) may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unreachable { .. } | Self::Timeout(_) | Self::StorageFull(_) => true,
+            Self::Unreachable { .. }
+            | Self::Timeout(_)
+            | Self::StorageFull(_)
+            | Self::RateLimited(_) => true,
             // 1000 normal closure mid-session, 1001 going away, 1006 dropped, 1011 internal,
             // 1012/1013 restart/try again later.
             Self::Closed { code, .. } => matches!(code, 1000 | 1001 | 1006 | 1011 | 1012 | 1013),
@@ -170,6 +177,7 @@ impl ClientError {
                 | Self::Timeout(_)
                 | Self::Closed { .. }
                 | Self::StorageFull(_)
+                | Self::RateLimited(_)
         ) || matches!(self, Self::Api { status, .. } if *status >= 500)
     }
 }

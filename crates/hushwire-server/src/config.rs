@@ -137,6 +137,12 @@ pub struct RateLimits {
     /// Ephemeral signals (typing, presence), block changes and retractions per
     /// authenticated device per minute. Default: 120.
     pub signals_per_device_per_minute: u32,
+    /// Message submits (chat messages, reactions, receipts, edits, commits: all alike
+    /// to the server) per authenticated device per minute; past it a submit is
+    /// refused `RATE_LIMITED` and the client keeps the message queued and retries.
+    /// Default: 1200 (20 a second sustained, bursts of 1200: a client catching up on
+    /// receipts after a long offline spell is slowed, not refused for good).
+    pub submits_per_device_per_minute: u32,
     /// Unauthenticated link-session requests (slot writes and reads, `PUT`/`GET
     /// /v1/links/{id}/{slot}`) per client IP per minute. Default: 120.
     pub link_requests_per_ip_per_minute: u32,
@@ -151,6 +157,7 @@ impl Default for RateLimits {
             registrations_per_ip_per_minute: 5,
             claims_per_device_per_minute: 60,
             signals_per_device_per_minute: 120,
+            submits_per_device_per_minute: 1200,
             link_requests_per_ip_per_minute: 120,
             directory_requests_per_ip_per_minute: 600,
         }
@@ -789,6 +796,12 @@ impl ServerConfig {
                 "must be at least 1",
             ));
         }
+        if self.rate_limits.submits_per_device_per_minute == 0 {
+            return Err(invalid(
+                "rate_limits.submits_per_device_per_minute",
+                "must be at least 1",
+            ));
+        }
         if self.rate_limits.link_requests_per_ip_per_minute == 0 {
             return Err(invalid(
                 "rate_limits.link_requests_per_ip_per_minute",
@@ -998,10 +1011,11 @@ impl fmt::Display for ServerConfig {
         writeln!(
             f,
             "rate_limits = {} registrations/IP/min, {} claims/device/min, {} signals/device/min, \
-             {} link requests/IP/min, {} directory requests/IP/min",
+             {} submits/device/min, {} link requests/IP/min, {} directory requests/IP/min",
             self.rate_limits.registrations_per_ip_per_minute,
             self.rate_limits.claims_per_device_per_minute,
             self.rate_limits.signals_per_device_per_minute,
+            self.rate_limits.submits_per_device_per_minute,
             self.rate_limits.link_requests_per_ip_per_minute,
             self.rate_limits.directory_requests_per_ip_per_minute
         )?;

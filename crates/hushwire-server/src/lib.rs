@@ -156,6 +156,8 @@ pub(crate) struct Shared {
     pub(crate) claim_limiter: ratelimit::RateLimiter<DeviceId>,
     /// Ephemeral signals, block changes and retractions per device.
     pub(crate) signal_limiter: ratelimit::RateLimiter<DeviceId>,
+    /// Message submits per device (`rate_limits.submits_per_device_per_minute`).
+    pub(crate) submit_limiter: ratelimit::RateLimiter<DeviceId>,
     /// Unauthenticated link-slot requests per client IP.
     pub(crate) link_limiter: ratelimit::RateLimiter<IpAddr>,
     /// Public key-directory requests per client IP.
@@ -239,6 +241,10 @@ impl Server {
             ),
             signal_limiter: ratelimit::RateLimiter::new(
                 rl.signals_per_device_per_minute,
+                RATE_LIMIT_KEYS,
+            ),
+            submit_limiter: ratelimit::RateLimiter::new(
+                rl.submits_per_device_per_minute,
                 RATE_LIMIT_KEYS,
             ),
             link_limiter: ratelimit::RateLimiter::new(

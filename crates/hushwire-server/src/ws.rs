@@ -467,7 +467,20 @@ impl Connection<'_> {
         submit: wire::Submit,
     ) -> Result<(), End> {
         let shared = &self.server.shared;
-        let outcome = match validate_submit(submit, &self.device.addr, &shared.config.limits) {
+        // Checked first, so a flood costs no validation and no store work. A client
+        // keeps a refused message queued and submits it again (same message id) later.
+        let within_rate = shared
+            .submit_limiter
+            .check(self.device.id, std::time::Instant::now());
+        let validated = if within_rate {
+            validate_submit(submit, &self.device.addr, &shared.config.limits)
+        } else {
+            Err(wire_error(
+                ErrorCode::RateLimited,
+                "too many messages; slow down",
+            ))
+        };
+        let outcome = match validated {
             Err(error) => submit_result::Outcome::Rejected(error),
             Ok(parsed) => {
                 let now = now_ms();

@@ -138,6 +138,41 @@ async fn ephemeral_signals_are_rate_limited() {
 }
 
 #[tokio::test]
+async fn submits_are_rate_limited_per_device_and_others_are_unaffected() {
+    let server = TestServer::start_with(|c| c.rate_limits.submits_per_device_per_minute = 4).await;
+    let c = server.client();
+    let alice = c.new_user("alice").await;
+    let bob = c.new_user("bob").await;
+    let mut alice_ws = c.login(&alice).await;
+    alice_ws.backlog().await;
+    let mut bob_ws = c.login(&bob).await;
+    bob_ws.backlog().await;
+    // The group's creating commit is a submit too: 1 of alice's 4.
+    create_group(&mut alice_ws, b"g1", &[&alice, &bob], 1).await;
+    bob_ws.expect_deliver().await; // the welcome
+    for i in 2..=4 {
+        accepted(alice_ws.submit(i, app_message(b"g1", 1, i, b"hi")).await);
+    }
+    // A flood (reactions, receipts and texts alike to the server): refused, nothing
+    // stored for bob, alice's connection kept.
+    for i in 5..=20 {
+        match alice_ws.submit(i, app_message(b"g1", 1, i, b"flood")).await {
+            wire::submit_result::Outcome::Rejected(e) => {
+                assert_eq!(e.code(), ErrorCode::RateLimited, "{}", e.message);
+            }
+            other => panic!("submit {i} past the limit: {other:?}"),
+        }
+    }
+    alice_ws.ping().await;
+    assert_eq!(pending(&server, &bob).await, 4);
+    // bob's own budget is untouched: he replies at once.
+    for i in 100..104 {
+        accepted(bob_ws.submit(i, app_message(b"g1", 1, i, b"reply")).await);
+    }
+    assert_eq!(pending(&server, &alice).await, 4);
+}
+
+#[tokio::test]
 async fn a_block_stops_messages_and_signals_to_the_blocker() {
     let server = TestServer::start().await;
     let c = server.client();
