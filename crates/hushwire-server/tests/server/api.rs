@@ -82,11 +82,19 @@ async fn registrations_are_rate_limited_per_ip() {
     let server =
         TestServer::start_with(|c| c.rate_limits.registrations_per_ip_per_minute = 2).await;
     let c = server.client();
-    c.new_user("user1").await;
+    let user1 = c.new_user("user1").await;
     c.new_user("user2").await;
     c.register(&mut Identity::new("user3"))
         .await
         .expect_error(429, ErrorCode::RateLimited);
+    // Others are unaffected: a newcomer from another address registers, and a user
+    // registered from the limited address logs in and is served.
+    let mut elsewhere = server.client();
+    elsewhere.source = Some("127.0.0.2".parse().unwrap());
+    elsewhere.new_user("user4").await;
+    let mut ws = c.login(&user1).await;
+    ws.backlog().await;
+    ws.ping().await;
 }
 
 #[tokio::test]

@@ -119,6 +119,7 @@ impl TestServer {
             addr: self.addr,
             prefix: self.prefix.clone(),
             tls: client_tls(&self.pin),
+            source: None,
         }
     }
 }
@@ -315,6 +316,9 @@ pub struct Client {
     pub addr: SocketAddr,
     pub prefix: String,
     pub tls: Arc<rustls::ClientConfig>,
+    /// The local address HTTPS requests come from (another loopback address is
+    /// another client IP to the server); `None`: the kernel's choice, 127.0.0.1.
+    pub source: Option<std::net::IpAddr>,
 }
 
 pub struct Resp {
@@ -349,7 +353,14 @@ impl Client {
         body: Vec<u8>,
         headers: &[(&str, String)],
     ) -> Resp {
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let tcp = match self.source {
+            None => TcpStream::connect(self.addr).await.unwrap(),
+            Some(ip) => {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(SocketAddr::new(ip, 0)).unwrap();
+                socket.connect(self.addr).await.unwrap()
+            }
+        };
         let tls = TlsConnector::from(self.tls.clone())
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
