@@ -63,6 +63,7 @@ impl Node {
             addr: self.addr,
             prefix: self.prefix.clone(),
             tls: client_tls(&self.pin),
+            source: None,
         }
     }
 
