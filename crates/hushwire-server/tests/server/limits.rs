@@ -1,5 +1,6 @@
-//! The per-client-IP connection cap (`max_connections_per_ip`): one address past its
-//! cap is closed before TLS while other addresses are served.
+//! Per-client-IP limits: the connection cap (`max_connections_per_ip`), past which one
+//! address is closed before TLS, and the public directory's request budget; other
+//! addresses are served meanwhile.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -127,4 +128,44 @@ async fn loopback_is_exempt_by_default() {
     assert_eq!(server.server.stats().refused_per_ip, 0);
     drop(held);
     server.stop().await;
+}
+
+/// A client of `server` whose requests come from `source`.
+fn client_from(server: &TestServer, source: &str) -> Client {
+    let mut c = server.client();
+    c.source = Some(source.parse().unwrap());
+    c
+}
+
+#[tokio::test]
+async fn public_directory_requests_are_rate_limited_per_ip() {
+    let server =
+        TestServer::start_with(|c| c.rate_limits.directory_requests_per_ip_per_minute = 3).await;
+    // Wait (from an address of its own, bounded) until the directory has loaded.
+    let warm = client_from(&server, "127.0.0.3");
+    let mut loaded = false;
+    for _ in 0..100 {
+        if warm.raw("GET", "/v1/directory", vec![], &[]).await.status == 200 {
+            loaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(loaded, "the key directory did not load");
+
+    let flood = client_from(&server, "127.0.0.1");
+    for path in ["/v1/directory", "/v1/directory/roots", "/v1/directory"] {
+        let r = flood.raw("GET", path, vec![], &[]).await;
+        assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+    }
+    flood
+        .raw("GET", "/v1/directory", vec![], &[])
+        .await
+        .expect_error(429, hushwire_proto::wire::ErrorCode::RateLimited);
+    // Another address is unaffected.
+    let other = client_from(&server, "127.0.0.2");
+    assert_eq!(
+        other.raw("GET", "/v1/directory", vec![], &[]).await.status,
+        200
+    );
 }
