@@ -291,6 +291,7 @@ fn copy_error(e: &StoreError) -> StoreError {
         StoreError::Invalid(m) => StoreError::Invalid(m.clone()),
         StoreError::UnknownDevice(a) => StoreError::UnknownDevice(a.clone()),
         StoreError::Unsupported(m) => StoreError::Unsupported(m),
+        StoreError::StorageFull(m) => StoreError::StorageFull(m.clone()),
         other => StoreError::Backend(match other {
             StoreError::Backend(m) => m.clone(),
             _ => other.to_string(),

@@ -37,11 +37,21 @@ pub(crate) fn to_u32(v: i64) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| StoreError::Backend(format!("stored value {v} is not a u32")))
 }
 
-/// A database failure as [`StoreError::Backend`]. Only the server's primary message and
-/// SQLSTATE are kept: never the DETAIL (which may quote key values) nor bound values.
+/// A database failure as [`StoreError::Backend`], or [`StoreError::StorageFull`] when
+/// PostgreSQL is out of disk (SQLSTATE 53100: nothing of the write was kept, and it may
+/// succeed once space is freed). Only the server's primary message and SQLSTATE are
+/// kept: never the DETAIL (which may quote key values) nor bound values.
 /// Connection-level errors name the failure, never the connection string.
 pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(describe(&e))
+    classify(e.code(), describe(&e))
+}
+
+fn classify(code: Option<&SqlState>, text: String) -> StoreError {
+    if code == Some(&SqlState::DISK_FULL) {
+        StoreError::StorageFull(text)
+    } else {
+        StoreError::Backend(text)
+    }
 }
 
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
@@ -184,4 +194,27 @@ pub(crate) async fn exec<C: GenericClient>(
 ) -> Result<u64, tokio_postgres::Error> {
     let stmt = prepare(c, sql).await?;
     c.execute(&stmt, params).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_storage_full_and_other_failures_are_backend_errors() {
+        assert!(matches!(
+            classify(
+                Some(&SqlState::DISK_FULL),
+                "postgres: could not extend file".into()
+            ),
+            StoreError::StorageFull(_)
+        ));
+        for code in [
+            Some(&SqlState::UNIQUE_VIOLATION),
+            Some(&SqlState::T_R_DEADLOCK_DETECTED),
+            None,
+        ] {
+            assert!(matches!(classify(code, "x".into()), StoreError::Backend(_)));
+        }
+    }
 }
