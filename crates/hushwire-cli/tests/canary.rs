@@ -27,17 +27,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::channel;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aho_corasick::AhoCorasick;
 use base64::Engine as _;
 use serde_json::Value;
+
+mod common;
+
+use common::infra::{env_or_skip, free_port, unique, with_database};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hushwire");
 /// The secret path the scale-out nodes share.
@@ -327,25 +330,6 @@ fn scanner_self_test(scanner: &Scanner, canaries: &Canaries, dir: &Path) {
 }
 
 // ------------------------------------------------------------------ processes
-
-/// A name unique to this process and call: `{prefix}{pid}_{nanos}_{n}`.
-fn unique(prefix: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}{}_{nanos}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// Runs `cmd` to completion within `limit` (killed after it); status, stdout, stderr.
 fn run_bounded(mut cmd: Command, limit: Duration) -> (Option<i32>, Vec<u8>, String) {
@@ -854,34 +838,6 @@ fn single_node_sqlite_holds_no_plaintext() {
 }
 
 // ------------------------------------------------------------------ variant (b)
-
-fn env_or_skip(test: &str) -> Option<(String, String)> {
-    let pg = std::env::var("HUSHWIRE_TEST_POSTGRES_URL").ok();
-    let nats = std::env::var("HUSHWIRE_TEST_NATS_URL").ok();
-    match (pg, nats) {
-        (Some(pg), Some(nats)) if !pg.is_empty() && !nats.is_empty() => Some((pg, nats)),
-        (pg, _) => {
-            let var = if pg.as_deref().is_none_or(str::is_empty) {
-                "HUSHWIRE_TEST_POSTGRES_URL"
-            } else {
-                "HUSHWIRE_TEST_NATS_URL"
-            };
-            eprintln!("skipped: {var} unset ({test})");
-            None
-        }
-    }
-}
-
-/// `url` with its database name replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, format!("?{q}")),
-        None => (rest, String::new()),
-    };
-    let authority = rest.split('/').next().unwrap();
-    format!("{scheme}://{authority}/{db}{query}")
-}
 
 fn psql(url: &str, sql: &str) -> (Option<i32>, String) {
     let mut c = Command::new("psql");

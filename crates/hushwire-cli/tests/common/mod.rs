@@ -3,6 +3,8 @@
 // Test helpers: failing loudly is the point. Not every test file uses every helper.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod infra;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
