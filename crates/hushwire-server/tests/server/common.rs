@@ -36,6 +36,24 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// A timestamp for signing a request: the clock, but strictly increasing in this
+/// process, as the real client signs (`hushwire_client::api::signing_time_ms`). Two
+/// identical requests signed in the same millisecond would have the same signature,
+/// which the server refuses as a replay.
+pub fn signing_ms() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = now_ms();
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
 // ------------------------------------------------------------------ server
 
 pub struct TestServer {
@@ -408,7 +426,7 @@ impl Client {
         headers: &[(&str, String)],
     ) -> Resp {
         let full = format!("{}{}", self.prefix, path);
-        let header = who.auth_header(method, &full, &body, now_ms());
+        let header = who.auth_header(method, &full, &body, signing_ms());
         let mut all = vec![(REQUEST_AUTH_HEADER, header)];
         all.extend(headers.iter().cloned());
         self.raw(method, path, body, &all).await
