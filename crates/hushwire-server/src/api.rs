@@ -55,6 +55,10 @@ pub fn app(server: &Server) -> Router {
         .route(&format!("{p}/v1/reports"), post(reports::file_report))
         .route(&format!("{p}/v1/devices"), post(devices::add_device))
         .route(
+            &format!("{p}/v1/devices/recover"),
+            post(devices::recover_device),
+        )
+        .route(
             &format!("{p}/v1/devices/list"),
             put(devices::put_device_list),
         )
@@ -104,7 +108,7 @@ impl<M: Message> IntoResponse for Proto<M> {
     }
 }
 
-fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     bytes.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge("request body exceeds the limit".to_owned())
@@ -492,8 +496,10 @@ async fn websocket(
 }
 
 /// `GET /v1/groups/{group_id hex}/info`: the latest GroupInfo of a group, for an External
-/// Commit rejoin. Only a device in the group's roster may read it; to anyone else the
-/// group does not exist (404), so its id reveals nothing.
+/// Commit rejoin. Only a device of an account with a device in the group's roster may
+/// read it (a member's device whose state broke, or a new device of a member restored
+/// from a backup); to anyone else the group does not exist (404), so its id reveals
+/// nothing.
 async fn group_info(
     State(server): State<Server>,
     Path(group_id): Path<String>,
@@ -510,7 +516,7 @@ async fn group_info(
     let group = store
         .group(&group_id)
         .await?
-        .filter(|g| g.roster.contains(&device.addr))
+        .filter(|g| g.roster.iter().any(|a| a.handle == device.addr.handle))
         .ok_or(ApiError::NotFound("unknown group"))?;
     let info = store
         .group_info(&group_id)

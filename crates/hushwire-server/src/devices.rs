@@ -8,14 +8,17 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Method, Uri};
-use hushwire_proto::identity::{self, SignatureError};
+use hushwire_proto::identity::{self, SignatureError, validate_handle};
 use hushwire_proto::limits::MAX_LISTED_DEVICES;
 use hushwire_proto::wire;
 use hushwire_store::{AddDevice, DeviceAddr, DeviceRecord, NewDevice};
 
-use crate::api::{Proto, decode, signed};
+use crate::api::{Proto, body, decode, signed};
+use crate::auth::AUTH_FAILED;
 use crate::error::ApiError;
 use crate::{Server, now_ms};
 
@@ -80,6 +83,81 @@ pub(crate) async fn add_device(
         AddDevice::UnknownAccount => return Err(ApiError::Unauthenticated("unknown account")),
     };
     tracing::info!(by = %caller.addr, device = %added.addr, "device added");
+    Ok(Proto(wire::DeviceAdded {
+        device_id: added.addr.device_id,
+    }))
+}
+
+/// How far a recovery certificate's `created_at_ms` may be from the server's clock.
+pub(crate) const RECOVERY_CERT_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// `POST /v1/devices/recover`: adds a device to an account on the strength of a fresh
+/// certificate signed by the account key alone, for a restore from an end-to-end
+/// encrypted backup when every device of the account may be lost. An unknown handle, a
+/// certificate that does not verify and a stale one get one answer, so the route tells
+/// an outsider nothing about which handles exist; it is rate-limited per IP like
+/// registration. A replayed request names a key already in use (CONFLICT).
+#[tracing::instrument(skip_all)]
+pub(crate) async fn recover_device(
+    State(server): State<Server>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Proto<wire::DeviceAdded>, ApiError> {
+    let shared = &server.shared;
+    if !shared
+        .register_limiter
+        .check(peer.ip(), std::time::Instant::now())
+    {
+        return Err(ApiError::RateLimited);
+    }
+    let req: wire::RecoverDevice = decode(&body(bytes)?)?;
+    let cert = req
+        .certificate
+        .ok_or_else(|| ApiError::BadRequest("missing device certificate".into()))?;
+    if !valid_device_key(&cert.device_key) {
+        return Err(ApiError::BadRequest(
+            "device_key must be a 32-byte Ed25519 public key".into(),
+        ));
+    }
+    let refused = |detail: &'static str| {
+        tracing::debug!(detail, "device recovery refused");
+        ApiError::Unauthenticated(AUTH_FAILED)
+    };
+    if validate_handle(&req.handle).is_err() {
+        return Err(refused("malformed handle"));
+    }
+    let store = &shared.store;
+    let Some(account) = store.account(&req.handle).await? else {
+        return Err(refused("unknown account"));
+    };
+    let payload = identity::device_cert_payload(&req.handle, &cert.device_key, cert.created_at_ms);
+    if identity::verify(&account.account_key, &payload, &cert.signature).is_err() {
+        return Err(refused("certificate does not verify under the account key"));
+    }
+    if now_ms().abs_diff(cert.created_at_ms) > RECOVERY_CERT_WINDOW_MS {
+        return Err(refused("stale certificate"));
+    }
+    let max = shared.config.limits.max_devices_per_account;
+    let new = NewDevice {
+        device_key: cert.device_key.to_vec(),
+        cert_created_at_ms: cert.created_at_ms,
+        cert_signature: cert.signature.to_vec(),
+    };
+    let added = match store.add_device_within(&req.handle, new, max).await? {
+        AddDevice::Added(d) => d,
+        AddDevice::KeyInUse => {
+            return Err(ApiError::Conflict(
+                "the device key is in use by a device of the account",
+            ));
+        }
+        AddDevice::TooManyDevices => {
+            return Err(ApiError::LimitExceeded(format!(
+                "an account has at most {max} devices; remove one first"
+            )));
+        }
+        AddDevice::UnknownAccount => return Err(refused("unknown account")),
+    };
+    tracing::info!(device = %added.addr, "device recovered with the account key");
     Ok(Proto(wire::DeviceAdded {
         device_id: added.addr.device_id,
     }))

@@ -108,8 +108,10 @@ pub(crate) async fn submit(
         }
         None => return Ok(SubmitOutcome::UnknownGroup),
     };
-    // 3. Membership.
-    if !members.contains(&sender) {
+    // 3. Membership (for a commit, of the sender's account).
+    let member = members.contains(&sender)
+        || (is_commit && account_is_member(tx, &sender_addr.handle, &members).await?);
+    if !member {
         return Ok(SubmitOutcome::NotMember);
     }
     // Duplicates that raced this one are settled now that the group is locked (for
@@ -279,6 +281,22 @@ fn duplicate(group_seq: i64, epoch: i64) -> SubmitOutcome {
 
 /// Device ids of `addrs`, in order, in one statement; the first unknown address is
 /// [`StoreError::UnknownDevice`].
+/// Whether a device of `handle` is among `members` (an External Commit by another
+/// device of a member account).
+async fn account_is_member(
+    tx: &Transaction<'_>,
+    handle: &str,
+    members: &[i64],
+) -> Result<bool, TxError> {
+    Ok(row_opt(
+        tx,
+        "SELECT 1 FROM devices WHERE handle = $1 AND id = ANY($2) LIMIT 1",
+        &[&handle, &members],
+    )
+    .await?
+    .is_some())
+}
+
 async fn resolve(tx: &Transaction<'_>, addrs: &[&DeviceAddr]) -> Result<Vec<i64>, TxError> {
     let handles: Vec<&str> = addrs.iter().map(|a| a.handle.as_str()).collect();
     let numbers: Vec<i64> = addrs.iter().map(|a| i64::from(a.device_id)).collect();

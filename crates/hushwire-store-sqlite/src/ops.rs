@@ -543,9 +543,23 @@ impl WriterState {
             ),
             None => return Ok(SubmitOutcome::UnknownGroup),
         };
-        // 3. Membership.
+        // 3. Membership (for a commit, of the sender's account).
         if group.members.binary_search(&sub.sender).is_err() {
-            return Ok(SubmitOutcome::NotMember);
+            let mut account_member = false;
+            if is_commit {
+                for m in group.members.clone() {
+                    if self
+                        .device_info(m)?
+                        .is_some_and(|d| d.addr.handle == sender_info.addr.handle)
+                    {
+                        account_member = true;
+                        break;
+                    }
+                }
+            }
+            if !account_member {
+                return Ok(SubmitOutcome::NotMember);
+            }
         }
 
         let group_seq = group.last_seq.saturating_add(1);

@@ -109,6 +109,7 @@ macro_rules! __conformance_cases {
             delivery_stale_epoch,
             delivery_concurrent_commits,
             delivery_not_member,
+            delivery_external_commit_by_account_device,
             delivery_unknown_roster_device,
             delivery_idempotent,
             delivery_fanout,
@@ -1058,6 +1059,63 @@ pub async fn delivery_not_member(store: Arc<dyn Store>) -> CaseResult {
     ensure_eq!(s.group(b"g").await?, before);
     ensure_eq!(s.pending(alice.id).await?, 0);
     ensure_eq!(s.pending(bob.id).await?, 0);
+    Ok(())
+}
+
+/// Another device of a member account (restored from a backup) may join by a commit (an
+/// External Commit); it may post nothing else until it is in the roster, and a device of
+/// an account without members may not commit at all.
+pub async fn delivery_external_commit_by_account_device(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let alice = register(s, "alice").await?;
+    let bob = register(s, "bob").await?;
+    let mallory = register(s, "mallory").await?;
+    create_group(s, b"g", &alice, &[&alice, &bob]).await?;
+    let alice2 = link_device(s, "alice").await?;
+    ensure_eq!(
+        s.submit(application(&alice2, b"g", 1, "too early")).await?,
+        SubmitOutcome::NotMember
+    );
+    ensure_eq!(
+        s.submit(commit(
+            &mallory,
+            b"g",
+            1,
+            &[&alice, &bob, &mallory],
+            vec![],
+            None
+        ))
+        .await?,
+        SubmitOutcome::NotMember
+    );
+    let joined = s
+        .submit(commit(
+            &alice2,
+            b"g",
+            1,
+            &[&alice, &alice2, &bob],
+            vec![],
+            None,
+        ))
+        .await?;
+    match joined {
+        SubmitOutcome::Accepted(acc) => ensure_eq!((acc.epoch, acc.duplicate), (2, false)),
+        other => return Err(Failure(format!("expected Accepted, got {other:?}"))),
+    }
+    let g = s
+        .group(b"g")
+        .await?
+        .ok_or_else(|| Failure("group gone".into()))?;
+    ensure!(g.roster.contains(&alice2.addr), "alice/2 is in the roster");
+    // Now a member, it may post, and the others get its commit and message.
+    ensure!(
+        matches!(
+            s.submit(application(&alice2, b"g", 2, "hello")).await?,
+            SubmitOutcome::Accepted(_)
+        ),
+        "alice/2 posts once in the roster"
+    );
+    ensure_eq!(s.pending(bob.id).await?, 2);
     Ok(())
 }
 

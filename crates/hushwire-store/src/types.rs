@@ -206,7 +206,10 @@ pub enum SubmitKind {
 /// 2. Commit to an unknown group at epoch 0 creates the group (epoch 0, roster = the
 ///    sender) and then proceeds as below. Anything else to an unknown group is
 ///    [`SubmitOutcome::UnknownGroup`].
-/// 3. The sender must be in the group's roster, else [`SubmitOutcome::NotMember`].
+/// 3. The sender must be in the group's roster, else [`SubmitOutcome::NotMember`]. A
+///    commit may also come from another device of an account that has a device in the
+///    roster: an External Commit by which a new device of a member (one restored from
+///    a backup) joins; the members' clients check it like any commit.
 /// 4. A commit is accepted only if `epoch` equals the group's epoch, else
 ///    [`SubmitOutcome::StaleEpoch`]. Accepting it increments the epoch, replaces the roster
 ///    (every roster device must exist: else [`StoreError::UnknownDevice`](crate::StoreError::UnknownDevice) and nothing

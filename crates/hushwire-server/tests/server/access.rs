@@ -74,6 +74,7 @@ enum Rt {
     BlobPart,
     Report,
     DeviceAdd,
+    DeviceRecover,
     DeviceList,
     DeviceRemove,
     LinkCreate,
@@ -233,6 +234,12 @@ const ROUTES: &[Route] = &[
         "POST",
         "/v1/devices",
         Signed(Refused(400, ErrorCode::BadRequest)),
+    ),
+    route(
+        Rt::DeviceRecover,
+        "POST",
+        "/v1/devices/recover",
+        Public("the fresh certificate under the account key is the credential (backup restore)"),
     ),
     route(
         Rt::DeviceList,
@@ -582,6 +589,21 @@ impl World {
                 };
                 ("/v1/devices".to_owned(), body.encode_to_vec())
             }
+            Rt::DeviceRecover => {
+                // A certificate for alice signed by another key (the impostor's), or
+                // one for a handle nobody registered.
+                let key = SigningKey::generate(&mut rand::rngs::OsRng);
+                let (who, cert) = if alice {
+                    ("alice", certificate(&self.impostor, &key))
+                } else {
+                    ("ghost", certificate(&Identity::new("ghost"), &key))
+                };
+                let body = wire::RecoverDevice {
+                    handle: who.to_owned(),
+                    certificate: Some(cert),
+                };
+                ("/v1/devices/recover".to_owned(), body.encode_to_vec())
+            }
             Rt::DeviceList => (
                 "/v1/devices/list".to_owned(),
                 signed_list("alice", 1, &[&self.alice], &self.alice.account).encode_to_vec(),
@@ -733,6 +755,13 @@ async fn public_route(w: &World, r: &Route, mine: &Req, none: &Req) -> usize {
             // The one unauthenticated answer that says an account exists.
             to_mine.expect_error(409, ErrorCode::HandleTaken);
             to_none.decode::<wire::RegisterResponse>();
+        }
+        Rt::DeviceRecover => {
+            // A certificate that does not verify under alice's key and one for a handle
+            // that does not exist: the same answer.
+            to_mine.expect_error(401, ErrorCode::Unauthenticated);
+            to_none.expect_error(401, ErrorCode::Unauthenticated);
+            assert_eq!(to_mine.body, to_none.body, "{}: alice told apart", what(r));
         }
         Rt::WebSocket => {
             to_mine.expect_error(400, ErrorCode::BadRequest);

@@ -727,3 +727,105 @@ async fn link_slot_requests_are_rate_limited_per_ip() {
     // Authenticated routes are not counted against it.
     create_link(&c, &alice, 60).await;
 }
+
+fn recover_request(handle: &str, cert: wire::DeviceCertificate) -> Vec<u8> {
+    wire::RecoverDevice {
+        handle: handle.to_owned(),
+        certificate: Some(cert),
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test]
+async fn recover_device_needs_a_fresh_certificate_under_the_account_key() {
+    let server = TestServer::start().await;
+    let c = server.client();
+    let alice = c.new_user("alice").await;
+    let bob = c.new_user("bob").await;
+
+    // Signed by bob's account key, not alice's: one answer, as for a handle nobody has.
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let wrong = c
+        .raw(
+            "POST",
+            "/v1/devices/recover",
+            recover_request("alice", certificate(&bob, &key)),
+            &[],
+        )
+        .await;
+    let e = wrong.expect_error(401, ErrorCode::Unauthenticated);
+    assert!(
+        e.message.ends_with("authentication failed"),
+        "{}",
+        e.message
+    );
+    let ghost = c
+        .raw(
+            "POST",
+            "/v1/devices/recover",
+            recover_request("ghost", certificate(&Identity::new("ghost"), &key)),
+            &[],
+        )
+        .await;
+    assert_eq!(ghost.body, wrong.body);
+
+    // A certificate made an hour ago (it could have leaked from an old backup restore).
+    let created = now_ms() - 60 * 60 * 1000;
+    let payload = identity::device_cert_payload("alice", &key.verifying_key().to_bytes(), created);
+    let stale = wire::DeviceCertificate {
+        device_key: Bytes::copy_from_slice(&key.verifying_key().to_bytes()),
+        created_at_ms: created,
+        signature: Bytes::copy_from_slice(&alice.account.sign(&payload).to_bytes()),
+    };
+    let resp = c
+        .raw(
+            "POST",
+            "/v1/devices/recover",
+            recover_request("alice", stale),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        resp.body, wrong.body,
+        "a stale certificate is refused alike"
+    );
+
+    // A fresh one under alice's key adds the device, which can then act as alice.
+    let cert = certificate(&alice, &key);
+    let added: wire::DeviceAdded = c
+        .raw(
+            "POST",
+            "/v1/devices/recover",
+            recover_request("alice", cert.clone()),
+            &[],
+        )
+        .await
+        .decode();
+    assert_eq!(added.device_id, 2);
+    let restored = Identity {
+        handle: "alice".into(),
+        account: alice.account.clone(),
+        device: key,
+        device_id: added.device_id,
+    };
+    let info = account(&c, &restored, "alice").await;
+    let ids: Vec<u32> = info.devices.iter().map(|d| d.device_id).collect();
+    assert_eq!(ids, vec![1, 2]);
+
+    // The same request again: the key is in use.
+    c.raw(
+        "POST",
+        "/v1/devices/recover",
+        recover_request("alice", cert),
+        &[],
+    )
+    .await
+    .expect_error(409, ErrorCode::Conflict);
+
+    // A malformed body is a bad request, and the server goes on.
+    c.raw("POST", "/v1/devices/recover", b"\xff\xff".to_vec(), &[])
+        .await
+        .expect_error(400, ErrorCode::BadRequest);
+    let info = account(&c, &bob, "alice").await;
+    assert_eq!(info.devices.len(), 2);
+}
