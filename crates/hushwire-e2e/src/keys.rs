@@ -72,3 +72,53 @@ impl std::fmt::Debug for IdentityKeys {
             .finish()
     }
 }
+
+/// The 32-byte key the profile database is encrypted with (SQLCipher raw key). Zeroized
+/// on drop; `Debug` shows no key bytes. Kept wrapped in the profile's key file (see the
+/// `hushwire-vault` crate), never stored in the clear.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct StoreKey([u8; 32]);
+
+impl std::fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreKey(<redacted>)")
+    }
+}
+
+impl StoreKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        Self(bytes)
+    }
+
+    /// Wraps key bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Wraps stored bytes; `None` unless exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let arr: [u8; 32] = bytes.try_into().ok()?;
+        Some(Self(arr))
+    }
+
+    /// The raw key, for wrapping it.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// SQLCipher's raw-key literal `x'<64 hex>'` (no PBKDF2 on top), zeroized on drop.
+    pub(crate) fn sqlcipher_literal(&self) -> zeroize::Zeroizing<String> {
+        let mut s = zeroize::Zeroizing::new(String::with_capacity(67));
+        s.push_str("x'");
+        for b in self.0 {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+        s.push('\'');
+        s
+    }
+}

@@ -10,9 +10,12 @@ use openmls::prelude::{BasicCredential, Credential, CredentialWithKey, KeyPackag
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::features::{MESSAGE_COLUMNS, message_from_row};
-use crate::keys::{IdentityKeys, SecretKey};
+use crate::keys::{IdentityKeys, SecretKey, StoreKey};
 use crate::store::{self, Provider, from_sql_u64, kv_get, kv_set, to_sql_u64};
 use crate::{ConversationSummary, E2eError, Identity, Registration, StoredMessage, Suite};
+
+/// The profile database's file name in the profile directory.
+pub const PROFILE_DB: &str = "profile.sqlite";
 
 pub(crate) const KV_LAST_SEQ: &str = "last_received_seq";
 pub(crate) const KV_DEFAULT_SUITE: &str = "default_suite";
@@ -138,11 +141,13 @@ pub(crate) fn new_message_id(now_ms: u64) -> [u8; 16] {
 }
 
 impl Profile {
-    /// Opens the profile in `dir` (created if missing): `dir/profile.sqlite`, WAL mode,
-    /// versioned migrations for our tables and OpenMLS's.
-    pub fn open(dir: &Path) -> Result<Self, E2eError> {
+    /// Opens the profile in `dir` (created if missing): `dir/profile.sqlite`, encrypted
+    /// with `key` (SQLCipher), WAL mode, versioned migrations for our tables and
+    /// OpenMLS's. A plaintext database from an older release is encrypted first. A key
+    /// that does not open the database is [`E2eError::WrongKey`], with nothing changed.
+    pub fn open(dir: &Path, key: &StoreKey) -> Result<Self, E2eError> {
         std::fs::create_dir_all(dir)?;
-        let conn = store::open_db(&dir.join("profile.sqlite"))?;
+        let conn = store::open_db(&dir.join(PROFILE_DB), key)?;
         let mut profile = Profile {
             conn,
             identity: None,
@@ -203,6 +208,11 @@ impl Profile {
         self.pending_handle = Some(handle);
         self.keys = Some(IdentityKeys { account, device });
         Ok(())
+    }
+
+    /// The SQLCipher version the database is encrypted with (`PRAGMA cipher_version`).
+    pub fn cipher_version(&self) -> Result<String, E2eError> {
+        store::cipher_version(&self.conn)
     }
 
     /// The identity, once registration completed.

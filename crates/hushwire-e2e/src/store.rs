@@ -6,7 +6,10 @@ use openmls_rust_crypto::RustCrypto;
 use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use std::path::Path;
+
 use crate::E2eError;
+use crate::keys::StoreKey;
 
 /// Serde codec for the OpenMLS storage provider.
 #[derive(Default)]
@@ -343,11 +346,183 @@ const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL
     );
     "#,
+    // v11: scheduled backups (backup_schedule.rs): where, how often, how many to keep,
+    // and the recovery key (kept in this encrypted database, so that scheduled backups
+    // need no one to type it).
+    r#"
+    CREATE TABLE backup_schedule (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        dir TEXT NOT NULL,
+        every_ms INTEGER NOT NULL,
+        keep INTEGER NOT NULL,
+        media INTEGER NOT NULL,
+        recovery_key BLOB NOT NULL,
+        last_ms INTEGER
+    );
+    "#,
 ];
 
-/// Opens (creating if needed) the profile database and brings both schemas up to date.
-pub(crate) fn open_db(path: &std::path::Path) -> Result<Connection, E2eError> {
-    let mut conn = Connection::open(path)?;
+/// The first bytes of a plaintext SQLite database file (an SQLCipher file starts with
+/// its random salt instead).
+const PLAINTEXT_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Whether `path` is a plaintext (unencrypted) SQLite database, i.e. a profile from a
+/// release before encryption at rest.
+pub(crate) fn is_plaintext_db(path: &Path) -> Result<bool, E2eError> {
+    use std::io::Read as _;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let mut header = [0u8; 16];
+    match file.read_exact(&mut header) {
+        Ok(()) => Ok(&header == PLAINTEXT_HEADER),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens `path` and keys the connection: `PRAGMA key` must be the very first statement.
+/// Then checks that the library is SQLCipher and that the key opens the file (reading
+/// `sqlite_master` decrypts page 1); nothing is written before that check.
+fn open_keyed(path: &Path, key: &StoreKey) -> Result<Connection, E2eError> {
+    let conn = Connection::open(path)?;
+    let literal = key.sqlcipher_literal();
+    let mut stmt = zeroize::Zeroizing::new(String::with_capacity(80));
+    stmt.push_str("PRAGMA key = \"");
+    stmt.push_str(&literal);
+    stmt.push_str("\";");
+    conn.execute_batch(&stmt)?;
+    // A wrong key is our error to report, not SQLCipher's to log on stderr.
+    conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()))
+        .optional()?;
+    let cipher: Option<String> = conn
+        .query_row("PRAGMA cipher_version", [], |r| r.get(0))
+        .optional()?;
+    if cipher.as_deref().is_none_or(str::is_empty) {
+        return Err(E2eError::Storage(
+            "SQLite is not SQLCipher: the profile cannot be encrypted".into(),
+        ));
+    }
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(_) => Ok(conn),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            Err(E2eError::WrongKey(path.display().to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The SQLCipher version the profile database is encrypted with (`PRAGMA cipher_version`).
+pub(crate) fn cipher_version(conn: &Connection) -> Result<String, E2eError> {
+    Ok(conn.query_row("PRAGMA cipher_version", [], |r| r.get(0))?)
+}
+
+/// Encrypts a plaintext profile database from a release before encryption at rest, in
+/// place: SQLCipher's `sqlcipher_export` into `<path>.migrating` (keyed with `key`), the
+/// schema version copied, fsync, then an atomic rename over the old file. The old file's
+/// blocks are overwritten with zeros through a handle kept open across the rename (best
+/// effort: copy-on-write filesystems, SSD wear levelling and backups may keep plaintext
+/// blocks of the old file on the disk). A crash at any point leaves either the old
+/// plaintext file or the new encrypted one.
+fn encrypt_plaintext_db(path: &Path, key: &StoreKey) -> Result<(), E2eError> {
+    let tmp = sibling(path, ".migrating");
+    if tmp.exists() {
+        std::fs::remove_file(&tmp)?;
+    }
+    {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Bring committed WAL frames into the main file first.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let literal = key.sqlcipher_literal();
+        let tmp_str = tmp.to_str().ok_or_else(|| {
+            E2eError::Storage(format!("profile path {} is not UTF-8", tmp.display()))
+        })?;
+        // The key as a bound parameter: "x'<hex>'" text is SQLCipher's raw-key form.
+        conn.execute(
+            "ATTACH DATABASE ?1 AS encrypted KEY ?2",
+            params![tmp_str, literal.as_str()],
+        )?;
+        conn.query_row("SELECT sqlcipher_export('encrypted')", [], |_| Ok(()))?;
+        conn.execute_batch(&format!("PRAGMA encrypted.user_version = {version};"))?;
+        conn.execute_batch("DETACH DATABASE encrypted;")?;
+    }
+    std::fs::File::open(&tmp)?.sync_all()?;
+    // Keep the old inode to scrub it once it is unlinked by the rename.
+    let old = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        match std::fs::remove_file(sibling(path, suffix)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    scrub(old);
+    Ok(())
+}
+
+/// Overwrites an (unlinked) file with zeros and syncs it. Best effort.
+fn scrub(mut file: std::fs::File) {
+    use std::io::{Seek as _, Write as _};
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        return;
+    };
+    if file.seek(std::io::SeekFrom::Start(0)).is_err() {
+        return;
+    }
+    let zeros = [0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(zeros.len() as u64)).unwrap_or(zeros.len());
+        if file.write_all(&zeros[..n]).is_err() {
+            return;
+        }
+        left -= n as u64;
+    }
+    let _ = file.sync_all();
+}
+
+fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    std::path::PathBuf::from(name)
+}
+
+/// Opens (creating if needed) an SQLite database encrypted with `key` (SQLCipher, raw
+/// key), for the profile database and the other databases a front end keeps in the
+/// profile directory (e.g. the daemon's event queue). A plaintext database from a release
+/// before encryption at rest is encrypted in place first (see `encrypt_plaintext_db`). A
+/// wrong key is [`E2eError::WrongKey`] and leaves the file untouched. Temporary tables
+/// and indices stay in memory.
+pub fn open_encrypted(path: &Path, key: &StoreKey) -> Result<Connection, E2eError> {
+    if is_plaintext_db(path)? {
+        tracing::info!(path = %path.display(), "encrypting a plaintext database");
+        encrypt_plaintext_db(path, key)?;
+    }
+    let conn = open_keyed(path, key)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(conn)
+}
+
+/// Opens (creating if needed) the profile database, encrypted with `key`, and brings both
+/// schemas up to date. A plaintext database from an older release is encrypted first. A
+/// wrong key is [`E2eError::WrongKey`] and leaves the file untouched.
+pub(crate) fn open_db(path: &Path, key: &StoreKey) -> Result<Connection, E2eError> {
+    let mut conn = open_encrypted(path, key)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
