@@ -110,16 +110,33 @@ pub async fn register(root: &Path, server: &TestServer, handle: &str) -> Client 
         &server.url,
         Some(&server.pin),
         None,
-        ClientOptions::default(),
+        ClientOptions::default().with_passphrase(PASSPHRASE),
     )
     .await
     .unwrap();
     open(root, handle)
 }
 
+/// The passphrase every test profile is encrypted at rest under.
+pub const PASSPHRASE: &str = "test passphrase";
+
+/// Client options for a test profile: the defaults, unlocked with [`PASSPHRASE`].
+pub fn options() -> ClientOptions {
+    ClientOptions::default().with_passphrase(PASSPHRASE)
+}
+
+/// Opens a test profile's database directly (unlocked with [`PASSPHRASE`]).
+pub fn open_profile(dir: &Path) -> Result<hushwire_e2e::Profile, hushwire_client::ClientError> {
+    hushwire_client::open_profile(dir, &hushwire_client::Unlock::passphrase(PASSPHRASE))
+}
+
 /// Opens the client of an existing profile (as a new process would).
 pub fn open(root: &Path, handle: &str) -> Client {
-    Client::open(&root.join(handle), ClientOptions::default()).unwrap()
+    Client::open(
+        &root.join(handle),
+        ClientOptions::default().with_passphrase(PASSPHRASE),
+    )
+    .unwrap()
 }
 
 /// Queues `text` to `peer` and flushes the outbox until the server accepted it.

@@ -33,6 +33,9 @@ use rand::{RngCore, SeedableRng};
 use crate::procfs;
 use crate::server::{ServerOpts, ServerProcess};
 
+/// The throw-away profiles' passphrase (they live in a temporary directory).
+const LOADGEN_PASSPHRASE: &str = "hushwire loadgen";
+
 const MIB: u64 = 1024 * 1024;
 
 /// Options of the `media` mode.
@@ -263,12 +266,18 @@ pub async fn run_mode(server_opts: &ServerOpts, a: &MediaArgs, json: bool) -> Re
             &server.url,
             Some(&server.pin),
             None,
-            ClientOptions::default(),
+            ClientOptions::default().with_passphrase(LOADGEN_PASSPHRASE),
         )
         .await?;
     }
-    let mut alice = Client::open(&alice_dir, ClientOptions::default())?;
-    let mut bob = Client::open(&bob_dir, ClientOptions::default())?;
+    let mut alice = Client::open(
+        &alice_dir,
+        ClientOptions::default().with_passphrase(LOADGEN_PASSPHRASE),
+    )?;
+    let mut bob = Client::open(
+        &bob_dir,
+        ClientOptions::default().with_passphrase(LOADGEN_PASSPHRASE),
+    )?;
     alice.queue_text("bob", "hello")?;
     alice
         .flush_outbox(Duration::from_secs(60), &mut |_| {})

@@ -38,7 +38,7 @@ pub(crate) fn open_client(dir: &Path) -> anyhow::Result<Client> {
 }
 
 pub(crate) fn open_registered(dir: &Path) -> anyhow::Result<Profile> {
-    let profile = Profile::open(dir)
+    let profile = hushwire_client::open_profile(dir, &hushwire_client::Unlock::Auto)
         .with_context(|| format!("cannot open the profile in {}", dir.display()))?;
     if profile.identity().is_none() {
         return Err(ClientError::NotRegistered.into());
@@ -54,28 +54,28 @@ pub(crate) async fn register(
     invite: Option<&str>,
     suite: hushwire_e2e::Suite,
 ) -> anyhow::Result<()> {
-    let registered = hushwire_client::register_servers(
-        dir,
-        handle,
-        servers,
-        pin,
-        invite,
-        ClientOptions::default(),
-    )
-    .await
-    .map_err(|e| match e {
-        // The pin is the user's input here.
-        ClientError::PinMismatch { .. } | ClientError::UntrustedCertificate(_) => {
-            user_error(format!("cannot register: {e}"))
-        }
-        other => anyhow::Error::new(other).context("registration failed"),
-    })?;
+    hushwire_proto::identity::validate_handle(handle).map_err(ClientError::from)?;
+    // Unlocked (or, for a new profile, protected) once: a passphrase is asked once.
+    let key = hushwire_client::profile_key(dir, &hushwire_client::Unlock::Auto)?;
+    let options = ClientOptions {
+        unlock: hushwire_client::Unlock::Key(key.clone()),
+        ..ClientOptions::default()
+    };
+    let registered = hushwire_client::register_servers(dir, handle, servers, pin, invite, options)
+        .await
+        .map_err(|e| match e {
+            // The pin is the user's input here.
+            ClientError::PinMismatch { .. } | ClientError::UntrustedCertificate(_) => {
+                user_error(format!("cannot register: {e}"))
+            }
+            other => anyhow::Error::new(other).context("registration failed"),
+        })?;
     if let Some(e) = &registered.key_package_error {
         eprintln!(
             "warning: registered, but uploading key packages failed ({e}); `hushwire sync` retries"
         );
     }
-    hushwire_e2e::Profile::open(dir)?.set_default_suite(suite)?;
+    Profile::open(dir, &key)?.set_default_suite(suite)?;
     let id = &registered.identity;
     let others = hushwire_client::RouteBook::load(dir)?.servers().count();
     print_line(&format!(

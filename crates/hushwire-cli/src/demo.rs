@@ -147,21 +147,19 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     say("Hushwire demo: a throw-away server and two users, alice and bob.")?;
     say(format!("server: {url}\npin:    {pin}\n"))?;
 
+    // The throw-away profiles are encrypted at rest like any other, under a random
+    // passphrase that dies with the demo.
+    let passphrase = hex::encode(hushwire_e2e::StoreKey::generate().expose());
+    let options = ClientOptions::default().with_passphrase(&passphrase);
     let story = async {
         let mut texts = Vec::new();
         let mut clients = Vec::new();
         for handle in ["alice", "bob"] {
             let dir = root.path().join(handle);
-            let r = hushwire_client::register(
-                &dir,
-                handle,
-                &url,
-                Some(&pin),
-                None,
-                ClientOptions::default(),
-            )
-            .await
-            .with_context(|| format!("cannot register {handle}"))?;
+            let r =
+                hushwire_client::register(&dir, handle, &url, Some(&pin), None, options.clone())
+                    .await
+                    .with_context(|| format!("cannot register {handle}"))?;
             if let Some(e) = r.key_package_error {
                 return Err(anyhow::Error::new(e).context("key package upload failed"));
             }
@@ -169,7 +167,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
                 "registered {handle} (device {}, {} key packages uploaded)",
                 r.identity.device_id, r.key_packages
             ))?;
-            clients.push(Client::open(&dir, ClientOptions::default())?);
+            clients.push(Client::open(&dir, options.clone())?);
         }
         let mut bob = clients.pop().context("bob")?;
         let mut alice = clients.pop().context("alice")?;

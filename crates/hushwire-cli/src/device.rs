@@ -203,7 +203,7 @@ pub(crate) async fn join(
 }
 
 /// The host name, else "new device".
-fn default_device_name() -> String {
+pub(crate) fn default_device_name() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|s| s.trim().chars().take(64).collect::<String>())

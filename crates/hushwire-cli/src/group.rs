@@ -229,7 +229,7 @@ async fn finish(mut client: Client, name: &str, print_name: bool) -> anyhow::Res
 
 fn members(dir: &Path, group: &str, json: bool) -> anyhow::Result<()> {
     check_group_name(group)?;
-    let profile = hushwire_e2e::Profile::open(dir)
+    let profile = hushwire_client::open_profile(dir, &hushwire_client::Unlock::Auto)
         .with_context(|| format!("cannot open the profile in {}", dir.display()))?;
     if profile.identity().is_none() {
         return Err(ClientError::NotRegistered.into());

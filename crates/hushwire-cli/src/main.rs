@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod admin;
 mod app;
 mod audit;
+mod backup;
 mod chat;
 mod commands;
 mod daemon;
@@ -27,6 +28,7 @@ mod group;
 mod media;
 mod migrate;
 mod output;
+mod passphrase;
 mod relay;
 mod serve;
 mod verify;
@@ -170,6 +172,11 @@ pub(crate) enum Command {
         #[command(flatten)]
         run: relay::RelayRunArgs,
     },
+    /// The passphrase that protects this profile's database key (`change`).
+    Passphrase {
+        #[command(subcommand)]
+        command: passphrase::PassphraseCommand,
+    },
     /// Server administration.
     Admin {
         /// The server's data directory (for every subcommand that takes `--data`).
@@ -301,6 +308,12 @@ pub(crate) enum Command {
     Device {
         #[command(subcommand)]
         command: device::DeviceCommand,
+    },
+    /// End-to-end encrypted backups you hold: create, restore (on a new install, also
+    /// when every old device is lost), schedule.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
     },
     /// Join an account as a new device, with the code `hushwire device link` printed on
     /// one of its devices (`-` reads it from stdin). This profile must be empty. Receives
@@ -582,6 +595,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<E>() {
             return e2e_code(e);
         }
+        if let Some(v) = cause.downcast_ref::<hushwire_client::VaultError>() {
+            return vault_code(v);
+        }
         if cause
             .downcast_ref::<hushwire_directory::audit::AuditError>()
             .is_some()
@@ -602,6 +618,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 | C::File { .. }
                 | C::Link(_) => 1,
                 C::E2e(e) => e2e_code(e),
+                C::Vault(v) => vault_code(v),
                 C::KeyTransparency { .. } => 5,
                 C::Unreachable { .. }
                 | C::PinMismatch { .. }
@@ -619,11 +636,27 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     2
 }
 
+/// A wrong, missing or mistyped passphrase is the user's input (1); a damaged key file,
+/// an unavailable keyring or a failed write are not (2).
+fn vault_code(v: &hushwire_client::VaultError) -> u8 {
+    use hushwire_client::VaultError as V;
+    match v {
+        V::WrongPassphrase { .. }
+        | V::NeedPassphrase { .. }
+        | V::EmptyPassphrase
+        | V::PassphraseMismatch
+        | V::NotPassphraseProtected { .. } => 1,
+        _ => 2,
+    }
+}
+
 fn e2e_code(e: &hushwire_e2e::E2eError) -> u8 {
     use hushwire_e2e::E2eError as E;
     match e {
         E::IdentityChanged { .. } => 4,
-        E::NotRegistered | E::AlreadyRegistered | E::UnknownConversation(_) => 1,
+        E::NotRegistered | E::AlreadyRegistered | E::UnknownConversation(_) | E::WrongKey(_) => 1,
+        // A wrong recovery key, a damaged backup file, a restore into a used profile.
+        E::Backup(_) | E::RestoreRefused(_) => 1,
         E::NoKeyPackages(_) => 3,
         _ => 2,
     }
@@ -729,6 +762,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Relay { command: None, run } => relay::run(run).await,
+        Command::Passphrase { command } => {
+            passphrase::run(&commands::profile_dir(profile)?, command)
+        }
         Command::Relay {
             command: Some(command),
             ..
@@ -858,6 +894,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon::run(&commands::profile_dir(profile)?, http, socket).await
         }
         Command::Device { command } => device::run(&commands::profile_dir(profile)?, command).await,
+        Command::Backup { command } => backup::run(&commands::profile_dir(profile)?, command).await,
         Command::Link {
             code,
             name,

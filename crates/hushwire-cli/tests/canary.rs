@@ -454,6 +454,7 @@ impl Drop for Proc {
 fn start_relay(root: &Path, logs: &Path, url: &str, pin: &str) -> (Proc, String) {
     let data = root.join("relay");
     let mut cmd = Command::new(BIN);
+    cmd.env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE);
     cmd.args(["relay", "--listen", "127.0.0.1:0", "--upstream", url])
         .args([
             "--upstream-pin",
@@ -478,6 +479,7 @@ struct Endpoint {
 
 fn client(profile: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
+    c.env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE);
     c.arg("--profile")
         .arg(profile)
         .args(args)
@@ -548,6 +550,8 @@ struct Outcome {
     pending: Vec<&'static str>,
     /// Profiles of the senders of `pending`.
     senders: Vec<PathBuf>,
+    /// The senders' decrypted `history` of the conversations `pending` went to.
+    sender_history: Vec<u8>,
 }
 
 const LABELS: &[&str] = &[
@@ -739,16 +743,20 @@ fn scenario(
     // Left on the server, not received: the server must hold them at the scan.
     hw(&alice, &["send", "bob", cs.get("pending-dm")]);
     hw(&carol, &["send", &group, cs.get("pending-group")]);
+    let mut sender_history = hw(&alice, &["history", "bob"]).into_bytes();
+    sender_history.extend(hw(&carol, &["history", &group]).into_bytes());
 
     Outcome {
         decrypted: d,
         pending: vec!["pending-dm", "pending-group"],
         senders: vec![alice, carol],
+        sender_history,
     }
 }
 
 /// The scanner works where the plaintext is: every delivered canary in the clients'
-/// decrypted output, every pending one in its sender's own profile.
+/// decrypted output, every pending one in its sender's decrypted history. The senders'
+/// profiles are encrypted at rest: no pending canary in any of their files.
 fn client_side_sanity(scanner: &Scanner, o: &Outcome) {
     let mut t = Tally::new("the clients' decrypted output");
     t.bytes(scanner, "decrypted output", &o.decrypted.0);
@@ -758,14 +766,22 @@ fn client_side_sanity(scanner: &Scanner, o: &Outcome) {
             "canary {label} not in the clients' output"
         );
     }
-    let mut t = Tally::new("the senders' profiles");
+    let mut t = Tally::new("the senders' decrypted history");
+    t.bytes(scanner, "history output", &o.sender_history);
+    for label in &o.pending {
+        assert!(
+            t.has(label, "raw"),
+            "pending canary {label} not client-side"
+        );
+    }
+    let mut t = Tally::new("the senders' profiles (encrypted at rest)");
     for p in &o.senders {
         t.tree(scanner, p);
     }
     for label in &o.pending {
         assert!(
-            t.has(label, "raw"),
-            "pending canary {label} not client-side"
+            !t.has(label, "raw"),
+            "pending canary {label} in clear in its sender's profile"
         );
     }
 }
@@ -793,6 +809,8 @@ fn single_node_sqlite_holds_no_plaintext() {
     scanner_self_test(&scanner, &cs, &selftest);
 
     let mut cmd = Command::new(BIN);
+
+    cmd.env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(&data);
     let (mut server, found) = Proc::start("server", cmd, &logs, &["url: ", "pin: "]);
@@ -1112,6 +1130,7 @@ fn start_node(
     let path = root.join(format!("{name}.toml"));
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(BIN);
+    cmd.env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE);
     cmd.arg("serve").arg("--config").arg(&path);
     if let Some(m) = moto {
         cmd.envs(m.env());

@@ -123,7 +123,8 @@ fn chat_sends_and_shows_a_reply_in_tmux() {
 
     // The app; if it exits, the pane keeps its last words for the failure message.
     let command = format!(
-        "{} --profile {} chat; echo \"chat exited: $?\"; sleep 600",
+        "HUSHWIRE_PASSPHRASE={} {} --profile {} chat; echo \"chat exited: $?\"; sleep 600",
+        shell_quote(common::PASSPHRASE),
         shell_quote(BIN),
         shell_quote(&alice.display().to_string())
     );

@@ -11,6 +11,8 @@ use std::process::{Child, Command, Output, Stdio};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hushwire");
+/// The passphrase the test profiles are encrypted at rest under.
+const PASSPHRASE: &str = "test passphrase";
 
 /// A `hushwire serve` child process, stopped with SIGTERM on drop.
 struct Server {
@@ -23,6 +25,7 @@ impl Server {
     /// Starts `hushwire serve` on `listen` with `data` and waits for its url and pin.
     fn start(data: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
+            .env("HUSHWIRE_PASSPHRASE", PASSPHRASE)
             .args(["serve", "--listen", listen, "--data"])
             .arg(data)
             .args(extra)
@@ -83,6 +86,7 @@ fn hushwire(profile: &Path, args: &[&str]) -> Output {
 
 fn hushwire_stdin(profile: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(BIN)
+        .env("HUSHWIRE_PASSPHRASE", PASSPHRASE)
         .arg("--profile")
         .arg(profile)
         .args(args)
@@ -467,7 +471,11 @@ fn send_while_server_down_stays_queued_and_is_delivered_once() {
 
 #[test]
 fn demo_runs_and_finds_no_plaintext() {
-    let o = Command::new(BIN).arg("demo").output().unwrap();
+    let o = Command::new(BIN)
+        .env("HUSHWIRE_PASSPHRASE", PASSPHRASE)
+        .arg("demo")
+        .output()
+        .unwrap();
     assert_code(&o, 0);
     let out = stdout(&o);
     assert!(out.contains("plaintext found: no"), "{out}");
@@ -477,7 +485,11 @@ fn demo_runs_and_finds_no_plaintext() {
 
 #[test]
 fn help_lists_every_command() {
-    let o = Command::new(BIN).arg("--help").output().unwrap();
+    let o = Command::new(BIN)
+        .env("HUSHWIRE_PASSPHRASE", PASSPHRASE)
+        .arg("--help")
+        .output()
+        .unwrap();
     assert_code(&o, 0);
     let out = stdout(&o);
     for cmd in [
@@ -506,6 +518,7 @@ fn help_lists_every_command() {
         "block",
         "unblock",
         "settings",
+        "passphrase",
         "device",
         "link",
         "chat",
@@ -534,6 +547,7 @@ fn invite_only_server_needs_an_admin_invite() {
     assert_code(&o, 1);
     assert!(stderr(&o).contains("invite"), "{}", stderr(&o));
     let o = Command::new(BIN)
+        .env("HUSHWIRE_PASSPHRASE", PASSPHRASE)
         .args(["admin", "invite", "--data"])
         .arg(&e.server_data)
         .output()
@@ -565,6 +579,7 @@ fn receive_waits_for_live_messages_and_acks_on_sigterm() {
     send(&e.alice, "bob", "first", 0);
 
     let mut bob = Command::new(BIN)
+        .env("HUSHWIRE_PASSPHRASE", PASSPHRASE)
         .arg("--profile")
         .arg(&e.bob)
         .args(["receive", "--json", "--timeout", "600"])

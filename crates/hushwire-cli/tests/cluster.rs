@@ -513,6 +513,7 @@ impl Deployment {
         let path = self.root.join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
         let mut cmd = Command::new(BIN);
+        cmd.env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE);
         cmd.arg("serve")
             .arg("--config")
             .arg(&path)
@@ -600,6 +601,7 @@ impl Drop for Node {
 
 fn client(profile: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
+    c.env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE);
     c.arg("--profile")
         .arg(profile)
         .args(args)

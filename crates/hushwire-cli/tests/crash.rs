@@ -133,6 +133,7 @@ impl ServerProc {
             )
             .unwrap();
             let mut child = Command::new(BIN)
+                .env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE)
                 .args(["serve", "--listen", &self.listen, "--data"])
                 .arg(&self.data)
                 .stdin(Stdio::null())
@@ -208,6 +209,7 @@ struct Died;
 impl Daemon {
     fn start(profile: &Path, log: &Path, events: Arc<Mutex<Vec<Value>>>) -> Daemon {
         let mut child = Command::new(BIN)
+            .env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE)
             .arg("--profile")
             .arg(profile)
             .arg("daemon")
@@ -957,6 +959,7 @@ fn damaged_database_is_refused_at_start() {
             let _ = std::fs::remove_file(data.join(side));
         }
         let mut child = Command::new(BIN)
+            .env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(&data)
             .stdin(Stdio::null())

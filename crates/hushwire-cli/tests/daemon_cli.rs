@@ -32,6 +32,7 @@ struct Daemon {
 impl Daemon {
     fn start(profile: &Path, args: &[&str]) -> Daemon {
         let mut child = Command::new(BIN)
+            .env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE)
             .arg("--profile")
             .arg(profile)
             .arg("daemon")
@@ -335,6 +336,7 @@ fn socket_and_http_from_the_command_line() {
     register(&bob, "bob", &server);
     let sock = tmp.path().join("bob.sock");
     let mut child = Command::new(BIN)
+        .env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE)
         .arg("--profile")
         .arg(&bob)
         .args(["daemon", "--http", "127.0.0.1:0", "--socket"])

@@ -199,17 +199,23 @@ fn killed_send_and_receive_resume() {
         .spawn()
         .unwrap();
     wait_until("upload progress", || {
-        hushwire_e2e::Profile::open(&alice)
-            .ok()
-            .and_then(|p| p.pending_uploads().ok())
-            .and_then(|u| u.first().map(|u| u.parts_done >= 2))
-            .unwrap_or(false)
+        hushwire_client::open_profile(
+            &alice,
+            &hushwire_client::Unlock::passphrase(common::PASSPHRASE),
+        )
+        .ok()
+        .and_then(|p| p.pending_uploads().ok())
+        .and_then(|u| u.first().map(|u| u.parts_done >= 2))
+        .unwrap_or(false)
     });
     kill9(&mut child);
-    let pending = hushwire_e2e::Profile::open(&alice)
-        .unwrap()
-        .pending_uploads()
-        .unwrap();
+    let pending = hushwire_client::open_profile(
+        &alice,
+        &hushwire_client::Unlock::passphrase(common::PASSPHRASE),
+    )
+    .unwrap()
+    .pending_uploads()
+    .unwrap();
     assert_eq!(pending.len(), 1, "killed before the upload finished");
     assert!(
         pending[0].parts_done < 45,
@@ -219,11 +225,14 @@ fn killed_send_and_receive_resume() {
     // The next command resumes the upload and sends the message.
     assert_ok(&hushwire(&alice, &["sync"]));
     assert!(
-        hushwire_e2e::Profile::open(&alice)
-            .unwrap()
-            .pending_uploads()
-            .unwrap()
-            .is_empty()
+        hushwire_client::open_profile(
+            &alice,
+            &hushwire_client::Unlock::passphrase(common::PASSPHRASE)
+        )
+        .unwrap()
+        .pending_uploads()
+        .unwrap()
+        .is_empty()
     );
 
     let downloads = root.path().join("dl");
@@ -348,6 +357,7 @@ fn view_once_file_then_report() {
     assert_ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("blocked"));
     let o = Command::new(BIN)
+        .env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE)
         .args(["admin", "reports", "--json", "--data"])
         .arg(&server_dir)
         .output()
@@ -364,6 +374,7 @@ fn view_once_file_then_report() {
     assert_eq!(reports[0]["messages"][0]["text"], "hello from alice");
     let report_id = reports[0]["id"].as_u64().unwrap().to_string();
     let o = Command::new(BIN)
+        .env("HUSHWIRE_PASSPHRASE", common::PASSPHRASE)
         .args(["admin", "reports", "--close", &report_id, "--data"])
         .arg(&server_dir)
         .output()

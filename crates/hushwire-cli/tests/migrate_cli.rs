@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hushwire");
+/// The passphrase the test profiles are encrypted at rest under.
+const PASSPHRASE: &str = "test passphrase";
 const ENV: &str = "HUSHWIRE_TEST_POSTGRES_URL";
 
 /// Runs `c` to completion (killed after `limit`): exit code, stdout, stderr.
@@ -78,6 +80,7 @@ impl Drop for FreshDb {
 
 fn hushwire(args: &[&str]) -> (Option<i32>, String, String) {
     let mut c = Command::new(BIN);
+    c.env("HUSHWIRE_PASSPHRASE", PASSPHRASE);
     c.args(args).env_remove("HUSHWIRE_MIGRATE_TO");
     run(c, Duration::from_secs(120))
 }
@@ -223,6 +226,7 @@ fn a_migration_killed_midway_resumes_to_the_same_result() {
     let (_db, url) = fresh_db(&admin, "kill");
 
     let mut child = Command::new(BIN)
+        .env("HUSHWIRE_PASSPHRASE", PASSPHRASE)
         .args(["admin", "migrate", "--from", data_arg, "--to", &url])
         .env_remove("HUSHWIRE_MIGRATE_TO")
         .stdin(Stdio::null())

@@ -193,6 +193,11 @@ impl ApiRequest {
         Self::new(Method::POST, "/v1/devices", codec::encode(req))
     }
 
+    /// `POST /v1/devices/recover` (not signed: the certificate is the credential).
+    pub fn recover_device(req: &wire::RecoverDevice) -> Self {
+        Self::new(Method::POST, "/v1/devices/recover", codec::encode(req))
+    }
+
     /// `PUT /v1/devices/list` (sign it).
     pub fn put_device_list(req: &wire::SignedDeviceList) -> Self {
         Self::new(Method::PUT, "/v1/devices/list", codec::encode(req))

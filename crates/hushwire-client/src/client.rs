@@ -24,6 +24,7 @@ use crate::api::{Signer, signing_time_ms, unix_ms};
 use crate::connection::frame_name;
 use crate::{ApiClient, ApiRequest, ClientError, Connection, Endpoint};
 
+pub mod backup;
 mod devices;
 mod directory;
 mod features;
@@ -58,6 +59,17 @@ pub struct ClientOptions {
     pub ack_batch: usize,
     /// Send a keep-alive ping after this long without traffic while waiting.
     pub keepalive: Duration,
+    /// How the profile's database key is unlocked (and protected, for a new profile).
+    pub unlock: hushwire_vault::Unlock,
+}
+
+impl ClientOptions {
+    /// These options with the profile unlocked by `passphrase` (scripts and tests; front
+    /// ends usually keep [`Unlock::Auto`](hushwire_vault::Unlock::Auto)).
+    pub fn with_passphrase(mut self, passphrase: &str) -> Self {
+        self.unlock = hushwire_vault::Unlock::passphrase(passphrase);
+        self
+    }
 }
 
 impl Default for ClientOptions {
@@ -71,6 +83,7 @@ impl Default for ClientOptions {
             key_package_low_water: 5,
             ack_batch: 64,
             keepalive: Duration::from_secs(25),
+            unlock: hushwire_vault::Unlock::Auto,
         }
     }
 }
@@ -222,7 +235,8 @@ impl Client {
     /// profile's routes (`routes.json`, see [`RouteBook`](crate::RouteBook)).
     pub fn open(dir: &Path, options: ClientOptions) -> Result<Self, ClientError> {
         let routes = crate::RouteBook::load(dir)?;
-        let mut client = Self::from_profile(Profile::open(dir)?, options)?;
+        let profile = crate::open_profile(dir, &options.unlock)?;
+        let mut client = Self::from_profile(profile, options)?;
         client.set_routes(routes)?;
         client.set_media_dir(dir.join("media"));
         Ok(client)
@@ -1030,6 +1044,16 @@ impl Client {
             match self.refresh_own_devices().await {
                 Ok(_) => self.emit(on_event),
                 Err(e) => tracing::warn!(error = %e, "own device list not re-read"),
+            }
+            // A device of this account restored from a backup waits for us to add it.
+            match self.add_missing_own_devices().await {
+                Ok(0) => {}
+                Ok(_) => {
+                    if let Err(e) = self.flush_outbox(timeout, on_event).await {
+                        report.outbox_error.get_or_insert(e);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "new devices of this account not added"),
             }
         }
         report.stored = self.stored_this_session;

@@ -127,6 +127,10 @@ pub enum ClientError {
     /// The end-to-end layer (local store, MLS state) failed.
     #[error(transparent)]
     E2e(#[from] E2eError),
+    /// The profile's key could not be unlocked (wrong passphrase, no passphrase, key
+    /// file damaged).
+    #[error(transparent)]
+    Vault(#[from] hushwire_vault::VaultError),
     /// A file to send cannot be sent: missing, unreadable, not a regular file, too
     /// large, or changed while it was being uploaded.
     #[error("cannot send {path}: {reason}")]

@@ -48,11 +48,38 @@ pub use routes::{ProxyKind, ProxyUrl, Route, RouteBook, ServerNode};
 mod client;
 mod register;
 
+/// End-to-end encrypted backups: write, schedule, restore (a new device of the account).
+pub use client::backup;
+
 pub use client::{
     Client, ClientOptions, Direction, Joined, LinkReport, LinkRequest, PRESENCE_WAIT, PendingLink,
     ProfileSigner, ProgressFn, ReceiveReport, SUITES, SendFileOptions, Transfer, join_by_link,
 };
+/// The key file itself (`change_passphrase`, prompts, the environment variables).
+pub use hushwire_vault as vault;
+/// Re-exported: how a profile's key is unlocked (`ClientOptions::unlock`).
+pub use hushwire_vault::{Passphrase, Unlock, VaultError};
 pub use register::{INITIAL_KEY_PACKAGES, Registered, register, register_servers};
+
+/// The database key of the profile in `dir`, unlocked as `unlock` says (creating the key
+/// file of a new profile, see `hushwire-vault`). Pass it on as [`Unlock::Key`] to open
+/// the profile again without asking again.
+pub fn profile_key(
+    dir: &std::path::Path,
+    unlock: &Unlock,
+) -> Result<hushwire_e2e::StoreKey, ClientError> {
+    Ok(hushwire_vault::unlock(dir, unlock)?)
+}
+
+/// Opens the profile in `dir`: unlocks its database key as `unlock` says (see
+/// [`profile_key`]), then opens the encrypted database.
+pub fn open_profile(
+    dir: &std::path::Path,
+    unlock: &Unlock,
+) -> Result<hushwire_e2e::Profile, ClientError> {
+    let key = profile_key(dir, unlock)?;
+    Ok(hushwire_e2e::Profile::open(dir, &key)?)
+}
 
 /// Re-exported so front ends need not depend on `hushwire-e2e` for the common types.
 pub use hushwire_e2e::{AttachmentInfo, Event, Identity, MessageState, StoredMessage};

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use hushwire_e2e::{Identity, Profile};
+use hushwire_e2e::Identity;
 use hushwire_proto::identity::validate_handle;
 use hushwire_proto::wire::{self, ErrorCode};
 
@@ -89,7 +89,7 @@ pub async fn register_servers(
             nodes.push(node);
         }
     }
-    let mut profile = Profile::open(profile_dir)?;
+    let mut profile = crate::open_profile(profile_dir, &options.unlock)?;
     if let Some(identity) = profile.identity() {
         return Err(ClientError::AlreadyRegistered(identity.handle.clone()));
     }

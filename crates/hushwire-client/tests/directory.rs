@@ -30,7 +30,7 @@ struct TestServer {
 impl TestServer {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = ServerConfig {
+        let mut config = ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("server"),
             directory: DirectoryConfig {
@@ -38,6 +38,9 @@ impl TestServer {
             },
             ..ServerConfig::default()
         };
+        // A slow machine needs more new accounts before the rewritten history passes
+        // the epoch alice saw: more than the default 5 registrations a minute from one IP.
+        config.rate_limits.registrations_per_ip_per_minute = 1000;
         let db = config.database_path();
         let store = hushwire_server::open_embedded(&config).await.unwrap();
         let running = hushwire_server::bind(config, store).await.unwrap();
@@ -82,11 +85,15 @@ async fn user(server: &TestServer, root: &Path, handle: &str) -> Client {
         &server.url,
         Some(&server.pin),
         None,
-        ClientOptions::default(),
+        ClientOptions::default().with_passphrase("test passphrase"),
     )
     .await
     .unwrap();
-    Client::open(&dir, ClientOptions::default()).unwrap()
+    Client::open(
+        &dir,
+        ClientOptions::default().with_passphrase("test passphrase"),
+    )
+    .unwrap()
 }
 
 /// Fetches `handle` until the directory has published it (bounded).

@@ -127,7 +127,7 @@ async fn registration_with_a_dead_first_url_uses_the_next_and_stores_both() {
             &[dead.clone(), live.clone()],
             Some(&pin),
             None,
-            ClientOptions::default(),
+            ClientOptions::default().with_passphrase("test passphrase"),
         ),
     )
     .await
@@ -147,7 +147,11 @@ async fn registration_with_a_dead_first_url_uses_the_next_and_stores_both() {
     assert_eq!(book.attempt_order()[0], Route::Server(live_node));
 
     // A later command (a new process: the profile is reopened) works.
-    let mut alice = Client::open(&dir, ClientOptions::default()).unwrap();
+    let mut alice = Client::open(
+        &dir,
+        ClientOptions::default().with_passphrase("test passphrase"),
+    )
+    .unwrap();
     receive_all(&mut alice).await;
     alice.close().await;
 
@@ -159,7 +163,7 @@ async fn registration_with_a_dead_first_url_uses_the_next_and_stores_both() {
         &[live.clone(), format!("{dead}/other")],
         Some(&pin),
         None,
-        ClientOptions::default(),
+        ClientOptions::default().with_passphrase("test passphrase"),
     )
     .await
     .unwrap_err();
@@ -183,13 +187,19 @@ async fn a_node_that_dies_hands_its_clients_to_another() {
                 &urls,
                 Some(&pin),
                 None,
-                ClientOptions::default(),
+                ClientOptions::default().with_passphrase("test passphrase"),
             ),
         )
         .await
         .unwrap()
         .unwrap();
-        clients.push(Client::open(&dir, ClientOptions::default()).unwrap());
+        clients.push(
+            Client::open(
+                &dir,
+                ClientOptions::default().with_passphrase("test passphrase"),
+            )
+            .unwrap(),
+        );
     }
     let [mut alice, mut bob] = <[Client; 2]>::try_from(clients).ok().unwrap();
     send(&mut alice, "bob", "before").await;
@@ -229,7 +239,7 @@ async fn single_url_profiles_keep_working() {
         &nodes[0].url,
         Some(&pin),
         None,
-        ClientOptions::default(),
+        ClientOptions::default().with_passphrase("test passphrase"),
     )
     .await
     .unwrap();
@@ -238,7 +248,11 @@ async fn single_url_profiles_keep_working() {
     assert!(!routes.contains("servers"), "{routes}");
     let book = RouteBook::load(&dir).unwrap();
     assert_eq!(book.routes(), [Route::Direct]);
-    let mut carol = Client::open(&dir, ClientOptions::default()).unwrap();
+    let mut carol = Client::open(
+        &dir,
+        ClientOptions::default().with_passphrase("test passphrase"),
+    )
+    .unwrap();
     receive_all(&mut carol).await;
     assert_eq!(
         RouteBook::load(&dir).unwrap().last_good(),

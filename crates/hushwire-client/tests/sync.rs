@@ -68,13 +68,17 @@ async fn user(server: &TestServer, root: &Path, handle: &str) -> Client {
         &server.url,
         Some(&server.pin),
         None,
-        ClientOptions::default(),
+        ClientOptions::default().with_passphrase("test passphrase"),
     )
     .await
     .unwrap();
     assert!(r.key_package_error.is_none());
     assert_eq!(r.key_packages, 42);
-    Client::open(&dir, ClientOptions::default()).unwrap()
+    Client::open(
+        &dir,
+        ClientOptions::default().with_passphrase("test passphrase"),
+    )
+    .unwrap()
 }
 
 fn texts(events: &[Event]) -> Vec<String> {
@@ -162,7 +166,7 @@ async fn key_packages_are_topped_up_when_claimed() {
     assert_eq!(alice.top_up_key_packages().await.unwrap(), 0);
     let options = ClientOptions {
         key_package_low_water: 18,
-        ..ClientOptions::default()
+        ..ClientOptions::default().with_passphrase("test passphrase")
     };
     let mut alice = Client::from_profile(alice.close().await, options).unwrap();
     assert_eq!(alice.top_up_key_packages().await.unwrap(), 3);

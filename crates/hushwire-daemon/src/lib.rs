@@ -252,21 +252,28 @@ impl Daemon {
     /// Opens the queue, queues what the profile stored but the queue missed (see the
     /// crate docs, "Durability"), starts the client service and the pump.
     pub async fn start(profile_dir: &Path, options: ServiceOptions) -> Result<Self, DaemonError> {
-        let queue = EventQueue::open(profile_dir)?;
-        // Before the client runs: nothing is stored meanwhile.
+        // Before the client runs: nothing is stored meanwhile. The profile's key is
+        // unlocked once (a passphrase is asked at most once) and encrypts the queue too.
         let dir = profile_dir.to_path_buf();
-        let found = tokio::task::spawn_blocking(move || {
-            let profile =
-                hushwire_e2e::Profile::open(&dir).map_err(|e| DaemonError::Profile(e.into()))?;
+        let unlock = options.client.unlock.clone();
+        let (queue, found, key) = tokio::task::spawn_blocking(move || {
+            let key = hushwire_client::profile_key(&dir, &unlock).map_err(DaemonError::Profile)?;
+            let profile = hushwire_e2e::Profile::open(&dir, &key)
+                .map_err(|e| DaemonError::Profile(e.into()))?;
             if profile.identity().is_none() {
                 return Err(DaemonError::Profile(
                     hushwire_client::ClientError::NotRegistered,
                 ));
             }
-            events::stored_messages(&profile).map_err(|e| DaemonError::Profile(e.into()))
+            let queue = EventQueue::open(&dir, &key)?;
+            let found =
+                events::stored_messages(&profile).map_err(|e| DaemonError::Profile(e.into()))?;
+            Ok((queue, found, key))
         })
         .await
         .map_err(|e| DaemonError::Io(std::io::Error::other(e.to_string())))??;
+        let mut options = options;
+        options.client.unlock = hushwire_client::Unlock::Key(key);
         let recovered = events::reconcile(found, &queue, queue.is_fresh()).await?;
         if recovered > 0 {
             tracing::info!(recovered, "queued messages the daemon had not reported");

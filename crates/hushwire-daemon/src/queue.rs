@@ -29,6 +29,9 @@ pub enum QueueError {
     /// SQLite failed.
     #[error("event queue: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The queue's file cannot be opened with the profile's key (or is not a database).
+    #[error("event queue: {0}")]
+    Open(#[from] hushwire_e2e::E2eError),
     /// A stored event is not JSON (the file was changed by something else).
     #[error("event queue: a stored event does not parse: {0}")]
     Corrupt(#[from] serde_json::Error),
@@ -88,11 +91,12 @@ pub fn now_ms() -> u64 {
 }
 
 impl EventQueue {
-    /// Opens (creating) the queue in `profile_dir`.
-    pub fn open(profile_dir: &Path) -> Result<Self, QueueError> {
+    /// Opens (creating) the queue in `profile_dir`, encrypted at rest with the profile's
+    /// database key (SQLCipher; a plaintext queue of an older release is encrypted first).
+    pub fn open(profile_dir: &Path, key: &hushwire_e2e::StoreKey) -> Result<Self, QueueError> {
         let path = profile_dir.join(QUEUE_FILE);
         let fresh = !path.exists();
-        let conn = Connection::open(&path)?;
+        let conn = hushwire_e2e::open_encrypted(&path, key)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(
@@ -291,7 +295,7 @@ mod tests {
     #[tokio::test]
     async fn appends_in_order_dedupes_messages_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let q = EventQueue::open(dir.path()).unwrap();
+        let q = EventQueue::open(dir.path(), &hushwire_e2e::StoreKey::from_bytes([7; 32])).unwrap();
         assert!(q.is_fresh());
         let n = q
             .append(vec![
@@ -317,7 +321,7 @@ mod tests {
         assert_eq!(*q.latest().borrow(), 2);
         q.set_delivered(1).await.unwrap();
         drop(q);
-        let q = EventQueue::open(dir.path()).unwrap();
+        let q = EventQueue::open(dir.path(), &hushwire_e2e::StoreKey::from_bytes([7; 32])).unwrap();
         assert!(!q.is_fresh());
         assert_eq!(q.delivered().await.unwrap(), 1);
         let rest = q.read_after(1, 10).await.unwrap();

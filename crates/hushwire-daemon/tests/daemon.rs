@@ -1012,9 +1012,16 @@ async fn every_method_over_the_socket_and_http() {
     // Strangers who write to bob: one per transport.
     let mut dave = register(tmp.path(), &server, "dave").await;
     let mut erin = register(tmp.path(), &server, "erin").await;
-    let daemon = Daemon::start(&tmp.path().join("bob"), ServiceOptions::default())
-        .await
-        .unwrap();
+    let daemon = Daemon::start(
+        &tmp.path().join("bob"),
+        ServiceOptions {
+            client: hushwire_client::ClientOptions::default()
+                .with_passphrase(hushwire_tests::PASSPHRASE),
+            ..ServiceOptions::default()
+        },
+    )
+    .await
+    .unwrap();
 
     // Unix socket, mode 0600.
     let path = tmp.path().join("bob.sock");
@@ -1096,9 +1103,16 @@ async fn events_wait_for_the_next_consumer_and_are_replayed_once() {
     let server = TestServer::start(&tmp.path().join("server")).await;
     let mut alice = register(tmp.path(), &server, "alice").await;
     drop(register(tmp.path(), &server, "bob").await);
-    let daemon = Daemon::start(&tmp.path().join("bob"), ServiceOptions::default())
-        .await
-        .unwrap();
+    let daemon = Daemon::start(
+        &tmp.path().join("bob"),
+        ServiceOptions {
+            client: hushwire_client::ClientOptions::default()
+                .with_passphrase(hushwire_tests::PASSPHRASE),
+            ..ServiceOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     // No consumer attached: events accumulate.
     for i in 0..3 {
         hushwire_tests::send(&mut alice, "bob", &format!("offline {i}")).await;
@@ -1144,9 +1158,16 @@ async fn messages_stored_but_not_queued_are_recovered_once() {
     hushwire_tests::receive(&mut bob).await;
     drop(bob);
     // First start: what the profile holds counts as reported.
-    let daemon = Daemon::start(&bob_dir, ServiceOptions::default())
-        .await
-        .unwrap();
+    let daemon = Daemon::start(
+        &bob_dir,
+        ServiceOptions {
+            client: hushwire_client::ClientOptions::default()
+                .with_passphrase(hushwire_tests::PASSPHRASE),
+            ..ServiceOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     daemon.shutdown().await;
     // The profile stores a message the queue never sees (as when the daemon is killed
     // between the two).
@@ -1156,9 +1177,16 @@ async fn messages_stored_but_not_queued_are_recovered_once() {
     assert_eq!(got.len(), 1);
     drop(bob);
     for _ in 0..2 {
-        let daemon = Daemon::start(&bob_dir, ServiceOptions::default())
-            .await
-            .unwrap();
+        let daemon = Daemon::start(
+            &bob_dir,
+            ServiceOptions {
+                client: hushwire_client::ClientOptions::default()
+                    .with_passphrase(hushwire_tests::PASSPHRASE),
+                ..ServiceOptions::default()
+            },
+        )
+        .await
+        .unwrap();
         let all = daemon.queue().read_after(0, 100_000).await.unwrap();
         let texts: Vec<&Value> = all
             .iter()
@@ -1193,9 +1221,16 @@ async fn the_token_is_required_when_configured() {
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start(&tmp.path().join("server")).await;
     drop(register(tmp.path(), &server, "bob").await);
-    let daemon = Daemon::start(&tmp.path().join("bob"), ServiceOptions::default())
-        .await
-        .unwrap();
+    let daemon = Daemon::start(
+        &tmp.path().join("bob"),
+        ServiceOptions {
+            client: hushwire_client::ClientOptions::default()
+                .with_passphrase(hushwire_tests::PASSPHRASE),
+            ..ServiceOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     let token = Token::generate();
     let secret = token.expose().to_string();
     let (addr, fut) = daemon

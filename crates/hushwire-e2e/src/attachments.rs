@@ -696,7 +696,7 @@ mod tests {
     use crate::TimelineItem;
 
     fn registered(dir: &Path) -> Profile {
-        let mut p = Profile::open(dir).unwrap();
+        let mut p = Profile::open(dir, &crate::StoreKey::from_bytes([7; 32])).unwrap();
         p.create_identity("alice", 1_000).unwrap();
         p.complete_registration("https://127.0.0.1:1", None, 1)
             .unwrap();
@@ -736,7 +736,7 @@ mod tests {
             id
         };
         // A new process finds everything needed to resume.
-        let mut p = Profile::open(dir.path()).unwrap();
+        let mut p = Profile::open(dir.path(), &crate::StoreKey::from_bytes([7; 32])).unwrap();
         let pending = p.pending_uploads().unwrap();
         assert_eq!(pending.len(), 1);
         let u = &pending[0];

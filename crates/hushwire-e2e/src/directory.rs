@@ -176,7 +176,7 @@ mod tests {
 
     fn profile() -> (tempfile::TempDir, Profile) {
         let dir = tempfile::tempdir().unwrap();
-        let p = Profile::open(dir.path()).unwrap();
+        let p = Profile::open(dir.path(), &crate::StoreKey::from_bytes([7; 32])).unwrap();
         (dir, p)
     }
 

@@ -79,6 +79,18 @@ pub enum E2eError {
     /// The local database failed.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The profile database does not open with this key (wrong key, or not a profile
+    /// database). Nothing was changed.
+    #[error("the profile database {0} does not open with this key (wrong key or passphrase?)")]
+    WrongKey(String),
+    /// Reading or writing an encrypted backup failed: wrong recovery key, a tampered or
+    /// truncated file, an unsupported version (see [`hushwire_backup::BackupError`]).
+    /// A failed restore wrote nothing.
+    #[error("backup: {0}")]
+    Backup(#[from] hushwire_backup::BackupError),
+    /// A backup is restored only into a fresh profile (no account, no conversation).
+    #[error("cannot restore: {0}")]
+    RestoreRefused(String),
     /// OpenMLS failed.
     #[error(transparent)]
     Mls(#[from] MlsError),

@@ -407,8 +407,12 @@ pub(crate) fn authorize_commit(
         }
         removed_devices.push((removed.handle, proposer.handle));
     }
-    if external && !external_resync {
-        return Err("an external commit is accepted only to rejoin one's own leaf".into());
+    // An external commit rejoins the committer's own leaf (its state broke), or brings
+    // in a new device of a member account (restored from a backup): never a stranger.
+    if external && !external_resync && !before.contains_key(&committer.handle) {
+        return Err(
+            "an external commit is accepted only from a device of a member (to rejoin)".into(),
+        );
     }
     if before_meta.recovery_key != after_meta.recovery_key {
         return Err("the commit changes the group's recovery key".into());

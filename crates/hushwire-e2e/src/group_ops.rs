@@ -124,6 +124,200 @@ pub(crate) fn queue_own_device_op(
     Ok(queued)
 }
 
+/// One active group that lacks listed devices of this account (see
+/// [`Profile::own_devices_missing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingOwnDevices {
+    /// The MLS group.
+    pub group_id: Vec<u8>,
+    /// Its conversation.
+    pub conversation: String,
+    /// The group's suite (claim the devices' key packages for it).
+    pub suite: Suite,
+    /// This account's listed devices that are not members, ascending.
+    pub device_ids: Vec<u32>,
+}
+
+impl Profile {
+    /// The active groups that lack one of this account's listed devices (a device
+    /// restored from a backup registers itself and publishes the list, but nobody added
+    /// it to the conversations), leaving out devices an outbox item already adds.
+    pub fn own_devices_missing(&self) -> Result<Vec<MissingOwnDevices>, E2eError> {
+        let me = self.me()?.0.clone();
+        let listed: BTreeSet<u32> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT device_id FROM devices WHERE handle = ?1 AND listed = 1 AND device_id != ?2",
+            )?;
+            let rows = stmt.query_map(params![me.handle, me.device_id], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if listed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut queued: BTreeSet<(Vec<u8>, u32)> = BTreeSet::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT group_id, params FROM outbox WHERE kind = 'dadd'")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, Option<Vec<u8>>>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                ))
+            })?;
+            for row in rows {
+                let (group_id, raw) = row?;
+                for d in parse_params(raw.as_deref()).device_ids {
+                    queued.insert((group_id.clone().unwrap_or_default(), d));
+                }
+            }
+        }
+        let groups: Vec<(Vec<u8>, String, u16)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT group_id, conversation, suite FROM groups WHERE state = 'active'
+                 ORDER BY created_at_ms, group_id",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::new();
+        for (group_id, conversation, suite) in groups {
+            let Some(suite) = Suite::from_code(suite) else {
+                continue;
+            };
+            let Ok(group) = load_group(&self.conn, &group_id) else {
+                continue;
+            };
+            if !group.is_active() {
+                continue;
+            }
+            let present: BTreeSet<u32> = member_map(&group)
+                .get(&me.handle)
+                .map(|l| l.iter().map(|(_, d)| *d).collect())
+                .unwrap_or_default();
+            let device_ids: Vec<u32> = listed
+                .iter()
+                .copied()
+                .filter(|d| !present.contains(d) && !queued.contains(&(group_id.clone(), *d)))
+                .collect();
+            if !device_ids.is_empty() {
+                out.push(MissingOwnDevices {
+                    group_id,
+                    conversation,
+                    suite,
+                    device_ids,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Queues adding this account's devices to one group, each with a key package
+    /// claimed for this group alone (`(device_id, MLSMessage(KeyPackage))`): a one-time
+    /// package serves one Welcome only.
+    pub fn queue_add_own_devices_to(
+        &mut self,
+        group_id: &[u8],
+        key_packages: &[(u32, Vec<u8>)],
+        now_ms: u64,
+    ) -> Result<bool, E2eError> {
+        let me = self.me()?.0.clone();
+        let key_packages: Vec<&(u32, Vec<u8>)> = key_packages
+            .iter()
+            .filter(|(d, _)| *d != me.device_id)
+            .collect();
+        if key_packages.is_empty() {
+            return Ok(false);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let conversation: Option<String> = tx
+            .query_row(
+                "SELECT conversation FROM groups WHERE group_id = ?1 AND state = 'active'",
+                params![group_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(conversation) = conversation else {
+            return Ok(false);
+        };
+        let p = OpParams {
+            device_ids: key_packages.iter().map(|(d, _)| *d).collect(),
+            provided: true,
+            ..OpParams::default()
+        };
+        insert_item(&tx, "dadd", &conversation, group_id, &p, false, now_ms)?;
+        let item_id: Vec<u8> = tx.query_row(
+            "SELECT item_id FROM outbox ORDER BY ord DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )?;
+        for (device_id, kp) in key_packages {
+            tx.execute(
+                "INSERT OR REPLACE INTO outbox_key_packages (item_id, handle, device_id, key_package)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![item_id, me.handle, device_id, kp],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+}
+
+/// A conversation this device has history of but no group in (restored from a
+/// backup): see [`Profile::unjoined_conversations`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unjoined {
+    /// The conversation (a peer's handle, or `#title` for a group chat).
+    pub conversation: String,
+    /// A group chat (rejoined by External Commit), else a 1:1 conversation (started
+    /// again with the peer's and this account's devices).
+    pub group_chat: bool,
+}
+
+impl Profile {
+    /// The conversations with no active or pending group on this device: after a
+    /// restore from a backup, those the account's other devices did not add it to.
+    /// Leaves out 1:1 conversations with blocked accounts and group chats being left or
+    /// without a recovery key (nothing to rejoin from).
+    pub fn unjoined_conversations(&self) -> Result<Vec<Unjoined>, E2eError> {
+        let mut out = Vec::new();
+        let mut stmt = self.conn.prepare(
+            "SELECT c.peer FROM conversations c
+             WHERE NOT EXISTS (SELECT 1 FROM groups g WHERE g.conversation = c.peer
+                               AND g.state IN ('active', 'pending'))
+               AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.handle = c.peer)
+             ORDER BY c.peer",
+        )?;
+        let peers = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for peer in peers {
+            let peer = peer?;
+            if !crate::group::is_group_name(&peer) {
+                out.push(Unjoined {
+                    conversation: peer,
+                    group_chat: false,
+                });
+            }
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT gc.conversation FROM group_chats gc
+             WHERE gc.leaving = 0 AND gc.recovery_key IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM groups g WHERE g.group_id = gc.group_id
+                               AND g.state IN ('active', 'pending'))
+             ORDER BY gc.conversation",
+        )?;
+        let chats = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for chat in chats {
+            out.push(Unjoined {
+                conversation: chat?,
+                group_chat: true,
+            });
+        }
+        Ok(out)
+    }
+}
+
 pub(crate) fn parse_params(raw: Option<&str>) -> OpParams {
     raw.and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_default()
@@ -1120,7 +1314,7 @@ impl Profile {
         &mut self,
         conversation: &str,
         group_info: &[u8],
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<(), E2eError> {
         let me = self.me()?.0.clone();
         let credential = self.own_credential()?;
@@ -1216,9 +1410,12 @@ impl Profile {
             group_info: group_info_bytes(gi, Some(&meta), &group_id)?.into(),
             ..Submit::default()
         };
+        // A device restored from a backup has the chat but never had the group.
         tx.execute(
-            "UPDATE groups SET state = 'pending' WHERE group_id = ?1",
-            params![group_id],
+            "INSERT INTO groups (group_id, conversation, suite, state, created_at_ms)
+             VALUES (?1, ?2, ?3, 'pending', ?4)
+             ON CONFLICT (group_id) DO UPDATE SET state = 'pending'",
+            params![group_id, conversation, suite.code(), to_sql_u64(now_ms)?],
         )?;
         // Buffered envelopes of the lost state can never be processed now.
         tx.execute(

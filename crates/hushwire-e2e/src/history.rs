@@ -1121,7 +1121,8 @@ mod tests {
     /// Two devices of one account, `alice/1` and `alice/2`, linked with the profile's
     /// linking API (no server: the ids are given).
     fn devices(root: &Path) -> (Profile, Profile) {
-        let mut one = Profile::open(&root.join("one")).unwrap();
+        let mut one =
+            Profile::open(&root.join("one"), &crate::StoreKey::from_bytes([7; 32])).unwrap();
         one.create_identity("alice", 1_000).unwrap();
         one.complete_registration(URL, None, 1).unwrap();
         let two = linked(root, &one, "two", 2);
@@ -1129,7 +1130,8 @@ mod tests {
     }
 
     fn linked(root: &Path, one: &Profile, dir: &str, device_id: u32) -> Profile {
-        let mut two = Profile::open(&root.join(dir)).unwrap();
+        let mut two =
+            Profile::open(&root.join(dir), &crate::StoreKey::from_bytes([7; 32])).unwrap();
         let key = two.begin_link(2_000).unwrap();
         let cert = one.certify_device(&key, 2_000).unwrap();
         two.complete_link(&one.link_secrets().unwrap(), device_id, &cert, URL, None)

@@ -1115,16 +1115,17 @@ fn join_group_chat(
     suite: Suite,
 ) -> Result<Outcome, Fail> {
     let provider = Provider::new(ctx.conn);
-    let existing: Option<(String, String)> = ctx
+    // A chat restored from a backup has its row but no group yet (state NULL).
+    let existing: Option<(String, Option<String>)> = ctx
         .conn
         .query_row(
             "SELECT c.conversation, g.state FROM group_chats c
-             JOIN groups g ON g.group_id = c.group_id WHERE c.group_id = ?1",
+             LEFT JOIN groups g ON g.group_id = c.group_id WHERE c.group_id = ?1",
             params![group_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    if let Some((_, state)) = &existing
+    if let Some((_, Some(state))) = &existing
         && state != "inactive"
     {
         return Err(Fail::Skip);
@@ -1258,8 +1259,10 @@ fn join_group_chat(
     let conversation = match existing {
         Some((name, _)) => {
             ctx.conn.execute(
-                "UPDATE groups SET state = 'active' WHERE group_id = ?1",
-                params![group_id],
+                "INSERT INTO groups (group_id, conversation, suite, state, created_at_ms)
+                 VALUES (?1, ?2, ?3, 'active', ?4)
+                 ON CONFLICT (group_id) DO UPDATE SET state = 'active'",
+                params![group_id, name, suite.code(), to_sql_u64(ctx.now_ms)?],
             )?;
             ctx.conn.execute(
                 "UPDATE group_chats SET leaving = 0 WHERE group_id = ?1",

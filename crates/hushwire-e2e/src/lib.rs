@@ -40,10 +40,13 @@
 //! - Every leaf of every group is `BasicCredential("{handle}/{device_id}")` whose
 //!   signature key is a device key certified by that handle's pinned account key.
 //!
-//! The store is not encrypted at rest yet (a later issue): secrets are in clear in the
-//! profile database, like OpenMLS's own state.
+//! The store is encrypted at rest with SQLCipher (database, WAL and journals; temporary
+//! tables stay in memory) under a [`StoreKey`] the caller supplies; the `hushwire-vault`
+//! crate keeps that key wrapped under the OS keyring or an Argon2id passphrase.
 
 mod attachments;
+mod backup;
+mod backup_schedule;
 mod devices;
 mod directory;
 mod error;
@@ -70,6 +73,8 @@ pub use attachments::{
     AttachmentInfo, AttachmentRecord, MAX_FILE_NAME_BYTES, MAX_MIME_BYTES, MAX_THUMBNAIL_BYTES,
     NewUpload, PendingUpload,
 };
+pub use backup::{BackupOptions, RestoreSummary, RestoredAccount, RestoredConversation};
+pub use backup_schedule::{BACKUP_KEY_BYTES, BackupScheduleRow};
 pub use devices::{
     DeviceListEdit, DeviceListNews, LinkChannel, LinkSecrets, MAX_DEVICE_NAME_BYTES, OwnDevice,
     validate_device_name, verify_device_list,
@@ -82,12 +87,15 @@ pub use features::{
     parse_message_id, validate_reaction, validate_timer,
 };
 pub use group::{GroupDetails, GroupEvent, GroupEventKind, GroupMember};
+pub use group_ops::{MissingOwnDevices, Unjoined};
 pub use history::{
     HISTORY_FORMAT, HISTORY_VERSION, HistoryOptions, HistoryStats, IMPORT_BATCH_RECORDS,
     MAX_HISTORY_RECORD_BYTES,
 };
-pub use profile::{GroupStatus, Profile};
+pub use keys::StoreKey;
+pub use profile::{GroupStatus, PROFILE_DB, Profile};
 pub use safety::{SafetyNumber, safety_number};
+pub use store::open_encrypted;
 
 use openmls::prelude::Ciphersuite;
 

@@ -85,19 +85,48 @@ pub(crate) fn load_group(conn: &Connection, group_id: &[u8]) -> Result<MlsGroup,
         .ok_or(E2eError::Mls(MlsError::GroupMissing))
 }
 
-/// The group a conversation sends on: the smallest group id among its active groups.
+/// The group a conversation sends on: among its active groups, the one with the most
+/// listed devices as members, and of those the smallest group id.
+///
+/// Two groups normally exist only after both sides started the conversation at once;
+/// they then have the same members and both sides pick the same (smallest) one. After a
+/// restore from a backup, the restored device starts a new group with the peer and all
+/// listed devices, while the peer's old group still holds only the lost devices: the
+/// peer must send on the new one, which has more listed members.
 pub(crate) fn send_group(
     conn: &Connection,
     conversation: &str,
 ) -> Result<Option<Vec<u8>>, E2eError> {
-    Ok(conn
-        .query_row(
+    let ids: Vec<Vec<u8>> = {
+        let mut stmt = conn.prepare_cached(
             "SELECT group_id FROM groups WHERE conversation = ?1 AND state = 'active'
-             ORDER BY group_id LIMIT 1",
-            params![conversation],
-            |r| r.get(0),
-        )
-        .optional()?)
+             ORDER BY group_id",
+        )?;
+        let rows = stmt.query_map(params![conversation], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    if ids.len() < 2 {
+        return Ok(ids.into_iter().next());
+    }
+    let first = ids.first().cloned();
+    let mut best: Option<(usize, Vec<u8>)> = None;
+    for id in ids {
+        let Ok(group) = load_group(conn, &id) else {
+            continue;
+        };
+        let mut listed = 0usize;
+        for m in group.members() {
+            if let Ok(a) = parse_credential(&m.credential)
+                && crate::devices::is_listed(conn, &a.handle, a.device_id)? == Some(true)
+            {
+                listed += 1;
+            }
+        }
+        if best.as_ref().is_none_or(|(n, _)| listed > *n) {
+            best = Some((listed, id));
+        }
+    }
+    Ok(best.map(|(_, id)| id).or(first))
 }
 
 /// Every member device of `group`.

@@ -662,7 +662,9 @@ fn profile_is_send() {
 #[test]
 fn registration_rules() {
     let root = tempfile::tempdir().unwrap();
-    let mut p = hushwire_e2e::Profile::open(root.path()).unwrap();
+    let mut p =
+        hushwire_e2e::Profile::open(root.path(), &hushwire_e2e::StoreKey::from_bytes([7; 32]))
+            .unwrap();
     assert!(p.identity().is_none());
     assert!(matches!(
         p.queue_text("bob", "x", 1),
@@ -686,7 +688,8 @@ fn registration_rules() {
         Err(E2eError::AlreadyRegistered)
     ));
     drop(p);
-    let p = hushwire_e2e::Profile::open(root.path()).unwrap();
+    let p = hushwire_e2e::Profile::open(root.path(), &hushwire_e2e::StoreKey::from_bytes([7; 32]))
+        .unwrap();
     let id = p.identity().unwrap();
     assert_eq!((id.handle.as_str(), id.device_id), ("alice", 7));
     assert_eq!(id.account_key, reg.account_key);

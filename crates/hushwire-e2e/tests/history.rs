@@ -19,7 +19,7 @@ use hushwire_e2e::{
 /// A second device of `existing`'s account, linked with the profile's own linking API.
 fn link(root: &Path, ds: &mut Ds, existing: &Client, dir_name: &str) -> Client {
     let dir = root.join(dir_name);
-    let mut profile = Profile::open(&dir).unwrap();
+    let mut profile = Profile::open(&dir, &hushwire_e2e::StoreKey::from_bytes([7; 32])).unwrap();
     let key = profile.begin_link(ds.tick()).unwrap();
     let cert = existing.profile.certify_device(&key, ds.tick()).unwrap();
     let me = existing.profile.identity().unwrap().clone();

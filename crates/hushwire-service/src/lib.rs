@@ -284,6 +284,12 @@ async fn run(
         while let Ok(job) = jobs.try_recv() {
             job(client).await;
         }
+        // A scheduled backup (`hushwire backup schedule`), when due.
+        match client.run_due_backup(commands::unix_ms()) {
+            Ok(Some(path)) => tracing::info!(file = %path.display(), "scheduled backup written"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "scheduled backup failed; retried later"),
+        }
         if !live {
             match jobs.recv().await {
                 Some(job) => {
@@ -351,6 +357,14 @@ mod tests {
     use super::*;
     use hushwire_tests::{TestServer, register};
 
+    /// The test profiles' passphrase (`hushwire_tests::PASSPHRASE`).
+    fn test_options() -> ServiceOptions {
+        ServiceOptions {
+            client: ClientOptions::default().with_passphrase(hushwire_tests::PASSPHRASE),
+            ..ServiceOptions::default()
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn commands_run_and_live_messages_arrive() {
         let tmp = tempfile::tempdir().unwrap();
@@ -358,7 +372,7 @@ mod tests {
         let mut alice = register(tmp.path(), &server, "alice").await;
         let bob = register(tmp.path(), &server, "bob").await;
         drop(bob);
-        let service = Service::start(&tmp.path().join("bob"), ServiceOptions::default()).unwrap();
+        let service = Service::start(&tmp.path().join("bob"), test_options()).unwrap();
         let mut events = service.subscribe();
         hushwire_tests::send(&mut alice, "bob", "hello service").await;
         let got = tokio::time::timeout(Duration::from_secs(30), async {
@@ -402,7 +416,7 @@ mod tests {
         drop(register(tmp.path(), &server, "bob").await);
         let options = ServiceOptions {
             live: false,
-            ..ServiceOptions::default()
+            ..test_options()
         };
         let bob = Service::start(&tmp.path().join("bob"), options).unwrap();
         let sync =
@@ -538,7 +552,7 @@ mod tests {
         let server = TestServer::start(&tmp.path().join("server")).await;
         drop(register(tmp.path(), &server, "alice").await);
         let mut bob = register(tmp.path(), &server, "bob").await;
-        let service = Service::start(&tmp.path().join("alice"), ServiceOptions::default()).unwrap();
+        let service = Service::start(&tmp.path().join("alice"), test_options()).unwrap();
         let mut events = service.subscribe();
         let pending = service
             .with(|c| Box::pin(async move { c.open_link(Duration::from_secs(120)).await }))
@@ -584,7 +598,7 @@ mod tests {
             &laptop,
             &code,
             "laptop",
-            ClientOptions::default(),
+            ClientOptions::default().with_passphrase(hushwire_tests::PASSPHRASE),
             Duration::from_secs(120),
             &mut ignore,
         );
@@ -592,7 +606,11 @@ mod tests {
         let report = report.unwrap();
         joined.unwrap();
         assert_eq!(report.name, "laptop");
-        let laptop = Client::open(&laptop, ClientOptions::default()).unwrap();
+        let laptop = Client::open(
+            &laptop,
+            ClientOptions::default().with_passphrase(hushwire_tests::PASSPHRASE),
+        )
+        .unwrap();
         let texts: Vec<String> = laptop
             .profile()
             .history("bob")

@@ -282,7 +282,15 @@ async fn the_app_in_chromium() {
     let mut bob = register(tmp.path(), &server, "bob").await;
     let mut carol = register(tmp.path(), &server, "carol").await;
     let mut dave = register(tmp.path(), &server, "dave").await;
-    let service = Service::start(&tmp.path().join("alice"), ServiceOptions::default()).unwrap();
+    let service = Service::start(
+        &tmp.path().join("alice"),
+        ServiceOptions {
+            client: hushwire_client::ClientOptions::default()
+                .with_passphrase(hushwire_tests::PASSPHRASE),
+            ..ServiceOptions::default()
+        },
+    )
+    .unwrap();
     let app = hushwire_webapp::start(service.clone(), None).await.unwrap();
     assert!(app.addr().ip().is_loopback());
     assert!(

@@ -65,7 +65,7 @@ async fn main() {
             &dir,
             &code,
             "laptop",
-            ClientOptions::default(),
+            ClientOptions::default().with_passphrase("test passphrase"),
             timeout,
             &mut |_| {},
         )
@@ -75,7 +75,11 @@ async fn main() {
     };
     let (report, (joined, took)) = tokio::join!(existing, new_side);
     let report = report.unwrap();
-    let laptop = Client::open(&root.join("alice-laptop"), ClientOptions::default()).unwrap();
+    let laptop = Client::open(
+        &root.join("alice-laptop"),
+        ClientOptions::default().with_passphrase("test passphrase"),
+    )
+    .unwrap();
     let convs = laptop.profile().conversations().unwrap().len();
     // Joined (an active MLS group), not only imported from the archive.
     let joined_groups = laptop

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hushwire_client::{Client, ClientError, ClientOptions, Event, Joined, LinkReport};
-use hushwire_e2e::{LinkSecrets, MessageState, Profile, Suite};
+use hushwire_e2e::{LinkSecrets, MessageState, Suite};
 use hushwire_proto::link::LinkCode;
 use hushwire_store::{Accounts, DeviceAddr, KeyPackages, NewDevice, NewKeyPackage};
 use hushwire_tests::{OP_TIMEOUT, TestServer, history_texts, open, receive, register, send};
@@ -41,7 +41,7 @@ async fn link(
             &dir,
             &code,
             "laptop",
-            ClientOptions::default(),
+            ClientOptions::default().with_passphrase("test passphrase"),
             LINK_TIMEOUT,
             &mut |_| {},
         )
@@ -96,7 +96,11 @@ async fn linked_device_gets_history_and_both_devices_take_part() {
     assert_eq!(report.conversations, 2, "the 1:1 chat and the group");
     assert!(report.history.messages >= 3);
 
-    let mut laptop = Client::open(&root.join("alice-laptop"), ClientOptions::default()).unwrap();
+    let mut laptop = Client::open(
+        &root.join("alice-laptop"),
+        ClientOptions::default().with_passphrase("test passphrase"),
+    )
+    .unwrap();
     // The history from before the link is on the new device, own messages as sent.
     assert_eq!(
         history_texts(&laptop, "bob"),
@@ -196,7 +200,11 @@ async fn removed_device_is_locked_out() {
     let (r, j) = link(&mut alice, root, "alice-laptop").await;
     r.unwrap();
     j.unwrap();
-    let mut laptop = Client::open(&root.join("alice-laptop"), ClientOptions::default()).unwrap();
+    let mut laptop = Client::open(
+        &root.join("alice-laptop"),
+        ClientOptions::default().with_passphrase("test passphrase"),
+    )
+    .unwrap();
     receive(&mut laptop).await;
 
     let mut news = Vec::new();
@@ -264,7 +272,7 @@ async fn server_inserted_devices_are_refused_by_contacts() {
 
     // 1. A device made by the server: key and certificate from another account key.
     let evil_dir = tmp.path().join("evil");
-    let mut evil = Profile::open(&evil_dir).unwrap();
+    let mut evil = hushwire_tests::open_profile(&evil_dir).unwrap();
     let reg = evil.create_identity("alice", 1).unwrap();
     let fake = server
         .store
@@ -298,7 +306,7 @@ async fn server_inserted_devices_are_refused_by_contacts() {
     // 2. A device whose certificate the account key did sign (say, by a device removed
     // later) but that the signed list does not name.
     let ghost_dir = tmp.path().join("ghost");
-    let mut ghost = Profile::open(&ghost_dir).unwrap();
+    let mut ghost = hushwire_tests::open_profile(&ghost_dir).unwrap();
     let ghost_key = ghost.begin_link(1).unwrap();
     let cert = alice.profile().certify_device(&ghost_key, 2).unwrap();
     let ghost_rec = server
@@ -370,7 +378,7 @@ async fn wrong_and_reused_link_codes_fail_cleanly() {
         &root.join("x"),
         "hwlink1:AAAA",
         "x",
-        ClientOptions::default(),
+        ClientOptions::default().with_passphrase("test passphrase"),
         LINK_TIMEOUT,
         &mut |_| {},
     )
@@ -396,7 +404,7 @@ async fn wrong_and_reused_link_codes_fail_cleanly() {
         &root.join("y"),
         &made_up.encode(),
         "y",
-        ClientOptions::default(),
+        ClientOptions::default().with_passphrase("test passphrase"),
         LINK_TIMEOUT,
         &mut |_| {},
     )
@@ -426,7 +434,7 @@ async fn wrong_and_reused_link_codes_fail_cleanly() {
             &dir1,
             &code,
             "first",
-            ClientOptions::default(),
+            ClientOptions::default().with_passphrase("test passphrase"),
             LINK_TIMEOUT,
             &mut |_| {},
         )
@@ -435,7 +443,7 @@ async fn wrong_and_reused_link_codes_fail_cleanly() {
             &dir2,
             &code,
             "second",
-            ClientOptions::default(),
+            ClientOptions::default().with_passphrase("test passphrase"),
             Duration::from_secs(5),
             &mut |_| {},
         )
@@ -472,7 +480,7 @@ async fn wrong_and_reused_link_codes_fail_cleanly() {
             &dir3,
             &code,
             "third",
-            ClientOptions::default(),
+            ClientOptions::default().with_passphrase("test passphrase"),
             Duration::from_secs(20),
             &mut |_| {},
         )
@@ -521,7 +529,11 @@ async fn linking_while_the_group_changes_converges() {
     let ((r, j), ()) = tokio::join!(link(&mut alice, root, "alice-laptop"), bob_adds);
     r.unwrap();
     j.unwrap();
-    let mut laptop = Client::open(&root.join("alice-laptop"), ClientOptions::default()).unwrap();
+    let mut laptop = Client::open(
+        &root.join("alice-laptop"),
+        ClientOptions::default().with_passphrase("test passphrase"),
+    )
+    .unwrap();
     for c in [&mut alice, &mut bob, &mut carol, &mut dave, &mut laptop] {
         receive(c).await;
     }
@@ -585,8 +597,11 @@ async fn eight_devices_and_no_more() {
     receive(&mut alice).await;
     assert!(history_texts(&alice, "bob").contains(&"to all eight".into()));
     for n in 2..=8 {
-        let mut c =
-            Client::open(&root.join(format!("alice-{n}")), ClientOptions::default()).unwrap();
+        let mut c = Client::open(
+            &root.join(format!("alice-{n}")),
+            ClientOptions::default().with_passphrase("test passphrase"),
+        )
+        .unwrap();
         receive(&mut c).await;
         let h = history_texts(&c, "bob");
         assert!(

@@ -4,7 +4,8 @@
 use hushwire_client::{Client, ClientError, Event};
 use hushwire_e2e::{E2eError, GroupEventKind, Suite, TimelineItem};
 use hushwire_tests::{
-    OP_TIMEOUT, TestServer, contains, history_texts, open, read_tree, receive, register, send,
+    OP_TIMEOUT, TestServer, contains, history_texts, open, options, read_tree, receive, register,
+    send,
 };
 
 fn names(v: &[&str]) -> Vec<String> {
@@ -799,10 +800,10 @@ async fn two_hundred_members() {
     let members: Vec<Client> = on_two_threads(handles.clone(), |h| {
         let (dir, url, pin) = (dir.join(&h), url.clone(), pin.clone());
         Box::pin(async move {
-            hushwire_client::register(&dir, &h, &url, Some(&pin), None, Default::default())
+            hushwire_client::register(&dir, &h, &url, Some(&pin), None, options())
                 .await
                 .unwrap();
-            Client::open(&dir, Default::default()).unwrap()
+            Client::open(&dir, options()).unwrap()
         })
     });
 

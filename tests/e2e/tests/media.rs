@@ -17,7 +17,7 @@ use std::time::Duration;
 use hushwire_client::{
     AttachmentInfo, Client, ClientError, ClientOptions, Event, SendFileOptions, StoredMessage,
 };
-use hushwire_e2e::{Profile, TimelineItem};
+use hushwire_e2e::TimelineItem;
 use hushwire_tests::{OP_TIMEOUT, TestServer, contains, open, read_tree, register, test_config};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -248,7 +248,7 @@ async fn register_via(root: &Path, server: &TestServer, proxy: &Proxy, handle: &
         &proxy.url(&server.url),
         Some(&server.pin),
         None,
-        ClientOptions::default(),
+        ClientOptions::default().with_passphrase("test passphrase"),
     )
     .await
     .unwrap();
@@ -489,7 +489,7 @@ async fn killed_clients_resume_uploads_and_downloads() {
                 panic!("the upload finished before it was killed: {r:?}")
             }
             () = wait_until("upload progress", || {
-                Profile::open(&alice_dir)
+                hushwire_tests::open_profile(&alice_dir)
                     .unwrap()
                     .pending_uploads()
                     .unwrap()
@@ -498,7 +498,7 @@ async fn killed_clients_resume_uploads_and_downloads() {
             }) => {}
         }
     }
-    let pending = Profile::open(&alice_dir)
+    let pending = hushwire_tests::open_profile(&alice_dir)
         .unwrap()
         .pending_uploads()
         .unwrap();
@@ -808,7 +808,7 @@ async fn a_file_changed_before_resuming_is_refused() {
                 panic!("the upload finished before it was killed: {r:?}")
             }
             () = wait_until("upload progress", || {
-                Profile::open(&alice_dir)
+                hushwire_tests::open_profile(&alice_dir)
                     .unwrap()
                     .pending_uploads()
                     .unwrap()

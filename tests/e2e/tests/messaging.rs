@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use hushwire_e2e::{MessageState, Suite};
-use hushwire_tests::{TestServer, history_texts, open, receive, register, send};
+use hushwire_tests::{TestServer, history_texts, open, options, receive, register, send};
 
 async fn both_directions(suite: Suite) {
     let root = tempfile::tempdir().unwrap();
@@ -246,7 +246,7 @@ async fn registration_errors() {
         &server.url,
         Some(&server.pin),
         None,
-        Default::default(),
+        options(),
     )
     .await
     .unwrap_err();
@@ -262,7 +262,7 @@ async fn registration_errors() {
         &server.url,
         Some(&wrong_pin),
         None,
-        Default::default(),
+        options(),
     )
     .await
     .unwrap_err();

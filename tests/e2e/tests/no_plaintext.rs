@@ -1,12 +1,12 @@
 //! The server's files and every log line (at TRACE, client and server alike) contain no
 //! plaintext: a canary string sent both ways appears nowhere but in the clients' own
-//! stores.
+//! (encrypted) stores.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use hushwire_tests::{TestServer, contains, read_tree, receive, register, send};
+use hushwire_tests::{TestServer, contains, history_texts, read_tree, receive, register, send};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -74,11 +74,14 @@ async fn server_files_and_logs_hold_no_plaintext() {
     for canary in [canary_ab, canary_ba] {
         assert!(!contains(&logs, canary.as_bytes()), "{canary} in the logs");
     }
-    // The canary is really there to be found: the clients store their own history.
-    let alice_files = read_tree(&root.path().join("alice"));
-    assert!(
-        alice_files
-            .iter()
-            .any(|(_, b)| contains(b, canary_ab.as_bytes()))
-    );
+    // The canary is really there to be found: the clients store their own history,
+    // which is itself encrypted at rest (readable only through the unlocked profile).
+    assert!(history_texts(&alice, "bob").iter().any(|t| t == canary_ab));
+    for (path, bytes) in read_tree(&root.path().join("alice")) {
+        assert!(
+            !contains(&bytes, canary_ab.as_bytes()),
+            "{canary_ab} in {}",
+            path.display()
+        );
+    }
 }

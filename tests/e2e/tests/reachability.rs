@@ -281,7 +281,7 @@ impl Drop for Internet {
 fn options() -> ClientOptions {
     ClientOptions {
         connect_timeout: Duration::from_secs(10),
-        ..ClientOptions::default()
+        ..hushwire_tests::options()
     }
 }
 

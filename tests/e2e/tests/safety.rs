@@ -43,7 +43,7 @@ async fn client_killed_between_store_and_ack_shows_no_duplicate() {
 
     // Bob's process: connects, stores every envelope, and is killed before its ack.
     let endpoint = Endpoint::new(&server.url, Some(&server.pin)).unwrap();
-    let mut profile = Profile::open(&root.path().join("bob")).unwrap();
+    let mut profile = hushwire_tests::open_profile(&root.path().join("bob")).unwrap();
     let pending = Connection::open(&endpoint).await.unwrap();
     let auth = pending
         .auth_response(&ProfileSigner::new(&profile).unwrap())

@@ -10,6 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hushwire");
+/// The passphrase every test profile is encrypted at rest under (`HUSHWIRE_PASSPHRASE`
+/// of every spawned command).
+pub const PASSPHRASE: &str = "test passphrase";
 
 /// A `hushwire serve` child process, stopped with SIGTERM on drop.
 pub struct Server {
@@ -26,6 +29,7 @@ impl Server {
     /// Like [`Server::start`] with further `serve` arguments.
     pub fn start_with(data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
+            .env("HUSHWIRE_PASSPHRASE", PASSPHRASE)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
@@ -62,6 +66,7 @@ impl Drop for Server {
 
 pub fn command(profile: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
+    c.env("HUSHWIRE_PASSPHRASE", PASSPHRASE);
     c.arg("--profile")
         .arg(profile)
         .args(args)

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use hushwire_e2e::{
     DeviceListEdit, Event, HistoryOptions, HistoryStats, Identity, LinkChannel, LinkSecrets,
-    OwnDevice, Profile, Suite, keys::SecretKey,
+    OwnDevice, Suite, keys::SecretKey,
 };
 use hushwire_proto::limits::{MAX_LINK_SLOT_BYTES, MAX_LINK_TTL_SECS};
 use hushwire_proto::link::LinkCode;
@@ -227,6 +227,52 @@ impl Client {
             self.events.push_back(Event::DevicesChanged(news));
         }
         Ok(self.profile.own_devices()?)
+    }
+
+    /// Adds this account's listed devices that are missing from its conversations: a
+    /// device restored from a backup registers itself with the account key and
+    /// publishes the list, and the account's other devices that are alive bring it into
+    /// every conversation. Each group gets its own claimed key packages (a one-time
+    /// package serves one Welcome). Returns the number of groups queued; a device
+    /// without key packages is tried again at the next check.
+    pub async fn add_missing_own_devices(&mut self) -> Result<usize, ClientError> {
+        let missing = self.profile.own_devices_missing()?;
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let handle = self.identity()?.handle.clone();
+        let mut queued = 0;
+        for group in missing {
+            let claim = wire::ClaimKeyPackages {
+                handle: handle.clone(),
+                ciphersuite: u32::from(group.suite.code()),
+            };
+            let req = self.signed(ApiRequest::claim_key_packages(&claim))?;
+            let claimed = match self.api.call::<wire::ClaimedKeyPackages>(req).await {
+                Ok(c) => c,
+                Err(ClientError::Api {
+                    code: ErrorCode::NoKeyPackages | ErrorCode::NotFound | ErrorCode::RateLimited,
+                    ..
+                }) => continue,
+                Err(e) => return Err(e),
+            };
+            let key_packages: Vec<(u32, Vec<u8>)> = claimed
+                .key_packages
+                .into_iter()
+                .filter(|k| group.device_ids.contains(&k.device_id))
+                .map(|k| (k.device_id, k.key_package.to_vec()))
+                .collect();
+            if self
+                .profile
+                .queue_add_own_devices_to(&group.group_id, &key_packages, unix_ms())?
+            {
+                queued += 1;
+            }
+        }
+        if queued > 0 {
+            tracing::info!(groups = queued, "adding this account's new devices");
+        }
+        Ok(queued)
     }
 
     /// Signs the next device list with `edit`, publishes it and pins it. A concurrent
@@ -575,7 +621,7 @@ pub async fn join_by_link(
     let deadline = Instant::now() + timeout;
     let code = LinkCode::decode(code).map_err(|e| link_error(e.to_string()))?;
     hushwire_e2e::validate_device_name(name)?;
-    let mut profile = Profile::open(profile_dir)?;
+    let mut profile = crate::open_profile(profile_dir, &options.unlock)?;
     if let Some(identity) = profile.identity() {
         return Err(ClientError::AlreadyRegistered(identity.handle.clone()));
     }

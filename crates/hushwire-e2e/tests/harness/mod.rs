@@ -272,7 +272,8 @@ pub struct Client {
 impl Client {
     pub fn new(root: &std::path::Path, ds: &mut Ds, handle: &str) -> Client {
         let dir = root.join(handle);
-        let mut profile = Profile::open(&dir).unwrap();
+        let mut profile =
+            Profile::open(&dir, &hushwire_e2e::StoreKey::from_bytes([7; 32])).unwrap();
         let reg = profile.create_identity(handle, ds.tick()).unwrap();
         let id = ds.register(handle, &reg);
         profile
@@ -306,7 +307,7 @@ impl Client {
     pub fn reopen(&mut self) {
         // Drop the old profile first (closes the connection), as after a restart.
         let dir = self.dir.clone();
-        let fresh = Profile::open(&dir).unwrap();
+        let fresh = Profile::open(&dir, &hushwire_e2e::StoreKey::from_bytes([7; 32])).unwrap();
         self.profile = fresh;
     }
 
