@@ -1439,6 +1439,90 @@ mod tests {
         assert_eq!((s.conversations, s.messages, s.media_files), (3, 26, 0));
     }
 
+    /// Peak resident memory of this process (`VmHWM`), in KiB.
+    fn peak_rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// A 100,000-message history goes to a backup file and back record by record, and
+    /// arrives whole. Prints the time, the file size and the process's peak memory
+    /// (`cargo test --release -p hushwire-e2e --lib -- --nocapture large_history`; the
+    /// peak is this test's only when it runs alone).
+    #[test]
+    fn a_large_history_streams_through_a_file() {
+        const N: u32 = 100_000;
+        let root = tempfile::tempdir().unwrap();
+        let old = alice(root.path(), 0);
+        {
+            let tx = old.conn.unchecked_transaction().unwrap();
+            let mut stmt = tx
+                .prepare(
+                    "INSERT INTO messages (id, conversation, sender, sender_device, group_id,
+                     sent_at_ms, received_at_ms, body, outgoing, state, kind, view_once)
+                     VALUES (?1, '#friends', 'carol', 1, ?2, ?3, ?4, ?5, 0, 2, 0, 0)",
+                )
+                .unwrap();
+            for i in 0..N {
+                let at = 50_000 + i64::from(i);
+                let body = format!("bulk message {i} {}", "z".repeat(100));
+                stmt.execute(params![id_of(1_000 + i), vec![0xbbu8; 32], at, at, body])
+                    .unwrap();
+            }
+            drop(stmt);
+            tx.commit().unwrap();
+        }
+        let before = peak_rss_kib();
+        let key = RecoveryKey::generate();
+        let path = root.path().join("large.hwbackup");
+        let options = BackupOptions {
+            include_media: false,
+            now_ms: NOW,
+        };
+        let started = std::time::Instant::now();
+        let out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let (out, written) = old.write_backup(out, &key, &options).unwrap();
+        out.into_inner().unwrap().sync_all().unwrap();
+        let wrote = started.elapsed();
+        let after_create = peak_rss_kib();
+        assert_eq!(written.messages, 6 + u64::from(N));
+
+        let started = std::time::Instant::now();
+        let dir = root.path().join("new");
+        let mut new = open(&dir);
+        let file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+        let reader = BackupReader::new(file, &key).unwrap();
+        let summary = new.import_backup(reader, NOW).unwrap();
+        let read = started.elapsed();
+        assert_eq!(summary, written);
+        let count = |p: &Profile| -> i64 {
+            p.conn
+                .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count(&new), 6 + i64::from(N));
+        let last = new.history("#friends").unwrap().pop().unwrap();
+        assert!(last.text.starts_with(&format!("bulk message {}", N - 1)));
+        let size = std::fs::metadata(&path).unwrap().len();
+        println!(
+            "large_history: {} messages, backup {:.1} MB, create {:.2} s, restore {:.2} s, \
+             peak RSS {} KiB before, {} KiB after creating, {} KiB after restoring",
+            6 + N,
+            size as f64 / 1e6,
+            wrote.as_secs_f64(),
+            read.as_secs_f64(),
+            before,
+            after_create,
+            peak_rss_kib()
+        );
+    }
+
     #[test]
     fn wrong_key_tampered_and_truncated_write_nothing() {
         let root = tempfile::tempdir().unwrap();
