@@ -110,7 +110,7 @@ pub async fn register(root: &Path, server: &TestServer, handle: &str) -> Client 
         &server.url,
         Some(&server.pin),
         None,
-        ClientOptions::default().with_passphrase(PASSPHRASE),
+        options(),
     )
     .await
     .unwrap();
@@ -132,11 +132,7 @@ pub fn open_profile(dir: &Path) -> Result<hushwire_e2e::Profile, hushwire_client
 
 /// Opens the client of an existing profile (as a new process would).
 pub fn open(root: &Path, handle: &str) -> Client {
-    Client::open(
-        &root.join(handle),
-        ClientOptions::default().with_passphrase(PASSPHRASE),
-    )
-    .unwrap()
+    Client::open(&root.join(handle), options()).unwrap()
 }
 
 /// Queues `text` to `peer` and flushes the outbox until the server accepted it.

@@ -1015,8 +1015,7 @@ async fn every_method_over_the_socket_and_http() {
     let daemon = Daemon::start(
         &tmp.path().join("bob"),
         ServiceOptions {
-            client: hushwire_client::ClientOptions::default()
-                .with_passphrase(hushwire_tests::PASSPHRASE),
+            client: hushwire_tests::options(),
             ..ServiceOptions::default()
         },
     )
@@ -1106,8 +1105,7 @@ async fn events_wait_for_the_next_consumer_and_are_replayed_once() {
     let daemon = Daemon::start(
         &tmp.path().join("bob"),
         ServiceOptions {
-            client: hushwire_client::ClientOptions::default()
-                .with_passphrase(hushwire_tests::PASSPHRASE),
+            client: hushwire_tests::options(),
             ..ServiceOptions::default()
         },
     )
@@ -1161,8 +1159,7 @@ async fn messages_stored_but_not_queued_are_recovered_once() {
     let daemon = Daemon::start(
         &bob_dir,
         ServiceOptions {
-            client: hushwire_client::ClientOptions::default()
-                .with_passphrase(hushwire_tests::PASSPHRASE),
+            client: hushwire_tests::options(),
             ..ServiceOptions::default()
         },
     )
@@ -1180,8 +1177,7 @@ async fn messages_stored_but_not_queued_are_recovered_once() {
         let daemon = Daemon::start(
             &bob_dir,
             ServiceOptions {
-                client: hushwire_client::ClientOptions::default()
-                    .with_passphrase(hushwire_tests::PASSPHRASE),
+                client: hushwire_tests::options(),
                 ..ServiceOptions::default()
             },
         )
@@ -1224,8 +1220,7 @@ async fn the_token_is_required_when_configured() {
     let daemon = Daemon::start(
         &tmp.path().join("bob"),
         ServiceOptions {
-            client: hushwire_client::ClientOptions::default()
-                .with_passphrase(hushwire_tests::PASSPHRASE),
+            client: hushwire_tests::options(),
             ..ServiceOptions::default()
         },
     )

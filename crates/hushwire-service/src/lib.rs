@@ -360,7 +360,7 @@ mod tests {
     /// The test profiles' passphrase (`hushwire_tests::PASSPHRASE`).
     fn test_options() -> ServiceOptions {
         ServiceOptions {
-            client: ClientOptions::default().with_passphrase(hushwire_tests::PASSPHRASE),
+            client: hushwire_tests::options(),
             ..ServiceOptions::default()
         }
     }
@@ -598,7 +598,7 @@ mod tests {
             &laptop,
             &code,
             "laptop",
-            ClientOptions::default().with_passphrase(hushwire_tests::PASSPHRASE),
+            hushwire_tests::options(),
             Duration::from_secs(120),
             &mut ignore,
         );
@@ -606,11 +606,7 @@ mod tests {
         let report = report.unwrap();
         joined.unwrap();
         assert_eq!(report.name, "laptop");
-        let laptop = Client::open(
-            &laptop,
-            ClientOptions::default().with_passphrase(hushwire_tests::PASSPHRASE),
-        )
-        .unwrap();
+        let laptop = Client::open(&laptop, hushwire_tests::options()).unwrap();
         let texts: Vec<String> = laptop
             .profile()
             .history("bob")

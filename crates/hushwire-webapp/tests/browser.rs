@@ -285,8 +285,7 @@ async fn the_app_in_chromium() {
     let service = Service::start(
         &tmp.path().join("alice"),
         ServiceOptions {
-            client: hushwire_client::ClientOptions::default()
-                .with_passphrase(hushwire_tests::PASSPHRASE),
+            client: hushwire_tests::options(),
             ..ServiceOptions::default()
         },
     )
