@@ -6,7 +6,7 @@
 // Test helpers outside `#[test]` functions: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -81,8 +81,15 @@ fn restore(profile: &Path, file: &Path, key: &str, wait: &str) -> Output {
     .unwrap()
 }
 
-/// alice talks with bob (1:1) and with bob and carol (`#Trip`).
-fn conversations(alice: &Path, bob: &Path, carol: &Path) {
+/// Registers alice, bob and carol under `root`; alice talks with bob (1:1) and with bob
+/// and carol (`#Trip`). Returns their profiles.
+fn conversations(root: &Path, server: &Server) -> (PathBuf, PathBuf, PathBuf) {
+    let dirs = ["alice", "bob", "carol"].map(|h| {
+        let dir = root.join(h);
+        register(&dir, h, server);
+        dir
+    });
+    let [alice, bob, carol] = dirs.each_ref().map(PathBuf::as_path);
     assert_ok(&hushwire(alice, &["send", "bob", "hello bob"]));
     assert_ok(&hushwire(bob, &["receive", "--timeout", "0"]));
     assert_ok(&hushwire(bob, &["accept", "alice"]));
@@ -99,21 +106,15 @@ fn conversations(alice: &Path, bob: &Path, carol: &Path) {
     assert_ok(&hushwire(carol, &["send", "#Trip", "bring a map"]));
     assert!(received(alice).contains(&"bring a map".to_string()));
     assert_ok(&hushwire(bob, &["receive", "--timeout", "0"]));
+    let [alice, bob, carol] = dirs;
+    (alice, bob, carol)
 }
 
 #[test]
 fn restore_when_every_old_device_is_gone() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("server"));
-    let (alice, bob, carol) = (
-        tmp.path().join("alice"),
-        tmp.path().join("bob"),
-        tmp.path().join("carol"),
-    );
-    register(&alice, "alice", &server);
-    register(&bob, "bob", &server);
-    register(&carol, "carol", &server);
-    conversations(&alice, &bob, &carol);
+    let (alice, bob, carol) = conversations(tmp.path(), &server);
 
     let file = tmp.path().join("alice.hwbackup");
     let key = create_backup(&alice, &file);
@@ -166,15 +167,7 @@ fn restore_when_every_old_device_is_gone() {
 fn restore_through_a_device_that_is_alive() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("server"));
-    let (alice, bob, carol) = (
-        tmp.path().join("alice"),
-        tmp.path().join("bob"),
-        tmp.path().join("carol"),
-    );
-    register(&alice, "alice", &server);
-    register(&bob, "bob", &server);
-    register(&carol, "carol", &server);
-    conversations(&alice, &bob, &carol);
+    let (alice, bob, carol) = conversations(tmp.path(), &server);
     let file = tmp.path().join("alice.hwbackup");
     let key = create_backup(&alice, &file);
 
