@@ -23,7 +23,8 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Whether the handshake on `conn` chose HTTP/2.
-pub fn negotiated_h2(conn: &rustls::ServerConnection) -> bool {
+/// Whether the handshake on `conn` chose HTTP/2 (`conn`: a `ServerConnection`, or the
+/// session of any other rustls connection).
+pub fn negotiated_h2(conn: &rustls::CommonState) -> bool {
     conn.alpn_protocol() == Some(b"h2")
 }

@@ -56,7 +56,6 @@ pub use hushwire_store_sqlite::{SqliteOptions, SqliteStore};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -484,7 +483,6 @@ impl RunningServer {
         } = self;
         let shared = &server.shared;
         let router = app(&server);
-        let acceptor = TlsAcceptor::from(Arc::clone(&tls.config));
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         tracing::info!(addr = %local_addr, pin = %tls.pin, "hushwire server listening");
 
@@ -546,7 +544,7 @@ impl RunningServer {
                 serve_connection(
                     server.clone(),
                     router.clone(),
-                    acceptor.clone(),
+                    Arc::clone(&tls.config),
                     stream,
                     peer,
                     permit,
@@ -619,7 +617,7 @@ pub(crate) struct ConnPermit {
 async fn serve_connection(
     server: Server,
     router: Router,
-    acceptor: TlsAcceptor,
+    tls_config: Arc<rustls::ServerConfig>,
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
@@ -628,8 +626,11 @@ async fn serve_connection(
     let shared = &server.shared;
     let slot = Arc::new(ConnSlot::new(server.clone(), permit, ip_slot));
     let _ = stream.set_nodelay(true);
-    let handshake =
-        tokio::time::timeout(shared.config.handshake_timeout(), acceptor.accept(stream));
+    // hushwire_tls: a TLS stream that frees its buffers while the connection is idle.
+    let handshake = tokio::time::timeout(
+        shared.config.handshake_timeout(),
+        hushwire_tls::accept(tls_config, stream),
+    );
     let tls = tokio::select! {
         r = handshake => match r {
             Ok(Ok(tls)) => tls,
@@ -644,11 +645,11 @@ async fn serve_connection(
         },
         () = shared.shutdown.cancelled() => return,
     };
-    if tls.get_ref().1.alpn_protocol() == Some(acme::ACME_TLS_ALPN) {
+    if tls.alpn_protocol() == Some(acme::ACME_TLS_ALPN) {
         // A CA's TLS-ALPN-01 validation: the handshake was the answer (RFC 8737 §3).
         return;
     }
-    let h2 = hushwire_decoy::tls::negotiated_h2(tls.get_ref().1);
+    let h2 = hushwire_decoy::tls::negotiated_h2(tls.session());
     let permit = ConnPermit { _slot: slot };
     let service = {
         let server = server.clone();
