@@ -1,10 +1,15 @@
 //! The connection hub: which device is connected where, and live pushes to it.
 //!
-//! One entry per device (a new login replaces the old connection). A push is a
-//! non-blocking `try_send` of an `Arc<Envelope>` into the connection's small bounded
-//! queue. When the queue is full the envelope is dropped and the connection is flagged
+//! One entry per device (a new login replaces the old connection). A push appends an
+//! `Arc<Envelope>` to the connection's small bounded queue (never blocking) and wakes
+//! it. When the queue is full the envelope is dropped and the connection is flagged
 //! *lagged*; it then re-reads its mailbox from the store, so a slow consumer costs a
-//! fixed amount of memory and loses nothing. Ordering is restored by the connection
+//! fixed amount of memory and loses nothing.
+//!
+//! The queue is a `VecDeque` behind the connection's own lock, in the same allocation
+//! as its flags, and it frees its slots whenever it is drained: an idle connection's
+//! entry holds no queue memory. (A tokio `mpsc` channel would cost every connection
+//! about 600 bytes for its channel state and first 32-slot block, idle or not.) Ordering is restored by the connection
 //! (see `ws`): it sends only the seq it expects next and re-fetches on a gap.
 //!
 //! Ephemeral signals (typing, presence) go through the same queue but are never
@@ -19,20 +24,19 @@
 //! A removed (revoked) device's connection is told to close through its *removed* flag
 //! ([`Hub::remove`]), by the node that revoked it or by the cluster poller elsewhere.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use hushwire_proto::wire;
 use hushwire_store::{DeviceId, Envelope};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
-/// Envelopes queued per connection before it falls back to the store. Small: each slot
-/// is one pointer, and tokio allocates the queue in blocks of 32 slots.
+/// Envelopes queued per connection before it falls back to the store. Each slot is one
+/// pointer.
 pub(crate) const PUSH_QUEUE: usize = 32;
 
 /// Out-of-band signals to one connection.
-#[derive(Default)]
 pub(crate) struct Signals {
     /// Pushes were dropped: re-read the mailbox.
     pub(crate) lagged: AtomicBool,
@@ -45,8 +49,54 @@ pub(crate) struct Signals {
     pub(crate) woken: AtomicBool,
     /// Highest mailbox seq the connection sent (the poller's cursor).
     pub(crate) delivered: AtomicU64,
-    /// Wakes the connection after setting a flag.
+    /// Wakes the connection after setting a flag or queueing a push.
     pub(crate) notify: Notify,
+    /// Pushes not yet taken by the connection (at most [`PUSH_QUEUE`]); `None` once the
+    /// connection has ended.
+    queue: Mutex<Option<VecDeque<Arc<Push>>>>,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self {
+            lagged: AtomicBool::new(false),
+            replaced: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
+            notify: Notify::new(),
+            queue: Mutex::new(Some(VecDeque::new())),
+        }
+    }
+}
+
+/// Why [`Signals::enqueue`] refused a push.
+enum Refused {
+    Full,
+    Closed,
+}
+
+impl Signals {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Option<VecDeque<Arc<Push>>>> {
+        // Each critical section is one queue operation; a poisoned queue is consistent.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends `push` and wakes the connection.
+    fn enqueue(&self, push: Push) -> Result<(), Refused> {
+        {
+            let mut queue = self.queue();
+            let Some(queue) = queue.as_mut() else {
+                return Err(Refused::Closed);
+            };
+            if queue.len() >= PUSH_QUEUE {
+                return Err(Refused::Full);
+            }
+            queue.push_back(Arc::new(push));
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
 }
 
 /// What a connection's queue carries (behind one pointer, so a slot stays small).
@@ -59,7 +109,6 @@ pub(crate) enum Push {
 
 struct Slot {
     conn_id: u64,
-    tx: mpsc::Sender<Arc<Push>>,
     signals: Arc<Signals>,
 }
 
@@ -74,8 +123,28 @@ pub(crate) struct Hub {
 /// [`Hub::unregister`] when the connection ends.
 pub(crate) struct Registration {
     pub(crate) conn_id: u64,
-    pub(crate) rx: mpsc::Receiver<Arc<Push>>,
     pub(crate) signals: Arc<Signals>,
+}
+
+impl Registration {
+    /// The oldest queued push, if any. The queue's slots are freed once it is empty.
+    pub(crate) fn try_recv(&self) -> Option<Arc<Push>> {
+        let mut queue = self.signals.queue();
+        let queue = queue.as_mut()?;
+        let push = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > 0 {
+            *queue = VecDeque::new();
+        }
+        push
+    }
+}
+
+impl Drop for Registration {
+    /// Pushes that come after this (before the hub entry is gone) are refused, and the
+    /// queued ones freed: their entries stay in the mailbox.
+    fn drop(&mut self) {
+        self.signals.queue().take();
+    }
 }
 
 impl Hub {
@@ -87,13 +156,11 @@ impl Hub {
     /// Registers `device`'s new connection, telling a previous one to close.
     pub(crate) fn register(&self, device: DeviceId) -> Registration {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(PUSH_QUEUE);
         let signals = Arc::new(Signals::default());
         let old = self.slots().insert(
             device,
             Slot {
                 conn_id,
-                tx,
                 signals: Arc::clone(&signals),
             },
         );
@@ -101,11 +168,7 @@ impl Hub {
             old.signals.replaced.store(true, Ordering::Release);
             old.signals.notify.notify_one();
         }
-        Registration {
-            conn_id,
-            rx,
-            signals,
-        }
+        Registration { conn_id, signals }
     }
 
     /// Removes `device`'s entry if it still belongs to connection `conn_id`.
@@ -123,16 +186,16 @@ impl Hub {
         let Some(slot) = slots.get(&device) else {
             return false;
         };
-        match slot.tx.try_send(Arc::new(Push::Envelope(envelope))) {
+        match slot.signals.enqueue(Push::Envelope(envelope)) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 slot.signals.lagged.store(true, Ordering::Release);
                 slot.signals.notify.notify_one();
                 true
             }
             // The connection is ending; its entries stay in the mailbox (the device
             // may be connecting to another node).
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed) => false,
         }
     }
 
@@ -193,8 +256,8 @@ impl Hub {
             match slots.get(device) {
                 Some(slot) => {
                     if slot
-                        .tx
-                        .try_send(Arc::new(Push::Ephemeral(Arc::clone(&signal))))
+                        .signals
+                        .enqueue(Push::Ephemeral(Arc::clone(&signal)))
                         .is_ok()
                     {
                         sent += 1;
@@ -249,12 +312,12 @@ mod tests {
     fn full_queue_flags_lag_and_replacement_is_signalled() {
         let hub = Hub::default();
         let d = DeviceId(7);
-        let mut first = hub.register(d);
+        let first = hub.register(d);
         for seq in 1..=PUSH_QUEUE as u64 + 1 {
             hub.push(d, env(seq));
         }
         assert!(first.signals.lagged.load(Ordering::Acquire));
-        assert_eq!(first.rx.try_recv().ok().and_then(|p| seq_of(&p)), Some(1));
+        assert_eq!(first.try_recv().and_then(|p| seq_of(&p)), Some(1));
 
         let second = hub.register(d);
         assert!(first.signals.replaced.load(Ordering::Acquire));
@@ -288,7 +351,7 @@ mod tests {
     fn ephemeral_goes_to_connected_devices_and_full_queues_drop_it() {
         let hub = Hub::default();
         let (a, b, c) = (DeviceId(1), DeviceId(2), DeviceId(3));
-        let mut ra = hub.register(a);
+        let ra = hub.register(a);
         let rb = hub.register(b);
         for seq in 1..=PUSH_QUEUE as u64 {
             hub.push(b, env(seq));
@@ -298,10 +361,7 @@ mod tests {
         let mut absent = Vec::new();
         assert_eq!(hub.push_ephemeral(&[a, b, c], signal, Some(&mut absent)), 1);
         assert_eq!(absent, vec![c]);
-        assert!(matches!(
-            ra.rx.try_recv().ok().as_deref(),
-            Some(Push::Ephemeral(_))
-        ));
+        assert!(matches!(ra.try_recv().as_deref(), Some(Push::Ephemeral(_))));
         assert!(!rb.signals.lagged.load(Ordering::Acquire));
     }
 }

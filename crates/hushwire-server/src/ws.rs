@@ -27,13 +27,15 @@
 //! **Writes.** Frames are fed to the socket and flushed once per wake-up, together with
 //! the pushes already queued for the device (`flush_with_queued`).
 //!
-//! **Memory.** An idle connection holds the socket (small tungstenite read buffer, a
-//! write buffer sized by what it last sent), a 32-slot pointer queue and this task's
-//! future. A future is as large as its largest await point, so everything but the idle
-//! wait — the login, each event's handling, the flush, the close — runs in a boxed
-//! future that exists only while it runs: the idle task is about 0.8 KB instead of 2.9.
-//! What remains per connection is mostly rustls (its 4 KiB receive buffer, record keys)
-//! (BENCHMARKS.md, "Idle connection memory").
+//! **Memory.** An idle connection holds the socket (a 272-byte tungstenite read
+//! buffer, a write buffer sized by what it last sent), its hub entry (flags and an
+//! empty queue, see `hub`), the TLS session (`hushwire_tls`: keys and state, no
+//! buffers while idle) and this task's future. A future is as large as its largest
+//! await point, so everything but the idle wait — the login, each event's handling,
+//! the flush, the close — runs in a boxed future that exists only while it runs: the
+//! idle task is about 0.8 KB instead of 2.9. Of the device record only the id and
+//! address are kept. About 7 KB per idle connection in all (BENCHMARKS.md, "Idle
+//! connection memory").
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -62,9 +64,11 @@ use crate::error::{Close, submit_rejection, wire_error};
 use crate::hub::{PUSH_QUEUE, Push, Registration, Signals};
 use crate::{GaugeGuard, Server, auth, now_ms};
 
-/// tungstenite's read buffer per connection. Frames larger than this are read in
-/// several steps into a buffer reserved for the frame; idle connections keep only this.
-pub(crate) const READ_BUFFER: usize = 1024;
+/// tungstenite's read buffer per connection, which every idle connection keeps: one
+/// frame of the smallest size bucket (256 bytes) and its header. Larger frames are read
+/// in steps of this size into a buffer reserved for the frame; the steps copy from the
+/// TLS stream's decrypted record, not from the socket.
+pub(crate) const READ_BUFFER: usize = 272;
 /// Room for frame headers above the largest frame in tungstenite's write buffer.
 pub(crate) const WRITE_SLACK: usize = 1024;
 /// Bytes of frames tungstenite collects before it writes them out on its own: frames
@@ -137,27 +141,29 @@ async fn session(server: &Server, socket: &mut WebSocket, peer: IpAddr) -> End {
     let shared = &server.shared;
     // Boxed: the login's state is freed once it is done, so it does not enlarge every
     // idle connection's task.
-    let device = match Box::pin(login(server, socket, peer)).await {
+    // Only the id and address are kept: the keys and certificate were for the login.
+    let DeviceRecord { id, addr, .. } = match Box::pin(login(server, socket, peer)).await {
         Ok(device) => device,
         Err(end) => return end,
     };
 
-    let mut registration = shared.hub.register(device.id);
+    let mut registration = shared.hub.register(id);
     let _unregister = Unregister {
         server,
-        device: device.id,
+        device: id,
         conn_id: registration.conn_id,
     };
     // A removal that came between the login check and the registration found no
     // connection to close: look again now that the hub knows this one.
-    match shared.store.revoked_devices(&[device.id]).await {
+    match shared.store.revoked_devices(&[id]).await {
         Ok(revoked) if revoked.is_empty() => {}
         Ok(_) => return device_removed(),
         Err(e) => return Close::internal(&e).into(),
     }
     let mut conn = Connection {
         server,
-        device: &device,
+        device: id,
+        addr,
         delivered: 0,
         signals: Arc::clone(&registration.signals),
         unflushed: false,
@@ -235,7 +241,8 @@ enum Event {
 /// An authenticated connection.
 struct Connection<'a> {
     server: &'a Server,
-    device: &'a DeviceRecord,
+    device: DeviceId,
+    addr: DeviceAddr,
     /// Highest mailbox seq sent on this connection (0: none yet).
     delivered: u64,
     /// The hub's signals for this connection (`delivered` is mirrored there for the
@@ -285,20 +292,20 @@ impl Connection<'_> {
                     return end;
                 }
             }
-            // The wait holds only the four small futures; the work an event starts runs
+            // A push queued meanwhile first. Otherwise wait: a push, a flag or a frame.
+            // The wait holds only three small futures; the work an event starts runs
             // in a boxed future, so it does not enlarge the idle task.
-            let event = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return going_away(),
-                () = reg.signals.notify.notified() => Event::Notified,
-                pushed = reg.rx.recv() => match pushed {
-                    Some(push) => Event::Push(push),
-                    // The hub dropped our sender: a newer connection replaced us.
-                    None => return Close::new(Close::REPLACED, "replaced by a newer connection of this device").into(),
-                },
-                frame = next_frame(socket) => match frame {
-                    Ok(frame) => Event::Frame(Box::new(frame)),
-                    Err(end) => return end,
+            let event = match reg.try_recv() {
+                Some(push) => Event::Push(push),
+                None => tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return going_away(),
+                    // A push or a flag: both are looked at on the next turn.
+                    () = reg.signals.notify.notified() => Event::Notified,
+                    frame = next_frame(socket) => match frame {
+                        Ok(frame) => Event::Frame(Box::new(frame)),
+                        Err(end) => return end,
+                    },
                 },
             };
             let step = match event {
@@ -326,9 +333,9 @@ impl Connection<'_> {
     ) -> Result<(), End> {
         if self.unflushed {
             for _ in 0..PUSH_QUEUE {
-                match reg.rx.try_recv() {
-                    Ok(push) => self.pushed(socket, push).await?,
-                    Err(_) => break,
+                match reg.try_recv() {
+                    Some(push) => self.pushed(socket, push).await?,
+                    None => break,
                 }
             }
             self.unflushed = false;
@@ -386,7 +393,7 @@ impl Connection<'_> {
         let store = &self.server.shared.store;
         loop {
             let page = store
-                .fetch(self.device.id, self.delivered, FETCH_PAGE)
+                .fetch(self.device, self.delivered, FETCH_PAGE)
                 .await
                 .map_err(|e| End::Close(Close::internal(&e)))?;
             let full = page.len() >= FETCH_PAGE;
@@ -422,7 +429,7 @@ impl Connection<'_> {
                     self.server
                         .shared
                         .store
-                        .ack_hint(self.device.id, up_to)
+                        .ack_hint(self.device, up_to)
                         .await
                         .map_err(|e| End::Close(Close::internal(&e)))?;
                 }
@@ -471,9 +478,9 @@ impl Connection<'_> {
         // keeps a refused message queued and submits it again (same message id) later.
         let within_rate = shared
             .submit_limiter
-            .check(self.device.id, std::time::Instant::now());
+            .check(self.device, std::time::Instant::now());
         let validated = if within_rate {
-            validate_submit(submit, &self.device.addr, &shared.config.limits)
+            validate_submit(submit, &self.addr, &shared.config.limits)
         } else {
             Err(wire_error(
                 ErrorCode::RateLimited,
@@ -491,7 +498,7 @@ impl Connection<'_> {
                     ms => ms.min(retention),
                 };
                 let submission = Submission {
-                    sender: self.device.id,
+                    sender: self.device,
                     message_id: parsed.message_id,
                     group_id: parsed.group_id,
                     epoch: parsed.epoch,
@@ -553,7 +560,7 @@ impl Connection<'_> {
             .server
             .shared
             .signal_limiter
-            .check(self.device.id, std::time::Instant::now())
+            .check(self.device, std::time::Instant::now())
         {
             Ok(())
         } else {
@@ -572,7 +579,7 @@ impl Connection<'_> {
             let shared = &self.server.shared;
             let audience = shared
                 .store
-                .relay_audience(self.device.id, &group_id)
+                .relay_audience(self.device, &group_id)
                 .await
                 .map_err(|e| submit_rejection(&e))?;
             let devices = match audience {
@@ -590,8 +597,8 @@ impl Connection<'_> {
             let signal = Arc::new(wire::EphemeralDelivery {
                 group_id,
                 sender: Some(wire::DeviceAddress {
-                    handle: self.device.addr.handle.clone(),
-                    device_id: self.device.addr.device_id,
+                    handle: self.addr.handle.clone(),
+                    device_id: self.addr.device_id,
                 }),
                 mls_message: e.mls_message,
                 server_time_ms: now_ms(),
@@ -623,14 +630,14 @@ impl Connection<'_> {
             if validate_handle(&b.handle).is_err() {
                 return Err(wire_error(ErrorCode::InvalidHandle, "invalid handle"));
             }
-            if b.handle == self.device.addr.handle {
+            if b.handle == self.addr.handle {
                 return Err(bad("an account cannot block itself"));
             }
             self.signal_budget()?;
             self.server
                 .shared
                 .store
-                .set_block(&self.device.addr.handle, &b.handle, b.blocked, now_ms())
+                .set_block(&self.addr.handle, &b.handle, b.blocked, now_ms())
                 .await
                 .map_err(|e| submit_rejection(&e))?;
             Ok(())
@@ -657,7 +664,7 @@ impl Connection<'_> {
                 .server
                 .shared
                 .store
-                .retract(self.device.id, &r.group_id, message_id)
+                .retract(self.device, &r.group_id, message_id)
                 .await
                 .map_err(|e| submit_rejection(&e))?;
             tracing::debug!(removed, "queued copies retracted");
