@@ -472,31 +472,62 @@ fn queue_alert(
     discard_front(incoming, discard);
 }
 
-/// Grows `outgoing` as rustls asks and encodes a handshake record into it.
-fn encode_into(
-    encode: &mut EncodeTlsData<'_, ServerConnectionData>,
+/// A rustls error that asks for a larger output buffer.
+trait NeedsRoom: fmt::Display {
+    /// The size rustls asked for, if this is that error.
+    fn required_size(&self) -> Option<usize>;
+}
+
+impl NeedsRoom for EncodeError {
+    fn required_size(&self) -> Option<usize> {
+        match self {
+            Self::InsufficientSize(InsufficientSizeError { required_size }) => Some(*required_size),
+            _ => None,
+        }
+    }
+}
+
+impl NeedsRoom for EncryptError {
+    fn required_size(&self) -> Option<usize> {
+        match self {
+            Self::InsufficientSize(InsufficientSizeError { required_size }) => Some(*required_size),
+            _ => None,
+        }
+    }
+}
+
+/// Appends to `outgoing` what `write` puts into the buffer it is given, starting with
+/// `room` bytes and growing as rustls asks. On an error `outgoing` is unchanged.
+fn append<E: NeedsRoom>(
     outgoing: &mut Vec<u8>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
 ) -> io::Result<()> {
     let start = outgoing.len();
-    let mut room = 1024;
     loop {
         outgoing.resize(start + room, 0);
-        match encode.encode(&mut outgoing[start..]) {
+        match write(&mut outgoing[start..]) {
             Ok(n) => {
                 outgoing.truncate(start + n);
                 return Ok(());
             }
-            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
-                if required_size > room =>
-            {
-                room = required_size;
-            }
-            Err(e) => {
-                outgoing.truncate(start);
-                return Err(io::Error::other(e.to_string()));
-            }
+            Err(e) => match e.required_size() {
+                Some(required) if required > room => room = required,
+                _ => {
+                    outgoing.truncate(start);
+                    return Err(io::Error::other(e.to_string()));
+                }
+            },
         }
     }
+}
+
+/// Encodes a handshake record onto the end of `outgoing`.
+fn encode_into(
+    encode: &mut EncodeTlsData<'_, ServerConnectionData>,
+    outgoing: &mut Vec<u8>,
+) -> io::Result<()> {
+    append(outgoing, 1024, |buf| encode.encode(buf))
 }
 
 /// Encrypts `data` (split into records by rustls) onto the end of `outgoing`.
@@ -505,26 +536,9 @@ fn encrypt_into(
     data: &[u8],
     outgoing: &mut Vec<u8>,
 ) -> io::Result<usize> {
-    let start = outgoing.len();
-    let mut room = data.len() + (data.len() / 16_384 + 1) * RECORD_OVERHEAD;
-    loop {
-        outgoing.resize(start + room, 0);
-        match traffic.encrypt(data, &mut outgoing[start..]) {
-            Ok(n) => {
-                outgoing.truncate(start + n);
-                return Ok(data.len());
-            }
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size }))
-                if required_size > room =>
-            {
-                room = required_size;
-            }
-            Err(e) => {
-                outgoing.truncate(start);
-                return Err(io::Error::other(e.to_string()));
-            }
-        }
-    }
+    let room = data.len() + (data.len() / 16_384 + 1) * RECORD_OVERHEAD;
+    append(outgoing, room, |buf| traffic.encrypt(data, buf))?;
+    Ok(data.len())
 }
 
 /// Encrypts a `close_notify` alert onto the end of `outgoing`.
@@ -532,26 +546,9 @@ fn close_notify_into(
     traffic: &mut WriteTraffic<'_, ServerConnectionData>,
     outgoing: &mut Vec<u8>,
 ) -> io::Result<()> {
-    let start = outgoing.len();
-    let mut room = RECORD_OVERHEAD;
-    loop {
-        outgoing.resize(start + room, 0);
-        match traffic.queue_close_notify(&mut outgoing[start..]) {
-            Ok(n) => {
-                outgoing.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size }))
-                if required_size > room =>
-            {
-                room = required_size;
-            }
-            Err(e) => {
-                outgoing.truncate(start);
-                return Err(io::Error::other(e.to_string()));
-            }
-        }
-    }
+    append(outgoing, RECORD_OVERHEAD, |buf| {
+        traffic.queue_close_notify(buf)
+    })
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {

@@ -5,12 +5,14 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, HandshakeKind, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream as ClientStream;
 
@@ -55,19 +57,33 @@ fn client_config(pki: &Pki, version: &'static SupportedProtocolVersion) -> Arc<C
     Arc::new(config)
 }
 
+/// Listens on loopback and, in a task, runs `serve` on the first connection with the
+/// server configuration. Returns the address and the task.
+async fn serve_one<T, Fut>(
+    pki: &Pki,
+    serve: impl FnOnce(TcpStream, Arc<ServerConfig>) -> Fut + Send + 'static,
+) -> (SocketAddr, JoinHandle<T>)
+where
+    T: Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = Arc::clone(&pki.server);
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        serve(tcp, config).await
+    });
+    (addr, task)
+}
+
 /// A listener on loopback and a client connected to it over TLS; returns the server's
 /// accepted stream and the client's.
 async fn pair(
     pki: &Pki,
     client: Arc<ClientConfig>,
 ) -> (hushwire_tls::TlsStream<TcpStream>, ClientStream<TcpStream>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server_config = Arc::clone(&pki.server);
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        hushwire_tls::accept(server_config, tcp).await
-    });
+    let (addr, server) = serve_one(pki, |tcp, config| hushwire_tls::accept(config, tcp)).await;
     let tcp = TcpStream::connect(addr).await.unwrap();
     let client = TlsConnector::from(client)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -256,13 +272,10 @@ async fn tcp_close_without_close_notify_is_unexpected_eof() {
 #[tokio::test]
 async fn plaintext_http_instead_of_tls_fails_the_handshake_with_an_alert() {
     let pki = pki();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = Arc::clone(&pki.server);
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
+    let (addr, server) = serve_one(&pki, |tcp, config| async move {
         hushwire_tls::accept(config, tcp).await.map(|_| ())
-    });
+    })
+    .await;
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -281,15 +294,12 @@ async fn plaintext_http_instead_of_tls_fails_the_handshake_with_an_alert() {
 #[tokio::test]
 async fn a_corrupted_record_fails_the_stream() {
     let pki = pki();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = Arc::clone(&pki.server);
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
+    let (addr, server) = serve_one(&pki, |tcp, config| async move {
         let mut tls = hushwire_tls::accept(config, tcp).await.unwrap();
         let mut buf = [0u8; 64];
         tls.read(&mut buf).await
-    });
+    })
+    .await;
     let tcp = TcpStream::connect(addr).await.unwrap();
     let client = TlsConnector::from(client_config(&pki, &rustls::version::TLS13))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -309,8 +319,15 @@ async fn a_corrupted_record_fails_the_stream() {
 #[tokio::test]
 async fn records_arriving_one_byte_at_a_time_are_reassembled() {
     let pki = pki();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (addr, server) = serve_one(&pki, |tcp, config| async move {
+        let mut tls = hushwire_tls::accept(config, tcp).await.unwrap();
+        let mut got = vec![0; 3000];
+        tls.read_exact(&mut got).await.unwrap();
+        tls.write_all(&got).await.unwrap();
+        tls.flush().await.unwrap();
+        (got, tls.buffered_capacity())
+    })
+    .await;
     let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = proxy.local_addr().unwrap();
     tokio::spawn(async move {
@@ -333,16 +350,6 @@ async fn records_arriving_one_byte_at_a_time_are_reassembled() {
                 tokio::task::yield_now().await;
             }
         }
-    });
-    let config = Arc::clone(&pki.server);
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = hushwire_tls::accept(config, tcp).await.unwrap();
-        let mut got = vec![0; 3000];
-        tls.read_exact(&mut got).await.unwrap();
-        tls.write_all(&got).await.unwrap();
-        tls.flush().await.unwrap();
-        (got, tls.buffered_capacity())
     });
     let tcp = TcpStream::connect(proxy_addr).await.unwrap();
     let mut client = TlsConnector::from(client_config(&pki, &rustls::version::TLS13))
