@@ -6,11 +6,13 @@
 //! *lagged*; it then re-reads its mailbox from the store, so a slow consumer costs a
 //! fixed amount of memory and loses nothing.
 //!
+//! Ordering is restored by the connection (see `ws`): it sends only the seq it expects
+//! next and re-fetches on a gap.
+//!
 //! The queue is a `VecDeque` behind the connection's own lock, in the same allocation
 //! as its flags, and it frees its slots whenever it is drained: an idle connection's
 //! entry holds no queue memory. (A tokio `mpsc` channel would cost every connection
-//! about 600 bytes for its channel state and first 32-slot block, idle or not.) Ordering is restored by the connection
-//! (see `ws`): it sends only the seq it expects next and re-fetches on a gap.
+//! about 600 bytes for its channel state and first 32-slot block, idle or not.)
 //!
 //! Ephemeral signals (typing, presence) go through the same queue but are never
 //! stored: one that finds the queue full is simply dropped.
@@ -327,6 +329,28 @@ mod tests {
         hub.unregister(d, second.conn_id);
         assert_eq!(hub.len(), 0);
         assert!(!hub.push(d, env(99))); // nobody connected: no-op
+    }
+
+    #[test]
+    fn a_drained_queue_holds_no_slots_and_an_ended_connection_refuses_pushes() {
+        let hub = Hub::default();
+        let d = DeviceId(5);
+        let reg = hub.register(d);
+        assert!(hub.push(d, env(1)));
+        assert!(hub.push(d, env(2)));
+        assert_eq!(reg.try_recv().and_then(|p| seq_of(&p)), Some(1));
+        assert_eq!(reg.try_recv().and_then(|p| seq_of(&p)), Some(2));
+        assert!(reg.try_recv().is_none());
+        let capacity = reg.signals.queue().as_ref().map(VecDeque::capacity);
+        assert_eq!(capacity, Some(0), "a drained queue keeps no slots");
+        let signals = Arc::clone(&reg.signals);
+        drop(reg);
+        // The connection ended but its hub entry is not removed yet: the push is not
+        // taken here (its entry stays in the mailbox), and nothing is held for it.
+        assert!(!hub.push(d, env(3)));
+        assert!(signals.queue().is_none());
+        hub.unregister(d, 0);
+        assert_eq!(hub.len(), 0);
     }
 
     #[test]
