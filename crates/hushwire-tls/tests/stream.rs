@@ -93,6 +93,23 @@ async fn pair(
     (server, client)
 }
 
+/// One byte each way; the client thereby reads whatever the server sent after the
+/// handshake (TLS 1.3 tickets).
+async fn ping_pong(
+    server: &mut hushwire_tls::TlsStream<TcpStream>,
+    client: &mut ClientStream<TcpStream>,
+) {
+    client.write_all(b"x").await.unwrap();
+    client.flush().await.unwrap();
+    let mut one = [0u8; 1];
+    server.read_exact(&mut one).await.unwrap();
+    assert_eq!(&one, b"x");
+    server.write_all(b"y").await.unwrap();
+    server.flush().await.unwrap();
+    client.read_exact(&mut one).await.unwrap();
+    assert_eq!(&one, b"y");
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -188,14 +205,7 @@ async fn tickets_are_sent_and_a_second_connection_resumes() {
         let (mut server, mut c1) = pair(&pki, Arc::clone(&client)).await;
         assert_eq!(c1.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
         // TLS 1.3 tickets arrive after the handshake: read them by exchanging data.
-        c1.write_all(b"x").await.unwrap();
-        c1.flush().await.unwrap();
-        let mut one = [0u8; 1];
-        server.read_exact(&mut one).await.unwrap();
-        server.write_all(b"y").await.unwrap();
-        server.flush().await.unwrap();
-        c1.read_exact(&mut one).await.unwrap();
-        assert_eq!(&one, b"y");
+        ping_pong(&mut server, &mut c1).await;
         let (_server2, c2) = pair(&pki, client).await;
         assert_eq!(
             c2.get_ref().1.handshake_kind(),
@@ -255,13 +265,7 @@ async fn tcp_close_without_close_notify_is_unexpected_eof() {
     let (mut server, mut client) = pair(&pki, client_config(&pki, &rustls::version::TLS13)).await;
     // One exchange first, so the client has read the server's tickets: unread data would
     // turn its close into a reset.
-    client.write_all(b"x").await.unwrap();
-    client.flush().await.unwrap();
-    let mut one = [0u8; 1];
-    server.read_exact(&mut one).await.unwrap();
-    server.write_all(b"y").await.unwrap();
-    server.flush().await.unwrap();
-    client.read_exact(&mut one).await.unwrap();
+    ping_pong(&mut server, &mut client).await;
     let (tcp, _) = client.into_inner();
     drop(tcp);
     let mut buf = [0u8; 16];
