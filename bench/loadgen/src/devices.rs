@@ -96,6 +96,10 @@ pub struct Counters {
     pub foreign: AtomicU64,
     /// Ack frames sent.
     pub acks: AtomicU64,
+    /// Connections closed on request (close handshake done or timed out).
+    pub closed: AtomicU64,
+    /// Latest receipt of a stamped application message, ns since `base` (0: none yet).
+    pub last_delivery_ns: AtomicU64,
 }
 
 /// State shared by the scheduler and every connection task.
@@ -283,12 +287,13 @@ pub struct ConnectCtx<'a> {
     pub shared: &'a Arc<Shared>,
 }
 
-/// Opens and authenticates one connection per device in `range` (at most
-/// `concurrency` handshakes at a time) and starts its task in `tasks`. Device `i` belongs
-/// to group `i / 2`. Tasks end on [`Cmd::Close`] or at the shared deadline.
+/// Opens and authenticates one connection per device in `indices` (at most
+/// `concurrency` handshakes at a time) and starts its task in `tasks`; the handles come
+/// back in the order of `indices`. Device `i` belongs to group `i / 2`. Tasks end on
+/// [`Cmd::Close`] or at the shared deadline.
 pub async fn connect_all(
     ctx: &ConnectCtx<'_>,
-    range: std::ops::Range<usize>,
+    indices: &[usize],
     tasks: &mut JoinSet<Result<()>>,
     deadline: Instant,
 ) -> Result<Vec<ConnHandle>> {
@@ -300,33 +305,36 @@ pub async fn connect_all(
         concurrency,
         shared,
     } = *ctx;
-    let mut out: Vec<Option<ConnHandle>> = range.clone().map(|_| None).collect();
+    let mut out: Vec<Option<ConnHandle>> = indices.iter().map(|_| None).collect();
     let mut set = JoinSet::new();
-    let mut next = range.start;
+    let mut next = 0;
     let mut done = 0;
-    let n = range.len();
+    let n = indices.len();
     while done < n {
-        while next < range.end && set.len() < concurrency.max(1) {
-            let node = next % (1 + others.len());
+        while let Some(&i) = indices.get(next)
+            && set.len() < concurrency.max(1)
+        {
+            let node = i % (1 + others.len());
             let endpoint = match node.checked_sub(1).and_then(|k| others.get(k)) {
                 Some(other) => other.clone(),
                 None => endpoint.clone(),
             };
-            let i = next;
+            let slot = next;
             let signer = devices
                 .get(i)
                 .map(|d| Arc::clone(&d.signer))
                 .context("device index out of range")?;
-            set.spawn(
-                async move { (i, Connection::connect_with_signer(&endpoint, &signer).await) },
-            );
+            set.spawn(async move {
+                let conn = Connection::connect_with_signer(&endpoint, &signer).await;
+                (slot, i, conn)
+            });
             next += 1;
         }
         let joined = tokio::time::timeout_at(deadline, set.join_next())
             .await
             .map_err(|_| anyhow!("connecting timed out after {done} of {n} connections"))?;
         let Some(joined) = joined else { break };
-        let (i, conn) = joined.context("connect task failed")?;
+        let (slot, i, conn) = joined.context("connect task failed")?;
         let conn = conn.with_context(|| format!("connecting device {i}"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let task = ConnTask {
@@ -336,7 +344,7 @@ pub async fn connect_all(
             group_id: group_id(prefix, i / 2),
         };
         tasks.spawn(task.run());
-        if let Some(slot) = out.get_mut(i - range.start) {
+        if let Some(slot) = out.get_mut(slot) {
             *slot = Some(ConnHandle { tx });
         }
         done += 1;
@@ -437,6 +445,7 @@ impl ConnTask {
             Ok(true) => {
                 // Bounded: close waits at most 2 s for the server's reply.
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.conn.close()).await;
+                shared.c.closed.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Ok(false) => Ok(()),
@@ -572,6 +581,7 @@ impl ConnTask {
                 ) {
                     (Ok(wire::EnvelopeKind::Application), Some(stamp)) => {
                         c.delivered.fetch_add(1, Ordering::Relaxed);
+                        c.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
                         if shared.in_window(now) {
                             c.delivered_in_window.fetch_add(1, Ordering::Relaxed);
                         }

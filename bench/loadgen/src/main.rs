@@ -17,6 +17,8 @@
 //! - `--target xmpp|mqtt`: `run`, `max` and `idle` against ejabberd (XMPP) or Mosquitto
 //!   (MQTT 3.1.1, QoS 1, persistent sessions) started by `bench/peers/`, for the
 //!   side-by-side comparison (`bench/compare.sh`).
+//! - `backlog`: 1M messages queued for offline devices, then drained to them as they
+//!   all reconnect; drain rate from the first reconnect to the last delivery.
 //! - `media`: attachment throughput (end-to-end vs the same bytes without end-to-end
 //!   encryption) and client/server peak RSS while moving a large file.
 //!
@@ -29,6 +31,7 @@
 //! - `traffic`: the scheduler and the traffic report.
 //! - `idle`: idle mode.
 //! - `fanout`: fan-out mode (its own connection tasks, per-message records).
+//! - `backlog`: backlog mode (fill while half the devices are offline, then drain).
 //! - `peer`: the XMPP and MQTT clients and their sessions (same schedule and report).
 
 use std::path::PathBuf;
@@ -39,6 +42,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::time::Instant;
 
+mod backlog;
 mod devices;
 mod fanout;
 mod idle;
@@ -171,6 +175,9 @@ enum Mode {
     Max(MaxArgs),
     /// Fan-out of one group message to N connected devices (one group of all of them).
     Fanout(fanout::FanoutArgs),
+    /// Offline backlog: queue messages for offline devices, then time their drain as the
+    /// devices all reconnect.
+    Backlog(backlog::BacklogArgs),
     /// Attachments: end-to-end send+receive throughput of a large file against the same
     /// bytes moved without end-to-end encryption; client and server peak RSS.
     Media(media::MediaArgs),
@@ -346,8 +353,13 @@ async fn run(cli: Cli) -> Result<()> {
     let peer = peer_opts(c)?;
     let peer = peer.as_ref();
     let target = target_name(peer);
-    if peer.is_some() && matches!(cli.mode, Mode::Fanout(_) | Mode::Media(_)) {
-        bail!("fanout and media run against hushwire only");
+    if peer.is_some()
+        && matches!(
+            cli.mode,
+            Mode::Fanout(_) | Mode::Media(_) | Mode::Backlog(_)
+        )
+    {
+        bail!("fanout, backlog and media run against hushwire only");
     }
     match &cli.mode {
         Mode::Run(a) => {
@@ -399,6 +411,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Mode::Fanout(a) => {
             fanout::run_mode(&opts, a, c.seed, c.json, c.deadline_secs).await?;
+        }
+        Mode::Backlog(a) => {
+            backlog::run_mode(&opts, a, c.json, c.deadline_secs).await?;
         }
         Mode::Media(a) => {
             let budget = Duration::from_secs(3600);

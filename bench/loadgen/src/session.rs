@@ -163,7 +163,13 @@ impl Session {
             concurrency: self.connect_concurrency,
             shared: &self.shared,
         };
-        let new = devices::connect_all(&ctx, from..n, &mut self.tasks, deadline).await?;
+        let new = devices::connect_all(
+            &ctx,
+            &(from..n).collect::<Vec<_>>(),
+            &mut self.tasks,
+            deadline,
+        )
+        .await?;
         self.conns.extend(new);
         let c = &self.shared.c;
         // Bounded by the deadline.
@@ -181,6 +187,54 @@ impl Session {
             secs(t),
             (n - from) as f64 / secs(t).max(1e-3)
         );
+        Ok(())
+    }
+
+    /// Closes the connections of devices `indices` (normal close) and waits, bounded by
+    /// `deadline`, until their tasks have finished closing.
+    pub async fn close(&mut self, indices: &[usize], deadline: Instant) -> Result<()> {
+        let c = &self.shared.c;
+        let want = c.closed.load(Ordering::Relaxed) + indices.len() as u64;
+        for &i in indices {
+            let conn = self
+                .conns
+                .get(i)
+                .context("closing a device that is not connected")?;
+            let _ = conn.tx.send(Cmd::Close);
+        }
+        // Bounded by the deadline.
+        while c.closed.load(Ordering::Relaxed) < want {
+            if Instant::now() >= deadline {
+                bail!(
+                    "closing timed out: {} of {} connections closed",
+                    indices.len() as u64 + c.closed.load(Ordering::Relaxed) - want,
+                    indices.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Opens new connections for devices `indices` (their handles replace the old ones)
+    /// and returns once every one is authenticated; their backlogs may still be arriving.
+    pub async fn reconnect(&mut self, indices: &[usize], deadline: Instant) -> Result<()> {
+        let ctx = devices::ConnectCtx {
+            endpoint: &self.endpoint,
+            others: &self.others,
+            devices: &self.devices,
+            prefix: &self.prefix,
+            concurrency: self.connect_concurrency,
+            shared: &self.shared,
+        };
+        let new = devices::connect_all(&ctx, indices, &mut self.tasks, deadline).await?;
+        for (&i, handle) in indices.iter().zip(new) {
+            let slot = self
+                .conns
+                .get_mut(i)
+                .context("reconnecting an unknown device")?;
+            *slot = handle;
+        }
         Ok(())
     }
 

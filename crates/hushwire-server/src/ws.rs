@@ -401,8 +401,14 @@ impl Connection<'_> {
                 if envelope.seq <= self.delivered {
                     continue; // defensive: the store returns seq > after only
                 }
-                send(socket, 0, deliver(&envelope)).await?;
+                // Fed, not flushed: a page leaves in a few large TLS records and writes
+                // (tungstenite writes out whenever WRITE_BUFFER fills).
+                self.feed(socket, 0, deliver(&envelope)).await?;
                 self.set_delivered(envelope.seq);
+            }
+            if self.unflushed {
+                self.unflushed = false;
+                socket.flush().await.map_err(|_| End::Gone)?;
             }
             if !full {
                 return Ok(());

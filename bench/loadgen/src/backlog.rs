@@ -1,0 +1,394 @@
+//! `backlog`: draining an offline backlog to reconnecting devices.
+//!
+//! N devices register, connect and pair into N/2 two-device groups. The second device
+//! of every pair then disconnects (a normal close, after acknowledging its Welcome), and
+//! the first devices send M messages into their groups: every one is durably queued in
+//! an offline device's mailbox. The fill is closed-loop (at most `--fill-window`
+//! submits unanswered) since only its end state matters, and it is timed separately.
+//!
+//! Then all N/2 offline devices reconnect at once (`--connect-concurrency` handshakes
+//! in flight) and the run waits until every queued message has reached its device.
+//! Recipients acknowledge cumulatively with the session's ack policy, so the server
+//! also deletes what it delivered, as it would for real clients. The drain time runs
+//! from the first reconnect to the last delivery and includes the TLS handshakes and
+//! logins: it is what a server sees when a region's devices come back online.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use tokio::time::Instant;
+
+use crate::devices::Cmd;
+use crate::procfs::{self, CpuUse, Mem, round1};
+use crate::sched::Stamp;
+use crate::session::{Session, SessionOpts, secs};
+
+/// Most messages one run queues.
+const MAX_MESSAGES: u64 = 10_000_000;
+
+/// Arguments of the `backlog` mode.
+#[derive(Debug, Args)]
+pub struct BacklogArgs {
+    /// Devices: half of them send the backlog, the other half drain it.
+    #[arg(long, default_value_t = 2000)]
+    pub devices: usize,
+    /// Messages queued for the offline half (spread evenly over its devices).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: u64,
+    /// Most fill submits unanswered at once.
+    #[arg(long, default_value_t = 4096)]
+    pub fill_window: u64,
+}
+
+impl BacklogArgs {
+    fn validate(&self) -> Result<usize> {
+        if self.devices < 2 {
+            bail!("--devices must be at least 2");
+        }
+        if self.messages == 0 || self.messages > MAX_MESSAGES {
+            bail!("--messages must be 1..={MAX_MESSAGES}");
+        }
+        if self.fill_window == 0 {
+            bail!("--fill-window must be positive");
+        }
+        Ok(self.devices - self.devices % 2)
+    }
+
+    /// Set-up, a fill at 2,000 msgs/s or more, and a drain at 10,000 msgs/s or more.
+    fn budget(&self, devices: usize) -> Duration {
+        Duration::from_secs(120 + self.messages / 2_000 + self.messages / 10_000)
+            + Duration::from_millis(40 * devices as u64)
+    }
+}
+
+/// What one backlog run measured.
+pub struct BacklogReport {
+    devices: usize,
+    messages: u64,
+    fill_s: f64,
+    fill_server_cpu: Option<CpuUse>,
+    /// First reconnect to the last authenticated connection.
+    reconnect_s: f64,
+    /// First reconnect to every reconnected device's `drained`.
+    all_drained_s: f64,
+    /// First reconnect to the last delivery.
+    drain_s: f64,
+    delivered: u64,
+    duplicates: u64,
+    acks: u64,
+    drain_server_cpu: Option<CpuUse>,
+    generator_cpu: Option<CpuUse>,
+    mem_full: Option<Mem>,
+    mem_after: Option<Mem>,
+}
+
+impl BacklogReport {
+    fn drain_rate(&self) -> f64 {
+        self.delivered as f64 / self.drain_s.max(1e-9)
+    }
+
+    fn lost(&self) -> u64 {
+        self.messages.saturating_sub(self.delivered)
+    }
+
+    fn server_us_per_msg(&self) -> Option<f64> {
+        let cpu = self.drain_server_cpu.as_ref()?;
+        Some(cpu.percent / 100.0 * self.drain_s * 1e6 / self.delivered.max(1) as f64)
+    }
+
+    /// As JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let cpu = |c: &Option<CpuUse>| c.as_ref().map(CpuUse::to_json);
+        let mem = |m: &Option<Mem>| m.map(Mem::to_json);
+        serde_json::json!({
+            "devices": self.devices,
+            "reconnecting_devices": self.devices / 2,
+            "messages": self.messages,
+            "per_device": self.messages / (self.devices as u64 / 2).max(1),
+            "fill_s": round1(self.fill_s),
+            "fill_msgs_per_s": round1(self.messages as f64 / self.fill_s.max(1e-9)),
+            "fill_server_cpu": cpu(&self.fill_server_cpu),
+            "reconnect_s": round1(self.reconnect_s * 1000.0) / 1000.0,
+            "all_drained_s": round1(self.all_drained_s * 1000.0) / 1000.0,
+            "drain_s": round1(self.drain_s * 1000.0) / 1000.0,
+            "drain_msgs_per_s": round1(self.drain_rate()),
+            "delivered": self.delivered,
+            "lost": self.lost(),
+            "duplicates": self.duplicates,
+            "acks": self.acks,
+            "drain_server_cpu": cpu(&self.drain_server_cpu),
+            "server_us_per_msg": self.server_us_per_msg().map(round1),
+            "generator_cpu": cpu(&self.generator_cpu),
+            "server_mem_full": mem(&self.mem_full),
+            "server_mem_after": mem(&self.mem_after),
+        })
+    }
+
+    /// For people.
+    pub fn human(&self) -> String {
+        let cpu = |c: &Option<CpuUse>| c.as_ref().map_or("n/a".into(), CpuUse::describe);
+        let receivers = self.devices / 2;
+        format!(
+            "backlog: {} messages queued for {receivers} offline devices ({} each)\n\
+             fill: {:.1} s ({:.0} msgs/s), server {}\n\
+             drain: {} delivered in {:.3} s = {:.0} msgs/s (reconnects done at {:.3} s, \
+             every device drained at {:.3} s); lost {}, duplicates {}, acks {}\n\
+             server during the drain: {}{}\n\
+             generator during the drain: {}\n\
+             server RSS with the backlog queued {} MiB, after the drain {} MiB",
+            self.messages,
+            self.messages / receivers.max(1) as u64,
+            self.fill_s,
+            self.messages as f64 / self.fill_s.max(1e-9),
+            cpu(&self.fill_server_cpu),
+            self.delivered,
+            self.drain_s,
+            self.drain_rate(),
+            self.reconnect_s,
+            self.all_drained_s,
+            self.lost(),
+            self.duplicates,
+            self.acks,
+            cpu(&self.drain_server_cpu),
+            self.server_us_per_msg()
+                .map_or(String::new(), |us| format!(", {us:.1} µs per message")),
+            cpu(&self.generator_cpu),
+            self.mem_full.map_or("n/a".into(), |m| format!(
+                "{:.1}",
+                m.vm_rss_kib as f64 / 1024.0
+            )),
+            self.mem_after.map_or("n/a".into(), |m| format!(
+                "{:.1}",
+                m.vm_rss_kib as f64 / 1024.0
+            )),
+        )
+    }
+}
+
+fn cpu_now(pid: Option<u32>) -> Option<procfs::CpuSample> {
+    pid.and_then(|p| procfs::cpu_sample(p, true).ok())
+}
+
+fn cpu_since(a: Option<procfs::CpuSample>, pid: Option<u32>) -> Option<CpuUse> {
+    match (a, cpu_now(pid)) {
+        (Some(a), Some(b)) => Some(procfs::cpu_between(&a, &b)),
+        _ => None,
+    }
+}
+
+/// Runs the mode and prints the report.
+pub async fn run_mode(
+    opts: &SessionOpts,
+    args: &BacklogArgs,
+    json: bool,
+    deadline_secs: Option<u64>,
+) -> Result<()> {
+    let devices = args.validate()?;
+    let budget = args.budget(devices);
+    let deadline = Instant::now() + deadline_secs.map_or(budget, Duration::from_secs);
+    let report = match tokio::time::timeout_at(
+        deadline + Duration::from_secs(30),
+        backlog_once(opts, args, devices, deadline),
+    )
+    .await
+    {
+        Ok(r) => r?,
+        Err(_) => bail!("hard deadline reached"),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"mode": "backlog", "target": "hushwire", "report": report.to_json()})
+        );
+    } else {
+        println!("{}", report.human());
+    }
+    Ok(())
+}
+
+async fn backlog_once(
+    opts: &SessionOpts,
+    args: &BacklogArgs,
+    devices: usize,
+    deadline: Instant,
+) -> Result<BacklogReport> {
+    let setup_deadline =
+        (Instant::now() + Duration::from_secs(90) + Duration::from_millis(20 * devices as u64))
+            .min(deadline);
+    let mut session = Session::start(opts, devices, devices, setup_deadline, deadline).await?;
+    let report = async {
+        session.setup_groups(setup_deadline).await?;
+        let senders: Vec<usize> = (0..devices).step_by(2).collect();
+        let receivers: Vec<usize> = (1..devices).step_by(2).collect();
+        session.close(&receivers, setup_deadline).await?;
+        eprintln!("{} receiving devices went offline", receivers.len());
+        let (fill_s, fill_server_cpu) = fill(&session, &senders, args, deadline).await?;
+        let mem_full = session.server_pid.and_then(|p| procfs::mem(p).ok());
+        drain(&mut session, &receivers, args.messages, deadline)
+            .await
+            .map(|mut r| {
+                r.fill_s = fill_s;
+                r.fill_server_cpu = fill_server_cpu;
+                r.mem_full = mem_full;
+                r
+            })
+    }
+    .await;
+    session.finish().await?;
+    report
+}
+
+/// Sends `args.messages` from `senders` round-robin (bounded by the window, the count
+/// and `deadline`) and waits until every one is answered. Returns the time it took and
+/// the server's CPU over it.
+async fn fill(
+    session: &Session,
+    senders: &[usize],
+    args: &BacklogArgs,
+    deadline: Instant,
+) -> Result<(f64, Option<CpuUse>)> {
+    let shared = &session.shared;
+    let c = &shared.c;
+    let txs: Vec<_> = senders
+        .iter()
+        .filter_map(|&i| session.conns.get(i).map(|h| h.tx.clone()))
+        .collect();
+    if txs.is_empty() {
+        bail!("no sending devices");
+    }
+    eprintln!(
+        "fill: {} messages from {} devices, at most {} unanswered",
+        args.messages,
+        txs.len(),
+        args.fill_window
+    );
+    let t = Instant::now();
+    let cpu0 = cpu_now(session.server_pid);
+    let mut sent = 0u64;
+    let mut last_report = Instant::now();
+    // Bounded by the message count (each turn sends or waits) and by the deadline.
+    loop {
+        let answered = c.accepted.load(Ordering::Relaxed) + c.rejected.load(Ordering::Relaxed);
+        if c.rejected.load(Ordering::Relaxed) > 0 {
+            bail!(
+                "{} fill submits were refused",
+                c.rejected.load(Ordering::Relaxed)
+            );
+        }
+        if answered >= args.messages {
+            break;
+        }
+        let room = args.fill_window.saturating_sub(sent - answered.min(sent));
+        let batch = room.min(args.messages - sent);
+        for _ in 0..batch {
+            let stamp = Stamp {
+                intended_ns: shared.now_ns(),
+                msg_no: sent,
+            };
+            let k = usize::try_from(sent).unwrap_or(usize::MAX) % txs.len();
+            if let Some(tx) = txs.get(k)
+                && tx.send(Cmd::Traffic(stamp)).is_err()
+            {
+                bail!("a sending connection ended during the fill");
+            }
+            c.sent.fetch_add(1, Ordering::Relaxed);
+            sent += 1;
+        }
+        if Instant::now() >= deadline {
+            bail!("fill timed out: {answered} of {} answered", args.messages);
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            eprintln!(
+                "fill: {answered} answered after {:.0} s ({:.0}/s)",
+                secs(t),
+                answered as f64 / secs(t).max(1e-3)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let fill_s = secs(t);
+    let cpu = cpu_since(cpu0, session.server_pid);
+    eprintln!(
+        "fill: {} queued in {fill_s:.1} s ({:.0} msgs/s)",
+        args.messages,
+        args.messages as f64 / fill_s.max(1e-9)
+    );
+    if c.delivered.load(Ordering::Relaxed) != 0 {
+        bail!("messages reached the offline devices before they reconnected");
+    }
+    Ok((fill_s, cpu))
+}
+
+/// Reconnects `receivers` at once and waits (bounded by `deadline`) until `messages`
+/// have been delivered.
+async fn drain(
+    session: &mut Session,
+    receivers: &[usize],
+    messages: u64,
+    deadline: Instant,
+) -> Result<BacklogReport> {
+    let shared = std::sync::Arc::clone(&session.shared);
+    let c = &shared.c;
+    let drained_before = c.drained.load(Ordering::Relaxed);
+    let acks_before = c.acks.load(Ordering::Relaxed);
+    let pid = session.server_pid;
+    let me = Some(std::process::id());
+    eprintln!("drain: {} devices reconnect", receivers.len());
+    let cpu0 = cpu_now(pid);
+    let gen0 = cpu_now(me);
+    let t0 = Instant::now();
+    let t0_ns = shared.now_ns();
+    session.reconnect(receivers, deadline).await?;
+    let reconnect_s = secs(t0);
+    let want_drained = drained_before + receivers.len() as u64;
+    let mut all_drained_s = None;
+    // Bounded by the deadline; polls every 5 ms.
+    while c.delivered.load(Ordering::Relaxed) < messages {
+        if all_drained_s.is_none() && c.drained.load(Ordering::Relaxed) >= want_drained {
+            all_drained_s = Some(secs(t0));
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "drain timed out: {} of {messages} delivered",
+                c.delivered.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let last_ns = c.last_delivery_ns.load(Ordering::Relaxed);
+    let drain_s = last_ns.saturating_sub(t0_ns) as f64 / 1e9;
+    let drain_server_cpu = cpu_since(cpu0, pid);
+    let generator_cpu = cpu_since(gen0, me);
+    // `drained` follows the last page; wait for it (bounded) so the figure is complete.
+    while all_drained_s.is_none() {
+        if c.drained.load(Ordering::Relaxed) >= want_drained {
+            all_drained_s = Some(secs(t0));
+        } else if Instant::now() >= deadline {
+            bail!("not every reconnected device received `drained`");
+        } else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Let the last acks reach the server's store before sampling its memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mem_after = pid.and_then(|p| procfs::mem(p).ok());
+    Ok(BacklogReport {
+        devices: receivers.len() * 2,
+        messages,
+        fill_s: 0.0,
+        fill_server_cpu: None,
+        reconnect_s,
+        all_drained_s: all_drained_s.unwrap_or(0.0),
+        drain_s,
+        delivered: c.delivered.load(Ordering::Relaxed),
+        duplicates: c.duplicates.load(Ordering::Relaxed),
+        acks: c.acks.load(Ordering::Relaxed) - acks_before,
+        drain_server_cpu,
+        generator_cpu,
+        mem_full: None,
+        mem_after,
+    })
+}
