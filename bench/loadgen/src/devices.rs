@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::mls::{self, MlsMember};
 use crate::sched::{self, Stamp};
 
 /// Request ids of the set-up commits have this bit set; traffic uses `intended_ns + 1`.
@@ -100,6 +101,36 @@ pub struct Counters {
     pub closed: AtomicU64,
     /// Latest receipt of a stamped application message, ns since `base` (0: none yet).
     pub last_delivery_ns: AtomicU64,
+    /// `--real-mls`: delivered application messages that did not decrypt.
+    pub mls_errors: AtomicU64,
+}
+
+/// `--real-mls`: every device's MLS state and every pair's set-up messages.
+pub struct RealMls {
+    /// Device `i`'s state (kept here, so a reconnected device goes on with it).
+    pub members: Vec<Arc<Mutex<MlsMember>>>,
+    /// Pair `p`'s group-creating commit and the Welcome for its second device.
+    pub setup: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RealMls {
+    /// Creates the groups of `devices.len() / 2` pairs in memory.
+    pub fn create(devices: &[Device], prefix: &str) -> Result<Self> {
+        let pairs = devices.len() / 2;
+        let mut members = Vec::with_capacity(2 * pairs);
+        let mut setup = Vec::with_capacity(pairs);
+        for (p, two) in devices.chunks_exact(2).enumerate() {
+            let [a, b] = two else {
+                bail!("pair {p} has no devices")
+            };
+            let pair = mls::pair(&group_id(prefix, p), &a.handle, &b.handle)
+                .with_context(|| format!("creating the MLS group of pair {p}"))?;
+            members.push(Arc::new(Mutex::new(pair.a)));
+            members.push(Arc::new(Mutex::new(pair.b)));
+            setup.push((pair.commit, pair.welcome));
+        }
+        Ok(Self { members, setup })
+    }
 }
 
 /// State shared by the scheduler and every connection task.
@@ -123,6 +154,8 @@ pub struct Shared {
     pub c: Counters,
     /// Histograms.
     pub hists: Mutex<Hists>,
+    /// `--real-mls`: the devices' MLS states (`None`: synthetic ciphertext).
+    pub mls: Option<RealMls>,
 }
 
 impl Shared {
@@ -145,6 +178,7 @@ impl Shared {
             window_end_ns: AtomicU64::new(0),
             c: Counters::default(),
             hists: Mutex::new(Hists::new()?),
+            mls: None,
         })
     }
 
@@ -337,11 +371,22 @@ pub async fn connect_all(
         let (slot, i, conn) = joined.context("connect task failed")?;
         let conn = conn.with_context(|| format!("connecting device {i}"))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let mls = shared
+            .mls
+            .as_ref()
+            .map(|m| {
+                m.members
+                    .get(i)
+                    .cloned()
+                    .context("no MLS state for the device")
+            })
+            .transpose()?;
         let task = ConnTask {
             conn,
             rx,
             shared: Arc::clone(shared),
             group_id: group_id(prefix, i / 2),
+            mls,
         };
         tasks.spawn(task.run());
         if let Some(slot) = out.get_mut(slot) {
@@ -382,7 +427,17 @@ pub async fn setup_groups(
             bail!("pair {p} has no devices");
         };
         let gid = group_id(prefix, p);
-        let mls = synthetic_private_message(&gid, 0, ContentType::Commit, &[0x5a; 32]);
+        let (mls, welcome) = match &shared.mls {
+            Some(real) => real
+                .setup
+                .get(p)
+                .cloned()
+                .context("no MLS set-up for the pair")?,
+            None => (
+                synthetic_private_message(&gid, 0, ContentType::Commit, &[0x5a; 32]),
+                synthetic_welcome(),
+            ),
+        };
         let frame = ClientFrame {
             request_id: SETUP_BIT | p as u64,
             body: Some(client_frame::Body::Submit(wire::Submit {
@@ -391,7 +446,7 @@ pub async fn setup_groups(
                 mls_message: mls.into(),
                 roster: vec![a.address(), b.address()],
                 welcomes: vec![wire::WelcomeOut {
-                    welcome: synthetic_welcome().into(),
+                    welcome: welcome.into(),
                     recipients: vec![b.address()],
                 }],
                 group_info: Default::default(),
@@ -434,6 +489,8 @@ struct ConnTask {
     rx: mpsc::UnboundedReceiver<Cmd>,
     shared: Arc<Shared>,
     group_id: Vec<u8>,
+    /// `--real-mls`: this device's MLS state.
+    mls: Option<Arc<Mutex<MlsMember>>>,
 }
 
 impl ConnTask {
@@ -546,7 +603,13 @@ impl ConnTask {
     async fn feed_traffic(&mut self, stamp: Stamp) -> Result<()> {
         let shared = &self.shared;
         let ct = sched::ciphertext(shared.payload_bytes, stamp);
-        let mls = synthetic_private_message(&self.group_id, 1, ContentType::Application, &ct);
+        let mls = match &self.mls {
+            Some(member) => member
+                .lock()
+                .map_err(|_| anyhow!("MLS state lock poisoned"))?
+                .encrypt(&ct)?,
+            None => synthetic_private_message(&self.group_id, 1, ContentType::Application, &ct),
+        };
         let frame = ClientFrame {
             request_id: stamp.intended_ns + 1,
             body: Some(client_frame::Body::Submit(wire::Submit {
@@ -574,11 +637,30 @@ impl ConnTask {
         let c = &shared.c;
         match frame.body? {
             server_frame::Body::Deliver(env) => {
+                let kind = wire::EnvelopeKind::try_from(env.kind);
+                let plaintext = match (&self.mls, kind) {
+                    (Some(member), Ok(wire::EnvelopeKind::Application)) => {
+                        let opened = member
+                            .lock()
+                            .map_err(|_| anyhow!("MLS state lock poisoned"))
+                            .and_then(|mut m| m.decrypt(&env.payload));
+                        match opened {
+                            Ok(p) => Some(p),
+                            Err(e) => {
+                                shared.log_error(&c.mls_errors, format_args!("{e:#}"));
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                let stamp = match (&self.mls, &plaintext) {
+                    (Some(_), Some(p)) => sched::read_stamp(p),
+                    (Some(_), None) => None,
+                    (None, _) => sched::read_stamp(&env.payload),
+                };
                 let now = shared.now_ns();
-                match (
-                    wire::EnvelopeKind::try_from(env.kind),
-                    sched::read_stamp(&env.payload),
-                ) {
+                match (kind, stamp) {
                     (Ok(wire::EnvelopeKind::Application), Some(stamp)) => {
                         c.delivered.fetch_add(1, Ordering::Relaxed);
                         c.last_delivery_ns.fetch_max(now, Ordering::Relaxed);

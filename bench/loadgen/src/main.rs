@@ -17,6 +17,9 @@
 //! - `--target xmpp|mqtt`: `run`, `max` and `idle` against ejabberd (XMPP) or Mosquitto
 //!   (MQTT 3.1.1, QoS 1, persistent sessions) started by `bench/peers/`, for the
 //!   side-by-side comparison (`bench/compare.sh`).
+//! - `--real-mls`: every message is encrypted by its sender and decrypted by its
+//!   recipient with OpenMLS in the generator (the default sends pre-encrypted synthetic
+//!   envelopes, so that the server is what is measured).
 //! - `backlog`: 1M messages queued for offline devices, then drained to them as they
 //!   all reconnect; drain rate from the first reconnect to the last delivery.
 //! - `media`: attachment throughput (end-to-end vs the same bytes without end-to-end
@@ -32,6 +35,7 @@
 //! - `idle`: idle mode.
 //! - `fanout`: fan-out mode (its own connection tasks, per-message records).
 //! - `backlog`: backlog mode (fill while half the devices are offline, then drain).
+//! - `mls`: real OpenMLS groups for `--real-mls`.
 //! - `peer`: the XMPP and MQTT clients and their sessions (same schedule and report).
 
 use std::path::PathBuf;
@@ -47,6 +51,7 @@ mod devices;
 mod fanout;
 mod idle;
 mod media;
+mod mls;
 mod peer;
 mod procfs;
 mod sched;
@@ -154,6 +159,11 @@ struct Common {
     /// ...or this many ms after the first unacknowledged one.
     #[arg(long, global = true, default_value_t = 100)]
     ack_delay_ms: u64,
+    /// Encrypt every message with OpenMLS at its sender and decrypt it at its recipient,
+    /// in the generator (Hushwire only; default: pre-encrypted synthetic envelopes, so
+    /// that the server is what is measured).
+    #[arg(long, global = true)]
+    real_mls: bool,
     /// RNG seed for group and direction choice.
     #[arg(long, global = true, default_value_t = 1)]
     seed: u64,
@@ -267,6 +277,7 @@ fn session_opts(c: &Common) -> SessionOpts {
         payload_bytes: c.payload_bytes,
         ack_every: c.ack_every,
         ack_delay: Duration::from_millis(c.ack_delay_ms),
+        real_mls: c.real_mls,
     }
 }
 
@@ -353,6 +364,9 @@ async fn run(cli: Cli) -> Result<()> {
     let peer = peer_opts(c)?;
     let peer = peer.as_ref();
     let target = target_name(peer);
+    if peer.is_some() && c.real_mls {
+        bail!("--real-mls runs against hushwire only");
+    }
     if peer.is_some()
         && matches!(
             cli.mode,

@@ -35,6 +35,8 @@ pub struct SessionOpts {
     pub ack_every: u64,
     /// ...or this long after the first unacknowledged one.
     pub ack_delay: Duration,
+    /// Encrypt and decrypt every message with OpenMLS in the generator.
+    pub real_mls: bool,
 }
 
 /// A live session.
@@ -122,13 +124,23 @@ impl Session {
             secs(t),
             n_devices as f64 / secs(t).max(1e-3)
         );
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             nonce,
             opts.payload_bytes,
             opts.ack_every,
             opts.ack_delay,
             task_deadline,
-        )?);
+        )?;
+        if opts.real_mls {
+            let t = Instant::now();
+            shared.mls = Some(devices::RealMls::create(&devices, &prefix)?);
+            eprintln!(
+                "created {} MLS groups in memory in {:.1} s",
+                n_devices / 2,
+                secs(t)
+            );
+        }
+        let shared = Arc::new(shared);
         let mut session = Self {
             server,
             server_pid,

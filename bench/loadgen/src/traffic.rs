@@ -78,6 +78,10 @@ impl Lat {
 pub struct TrafficReport {
     /// `hushwire`, `xmpp` or `mqtt`.
     pub target: &'static str,
+    /// Messages were encrypted and decrypted with OpenMLS in the generator.
+    pub real_mls: bool,
+    /// Delivered messages that did not decrypt (`real_mls`).
+    pub mls_errors: u64,
     pub devices: usize,
     pub groups: usize,
     pub rate: u64,
@@ -122,6 +126,7 @@ impl TrafficReport {
             && self.lost == 0
             && self.rejected == 0
             && self.conn_errors == 0
+            && self.mls_errors == 0
             && self.delivery.p99 <= max_p99_ms
     }
 
@@ -135,6 +140,8 @@ impl TrafficReport {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "target": self.target,
+            "real_mls": self.real_mls,
+            "mls_errors": self.mls_errors,
             "server_cpu_us_per_msg": self.server_us_per_msg().map(round1),
             "devices": self.devices,
             "groups": self.groups,
@@ -190,11 +197,16 @@ impl TrafficReport {
         } else {
             let _ = writeln!(
                 s,
-                "{} devices in {} groups, offered {} msgs/s ({} B ciphertext), warm-up {:.0} s, window {:.0} s, ack every {} or {} ms",
+                "{} devices in {} groups, offered {} msgs/s ({} B {}), warm-up {:.0} s, window {:.0} s, ack every {} or {} ms",
                 self.devices,
                 self.groups,
                 self.rate,
                 self.payload_bytes,
+                if self.real_mls {
+                    "plaintext, MLS-encrypted and decrypted in the generator"
+                } else {
+                    "synthetic ciphertext"
+                },
                 self.warmup_s,
                 self.measure_s,
                 self.ack_every,
@@ -208,7 +220,7 @@ impl TrafficReport {
         );
         let _ = writeln!(
             s,
-            "  whole run: sent {}, accepted {}, refused {}, delivered {}, lost {} (after {:.1} s drain{}), duplicates {}, acks {}, connection errors {}",
+            "  whole run: sent {}, accepted {}, refused {}, delivered {}, lost {} (after {:.1} s drain{}), duplicates {}, acks {}, connection errors {}{}",
             self.sent,
             self.accepted,
             self.rejected,
@@ -218,7 +230,12 @@ impl TrafficReport {
             if self.drained { "" } else { ", incomplete" },
             self.duplicates,
             self.acks,
-            self.conn_errors
+            self.conn_errors,
+            if self.real_mls {
+                format!(", did not decrypt {}", self.mls_errors)
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             s,
@@ -448,6 +465,8 @@ pub async fn run_open_loop<C: Send + 'static>(
     let delivered_in_window = c.delivered_in_window.load(Ordering::Relaxed);
     Ok(TrafficReport {
         target: "hushwire",
+        real_mls: shared.mls.is_some(),
+        mls_errors: c.mls_errors.load(Ordering::Relaxed),
         devices,
         groups,
         rate: p.rate,
