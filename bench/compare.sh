@@ -13,8 +13,9 @@
 # Usage: bench/compare.sh [--quick]
 #   --quick  fewer rate steps, short windows, idle at 1k/5k/10k (under 10 minutes once
 #            the release binaries are built)
-#   full     more steps and longer windows, idle at 5k/10k/19k, and tsung against
-#            ejabberd as a cross-check of the generator
+#   full     more steps and longer windows, idle at 5k/10k/19k, tsung against
+#            ejabberd as a cross-check of the generator, and (Hushwire only) the 1M
+#            offline backlog drain and the sustained rate with real client-side MLS
 # Smoke-test knobs (environment): COMPARE_DEVICES, COMPARE_IDLE_STEPS, COMPARE_PROBES,
 # COMPARE_NO_BUILD=1 (use the binaries in target/release as they are), START_HUSHWIRE,
 # START_EJABBERD, START_MOSQUITTO (first rate probed).
@@ -27,7 +28,7 @@ QUICK=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
@@ -128,6 +129,9 @@ if d.get('mode') == 'max':
           f"p99 {((b.get('delivery_latency') or {}).get('p99_ms'))} ms")
 elif d.get('mode') == 'idle':
     print(f"    {d['report'].get('slope_rss_bytes_per_conn')} B RSS per idle connection")
+elif d.get('mode') == 'backlog':
+    r = d['report']
+    print(f"    {r['messages']} messages drained in {r['drain_s']} s = {r['drain_msgs_per_s']} msgs/s, lost {r['lost']}")
 else:
     r = d['report']
     print(f"    {r['window']['delivered_per_s']} delivered/s, p99 {r['delivery_latency']['p99_ms']} ms, lost {r['lost']}")
@@ -177,6 +181,12 @@ else
   say "no sustained ejabberd rate: skipping the p99 comparison run"
 fi
 lg hushwire_idle "${HW[@]}" idle --steps $IDLE_STEPS --settle-secs $SETTLE
+if [ $QUICK = 0 ]; then
+  # Hushwire only: the offline backlog drain, and the sustained rate when the generator
+  # also does the clients' MLS encryption and decryption.
+  lg hushwire_backlog "${HW[@]}" backlog --devices 2000 --messages 1000000
+  lg hushwire_max_real_mls "${HW[@]}" --real-mls max --start-rate 3000 --max-probes $PROBES "${MAXARGS[@]}"
+fi
 
 say "done in $(( $(date +%s) - T0 )) s after the build; results in ${R#"$ROOT"/}"
 # Summary tables and the ratios line (printed last).

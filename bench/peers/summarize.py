@@ -91,6 +91,16 @@ if at_rep:
 tsung = load('tsung_ejabberd')
 if tsung:
     summary['tsung_ejabberd'] = tsung
+# Full run only: Hushwire's offline backlog drain and its sustained rate with real MLS.
+backlog = (load('hushwire_backlog') or {}).get('report')
+if backlog:
+    summary['hushwire_backlog'] = {k: backlog.get(k) for k in (
+        'messages', 'reconnecting_devices', 'per_device', 'drain_s', 'drain_msgs_per_s',
+        'reconnect_s', 'lost', 'duplicates', 'server_us_per_msg', 'fill_msgs_per_s')}
+real_mls = load('hushwire_max_real_mls')
+if real_mls:
+    summary['hushwire_real_mls'] = {'sustained_msgs_per_s': real_mls.get('sustained_rate'),
+                                    'first_failing_rate': real_mls.get('first_failing_rate')}
 
 
 def ratio(a, b):
@@ -137,6 +147,15 @@ print(f"hushwire at ejabberd's sustained rate ({fmt(h['rate'])}/s): p50 {fmt(h['
       f"p99 {fmt(h['p99_ms'], 2)} ms, lost {fmt(h['lost'])}")
 if tsung:
     print(f"tsung cross-check (ejabberd): {json.dumps(tsung)}")
+if backlog:
+    b = summary['hushwire_backlog']
+    print(f"hushwire backlog: {fmt(b['messages'])} messages to {fmt(b['reconnecting_devices'])} "
+          f"reconnecting devices drained in {fmt(b['drain_s'], 2)} s = {fmt(b['drain_msgs_per_s'], 0)} msgs/s, "
+          f"lost {fmt(b['lost'])}")
+if real_mls:
+    m = summary['hushwire_real_mls']
+    print(f"hushwire with real client-side MLS in the generator: sustained {fmt(m['sustained_msgs_per_s'])} msgs/s "
+          f"(first failing {fmt(m['first_failing_rate'])})")
 print('ratios: ' + ' '.join(
     f"{k}={'n/a' if v is None else (f'{v:.2f}' if k != 'kib_per_idle_conn' else f'{v:.1f}')}"
     for k, v in ratios.items()))
