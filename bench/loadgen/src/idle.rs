@@ -1,9 +1,16 @@
 //! Idle mode: server RSS per idle authenticated connection, at several connection counts.
+//!
+//! The baseline is taken once the key directory has published the registered accounts:
+//! a publication holds memory per account (the in-memory tree), which would otherwise
+//! land in whichever step it happened to run during (the server publishes every 30 s).
+//! The bytes per connection are the least-squares slope over the connected steps.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use hushwire_client::{ApiClient, ApiRequest, Endpoint, Method};
+use hushwire_proto::wire;
 use tokio::time::Instant;
 
 use crate::procfs::{self, Mem};
@@ -42,6 +49,29 @@ fn kib_per_conn(p: &IdlePoint, base: &IdlePoint, f: fn(&Mem) -> u64) -> f64 {
 }
 
 impl IdleReport {
+    /// The report with its slopes: least squares over the connected steps only. The
+    /// first connections reuse heap freed before the baseline (Hushwire: by the key
+    /// directory's publication), so a fit through the baseline would understate what a
+    /// connection costs. With a single step, the baseline is needed.
+    pub(crate) fn fit(baseline: IdlePoint, points: Vec<IdlePoint>, loadavg: Option<f64>) -> Self {
+        let slope = |f: fn(&Mem) -> u64| {
+            let pts: Vec<(f64, f64)> = (points.len() < 2)
+                .then_some(&baseline)
+                .into_iter()
+                .chain(&points)
+                .map(|p| (p.connections as f64, f(&p.mem) as f64 * 1024.0))
+                .collect();
+            linear_fit(&pts).map(|(_, b)| b)
+        };
+        Self {
+            slope_rss_bytes: slope(|m| m.vm_rss_kib),
+            slope_anon_bytes: slope(|m| m.rss_anon_kib),
+            baseline,
+            points,
+            loadavg,
+        }
+    }
+
     /// As JSON.
     pub fn to_json(&self) -> serde_json::Value {
         let base = &self.baseline;
@@ -96,7 +126,7 @@ impl IdleReport {
         }
         let _ = write!(
             s,
-            "  slope (least squares incl. baseline): VmRSS {} B/conn, RssAnon {} B/conn; load average {:?}",
+            "  slope (least squares over the connected steps): VmRSS {} B/conn, RssAnon {} B/conn; load average {:?}",
             self.slope_rss_bytes
                 .map_or("-".into(), |b| format!("{b:.0}")),
             self.slope_anon_bytes
@@ -121,6 +151,43 @@ async fn wait_idle(pid: u32, min: Duration) -> Result<()> {
     }
     eprintln!("warning: the server did not become idle within 30 s");
     Ok(())
+}
+
+/// Unix time in ms.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Waits (bounded: one publish interval plus 60 s, and `deadline`) until the server's key
+/// directory has published an epoch at or after `since_ms`. Returns the epoch.
+async fn wait_directory_published(
+    endpoint: &Endpoint,
+    since_ms: u64,
+    deadline: Instant,
+) -> Result<u64> {
+    let api = ApiClient::new(endpoint.clone()).context("building the HTTPS client")?;
+    let directory = || ApiRequest::new(Method::GET, "/v1/directory", Vec::new());
+    let first: wire::DirectoryRoot = api.call(directory()).await.context("GET /v1/directory")?;
+    let until =
+        (Instant::now() + Duration::from_millis(first.interval_ms) + Duration::from_secs(60))
+            .min(deadline);
+    let mut root = first;
+    // Bounded by `until`; polls every 500 ms.
+    while root.published_at_ms < since_ms {
+        if Instant::now() >= until {
+            bail!(
+                "the key directory published nothing after registration (latest epoch {}, \
+                 interval {} ms)",
+                root.epoch,
+                root.interval_ms
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        root = api.call(directory()).await.context("GET /v1/directory")?;
+    }
+    Ok(root.epoch)
 }
 
 pub(crate) async fn point(pid: u32, connections: usize, settle: Duration) -> Result<IdlePoint> {
@@ -151,32 +218,59 @@ pub async fn run_idle(
     let max = steps.last().copied().unwrap_or(0);
     let loadavg = procfs::loadavg();
     let mut session = Session::start(opts, max, 0, deadline, deadline).await?;
+    let registered_ms = unix_ms();
     let result = async {
         let pid = session
             .server_pid
             .context("idle mode needs the server's pid (start it here, or pass --server-pid)")?;
+        let t = Instant::now();
+        let epoch = wait_directory_published(&session.endpoint, registered_ms, deadline).await?;
+        eprintln!(
+            "key directory epoch {epoch} holds the registered accounts (waited {:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
         let baseline = point(pid, 0, settle).await?;
         let mut points = Vec::new();
         for &n in &steps {
             session.connect_up_to(n, deadline).await?;
             points.push(point(pid, n, settle).await?);
         }
-        let fit = |f: fn(&Mem) -> u64| {
-            let pts: Vec<(f64, f64)> = std::iter::once(&baseline)
-                .chain(&points)
-                .map(|p| (p.connections as f64, f(&p.mem) as f64 * 1024.0))
-                .collect();
-            linear_fit(&pts).map(|(_, b)| b)
-        };
-        Ok(IdleReport {
-            slope_rss_bytes: fit(|m| m.vm_rss_kib),
-            slope_anon_bytes: fit(|m| m.rss_anon_kib),
-            baseline,
-            points,
-            loadavg,
-        })
+        Ok(IdleReport::fit(baseline, points, loadavg))
     }
     .await;
     session.finish().await?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn at(connections: usize, rss_kib: u64) -> IdlePoint {
+        IdlePoint {
+            connections,
+            mem: Mem {
+                vm_rss_kib: rss_kib,
+                rss_anon_kib: rss_kib / 2,
+                ..Mem::default()
+            },
+            tcp_mem_pages: None,
+        }
+    }
+
+    #[test]
+    fn the_slope_ignores_the_baseline_once_there_are_two_steps() {
+        // 7 KiB per connection from step to step; the first step reused freed heap.
+        let r = IdleReport::fit(
+            at(0, 100_000),
+            vec![at(5_000, 110_000), at(10_000, 145_000), at(15_000, 180_000)],
+            None,
+        );
+        assert_eq!(r.slope_rss_bytes.unwrap().round(), 7_168.0);
+        assert_eq!(r.slope_anon_bytes.unwrap().round(), 3_584.0);
+        // One step: the baseline is the other point.
+        let r = IdleReport::fit(at(0, 100_000), vec![at(10_000, 170_000)], None);
+        assert_eq!(r.slope_rss_bytes.unwrap().round(), 7_168.0);
+    }
 }

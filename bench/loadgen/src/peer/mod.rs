@@ -25,8 +25,8 @@ use tokio::time::Instant;
 
 use crate::devices::Shared;
 use crate::idle::{self, IdleReport};
-use crate::procfs::{self, Mem};
-use crate::sched::{self, Stamp, linear_fit};
+use crate::procfs;
+use crate::sched::{self, Stamp};
 use crate::session::secs;
 use crate::traffic::{self, TrafficParams, TrafficReport};
 
@@ -344,20 +344,7 @@ pub async fn run_idle(
             session.connect_up_to(n, deadline).await?;
             points.push(idle::point(pid, n, settle).await?);
         }
-        let fit = |f: fn(&Mem) -> u64| {
-            let pts: Vec<(f64, f64)> = std::iter::once(&baseline)
-                .chain(&points)
-                .map(|p| (p.connections as f64, f(&p.mem) as f64 * 1024.0))
-                .collect();
-            linear_fit(&pts).map(|(_, b)| b)
-        };
-        Ok(IdleReport {
-            slope_rss_bytes: fit(|m| m.vm_rss_kib),
-            slope_anon_bytes: fit(|m| m.rss_anon_kib),
-            baseline,
-            points,
-            loadavg,
-        })
+        Ok(IdleReport::fit(baseline, points, loadavg))
     }
     .await;
     session.finish().await;
