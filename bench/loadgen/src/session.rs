@@ -167,21 +167,7 @@ impl Session {
         }
         let t = Instant::now();
         let from = self.conns.len();
-        let ctx = devices::ConnectCtx {
-            endpoint: &self.endpoint,
-            others: &self.others,
-            devices: &self.devices,
-            prefix: &self.prefix,
-            concurrency: self.connect_concurrency,
-            shared: &self.shared,
-        };
-        let new = devices::connect_all(
-            &ctx,
-            &(from..n).collect::<Vec<_>>(),
-            &mut self.tasks,
-            deadline,
-        )
-        .await?;
+        let new = self.open(&(from..n).collect::<Vec<_>>(), deadline).await?;
         self.conns.extend(new);
         let c = &self.shared.c;
         // Bounded by the deadline.
@@ -200,6 +186,20 @@ impl Session {
             (n - from) as f64 / secs(t).max(1e-3)
         );
         Ok(())
+    }
+
+    /// Opens and authenticates connections for devices `indices` and starts their tasks;
+    /// the handles come back in the order of `indices`.
+    async fn open(&mut self, indices: &[usize], deadline: Instant) -> Result<Vec<ConnHandle>> {
+        let ctx = devices::ConnectCtx {
+            endpoint: &self.endpoint,
+            others: &self.others,
+            devices: &self.devices,
+            prefix: &self.prefix,
+            concurrency: self.connect_concurrency,
+            shared: &self.shared,
+        };
+        devices::connect_all(&ctx, indices, &mut self.tasks, deadline).await
     }
 
     /// Closes the connections of devices `indices` (normal close) and waits, bounded by
@@ -231,15 +231,7 @@ impl Session {
     /// Opens new connections for devices `indices` (their handles replace the old ones)
     /// and returns once every one is authenticated; their backlogs may still be arriving.
     pub async fn reconnect(&mut self, indices: &[usize], deadline: Instant) -> Result<()> {
-        let ctx = devices::ConnectCtx {
-            endpoint: &self.endpoint,
-            others: &self.others,
-            devices: &self.devices,
-            prefix: &self.prefix,
-            concurrency: self.connect_concurrency,
-            shared: &self.shared,
-        };
-        let new = devices::connect_all(&ctx, indices, &mut self.tasks, deadline).await?;
+        let new = self.open(indices, deadline).await?;
         for (&i, handle) in indices.iter().zip(new) {
             let slot = self
                 .conns
