@@ -338,6 +338,14 @@ impl Connection<'_> {
                     None => break,
                 }
             }
+            self.flush(socket).await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes what was fed since the last flush, if anything.
+    async fn flush(&mut self, socket: &mut WebSocket) -> Result<(), End> {
+        if self.unflushed {
             self.unflushed = false;
             socket.flush().await.map_err(|_| End::Gone)?;
         }
@@ -406,10 +414,7 @@ impl Connection<'_> {
                 self.feed(socket, 0, deliver(&envelope)).await?;
                 self.set_delivered(envelope.seq);
             }
-            if self.unflushed {
-                self.unflushed = false;
-                socket.flush().await.map_err(|_| End::Gone)?;
-            }
+            self.flush(socket).await?;
             if !full {
                 return Ok(());
             }
