@@ -214,9 +214,7 @@ async fn backlog_once(
     devices: usize,
     deadline: Instant,
 ) -> Result<BacklogReport> {
-    let setup_deadline =
-        (Instant::now() + Duration::from_secs(90) + Duration::from_millis(20 * devices as u64))
-            .min(deadline);
+    let setup_deadline = (Instant::now() + crate::setup_budget(devices)).min(deadline);
     let mut session = Session::start(opts, devices, devices, setup_deadline, deadline).await?;
     let report = async {
         session.setup_groups(setup_deadline).await?;
