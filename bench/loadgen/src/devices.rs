@@ -352,7 +352,8 @@ pub async fn connect_all(
             let endpoint = match node.checked_sub(1).and_then(|k| others.get(k)) {
                 Some(other) => other.clone(),
                 None => endpoint.clone(),
-            };
+            }
+            .with_local_ip(crate::source::source_ip(i));
             let slot = next;
             let signer = devices
                 .get(i)

@@ -57,6 +57,7 @@ mod procfs;
 mod sched;
 mod server;
 mod session;
+mod source;
 mod traffic;
 
 use peer::{Peer, PeerOpts};
@@ -147,6 +148,12 @@ struct Common {
     /// Registrations in flight.
     #[arg(long, global = true, default_value_t = 64)]
     register_concurrency: usize,
+    /// Open connection i from 127.0.0.(1 + i mod N): one source address gives at most
+    /// about 28,000 connections to one server address (the ephemeral port range).
+    /// Needs a loopback target.
+    #[arg(long, global = true, default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=254))]
+    source_addrs: u8,
     /// WebSocket handshakes in flight.
     #[arg(long, global = true, default_value_t = 64)]
     connect_concurrency: usize,
@@ -366,6 +373,19 @@ async fn run(cli: Cli) -> Result<()> {
     let target = target_name(peer);
     if peer.is_some() && c.real_mls {
         bail!("--real-mls runs against hushwire only");
+    }
+    if c.source_addrs > 1 {
+        for url in c.url.iter().chain(&c.also_url) {
+            let rest = url.strip_prefix("https://").unwrap_or(url);
+            let host = rest.split(['/', ':']).next().unwrap_or_default();
+            if !host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback())
+            {
+                bail!("--source-addrs needs a 127.0.0.x server, not {host}");
+            }
+        }
+        source::set_source_addrs(c.source_addrs);
     }
     if peer.is_some()
         && matches!(

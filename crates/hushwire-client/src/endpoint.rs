@@ -9,12 +9,13 @@
 //! so requests are the same whichever node answers. TLS to the server, pinned, always runs end to end
 //! over whatever transport the route gave: a relay or proxy sees only ciphertext.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use reqwest::Url;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -58,6 +59,7 @@ pub struct Endpoint {
     routes: RouteBook,
     connect_timeout: Duration,
     attempt_timeout: Duration,
+    local_ip: Option<IpAddr>,
 }
 
 impl Endpoint {
@@ -103,6 +105,7 @@ impl Endpoint {
             routes: RouteBook::default(),
             connect_timeout: Duration::from_secs(10),
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            local_ip: None,
         })
     }
 
@@ -137,6 +140,20 @@ impl Endpoint {
     /// The connect timeout.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+
+    /// Opens every TCP connection (to the server, a proxy or a relay) from this local
+    /// address, on a port the system picks: for a multi-homed machine, or a load
+    /// generator spreading its connections over several loopback addresses. Only
+    /// destinations of the same IP family are dialled then.
+    pub fn with_local_ip(mut self, ip: Option<IpAddr>) -> Self {
+        self.local_ip = ip;
+        self
+    }
+
+    /// The local address TCP connections are opened from, if one is set.
+    pub fn local_ip(&self) -> Option<IpAddr> {
+        self.local_ip
     }
 
     /// The base URL, without a trailing slash.
@@ -198,13 +215,11 @@ impl Endpoint {
     async fn tcp(&self, host: &str, port: u16) -> Result<Transport, String> {
         match self.routes.proxy() {
             None => {
-                let stream = TcpStream::connect((host, port))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let stream = dial(host, port, self.local_ip).await?;
                 let _ = stream.set_nodelay(true);
                 Ok(Box::new(stream))
             }
-            Some(proxy) => proxy_connect(proxy, host, port).await,
+            Some(proxy) => proxy_connect(proxy, host, port, self.local_ip).await,
         }
     }
 
@@ -343,21 +358,56 @@ fn authority(host: &str, port: u16) -> String {
 }
 
 /// A TCP connection to `host:port` through `proxy`; the proxy resolves the name.
-async fn proxy_connect(proxy: &ProxyUrl, host: &str, port: u16) -> Result<Transport, String> {
+/// A TCP connection to `host:port`, from `local` (any port) if set: the first of the
+/// host's addresses (of `local`'s family) that answers.
+async fn dial(host: &str, port: u16, local: Option<IpAddr>) -> Result<TcpStream, String> {
+    let Some(local) = local else {
+        return TcpStream::connect((host, port))
+            .await
+            .map_err(|e| e.to_string());
+    };
+    let mut last = None;
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    for addr in addrs.filter(|a| a.is_ipv4() == local.is_ipv4()) {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| e.to_string())?;
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .map_err(|e| format!("binding to {local}: {e}"))?;
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(format!("{addr}: {e}")),
+        }
+    }
+    Err(last.unwrap_or_else(|| format!("{host} has no address of the family of {local}")))
+}
+
+async fn proxy_connect(
+    proxy: &ProxyUrl,
+    host: &str,
+    port: u16,
+    local: Option<IpAddr>,
+) -> Result<Transport, String> {
     let via = |e: &dyn std::fmt::Display| format!("proxy {proxy}: {e}");
     match proxy.kind {
         ProxyKind::Socks5h => {
-            let stream = tokio_socks::tcp::Socks5Stream::connect(
-                (proxy.host.as_str(), proxy.port),
-                (host, port),
-            )
-            .await
-            .map_err(|e| via(&e))?;
-            let _ = stream.set_nodelay(true);
+            let tcp = dial(&proxy.host, proxy.port, local)
+                .await
+                .map_err(|e| via(&e))?;
+            let _ = tcp.set_nodelay(true);
+            let stream = tokio_socks::tcp::Socks5Stream::connect_with_socket(tcp, (host, port))
+                .await
+                .map_err(|e| via(&e))?;
             Ok(Box::new(stream))
         }
         ProxyKind::HttpConnect => {
-            let mut stream = TcpStream::connect((proxy.host.as_str(), proxy.port))
+            let mut stream = dial(&proxy.host, proxy.port, local)
                 .await
                 .map_err(|e| via(&e))?;
             let _ = stream.set_nodelay(true);
@@ -415,5 +465,40 @@ async fn relay_tunnel(link: &RelayLink, tcp: Transport) -> Result<Transport, Str
             "refused the tunnel with HTTP {code} (wrong secret, or not a Hushwire relay)"
         ))),
         None => Err(relay(&"not an HTTP server")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use std::net::Ipv6Addr;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn dial_opens_the_connection_from_the_local_address_set() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for local in ["127.0.0.2", "127.0.0.3"] {
+            let local: IpAddr = local.parse().unwrap();
+            let stream = dial("127.0.0.1", port, Some(local)).await.unwrap();
+            assert_eq!(stream.local_addr().unwrap().ip(), local);
+            let (_, peer) = listener.accept().await.unwrap();
+            assert_eq!(peer.ip(), local);
+        }
+        // Unset: the system picks the source address.
+        let stream = dial("127.0.0.1", port, None).await.unwrap();
+        assert_eq!(stream.local_addr().unwrap().ip().to_string(), "127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn dial_refuses_a_destination_of_another_family() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let err = dial("127.0.0.1", port, Some(IpAddr::V6(Ipv6Addr::LOCALHOST)))
+            .await
+            .unwrap_err();
+        assert!(err.contains("no address of the family of ::1"), "{err}");
     }
 }

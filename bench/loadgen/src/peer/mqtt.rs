@@ -125,10 +125,11 @@ impl MqttConn {
         shared: Arc<Shared>,
         until: Instant,
     ) -> Result<Self> {
-        let stream = tokio::time::timeout_at(until, TcpStream::connect(opts.addr))
-            .await
-            .map_err(|_| anyhow!("timed out connecting to {}", opts.addr))?
-            .with_context(|| format!("connecting to {}", opts.addr))?;
+        let stream =
+            tokio::time::timeout_at(until, crate::source::connect(opts.addr, index as usize))
+                .await
+                .map_err(|_| anyhow!("timed out connecting to {}", opts.addr))?
+                .with_context(|| format!("connecting to {}", opts.addr))?;
         stream.set_nodelay(true).context("TCP_NODELAY")?;
         let mut c = Self {
             stream,
