@@ -357,7 +357,6 @@ fn authority(host: &str, port: u16) -> String {
     }
 }
 
-/// A TCP connection to `host:port` through `proxy`; the proxy resolves the name.
 /// A TCP connection to `host:port`, from `local` (any port) if set: the first of the
 /// host's addresses (of `local`'s family) that answers.
 async fn dial(host: &str, port: u16, local: Option<IpAddr>) -> Result<TcpStream, String> {
@@ -388,6 +387,8 @@ async fn dial(host: &str, port: u16, local: Option<IpAddr>) -> Result<TcpStream,
     Err(last.unwrap_or_else(|| format!("{host} has no address of the family of {local}")))
 }
 
+/// A TCP connection to `host:port` through `proxy` (reached from `local` if set); the
+/// proxy resolves the name.
 async fn proxy_connect(
     proxy: &ProxyUrl,
     host: &str,
