@@ -12,6 +12,13 @@
 //! also deletes what it delivered, as it would for real clients. The drain time runs
 //! from the first reconnect to the last delivery and includes the TLS handshakes and
 //! logins: it is what a server sees when a region's devices come back online.
+//!
+//! Against a peer (`--target mqtt|xmpp`) the same shape runs over its protocol: the
+//! receiving half logs in once and leaves (a persistent MQTT session subscribed QoS 1 to
+//! its topic; an XMPP user whose messages go to ejabberd's offline storage), the
+//! sending half sends the messages to them (closed loop on the server's acknowledgement:
+//! PUBACK, or the XEP-0198 ack), then the receivers log in again all at once and the
+//! run waits for every message, acknowledging each as the protocol asks.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,7 +27,8 @@ use anyhow::{Result, bail};
 use clap::Args;
 use tokio::time::Instant;
 
-use crate::devices::Cmd;
+use crate::devices::{Cmd, Shared};
+use crate::peer::{PeerCmd, PeerOpts, PeerSession};
 use crate::procfs::{self, CpuUse, Mem, round1};
 use crate::sched::Stamp;
 use crate::session::{Session, SessionOpts, secs};
@@ -71,13 +79,17 @@ pub struct BacklogReport {
     fill_server_cpu: Option<CpuUse>,
     /// First reconnect to the last authenticated connection.
     reconnect_s: f64,
-    /// First reconnect to every reconnected device's `drained`.
-    all_drained_s: f64,
+    /// First reconnect to every reconnected device's `drained` (Hushwire only: the peers
+    /// have no such signal).
+    all_drained_s: Option<f64>,
     /// First reconnect to the last delivery.
     drain_s: f64,
     delivered: u64,
     duplicates: u64,
     acks: u64,
+    /// Deliveries that were not this run's messages for that receiver (leftovers of an
+    /// earlier run in a peer's persistent session or offline store).
+    foreign: u64,
     drain_server_cpu: Option<CpuUse>,
     generator_cpu: Option<CpuUse>,
     mem_full: Option<Mem>,
@@ -111,13 +123,14 @@ impl BacklogReport {
             "fill_msgs_per_s": round1(self.messages as f64 / self.fill_s.max(1e-9)),
             "fill_server_cpu": cpu(&self.fill_server_cpu),
             "reconnect_s": round1(self.reconnect_s * 1000.0) / 1000.0,
-            "all_drained_s": round1(self.all_drained_s * 1000.0) / 1000.0,
+            "all_drained_s": self.all_drained_s.map(|s| round1(s * 1000.0) / 1000.0),
             "drain_s": round1(self.drain_s * 1000.0) / 1000.0,
             "drain_msgs_per_s": round1(self.drain_rate()),
             "delivered": self.delivered,
             "lost": self.lost(),
             "duplicates": self.duplicates,
             "acks": self.acks,
+            "foreign": self.foreign,
             "drain_server_cpu": cpu(&self.drain_server_cpu),
             "server_us_per_msg": self.server_us_per_msg().map(round1),
             "generator_cpu": cpu(&self.generator_cpu),
@@ -133,8 +146,8 @@ impl BacklogReport {
         format!(
             "backlog: {} messages queued for {receivers} offline devices ({} each)\n\
              fill: {:.1} s ({:.0} msgs/s), server {}\n\
-             drain: {} delivered in {:.3} s = {:.0} msgs/s (reconnects done at {:.3} s, \
-             every device drained at {:.3} s); lost {}, duplicates {}, acks {}\n\
+             drain: {} delivered in {:.3} s = {:.0} msgs/s (reconnects done at {:.3} s{}); \
+             lost {}, duplicates {}, acks {}, foreign {}\n\
              server during the drain: {}{}\n\
              generator during the drain: {}\n\
              server RSS with the backlog queued {} MiB, after the drain {} MiB",
@@ -147,10 +160,13 @@ impl BacklogReport {
             self.drain_s,
             self.drain_rate(),
             self.reconnect_s,
-            self.all_drained_s,
+            self.all_drained_s.map_or(String::new(), |s| format!(
+                ", every device drained at {s:.3} s"
+            )),
             self.lost(),
             self.duplicates,
             self.acks,
+            self.foreign,
             cpu(&self.drain_server_cpu),
             self.server_us_per_msg()
                 .map_or(String::new(), |us| format!(", {us:.1} µs per message")),
@@ -197,15 +213,219 @@ pub async fn run_mode(
         Ok(r) => r?,
         Err(_) => bail!("hard deadline reached"),
     };
+    print_report(&report, "hushwire", json);
+    Ok(())
+}
+
+fn print_report(report: &BacklogReport, target: &str, json: bool) {
     if json {
         println!(
             "{}",
-            serde_json::json!({"mode": "backlog", "target": "hushwire", "report": report.to_json()})
+            serde_json::json!({"mode": "backlog", "target": target, "report": report.to_json()})
         );
     } else {
         println!("{}", report.human());
     }
+}
+
+/// Runs the mode against a peer (ejabberd or Mosquitto) and prints the report.
+pub async fn run_peer_mode(
+    peer: &PeerOpts,
+    args: &BacklogArgs,
+    json: bool,
+    deadline_secs: Option<u64>,
+) -> Result<()> {
+    let devices = args.validate()?;
+    let budget = args.budget(devices);
+    let deadline = Instant::now() + deadline_secs.map_or(budget, Duration::from_secs);
+    let report = match tokio::time::timeout_at(
+        deadline + Duration::from_secs(30),
+        peer_backlog_once(peer, args, devices, deadline),
+    )
+    .await
+    {
+        Ok(r) => r?,
+        Err(_) => bail!("hard deadline reached"),
+    };
+    print_report(&report, peer.peer.name(), json);
     Ok(())
+}
+
+/// Receivers are the peer's users/clients `0..devices/2`, senders the next `devices/2`;
+/// sender `r + j` writes to receiver `j`.
+async fn peer_backlog_once(
+    peer: &PeerOpts,
+    args: &BacklogArgs,
+    devices: usize,
+    deadline: Instant,
+) -> Result<BacklogReport> {
+    let half = devices / 2;
+    let first_sender = u32::try_from(half)?;
+    let setup_deadline = (Instant::now() + crate::setup_budget(devices)).min(deadline);
+    let nonce: u64 = rand::random();
+    let shared = std::sync::Arc::new(Shared::new(
+        nonce,
+        peer.payload_bytes,
+        1,
+        Duration::ZERO,
+        deadline,
+    )?);
+    // Every message counts as "in the window" for the delivery counters.
+    shared.window_start_ns.store(0, Ordering::Relaxed);
+    shared.window_end_ns.store(u64::MAX, Ordering::Relaxed);
+    let c = &shared.c;
+
+    // The receivers log in once (session, subscription or roster presence) and leave.
+    let mut first = PeerSession::with_shared(peer, std::sync::Arc::clone(&shared), 0);
+    let logged_in = first.connect_up_to(half, setup_deadline).await;
+    first.finish().await;
+    logged_in?;
+    let leftovers = c.foreign.load(Ordering::Relaxed);
+    eprintln!(
+        "{half} receivers logged in and went offline ({leftovers} leftovers of earlier runs)"
+    );
+
+    let mut senders = PeerSession::with_shared(peer, std::sync::Arc::clone(&shared), first_sender);
+    let report = async {
+        senders.connect_up_to(half, setup_deadline).await?;
+        if senders.conns.len() < half {
+            bail!("not every sender logged in");
+        }
+        let t = Instant::now();
+        let cpu0 = cpu_now(peer.server_pid);
+        peer_fill(&shared, &senders, args, deadline).await?;
+        let fill_s = secs(t);
+        let fill_server_cpu = cpu_since(cpu0, peer.server_pid);
+        eprintln!(
+            "fill: {} queued in {fill_s:.1} s ({:.0} msgs/s)",
+            args.messages,
+            args.messages as f64 / fill_s.max(1e-9)
+        );
+        if c.delivered.load(Ordering::Relaxed) != 0 {
+            bail!("messages reached the offline receivers before they logged in again");
+        }
+        let mem_full = peer.server_pid.and_then(|p| procfs::mem(p).ok());
+
+        // The drain: every receiver logs in again at once.
+        let me = Some(std::process::id());
+        eprintln!("drain: {half} receivers log in again");
+        let cpu0 = cpu_now(peer.server_pid);
+        let gen0 = cpu_now(me);
+        let t0 = Instant::now();
+        let t0_ns = shared.now_ns();
+        let mut again = PeerSession::with_shared(peer, std::sync::Arc::clone(&shared), 0);
+        let drained = async {
+            again.connect_up_to(half, deadline).await?;
+            let reconnect_s = secs(t0);
+            // Bounded by the deadline; polls every 5 ms.
+            while c.delivered.load(Ordering::Relaxed) < args.messages {
+                if Instant::now() >= deadline {
+                    bail!(
+                        "drain timed out: {} of {} delivered",
+                        c.delivered.load(Ordering::Relaxed),
+                        args.messages
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(reconnect_s)
+        }
+        .await;
+        let last_ns = c.last_delivery_ns.load(Ordering::Relaxed);
+        let drain_s = last_ns.saturating_sub(t0_ns) as f64 / 1e9;
+        let drain_server_cpu = cpu_since(cpu0, peer.server_pid);
+        let generator_cpu = cpu_since(gen0, me);
+        // Let the last acknowledgements reach the server before sampling its memory.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mem_after = peer.server_pid.and_then(|p| procfs::mem(p).ok());
+        again.finish().await;
+        let reconnect_s = drained?;
+        let delivered = c.delivered.load(Ordering::Relaxed);
+        let duplicates = c.duplicates.load(Ordering::Relaxed);
+        Ok(BacklogReport {
+            devices,
+            messages: args.messages,
+            fill_s,
+            fill_server_cpu,
+            reconnect_s,
+            all_drained_s: None,
+            drain_s,
+            delivered,
+            duplicates,
+            // Both protocols acknowledge every message received (PUBACK; XEP-0198 counts
+            // each stanza).
+            acks: delivered + duplicates,
+            foreign: c.foreign.load(Ordering::Relaxed) - leftovers,
+            drain_server_cpu,
+            generator_cpu,
+            mem_full,
+            mem_after,
+        })
+    }
+    .await;
+    senders.finish().await;
+    report
+}
+
+/// Sends `args.messages` from the senders (sender `k mod r` to receiver `k mod r`),
+/// at most `args.fill_window` unacknowledged, and waits until the server has
+/// acknowledged every one (bounded by the count and `deadline`).
+async fn peer_fill(
+    shared: &Shared,
+    senders: &PeerSession,
+    args: &BacklogArgs,
+    deadline: Instant,
+) -> Result<()> {
+    let c = &shared.c;
+    let n = senders.conns.len();
+    if n == 0 {
+        bail!("no senders");
+    }
+    eprintln!(
+        "fill: {} messages from {n} senders, at most {} unacknowledged",
+        args.messages, args.fill_window
+    );
+    let t = Instant::now();
+    let mut sent = 0u64;
+    let mut last_report = Instant::now();
+    // Bounded by the message count (each turn sends or waits) and by the deadline.
+    loop {
+        let answered = c.accepted.load(Ordering::Relaxed);
+        if answered >= args.messages {
+            return Ok(());
+        }
+        let room = args.fill_window.saturating_sub(sent - answered.min(sent));
+        for _ in 0..room.min(args.messages - sent) {
+            let k = usize::try_from(sent).unwrap_or(usize::MAX) % n;
+            let stamp = Stamp {
+                intended_ns: shared.now_ns(),
+                msg_no: sent,
+            };
+            let to = u32::try_from(k)?;
+            if let Some(tx) = senders.conns.get(k)
+                && tx.send(PeerCmd::Send { to, stamp }).is_err()
+            {
+                bail!("a sending connection ended during the fill");
+            }
+            c.sent.fetch_add(1, Ordering::Relaxed);
+            sent += 1;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "fill timed out: {answered} of {} acknowledged",
+                args.messages
+            );
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            eprintln!(
+                "fill: {answered} acknowledged after {:.0} s ({:.0}/s)",
+                secs(t),
+                answered as f64 / secs(t).max(1e-3)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 async fn backlog_once(
@@ -379,11 +599,12 @@ async fn drain(
         fill_s: 0.0,
         fill_server_cpu: None,
         reconnect_s,
-        all_drained_s: all_drained_s.unwrap_or(0.0),
+        all_drained_s,
         drain_s,
         delivered: c.delivered.load(Ordering::Relaxed),
         duplicates: c.duplicates.load(Ordering::Relaxed),
         acks: c.acks.load(Ordering::Relaxed) - acks_before,
+        foreign: c.foreign.load(Ordering::Relaxed),
         drain_server_cpu,
         generator_cpu,
         mem_full: None,

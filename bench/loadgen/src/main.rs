@@ -193,7 +193,8 @@ enum Mode {
     /// Fan-out of one group message to N connected devices (one group of all of them).
     Fanout(fanout::FanoutArgs),
     /// Offline backlog: queue messages for offline devices, then time their drain as the
-    /// devices all reconnect.
+    /// devices all reconnect (every target: persistent MQTT sessions, XMPP offline
+    /// storage).
     Backlog(backlog::BacklogArgs),
     /// Attachments: end-to-end send+receive throughput of a large file against the same
     /// bytes moved without end-to-end encryption; client and server peak RSS.
@@ -387,13 +388,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         source::set_source_addrs(c.source_addrs);
     }
-    if peer.is_some()
-        && matches!(
-            cli.mode,
-            Mode::Fanout(_) | Mode::Media(_) | Mode::Backlog(_)
-        )
-    {
-        bail!("fanout, backlog and media run against hushwire only");
+    if peer.is_some() && matches!(cli.mode, Mode::Fanout(_) | Mode::Media(_)) {
+        bail!("fanout and media run against hushwire only");
     }
     match &cli.mode {
         Mode::Run(a) => {
@@ -446,9 +442,10 @@ async fn run(cli: Cli) -> Result<()> {
         Mode::Fanout(a) => {
             fanout::run_mode(&opts, a, c.seed, c.json, c.deadline_secs).await?;
         }
-        Mode::Backlog(a) => {
-            backlog::run_mode(&opts, a, c.json, c.deadline_secs).await?;
-        }
+        Mode::Backlog(a) => match peer {
+            Some(p) => backlog::run_peer_mode(p, a, c.json, c.deadline_secs).await?,
+            None => backlog::run_mode(&opts, a, c.json, c.deadline_secs).await?,
+        },
         Mode::Media(a) => {
             let budget = Duration::from_secs(3600);
             let deadline = Instant::now() + c.deadline_secs.map_or(budget, Duration::from_secs);

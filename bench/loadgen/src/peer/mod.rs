@@ -125,6 +125,7 @@ impl Delivery {
                     return;
                 }
                 c.delivered.fetch_add(1, Ordering::Relaxed);
+                c.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
                 if shared.in_window(now) {
                     c.delivered_in_window.fetch_add(1, Ordering::Relaxed);
                 }
@@ -159,6 +160,8 @@ pub struct PeerSession {
     /// Counters and histograms shared with the tasks.
     pub shared: Arc<Shared>,
     opts: PeerOpts,
+    /// Connection `k` of this session is the peer's user or client `first_index + k`.
+    first_index: u32,
 }
 
 impl PeerSession {
@@ -173,12 +176,20 @@ impl PeerSession {
             Duration::ZERO,
             task_deadline,
         )?);
-        Ok(Self {
+        Ok(Self::with_shared(opts, shared, 0))
+    }
+
+    /// An empty session whose connection `k` is the peer's user or client
+    /// `first_index + k`, counting into `shared` (several sessions can share one run's
+    /// nonce and counters: the backlog's receivers log in twice).
+    pub fn with_shared(opts: &PeerOpts, shared: Arc<Shared>, first_index: u32) -> Self {
+        Self {
             conns: Vec::new(),
             tasks: JoinSet::new(),
             shared,
             opts: opts.clone(),
-        })
+            first_index,
+        }
     }
 
     /// Logs in connections until `n` are up (at most `connect_concurrency` at a time).
@@ -188,10 +199,17 @@ impl PeerSession {
         if n <= from {
             return Ok(());
         }
-        let total = u32::try_from(n).context("too many connections")?;
+        let first = self.first_index;
+        let index = move |k: usize| {
+            u32::try_from(k)
+                .ok()
+                .and_then(|k| k.checked_add(first))
+                .context("too many connections")
+        };
+        let total = index(n)?;
         let mut set: JoinSet<(u32, Result<PeerConn>)> = JoinSet::new();
         let mut slots: Vec<Option<PeerConn>> = (from..n).map(|_| None).collect();
-        let mut next = u32::try_from(from).context("too many connections")?;
+        let mut next = index(from)?;
         let mut done = 0usize;
         // Each iteration joins one login: at most (n - from) iterations plus spawns.
         while done < n - from {
@@ -206,7 +224,7 @@ impl PeerSession {
             let Some(joined) = joined else { break };
             let (i, conn) = joined.context("login task failed")?;
             let conn = conn.with_context(|| format!("logging in connection {i}"))?;
-            if let Some(slot) = slots.get_mut(i as usize - from) {
+            if let Some(slot) = slots.get_mut((i - first) as usize - from) {
                 *slot = Some(conn);
             }
             done += 1;
@@ -218,7 +236,7 @@ impl PeerSession {
                 with_acks += 1;
             }
             let (tx, rx) = mpsc::unbounded_channel();
-            let me = u32::try_from(from + k).context("too many connections")?;
+            let me = index(from + k)?;
             let shared = Arc::clone(&self.shared);
             self.tasks.spawn(async move {
                 let r = conn.run(me, rx).await;
@@ -230,8 +248,10 @@ impl PeerSession {
             self.conns.push(tx);
         }
         eprintln!(
-            "{}: logged in connections {from}..{n} in {:.1} s ({:.0}/s); server acks on {with_acks} of them",
+            "{}: logged in connections {}..{} in {:.1} s ({:.0}/s); server acks on {with_acks} of them",
             self.opts.peer.name(),
+            index(from)?,
+            total,
             secs(t),
             (n - from) as f64 / secs(t).max(1e-3)
         );

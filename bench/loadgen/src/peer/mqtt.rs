@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -88,6 +87,9 @@ pub struct MqttConn {
     inflight: HashMap<u16, u64>,
     /// Whether the broker had a session for this client id.
     pub session_present: bool,
+    /// Deliveries to this client, from the CONNACK on (a persistent session's queue
+    /// arrives while the subscription is still being made).
+    delivery: Delivery,
 }
 
 impl MqttConn {
@@ -117,8 +119,8 @@ impl MqttConn {
     }
 
     /// Connects as `opts.client_id(index)` with a persistent session and subscribes (QoS 1)
-    /// to its own topic. Messages queued in the session from an earlier run are
-    /// acknowledged and counted as foreign.
+    /// to its own topic. Messages queued in the session are acknowledged and recorded as
+    /// deliveries (those of an earlier run count as foreign).
     pub async fn connect(
         opts: &MqttOpts,
         index: u32,
@@ -139,6 +141,7 @@ impl MqttConn {
             pkid: 0,
             inflight: HashMap::new(),
             session_present: false,
+            delivery: Delivery::new(index),
         };
         let mut connect = Connect::new(opts.client_id(index));
         connect.clean_session = false;
@@ -178,9 +181,10 @@ impl MqttConn {
                     break;
                 }
                 Some(Packet::Publish(p)) => {
-                    // Queued by an earlier run of this client id: acknowledge, count.
+                    // Queued in the persistent session (this run's backlog, or an
+                    // earlier run's leftovers): acknowledge, record.
                     c.ack_publish(&p)?;
-                    c.shared.c.foreign.fetch_add(1, Ordering::Relaxed);
+                    c.delivery.record(&c.shared, &p.payload);
                 }
                 Some(_) => {}
                 None => {
@@ -243,7 +247,7 @@ impl MqttConn {
         tokio::pin!(deadline);
         let ping_every = Duration::from_secs(u64::from(KEEP_ALIVE_SECS) / 2);
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        let mut delivery = Delivery::new(me);
+        let mut delivery = std::mem::replace(&mut self.delivery, Delivery::new(me));
         // Packets that arrived with the end of the subscription are already buffered.
         self.handle_buffered(&mut delivery)?;
         self.flush().await?;
@@ -298,6 +302,7 @@ impl MqttConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn publish_round_trips_through_the_codec_in_pieces() {
@@ -362,8 +367,9 @@ mod tests {
     }
 
     /// A scripted broker on 127.0.0.1: persistent-session CONNECT, SUBSCRIBE (with a
-    /// stale message from an earlier run queued right behind the SUBACK), one QoS 1
-    /// message to ourselves delivered twice, PUBACKs both ways, DISCONNECT.
+    /// stale message from an earlier run and one of this run queued right behind the
+    /// SUBACK), one QoS 1 message to ourselves delivered twice, PUBACKs both ways,
+    /// DISCONNECT.
     #[tokio::test]
     async fn connects_subscribes_sends_receives_against_a_scripted_broker() {
         use crate::sched::Stamp;
@@ -408,10 +414,29 @@ mod tests {
             let mut stale = Publish::new("hwlg/0", QoS::AtLeastOnce, "from an earlier run");
             stale.pkid = 900;
             encode(&Packet::Publish(stale), &mut out).unwrap();
+            // Queued for us by this run while we were offline (the backlog scenario).
+            let queued = sched::text_payload(
+                100,
+                TextStamp {
+                    nonce: 7,
+                    to: 0,
+                    stamp: Stamp {
+                        intended_ns: 0,
+                        msg_no: 99,
+                    },
+                },
+            );
+            let mut queued = Publish::new("hwlg/0", QoS::AtLeastOnce, queued);
+            queued.pkid = 901;
+            encode(&Packet::Publish(queued), &mut out).unwrap();
             sock.write_all(&out).await.unwrap();
             assert_eq!(
                 next(&mut sock, &mut buf).await,
                 Packet::PubAck(PubAck::new(900))
+            );
+            assert_eq!(
+                next(&mut sock, &mut buf).await,
+                Packet::PubAck(PubAck::new(901))
             );
             let Packet::Publish(mut p) = next(&mut sock, &mut buf).await else {
                 panic!()
@@ -463,7 +488,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(c.foreign.load(Ordering::Relaxed), 1);
-        assert_eq!(c.delivered.load(Ordering::Relaxed), 1);
+        assert_eq!(c.delivered.load(Ordering::Relaxed), 2);
         assert_eq!(c.duplicates.load(Ordering::Relaxed), 1);
         assert_eq!(c.accepted.load(Ordering::Relaxed), 1);
         tx.send(PeerCmd::Close).unwrap();

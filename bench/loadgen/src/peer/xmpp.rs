@@ -301,6 +301,9 @@ pub struct XmppConn {
     /// A `<r/>` of ours is unanswered.
     r_pending: bool,
     rbuf: Vec<u8>,
+    /// Deliveries to this user, from the initial presence on (offline messages arrive
+    /// before the log-in's ping is answered).
+    delivery: Delivery,
 }
 
 impl XmppConn {
@@ -409,6 +412,7 @@ impl XmppConn {
             unacked: VecDeque::new(),
             r_pending: false,
             rbuf: vec![0; 16 * 1024],
+            delivery: Delivery::new(index),
         };
         let n = opts.first_user.saturating_add(index);
         let user = format!("{}{n}", opts.user_prefix);
@@ -465,11 +469,18 @@ impl XmppConn {
             None,
         );
         c.flush().await?;
-        // Bounded by `until`: other stanzas (our own presence) pass by first.
+        // Bounded by `until`: other stanzas (our own presence, offline messages) pass by
+        // first.
         loop {
             let el = c.next_element(until).await?;
             if el.name == "iq" && el.attr("id") == Some("ready") {
                 break;
+            }
+            if el.name == "message" {
+                match el.child("body") {
+                    Some(body) => c.delivery.record(&c.shared, body.text.as_bytes()),
+                    None => c.delivery.foreign(&c.shared),
+                }
             }
         }
         Ok(c)
@@ -569,7 +580,7 @@ impl XmppConn {
         let shared = Arc::clone(&self.shared);
         let deadline = tokio::time::sleep_until(shared.deadline);
         tokio::pin!(deadline);
-        let mut delivery = Delivery::new(me);
+        let mut delivery = std::mem::replace(&mut self.delivery, Delivery::new(me));
         let mut rbuf = vec![0u8; 16 * 1024];
         // Stanzas that arrived with the end of the log-in are already buffered.
         self.handle_buffered(&mut delivery)?;
