@@ -14,8 +14,10 @@
 #   --quick  fewer rate steps, short windows, idle at 1k/5k/10k (under 10 minutes once
 #            the release binaries are built)
 #   full     more steps and longer windows, idle at 5k/10k/19k, tsung against
-#            ejabberd as a cross-check of the generator, and (Hushwire only) the 1M
-#            offline backlog drain and the sustained rate with real client-side MLS
+#            ejabberd as a cross-check of the generator, the offline backlog drain
+#            (1,000 receivers: 1M messages for Hushwire and Mosquitto, 100k for all
+#            three: ejabberd's offline store cannot take 1M in the run's budget), and
+#            (Hushwire only) the sustained rate with real client-side MLS
 # Smoke-test knobs (environment): COMPARE_DEVICES, COMPARE_IDLE_STEPS, COMPARE_PROBES,
 # COMPARE_NO_BUILD=1 (use the binaries in target/release as they are), START_HUSHWIRE,
 # START_EJABBERD, START_MOSQUITTO (first rate probed).
@@ -158,6 +160,14 @@ fi
 "$PEERS/ejabberd.sh" register $MAXU >> "$R/ejabberd-start.log" 2>&1
 EJ_PID=$("$PEERS/ejabberd.sh" pid)
 lg ejabberd_idle --target xmpp --server-pid "$EJ_PID" idle --steps $IDLE_STEPS --settle-secs $SETTLE
+if [ $QUICK = 0 ]; then
+  # The backlog on a fresh node too (users 1..2000: receivers, then senders).
+  "$PEERS/ejabberd.sh" stop >> "$R/ejabberd-start.log" 2>&1
+  "$PEERS/ejabberd.sh" start >> "$R/ejabberd-start.log" 2>&1
+  "$PEERS/ejabberd.sh" register 2000 >> "$R/ejabberd-start.log" 2>&1
+  EJ_PID=$("$PEERS/ejabberd.sh" pid)
+  lg ejabberd_backlog_100k --target xmpp --server-pid "$EJ_PID" backlog --devices 2000 --messages 100000
+fi
 "$PEERS/ejabberd.sh" stop >> "$R/ejabberd-start.log" 2>&1
 
 # --- Mosquitto.
@@ -169,6 +179,14 @@ lg mosquitto_max --target mqtt --server-pid "$MQ_PID" max --start-rate "$START_M
 "$PEERS/mosquitto.sh" start >> "$R/mosquitto-start.log" 2>&1
 MQ_PID=$("$PEERS/mosquitto.sh" pid)
 lg mosquitto_idle --target mqtt --server-pid "$MQ_PID" idle --steps $IDLE_STEPS --settle-secs $SETTLE
+if [ $QUICK = 0 ]; then
+  for n in 1000000:backlog 100000:backlog_100k; do
+    "$PEERS/mosquitto.sh" stop >> "$R/mosquitto-start.log" 2>&1
+    "$PEERS/mosquitto.sh" start >> "$R/mosquitto-start.log" 2>&1
+    MQ_PID=$("$PEERS/mosquitto.sh" pid)
+    lg "mosquitto_${n#*:}" --target mqtt --server-pid "$MQ_PID" backlog --devices 2000 --messages "${n%%:*}"
+  done
+fi
 "$PEERS/mosquitto.sh" stop >> "$R/mosquitto-start.log" 2>&1
 
 # --- Hushwire (a fresh server and database per probe, started by the generator).
@@ -182,9 +200,10 @@ else
 fi
 lg hushwire_idle "${HW[@]}" idle --steps $IDLE_STEPS --settle-secs $SETTLE
 if [ $QUICK = 0 ]; then
-  # Hushwire only: the offline backlog drain, and the sustained rate when the generator
+  # The offline backlog drain, and (Hushwire only) the sustained rate when the generator
   # also does the clients' MLS encryption and decryption.
   lg hushwire_backlog "${HW[@]}" backlog --devices 2000 --messages 1000000
+  lg hushwire_backlog_100k "${HW[@]}" backlog --devices 2000 --messages 100000
   lg hushwire_max_real_mls "${HW[@]}" --real-mls max --start-rate 3000 --max-probes $PROBES "${MAXARGS[@]}"
 fi
 

@@ -91,12 +91,29 @@ if at_rep:
 tsung = load('tsung_ejabberd')
 if tsung:
     summary['tsung_ejabberd'] = tsung
-# Full run only: Hushwire's offline backlog drain and its sustained rate with real MLS.
-backlog = (load('hushwire_backlog') or {}).get('report')
+# Full run only: the offline backlog drain (1M: Hushwire and Mosquitto; 100k: all three)
+# and Hushwire's sustained rate with real MLS.
+BACKLOG_KEYS = ('messages', 'reconnecting_devices', 'per_device', 'drain_s', 'drain_msgs_per_s',
+                'reconnect_s', 'lost', 'duplicates', 'server_us_per_msg', 'fill_msgs_per_s')
+backlogs = {}
+for target in ('hushwire', 'ejabberd', 'mosquitto'):
+    for size, suffix in (('1m', '_backlog'), ('100k', '_backlog_100k')):
+        rep = (load(target + suffix) or {}).get('report')
+        if rep:
+            b = {k: rep.get(k) for k in BACKLOG_KEYS}
+            mem = rep.get('server_mem_full') or {}
+            b['server_rss_kib_queued'] = mem.get('vm_rss_kib')
+            backlogs.setdefault(size, {})[target] = b
+            rows.append({'target': target, 'scenario': 'backlog_' + size, 'offered': b['messages'],
+                         'delivered_per_s': b['drain_msgs_per_s'], 'p50_ms': '', 'p99_ms': '',
+                         'lost': b['lost'], 'sustained': '',
+                         'server_cpu_pct': (rep.get('drain_server_cpu') or {}).get('percent'),
+                         'connections': b['reconnecting_devices'], 'rss_kib': b['server_rss_kib_queued']})
+if backlogs:
+    summary['backlog'] = backlogs
+backlog = backlogs.get('1m', {}).get('hushwire')
 if backlog:
-    summary['hushwire_backlog'] = {k: backlog.get(k) for k in (
-        'messages', 'reconnecting_devices', 'per_device', 'drain_s', 'drain_msgs_per_s',
-        'reconnect_s', 'lost', 'duplicates', 'server_us_per_msg', 'fill_msgs_per_s')}
+    summary['hushwire_backlog'] = backlog
 real_mls = load('hushwire_max_real_mls')
 if real_mls:
     summary['hushwire_real_mls'] = {'sustained_msgs_per_s': real_mls.get('sustained_rate'),
@@ -147,11 +164,11 @@ print(f"hushwire at ejabberd's sustained rate ({fmt(h['rate'])}/s): p50 {fmt(h['
       f"p99 {fmt(h['p99_ms'], 2)} ms, lost {fmt(h['lost'])}")
 if tsung:
     print(f"tsung cross-check (ejabberd): {json.dumps(tsung)}")
-if backlog:
-    b = summary['hushwire_backlog']
-    print(f"hushwire backlog: {fmt(b['messages'])} messages to {fmt(b['reconnecting_devices'])} "
-          f"reconnecting devices drained in {fmt(b['drain_s'], 2)} s = {fmt(b['drain_msgs_per_s'], 0)} msgs/s, "
-          f"lost {fmt(b['lost'])}")
+for size, by_target in backlogs.items():
+    for name, b in by_target.items():
+        print(f"{name} backlog {size}: {fmt(b['messages'])} messages to {fmt(b['reconnecting_devices'])} "
+              f"reconnecting clients drained in {fmt(b['drain_s'], 2)} s = {fmt(b['drain_msgs_per_s'], 0)} msgs/s "
+              f"(fill {fmt(b['fill_msgs_per_s'], 0)} msgs/s), lost {fmt(b['lost'])}")
 if real_mls:
     m = summary['hushwire_real_mls']
     print(f"hushwire with real client-side MLS in the generator: sustained {fmt(m['sustained_msgs_per_s'])} msgs/s "
