@@ -417,5 +417,86 @@ mod tests {
         assert_eq!(c.duplicates.load(Ordering::Relaxed), 1);
         assert_eq!(c.foreign.load(Ordering::Relaxed), 3);
         assert_eq!(shared.hists.lock().unwrap().delivery.len(), 2);
+        assert!(c.last_delivery_ns.load(Ordering::Relaxed) > 0);
+    }
+
+    /// A session that starts at index 5 logs in as clients 5 and 6 (the backlog's
+    /// senders follow its receivers), and its close ends each MQTT session with
+    /// DISCONNECT (the persistent session stays on the broker).
+    #[tokio::test]
+    async fn a_session_from_an_offset_uses_those_client_ids() {
+        use rumqttc::mqttbytes::QoS;
+        use rumqttc::mqttbytes::v4::{
+            ConnAck, ConnectReturnCode, Packet, SubAck, SubscribeReasonCode,
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let broker = tokio::spawn(async move {
+            let mut clients = Vec::new();
+            let mut socks = Vec::new();
+            for _ in 0..2 {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = bytes::BytesMut::new();
+                let mut out = bytes::BytesMut::new();
+                // CONNECT, then SUBSCRIBE: at most a few reads each.
+                for _ in 0..2 {
+                    let p = loop {
+                        if let Some(p) = mqtt::decode(&mut buf).unwrap() {
+                            break p;
+                        }
+                        assert!(sock.read_buf(&mut buf).await.unwrap() > 0);
+                    };
+                    match p {
+                        Packet::Connect(c) => {
+                            clients.push(c.client_id.clone());
+                            let ack = ConnAck::new(ConnectReturnCode::Success, false);
+                            mqtt::encode(&Packet::ConnAck(ack), &mut out).unwrap();
+                        }
+                        Packet::Subscribe(s) => {
+                            let codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)];
+                            mqtt::encode(&Packet::SubAck(SubAck::new(s.pkid, codes)), &mut out)
+                                .unwrap();
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                    sock.write_all(&out).await.unwrap();
+                    out.clear();
+                }
+                socks.push((sock, buf));
+            }
+            let mut ends = Vec::new();
+            for (mut sock, mut buf) in socks {
+                let p = loop {
+                    if let Some(p) = mqtt::decode(&mut buf).unwrap() {
+                        break p;
+                    }
+                    assert!(sock.read_buf(&mut buf).await.unwrap() > 0);
+                };
+                ends.push(p);
+            }
+            clients.sort();
+            (clients, ends)
+        });
+
+        let opts = PeerOpts {
+            peer: Peer::Mqtt(Arc::new(mqtt::MqttOpts {
+                addr,
+                client_prefix: "hwlg".into(),
+            })),
+            server_pid: None,
+            connect_concurrency: 1,
+            payload_bytes: 100,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let shared = Arc::new(Shared::new(1, 100, 1, Duration::ZERO, deadline).unwrap());
+        let mut session = PeerSession::with_shared(&opts, shared, 5);
+        session.connect_up_to(2, deadline).await.unwrap();
+        assert_eq!(session.conns.len(), 2);
+        session.finish().await;
+        let (clients, ends) = broker.await.unwrap();
+        assert_eq!(clients, ["hwlg-5", "hwlg-6"]);
+        assert_eq!(ends, [Packet::Disconnect, Packet::Disconnect]);
     }
 }
