@@ -194,9 +194,11 @@ fn cpu_since(a: Option<procfs::CpuSample>, pid: Option<u32>) -> Option<CpuUse> {
     }
 }
 
-/// Runs the mode and prints the report.
+/// Runs the mode against Hushwire, or against `peer` (ejabberd or Mosquitto) when
+/// given, and prints the report.
 pub async fn run_mode(
     opts: &SessionOpts,
+    peer: Option<&PeerOpts>,
     args: &BacklogArgs,
     json: bool,
     deadline_secs: Option<u64>,
@@ -204,20 +206,17 @@ pub async fn run_mode(
     let devices = args.validate()?;
     let budget = args.budget(devices);
     let deadline = Instant::now() + deadline_secs.map_or(budget, Duration::from_secs);
-    let report = match tokio::time::timeout_at(
-        deadline + Duration::from_secs(30),
-        backlog_once(opts, args, devices, deadline),
-    )
-    .await
-    {
+    let once = async {
+        match peer {
+            Some(p) => peer_backlog_once(p, args, devices, deadline).await,
+            None => backlog_once(opts, args, devices, deadline).await,
+        }
+    };
+    let report = match tokio::time::timeout_at(deadline + Duration::from_secs(30), once).await {
         Ok(r) => r?,
         Err(_) => bail!("hard deadline reached"),
     };
-    print_report(&report, "hushwire", json);
-    Ok(())
-}
-
-fn print_report(report: &BacklogReport, target: &str, json: bool) {
+    let target = peer.map_or("hushwire", |p| p.peer.name());
     if json {
         println!(
             "{}",
@@ -226,28 +225,6 @@ fn print_report(report: &BacklogReport, target: &str, json: bool) {
     } else {
         println!("{}", report.human());
     }
-}
-
-/// Runs the mode against a peer (ejabberd or Mosquitto) and prints the report.
-pub async fn run_peer_mode(
-    peer: &PeerOpts,
-    args: &BacklogArgs,
-    json: bool,
-    deadline_secs: Option<u64>,
-) -> Result<()> {
-    let devices = args.validate()?;
-    let budget = args.budget(devices);
-    let deadline = Instant::now() + deadline_secs.map_or(budget, Duration::from_secs);
-    let report = match tokio::time::timeout_at(
-        deadline + Duration::from_secs(30),
-        peer_backlog_once(peer, args, devices, deadline),
-    )
-    .await
-    {
-        Ok(r) => r?,
-        Err(_) => bail!("hard deadline reached"),
-    };
-    print_report(&report, peer.peer.name(), json);
     Ok(())
 }
 
@@ -296,14 +273,7 @@ async fn peer_backlog_once(
         peer_fill(&shared, &senders, args, deadline).await?;
         let fill_s = secs(t);
         let fill_server_cpu = cpu_since(cpu0, peer.server_pid);
-        eprintln!(
-            "fill: {} queued in {fill_s:.1} s ({:.0} msgs/s)",
-            args.messages,
-            args.messages as f64 / fill_s.max(1e-9)
-        );
-        if c.delivered.load(Ordering::Relaxed) != 0 {
-            bail!("messages reached the offline receivers before they logged in again");
-        }
+        fill_done(&shared, args.messages, fill_s)?;
         let mem_full = peer.server_pid.and_then(|p| procfs::mem(p).ok());
 
         // The drain: every receiver logs in again at once.
@@ -367,16 +337,14 @@ async fn peer_backlog_once(
     report
 }
 
-/// Sends `args.messages` from the senders (sender `k mod r` to receiver `k mod r`),
-/// at most `args.fill_window` unacknowledged, and waits until the server has
-/// acknowledged every one (bounded by the count and `deadline`).
+/// Sends `args.messages` from the senders (sender `k mod r` to receiver `k mod r`) and
+/// waits until the server has acknowledged every one.
 async fn peer_fill(
     shared: &Shared,
     senders: &PeerSession,
     args: &BacklogArgs,
     deadline: Instant,
 ) -> Result<()> {
-    let c = &shared.c;
     let n = senders.conns.len();
     if n == 0 {
         bail!("no senders");
@@ -385,47 +353,16 @@ async fn peer_fill(
         "fill: {} messages from {n} senders, at most {} unacknowledged",
         args.messages, args.fill_window
     );
-    let t = Instant::now();
-    let mut sent = 0u64;
-    let mut last_report = Instant::now();
-    // Bounded by the message count (each turn sends or waits) and by the deadline.
-    loop {
-        let answered = c.accepted.load(Ordering::Relaxed);
-        if answered >= args.messages {
-            return Ok(());
+    let answered = || Ok(shared.c.accepted.load(Ordering::Relaxed));
+    let send = |msg_no: u64, stamp: Stamp| {
+        let k = usize::try_from(msg_no % n as u64)?;
+        let to = u32::try_from(k)?;
+        match senders.conns.get(k) {
+            Some(tx) if tx.send(PeerCmd::Send { to, stamp }).is_ok() => Ok(()),
+            _ => bail!("a sending connection ended during the fill"),
         }
-        let room = args.fill_window.saturating_sub(sent - answered.min(sent));
-        for _ in 0..room.min(args.messages - sent) {
-            let k = usize::try_from(sent).unwrap_or(usize::MAX) % n;
-            let stamp = Stamp {
-                intended_ns: shared.now_ns(),
-                msg_no: sent,
-            };
-            let to = u32::try_from(k)?;
-            if let Some(tx) = senders.conns.get(k)
-                && tx.send(PeerCmd::Send { to, stamp }).is_err()
-            {
-                bail!("a sending connection ended during the fill");
-            }
-            c.sent.fetch_add(1, Ordering::Relaxed);
-            sent += 1;
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "fill timed out: {answered} of {} acknowledged",
-                args.messages
-            );
-        }
-        if last_report.elapsed() >= Duration::from_secs(10) {
-            last_report = Instant::now();
-            eprintln!(
-                "fill: {answered} acknowledged after {:.0} s ({:.0}/s)",
-                secs(t),
-                answered as f64 / secs(t).max(1e-3)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    };
+    closed_loop(shared, args, deadline, answered, send).await
 }
 
 async fn backlog_once(
@@ -458,9 +395,8 @@ async fn backlog_once(
     report
 }
 
-/// Sends `args.messages` from `senders` round-robin (bounded by the window, the count
-/// and `deadline`) and waits until every one is answered. Returns the time it took and
-/// the server's CPU over it.
+/// Sends `args.messages` from `senders` round-robin and waits until every one is
+/// answered. Returns the time it took and the server's CPU over it.
 async fn fill(
     session: &Session,
     senders: &[usize],
@@ -484,60 +420,81 @@ async fn fill(
     );
     let t = Instant::now();
     let cpu0 = cpu_now(session.server_pid);
+    let answered = || {
+        let rejected = c.rejected.load(Ordering::Relaxed);
+        if rejected > 0 {
+            bail!("{rejected} fill submits were refused");
+        }
+        Ok(c.accepted.load(Ordering::Relaxed))
+    };
+    let send = |msg_no: u64, stamp: Stamp| {
+        let k = usize::try_from(msg_no % txs.len() as u64)?;
+        match txs.get(k) {
+            Some(tx) if tx.send(Cmd::Traffic(stamp)).is_ok() => Ok(()),
+            _ => bail!("a sending connection ended during the fill"),
+        }
+    };
+    closed_loop(shared, args, deadline, answered, send).await?;
+    let fill_s = secs(t);
+    let cpu = cpu_since(cpu0, session.server_pid);
+    fill_done(shared, args.messages, fill_s)?;
+    Ok((fill_s, cpu))
+}
+
+/// The fill's closed loop: hands message numbers `0..args.messages` to `send`, at most
+/// `args.fill_window` of them unanswered, until `answered` reaches the count. Bounded by
+/// the count (each turn sends or waits 2 ms) and by `deadline`; reports every 10 s.
+async fn closed_loop(
+    shared: &Shared,
+    args: &BacklogArgs,
+    deadline: Instant,
+    answered: impl Fn() -> Result<u64>,
+    send: impl Fn(u64, Stamp) -> Result<()>,
+) -> Result<()> {
+    let t = Instant::now();
     let mut sent = 0u64;
     let mut last_report = Instant::now();
-    // Bounded by the message count (each turn sends or waits) and by the deadline.
     loop {
-        let answered = c.accepted.load(Ordering::Relaxed) + c.rejected.load(Ordering::Relaxed);
-        if c.rejected.load(Ordering::Relaxed) > 0 {
-            bail!(
-                "{} fill submits were refused",
-                c.rejected.load(Ordering::Relaxed)
-            );
+        let done = answered()?;
+        if done >= args.messages {
+            return Ok(());
         }
-        if answered >= args.messages {
-            break;
-        }
-        let room = args.fill_window.saturating_sub(sent - answered.min(sent));
-        let batch = room.min(args.messages - sent);
-        for _ in 0..batch {
+        let room = args.fill_window.saturating_sub(sent - done.min(sent));
+        for _ in 0..room.min(args.messages - sent) {
             let stamp = Stamp {
                 intended_ns: shared.now_ns(),
                 msg_no: sent,
             };
-            let k = usize::try_from(sent).unwrap_or(usize::MAX) % txs.len();
-            if let Some(tx) = txs.get(k)
-                && tx.send(Cmd::Traffic(stamp)).is_err()
-            {
-                bail!("a sending connection ended during the fill");
-            }
-            c.sent.fetch_add(1, Ordering::Relaxed);
+            send(sent, stamp)?;
+            shared.c.sent.fetch_add(1, Ordering::Relaxed);
             sent += 1;
         }
         if Instant::now() >= deadline {
-            bail!("fill timed out: {answered} of {} answered", args.messages);
+            bail!("fill timed out: {done} of {} answered", args.messages);
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
             eprintln!(
-                "fill: {answered} answered after {:.0} s ({:.0}/s)",
+                "fill: {done} answered after {:.0} s ({:.0}/s)",
                 secs(t),
-                answered as f64 / secs(t).max(1e-3)
+                done as f64 / secs(t).max(1e-3)
             );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let fill_s = secs(t);
-    let cpu = cpu_since(cpu0, session.server_pid);
+}
+
+/// Reports the fill's end; refuses a run where anything was delivered before the
+/// receivers came back.
+fn fill_done(shared: &Shared, messages: u64, fill_s: f64) -> Result<()> {
     eprintln!(
-        "fill: {} queued in {fill_s:.1} s ({:.0} msgs/s)",
-        args.messages,
-        args.messages as f64 / fill_s.max(1e-9)
+        "fill: {messages} queued in {fill_s:.1} s ({:.0} msgs/s)",
+        messages as f64 / fill_s.max(1e-9)
     );
-    if c.delivered.load(Ordering::Relaxed) != 0 {
-        bail!("messages reached the offline devices before they reconnected");
+    if shared.c.delivered.load(Ordering::Relaxed) != 0 {
+        bail!("messages reached the offline receivers before they came back");
     }
-    Ok((fill_s, cpu))
+    Ok(())
 }
 
 /// Reconnects `receivers` at once and waits (bounded by `deadline`) until `messages`

@@ -442,10 +442,9 @@ async fn run(cli: Cli) -> Result<()> {
         Mode::Fanout(a) => {
             fanout::run_mode(&opts, a, c.seed, c.json, c.deadline_secs).await?;
         }
-        Mode::Backlog(a) => match peer {
-            Some(p) => backlog::run_peer_mode(p, a, c.json, c.deadline_secs).await?,
-            None => backlog::run_mode(&opts, a, c.json, c.deadline_secs).await?,
-        },
+        Mode::Backlog(a) => {
+            backlog::run_mode(&opts, peer, a, c.json, c.deadline_secs).await?;
+        }
         Mode::Media(a) => {
             let budget = Duration::from_secs(3600);
             let deadline = Instant::now() + c.deadline_secs.map_or(budget, Duration::from_secs);
