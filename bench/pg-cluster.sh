@@ -9,6 +9,11 @@
 #
 #   bench/pg-cluster.sh pg 3 1000 3000      results: bench/results/cluster-pg-3n-<time>/
 #   bench/pg-cluster.sh embedded 1 3000
+#   bench/pg-cluster.sh pg 6 idle 10000,50000,100000
+#
+# `idle STEPS` measures idle connections instead (the generator's `fleet-idle`): one
+# generator process per node holds that node's share of each step, since no process
+# here can hold more than 19,000 connections (20,000 open files). Result: idle.json.
 #
 # Per rate: run_<rate>.json (the generator's report), and a line in counters.csv with
 # PostgreSQL's committed transactions (pg_stat_database.xact_commit, all nodes), the
@@ -16,17 +21,21 @@
 # about once a second; summed over nodes), the nodes' CPU seconds, the load average.
 # Environment: DEVICES (default 1000), WINDOW (measurement seconds, 10), WARMUP (3),
 # STORE_PARAMS (query appended to the store URL, e.g. "pool_size=16&batch_max=256"),
+# DIRECTORY_INTERVAL (the nodes' key directory publish interval, e.g. 24h),
 # NATS_URL (nats://127.0.0.1:4222). Needs a release build and `psql -h 127.0.0.1 -U
 # postgres`. Everything it starts is stopped on exit, the database dropped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 3 ] || { echo "usage: $0 pg|embedded NODES RATE..." >&2; exit 2; }
+[ $# -ge 3 ] || { echo "usage: $0 pg|embedded NODES RATE... | idle [STEPS]" >&2; exit 2; }
 MODE=$1 NODES=$2; shift 2
+SCENARIO=run; [ "$1" = idle ] && SCENARIO=idle && STEPS=${2:-10000,50000,100000}
+# Idle: six nodes at the default pool of 16 would take most of PostgreSQL's 100 slots.
+[ "$SCENARIO" = idle ] && STORE_PARAMS=${STORE_PARAMS:-pool_size=6}
 case $MODE in pg) ;; embedded) [ "$NODES" = 1 ] || { echo "embedded: one node" >&2; exit 2; } ;;
     *) echo "MODE: pg or embedded" >&2; exit 2 ;; esac
 DEVICES=${DEVICES:-1000} WINDOW=${WINDOW:-10} WARMUP=${WARMUP:-3}
 NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
-OUT=bench/results/cluster-$MODE-${NODES}n-$(date -u +%Y%m%dT%H%M%SZ); mkdir -p "$OUT"
+OUT=bench/results/cluster-$MODE-${NODES}n${SCENARIO/run/}-$(date -u +%Y%m%dT%H%M%SZ); mkdir -p "$OUT"
 PSQL=(psql -h 127.0.0.1 -U postgres -X -q)
 ROOT=$(mktemp -d); PIDS=(); DB=
 cleanup() {
@@ -60,6 +69,12 @@ for n in $(seq 1 "$NODES"); do
             printf '[bus]\nurl = "%s"\nsubject_prefix = "bench%s"\n' "$NATS_URL" "$$"
         fi
         printf '[rate_limits]\nregistrations_per_ip_per_minute = 10000000\nclaims_per_device_per_minute = 10000000\nsubmits_per_device_per_minute = 10000000\n'
+        # DIRECTORY_INTERVAL=24h keeps the key directory from publishing the registered
+        # accounts during an idle run (its tree costs memory per account, not per
+        # connection, and the heap it frees would flatter the per-connection slope).
+        if [ -n "${DIRECTORY_INTERVAL:-}" ]; then
+            printf '[directory]\npublish_interval = "%s"\n' "$DIRECTORY_INTERVAL"
+        fi
     } > "$D/node.toml"
     RUST_LOG="warn,hushwire_store_postgres::stats=debug" taskset -c 1 target/release/hushwire serve \
         --config "$D/node.toml" > "$D/out.log" 2> "$D/err.log" &
@@ -71,6 +86,15 @@ for n in $(seq 1 "$NODES"); do
 done
 echo "nodes: ${URLS[*]} (pids ${PIDS[*]})" | tee "$OUT/nodes.txt"
 ALSO=(); for u in "${URLS[@]:1}"; do ALSO+=(--also-url "$u"); done
+if [ "$SCENARIO" = idle ]; then
+    NODE_PIDS=$(IFS=,; echo "${PIDS[*]}")
+    taskset -c 0 target/release/hushwire-loadgen --url "${URLS[0]}" "${ALSO[@]}" --pin "$PIN" \
+        --json fleet-idle --node-pids "$NODE_PIDS" --steps "$STEPS" > "$OUT/idle.json" \
+        2> "$OUT/idle.log" || { echo "fleet-idle failed (see $OUT/idle.log)" >&2; tail -5 "$OUT/idle.log" >&2; RC=1; }
+    for n in $(seq 1 "$NODES"); do cp "$ROOT/node$n/err.log" "$OUT/node$n.log"; done
+    echo "results: $OUT"
+    exit "${RC:-0}"
+fi
 
 xact() { [ -n "$DB" ] && "${PSQL[@]}" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$DB'" postgres || echo 0; }
 # Sum over nodes of the last logged counter NAME.

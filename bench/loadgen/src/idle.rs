@@ -139,7 +139,7 @@ impl IdleReport {
 
 /// Waits at least `min` and then until the server used under 2% CPU over one second
 /// (at most 30 more seconds).
-async fn wait_idle(pid: u32, min: Duration) -> Result<()> {
+pub(crate) async fn wait_idle(pid: u32, min: Duration) -> Result<()> {
     tokio::time::sleep(min).await;
     for _ in 0..30 {
         let a = procfs::cpu_sample(pid, false)?;
@@ -154,7 +154,7 @@ async fn wait_idle(pid: u32, min: Duration) -> Result<()> {
 }
 
 /// Unix time in ms.
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

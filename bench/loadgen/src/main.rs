@@ -49,6 +49,7 @@ use tokio::time::Instant;
 mod backlog;
 mod devices;
 mod fanout;
+mod fleet;
 mod idle;
 mod media;
 mod mls;
@@ -190,6 +191,14 @@ enum Mode {
     Idle(IdleArgs),
     /// Search the highest sustained rate (fresh server per probe).
     Max(MaxArgs),
+    /// Idle connections over several running nodes (--url, --also-url), one generator
+    /// process per node: past the 20,000 open files one process may hold (Hushwire only;
+    /// bench/pg-cluster.sh pg N idle).
+    FleetIdle(fleet::FleetIdleArgs),
+    /// A fleet-idle child: registers devices against --url and connects them as told on
+    /// stdin.
+    #[command(hide = true)]
+    Hold(fleet::HoldArgs),
     /// Fan-out of one group message to N connected devices (one group of all of them).
     Fanout(fanout::FanoutArgs),
     /// Offline backlog: queue messages for offline devices, then time their drain as the
@@ -388,8 +397,13 @@ async fn run(cli: Cli) -> Result<()> {
         }
         source::set_source_addrs(c.source_addrs);
     }
-    if peer.is_some() && matches!(cli.mode, Mode::Fanout(_) | Mode::Media(_)) {
-        bail!("fanout and media run against hushwire only");
+    if peer.is_some()
+        && matches!(
+            cli.mode,
+            Mode::Fanout(_) | Mode::Media(_) | Mode::FleetIdle(_) | Mode::Hold(_)
+        )
+    {
+        bail!("fanout, media and fleet-idle run against hushwire only");
     }
     match &cli.mode {
         Mode::Run(a) => {
@@ -438,6 +452,44 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 println!("{}", report.human());
             }
+        }
+        Mode::FleetIdle(a) => {
+            let (Some(url), Some(pin)) = (&c.url, &c.pin) else {
+                bail!("fleet-idle needs running nodes: --url, --pin and --also-url");
+            };
+            let max = a.steps.iter().copied().max().unwrap_or(0);
+            let per_node = fleet::split_even(max, 1 + c.also_url.len());
+            let most = per_node.first().copied().unwrap_or(0);
+            let budget =
+                setup_budget(most) * 2 + Duration::from_secs(240 + 90 * a.steps.len() as u64);
+            let deadline = Instant::now() + c.deadline_secs.map_or(budget, Duration::from_secs);
+            let urls: Vec<String> = std::iter::once(url.clone())
+                .chain(c.also_url.iter().cloned())
+                .collect();
+            let flags = fleet::ChildFlags {
+                pin: pin.clone(),
+                source_addrs: c.source_addrs,
+                register_concurrency: c.register_concurrency,
+                connect_concurrency: c.connect_concurrency,
+            };
+            let report =
+                within(deadline, fleet::run_fleet_idle(&urls, &flags, a, deadline)).await?;
+            if c.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"mode": "fleet_idle", "target": target, "report": report.to_json()})
+                );
+            } else {
+                println!("{}", report.human());
+            }
+        }
+        Mode::Hold(a) => {
+            if c.url.is_none() || !c.also_url.is_empty() {
+                bail!("hold: one running node (--url, --pin)");
+            }
+            let budget = setup_budget(a.devices) * 2;
+            let deadline = Instant::now() + c.deadline_secs.map_or(budget, Duration::from_secs);
+            within(deadline, fleet::run_hold(&opts, a, deadline)).await?;
         }
         Mode::Fanout(a) => {
             fanout::run_mode(&opts, a, c.seed, c.json, c.deadline_secs).await?;
