@@ -363,6 +363,18 @@ async fn traffic_once(
     report
 }
 
+/// Prints a mode's final report: one JSON object, or the human-readable text.
+fn print_report(json: bool, mode: &str, target: &str, report: serde_json::Value, human: &str) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"mode": mode, "target": target, "report": report})
+        );
+    } else {
+        println!("{human}");
+    }
+}
+
 /// Runs `f`, giving up 30 s after `deadline` (every phase has its own, earlier bound).
 async fn within<T>(deadline: Instant, f: impl Future<Output = Result<T>>) -> Result<T> {
     match tokio::time::timeout_at(deadline + Duration::from_secs(30), f).await {
@@ -423,14 +435,7 @@ async fn run(cli: Cli) -> Result<()> {
                 traffic_once(&opts, peer, devices, &params, deadline),
             )
             .await?;
-            if c.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"mode": "run", "target": target, "report": report.to_json()})
-                );
-            } else {
-                println!("{}", report.human());
-            }
+            print_report(c.json, "run", target, report.to_json(), &report.human());
         }
         Mode::Idle(a) => {
             let max = a.steps.iter().copied().max().unwrap_or(0);
@@ -444,14 +449,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(p) => within(deadline, peer::run_idle(p, &a.steps, settle, deadline)).await?,
                 None => within(deadline, idle::run_idle(&opts, &a.steps, settle, deadline)).await?,
             };
-            if c.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"mode": "idle", "target": target, "report": report.to_json()})
-                );
-            } else {
-                println!("{}", report.human());
-            }
+            print_report(c.json, "idle", target, report.to_json(), &report.human());
         }
         Mode::FleetIdle(a) => {
             let (Some(url), Some(pin)) = (&c.url, &c.pin) else {
@@ -474,14 +472,13 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let report =
                 within(deadline, fleet::run_fleet_idle(&urls, &flags, a, deadline)).await?;
-            if c.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"mode": "fleet_idle", "target": target, "report": report.to_json()})
-                );
-            } else {
-                println!("{}", report.human());
-            }
+            print_report(
+                c.json,
+                "fleet_idle",
+                target,
+                report.to_json(),
+                &report.human(),
+            );
         }
         Mode::Hold(a) => {
             if c.url.is_none() || !c.also_url.is_empty() {
