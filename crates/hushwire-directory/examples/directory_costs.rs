@@ -117,7 +117,7 @@ async fn run(n: usize) {
         "  a node's start (replay of the log, {last} epochs): {:.2?}",
         t.elapsed()
     );
-    assert_eq!(dir_b.latest().await, dir_a.latest().await);
+    assert_eq!(dir_b.latest(), dir_a.latest());
     drop(dir_b);
 
     let handles: Vec<String> = (0..LOOKUPS)
@@ -173,7 +173,7 @@ async fn run(n: usize) {
         audit1.proof.len() as f64 / 1024.0,
         t.elapsed()
     );
-    let roots = dir_a.roots(0, 10).await;
+    let roots = dir_a.roots(0, 10);
     let before = roots.iter().find(|r| r.epoch == last - 1).unwrap();
     let after = roots.iter().find(|r| r.epoch == last).unwrap();
     let t = Instant::now();

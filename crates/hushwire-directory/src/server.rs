@@ -1,7 +1,7 @@
 //! The server's key directory: an akd tree in memory, persisted as an epoch log.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLockReadGuard};
 use std::time::Duration;
 
 use akd::ecvrf::{VRFKeyStorage, VrfError};
@@ -54,6 +54,10 @@ pub enum DirectoryError {
     /// The handle has no entry in the directory (not published yet).
     #[error("not in the key directory")]
     NotPublished,
+    /// The tree is being replayed from the log (after a lost race or a failure): proofs
+    /// wait until it holds every epoch again. The roots still answer.
+    #[error("the key directory is being rebuilt")]
+    Rebuilding,
 }
 
 fn akd_err(e: akd::errors::AkdError) -> DirectoryError {
@@ -132,8 +136,8 @@ impl Secrets {
 /// The tree and what the server tracks beside it. Replaced whole on a rebuild.
 struct Tree {
     akd: Akd,
-    /// Root of every epoch, index = epoch (0: the empty tree, unsigned).
-    roots: Vec<wire::DirectoryRoot>,
+    /// The tree's latest epoch (its root is `roots[epoch]` of the [`KeyDirectory`]).
+    epoch: u64,
     /// The value last published for each label.
     values: HashMap<Vec<u8>, Vec<u8>>,
 }
@@ -160,7 +164,15 @@ pub struct KeyDirectory {
     secrets: Secrets,
     vrf_public: Bytes,
     interval: Duration,
+    /// Held across a publication, a follow or a whole rebuild (seconds with a large
+    /// epoch or a long log): proofs wait for it, the roots below do not.
     tree: RwLock<Tree>,
+    /// Root of every epoch, index = epoch (0: the empty tree, unsigned). Kept outside
+    /// the tree's lock so `GET /v1/directory` and the auditors' root lists answer during
+    /// a publication. Changed only under the tree's write lock. It only grows while the
+    /// log is append-only (a rebuilt tree replays the same roots); a log rewritten under
+    /// the node replaces what it no longer holds once a rebuild replays it.
+    roots: std::sync::RwLock<Vec<wire::DirectoryRoot>>,
 }
 
 impl std::fmt::Debug for KeyDirectory {
@@ -202,11 +214,13 @@ impl KeyDirectory {
             // Replaced right below by the replayed tree.
             tree: RwLock::new(Tree {
                 akd: empty_akd(secrets_vrf.clone()).await?,
-                roots: Vec::new(),
+                epoch: 0,
                 values: HashMap::new(),
             }),
+            roots: std::sync::RwLock::new(Vec::new()),
         };
-        let tree = this.build().await?;
+        let mut tree = this.empty_tree().await?;
+        this.follow(&mut tree).await?;
         *this.tree.get_mut() = tree;
         Ok(this)
     }
@@ -244,25 +258,97 @@ impl KeyDirectory {
         }
     }
 
-    /// A fresh tree, replayed from the store's log.
-    async fn build(&self) -> Result<Tree, DirectoryError> {
+    /// The roots, read. Nothing panics while holding the lock, so a poisoned lock
+    /// still holds a consistent list.
+    fn roots_read(&self) -> RwLockReadGuard<'_, Vec<wire::DirectoryRoot>> {
+        self.roots.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records the root a tree reached. A rebuilt tree replays roots already recorded
+    /// (the same ones, as long as the log is append-only): only a new epoch is added. A
+    /// replayed root that differs means the log was rewritten under the node: the roots
+    /// from that epoch on are replaced, so the node serves the history it can prove (and
+    /// auditors who kept the old one see the rewrite).
+    fn record_root(&self, root: wire::DirectoryRoot) {
+        let mut roots = self.roots.write().unwrap_or_else(PoisonError::into_inner);
+        let known = roots.len();
+        let Ok(index) = usize::try_from(root.epoch) else {
+            return;
+        };
+        match roots.get(index) {
+            Some(recorded) if *recorded == root => {}
+            Some(_) => {
+                tracing::warn!(
+                    epoch = root.epoch,
+                    "the key directory log was rewritten: its roots from this epoch on are replaced"
+                );
+                roots.truncate(index);
+                roots.push(root);
+            }
+            None if index == known => roots.push(root),
+            // Trees advance one epoch at a time from 0 and record each: unreachable.
+            None => tracing::error!(
+                epoch = root.epoch,
+                known,
+                "a key directory root skipped epochs; not recorded"
+            ),
+        }
+    }
+
+    /// Forgets the roots after `epoch`: a completed replay ended there, so the log no
+    /// longer holds them (it was rewritten).
+    fn forget_roots_after(&self, epoch: u64) {
+        let mut roots = self.roots.write().unwrap_or_else(PoisonError::into_inner);
+        let keep = usize::try_from(epoch).map_or(usize::MAX, |e| e.saturating_add(1));
+        if roots.len() > keep {
+            tracing::warn!(
+                epoch,
+                forgotten = roots.len() - keep,
+                "the key directory log was rewritten: it ends before the roots served"
+            );
+            roots.truncate(keep);
+        }
+    }
+
+    /// The empty tree (epoch 0).
+    async fn empty_tree(&self) -> Result<Tree, DirectoryError> {
         let akd = empty_akd(self.secrets.vrf.clone()).await?;
         let EpochHash(epoch, hash) = akd.get_epoch_hash().await.map_err(akd_err)?;
-        let mut tree = Tree {
+        self.record_root(self.root(epoch, &hash, 0, Vec::new()));
+        Ok(Tree {
             akd,
-            roots: vec![self.root(epoch, &hash, 0, Vec::new())],
+            epoch,
             values: HashMap::new(),
-        };
-        self.follow(&mut tree).await?;
-        Ok(tree)
+        })
+    }
+
+    /// Replaces `tree` with one replayed from the store's log. The old tree goes first,
+    /// so a rebuild never holds two trees (at 100,000 accounts each is ~400 MiB). If the
+    /// replay fails, the tree stays behind the recorded roots: proofs answer
+    /// [`DirectoryError::Rebuilding`] and the next follow goes on from where it stopped.
+    async fn rebuild(&self, tree: &mut Tree) -> Result<(), DirectoryError> {
+        *tree = self.empty_tree().await?;
+        self.follow(tree).await?;
+        self.forget_roots_after(tree.epoch);
+        Ok(())
+    }
+
+    /// The latest root, when `tree` holds every recorded epoch. Called with the tree's
+    /// lock held (read or write): the roots grow only under its write lock.
+    fn complete_root(&self, tree: &Tree) -> Result<wire::DirectoryRoot, DirectoryError> {
+        let latest = self.latest();
+        if tree.epoch == latest.epoch {
+            Ok(latest)
+        } else {
+            Err(DirectoryError::Rebuilding)
+        }
     }
 
     /// Applies the epochs stored after the tree's last one. Returns how many.
     async fn follow(&self, tree: &mut Tree) -> Result<usize, DirectoryError> {
         let mut applied = 0;
         loop {
-            let last = tree.roots.len() as u64 - 1;
-            let page = self.store.directory_epochs(last, EPOCH_PAGE).await?;
+            let page = self.store.directory_epochs(tree.epoch, EPOCH_PAGE).await?;
             if page.is_empty() {
                 return Ok(applied);
             }
@@ -276,7 +362,7 @@ impl KeyDirectory {
     async fn apply(&self, tree: &mut Tree, stored: DirectoryEpoch) -> Result<(), DirectoryError> {
         let epoch = stored.epoch;
         let corrupt = |reason: String| DirectoryError::Corrupt { epoch, reason };
-        let expected = tree.roots.len() as u64;
+        let expected = tree.epoch + 1;
         if epoch != expected {
             return Err(corrupt(format!("expected epoch {expected}")));
         }
@@ -302,7 +388,8 @@ impl KeyDirectory {
         for u in record.updates {
             tree.values.insert(u.label, u.value);
         }
-        tree.roots.push(root);
+        tree.epoch = epoch;
+        self.record_root(root);
         Ok(())
     }
 
@@ -314,7 +401,11 @@ impl KeyDirectory {
     /// rebuilt from the log.
     pub async fn publish(&self, now_ms: u64) -> Result<PublishOutcome, DirectoryError> {
         let mut tree = self.tree.write().await;
-        self.follow(&mut tree).await?;
+        if let Err(e) = self.follow(&mut tree).await {
+            // A half-applied epoch must not stay: start over from the log.
+            self.rebuild(&mut tree).await?;
+            return Err(e);
+        }
         let changes = self.store.directory_changes(MAX_CHANGES_PER_EPOCH).await?;
         let Some(consumed_through) = changes.iter().map(|c| c.seq).max() else {
             return Ok(PublishOutcome::NothingPending);
@@ -355,7 +446,7 @@ impl KeyDirectory {
             label: EPOCH_MARKER_LABEL.to_vec(),
             value: now_ms.to_be_bytes().to_vec(),
         });
-        let next = tree.roots.len() as u64;
+        let next = tree.epoch + 1;
         let akd_updates = updates
             .iter()
             .map(|u| (AkdLabel(u.label.clone()), AkdValue(u.value.clone())))
@@ -364,12 +455,12 @@ impl KeyDirectory {
             Ok(h) => h,
             Err(e) => {
                 // The in-memory tree may be half-updated: start over from the log.
-                *tree = self.build().await?;
+                self.rebuild(&mut tree).await?;
                 return Err(akd_err(e));
             }
         };
         if epoch != next {
-            *tree = self.build().await?;
+            self.rebuild(&mut tree).await?;
             return Err(DirectoryError::Akd(format!(
                 "publish reached epoch {epoch}, expected {next}"
             )));
@@ -397,19 +488,19 @@ impl KeyDirectory {
         {
             Ok(appended) => appended,
             Err(e) => {
-                *tree = self.build().await?;
+                self.rebuild(&mut tree).await?;
                 return Err(e.into());
             }
         };
         if !appended {
-            *tree = self.build().await?;
+            self.rebuild(&mut tree).await?;
             return Ok(PublishOutcome::Lost);
         }
         for u in record.updates {
             tree.values.insert(u.label, u.value);
         }
-        let root = self.root(epoch, &hash, now_ms, signature);
-        tree.roots.push(root);
+        tree.epoch = epoch;
+        self.record_root(self.root(epoch, &hash, now_ms, signature));
         Ok(PublishOutcome::Published { epoch, entries })
     }
 
@@ -419,23 +510,37 @@ impl KeyDirectory {
         let result = self.follow(&mut tree).await;
         if result.is_err() {
             // Half-applied epochs must not stay: start over from the log.
-            *tree = self.build().await?;
+            self.rebuild(&mut tree).await?;
         }
         result
     }
 
-    /// Publishes every interval until `shutdown` resolves. Errors are logged; the next
-    /// round retries.
+    /// Publishes about every interval until `shutdown` resolves. Each node starts its
+    /// rounds at a random offset within the interval and skips a round when the latest
+    /// epoch (another node's) is less than half an interval old, so that one node
+    /// publishes per interval instead of every node racing for the same epoch, where
+    /// each loser replays the whole log. Errors are logged; the next round retries.
     pub async fn run_publisher(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(self.interval);
+        let offset = self.interval.mul_f64(rand::random::<f64>());
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + offset, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {}
             }
-            match self.publish(unix_ms()).await {
+            let now = unix_ms();
+            if let Err(e) = self.catch_up().await {
+                tracing::error!(error = %e, "following the key directory failed");
+                continue;
+            }
+            if !self.due(now) {
+                tracing::debug!("another node published the key directory epoch recently");
+                continue;
+            }
+            match self.publish(now).await {
                 Ok(PublishOutcome::Published { epoch, entries }) => {
                     tracing::info!(epoch, entries, "key directory epoch published");
                 }
@@ -448,17 +553,24 @@ impl KeyDirectory {
         }
     }
 
-    /// The latest root.
-    pub async fn latest(&self) -> wire::DirectoryRoot {
-        let tree = self.tree.read().await;
-        tree.roots.last().cloned().unwrap_or_default()
+    /// Whether a publisher round at `now_ms` publishes: not while the latest epoch is
+    /// less than half an interval old (another node just took the pending changes).
+    fn due(&self, now_ms: u64) -> bool {
+        let latest = self.latest();
+        let half = u64::try_from(self.interval.as_millis() / 2).unwrap_or(u64::MAX);
+        latest.epoch == 0 || now_ms.saturating_sub(latest.published_at_ms) >= half
+    }
+
+    /// The latest root. Never waits for a publication or a rebuild.
+    pub fn latest(&self) -> wire::DirectoryRoot {
+        self.roots_read().last().cloned().unwrap_or_default()
     }
 
     /// The roots of epochs `after + 1 ..`, at most `limit` (capped at [`MAX_ROOTS`]).
-    pub async fn roots(&self, after: u64, limit: usize) -> Vec<wire::DirectoryRoot> {
-        let tree = self.tree.read().await;
+    /// Never waits for a publication or a rebuild.
+    pub fn roots(&self, after: u64, limit: usize) -> Vec<wire::DirectoryRoot> {
         let start = usize::try_from(after.saturating_add(1)).unwrap_or(usize::MAX);
-        tree.roots
+        self.roots_read()
             .iter()
             .skip(start)
             .take(limit.min(MAX_ROOTS))
@@ -473,6 +585,7 @@ impl KeyDirectory {
         handles: &[String],
     ) -> Result<wire::DirectoryLookupResponse, DirectoryError> {
         let tree = self.tree.read().await;
+        let root = self.complete_root(&tree)?;
         let mut lookups = Vec::with_capacity(handles.len());
         for handle in handles.iter().take(MAX_LOOKUPS) {
             let label = handle.as_bytes().to_vec();
@@ -490,7 +603,7 @@ impl KeyDirectory {
             });
         }
         Ok(wire::DirectoryLookupResponse {
-            root: tree.roots.last().cloned(),
+            root: Some(root),
             lookups,
         })
     }
@@ -499,6 +612,7 @@ impl KeyDirectory {
     /// published yet).
     pub async fn history(&self, handle: &str) -> Result<wire::DirectoryHistory, DirectoryError> {
         let tree = self.tree.read().await;
+        let root = self.complete_root(&tree)?;
         let label = handle.as_bytes().to_vec();
         let proof = if tree.values.contains_key(&label) {
             let (proof, _) = tree
@@ -513,7 +627,7 @@ impl KeyDirectory {
             Vec::new()
         };
         Ok(wire::DirectoryHistory {
-            root: tree.roots.last().cloned(),
+            root: Some(root),
             proof: proof.into(),
         })
     }
@@ -521,8 +635,11 @@ impl KeyDirectory {
     /// The append-only proof from `epoch - 1` to `epoch`.
     pub async fn audit(&self, epoch: u64) -> Result<wire::DirectoryAudit, DirectoryError> {
         let tree = self.tree.read().await;
-        if epoch == 0 || epoch >= tree.roots.len() as u64 {
+        if epoch == 0 || epoch > self.latest().epoch {
             return Err(DirectoryError::UnknownEpoch(epoch));
+        }
+        if epoch > tree.epoch {
+            return Err(DirectoryError::Rebuilding);
         }
         let proof = tree.akd.audit(epoch - 1, epoch).await.map_err(akd_err)?;
         let proof = akd::proto::specs::types::AppendOnlyProof::from(&proof)
@@ -547,4 +664,199 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    // Test code: failing loudly is the point.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use hushwire_store::NewAccount;
+    use hushwire_store_sqlite::{SqliteOptions, SqliteStore};
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    /// Polls `fut` once: whether it finished without waiting on anything.
+    fn ready_now<F: Future>(fut: F) -> Poll<F::Output> {
+        let mut fut = pin!(fut);
+        fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    async fn directory_with_epochs(epochs: u64) -> (tempfile::TempDir, KeyDirectory) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("db"), SqliteOptions::default()).unwrap());
+        let directory = KeyDirectory::open(Arc::clone(&store), Duration::from_secs(30))
+            .await
+            .unwrap();
+        for n in 0..epochs {
+            let handle = format!("user{n}");
+            store
+                .create_account(NewAccount {
+                    handle: handle.clone(),
+                    account_key: [u8::try_from(n + 1).unwrap(); 32].to_vec(),
+                    device_key: [1u8; 32].to_vec(),
+                    cert_created_at_ms: NOW - 5,
+                    cert_signature: vec![2u8; 64],
+                    invite: None,
+                    now_ms: NOW,
+                })
+                .await
+                .unwrap();
+            let outcome = directory.publish(NOW + n).await.unwrap();
+            assert_eq!(
+                outcome,
+                PublishOutcome::Published {
+                    epoch: n + 1,
+                    entries: 1
+                }
+            );
+        }
+        (dir, directory)
+    }
+
+    #[tokio::test]
+    async fn roots_answer_while_a_publication_holds_the_tree() {
+        let (_dir, directory) = directory_with_epochs(3).await;
+        let before = directory.roots(0, 10);
+        assert_eq!(
+            before.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+
+        // What a long publication or a rebuild holds.
+        let held = directory.tree.write().await;
+        assert_eq!(directory.latest().epoch, 3);
+        assert_eq!(directory.roots(0, 10), before);
+        assert_eq!(directory.roots(1, 1)[0].epoch, 2);
+        // Proofs need the tree: they wait for it.
+        assert!(ready_now(directory.lookup(&["user0".to_owned()])).is_pending());
+        assert!(ready_now(directory.audit(2)).is_pending());
+        drop(held);
+
+        let response = directory.lookup(&["user0".to_owned()]).await.unwrap();
+        assert_eq!(response.root.unwrap(), before[2]);
+        assert_eq!(directory.audit(3).await.unwrap().epoch, 3);
+        assert!(matches!(
+            directory.audit(4).await,
+            Err(DirectoryError::UnknownEpoch(4))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_keeps_the_recorded_roots_and_proofs_wait_for_it() {
+        let (_dir, directory) = directory_with_epochs(2).await;
+        let before = directory.roots(0, 10);
+        assert_eq!(before.len(), 2);
+
+        // A replay that stopped at epoch 0 (the store failed mid-way): the roots stay,
+        // proofs say "rebuilding" rather than answer from an older tree.
+        *directory.tree.write().await = directory.empty_tree().await.unwrap();
+        assert_eq!(directory.roots(0, 10), before);
+        assert_eq!(directory.latest(), before[1]);
+        let handles = ["user0".to_owned()];
+        assert!(matches!(
+            directory.lookup(&handles).await,
+            Err(DirectoryError::Rebuilding)
+        ));
+        assert!(matches!(
+            directory.history("user0").await,
+            Err(DirectoryError::Rebuilding)
+        ));
+        assert!(matches!(
+            directory.audit(1).await,
+            Err(DirectoryError::Rebuilding)
+        ));
+
+        // The next follow goes on from there.
+        assert_eq!(directory.catch_up().await.unwrap(), 2);
+        let response = directory.lookup(&handles).await.unwrap();
+        assert_eq!(response.root.unwrap(), before[1]);
+        assert!(!response.lookups[0].proof.is_empty());
+
+        let mut tree = directory.tree.write().await;
+        directory.rebuild(&mut tree).await.unwrap();
+        assert_eq!(tree.epoch, 2);
+        drop(tree);
+        assert_eq!(directory.roots(0, 10), before);
+        assert_eq!(directory.roots_read()[0].epoch, 0);
+        assert!(directory.roots_read()[0].signature.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_on_a_rewritten_log_serves_the_rewritten_history() {
+        let (dir, directory) = directory_with_epochs(3).await;
+        let old = directory.roots(0, 10);
+        // The operator cuts the log back to epoch 1.
+        let db = rusqlite::Connection::open(dir.path().join("db")).unwrap();
+        db.execute("DELETE FROM directory_epochs WHERE epoch > 1", [])
+            .unwrap();
+        drop(db);
+
+        let mut tree = directory.tree.write().await;
+        directory.rebuild(&mut tree).await.unwrap();
+        assert_eq!(tree.epoch, 1);
+        drop(tree);
+        assert_eq!(directory.roots(0, 10), old[..1]);
+        assert_eq!(directory.latest(), old[0]);
+        directory.lookup(&["user0".to_owned()]).await.unwrap();
+
+        // The next epoch 2 is a different one, and it is what the node serves.
+        let store = Arc::clone(&directory.store);
+        store
+            .create_account(NewAccount {
+                handle: "late".to_owned(),
+                account_key: [99u8; 32].to_vec(),
+                device_key: [1u8; 32].to_vec(),
+                cert_created_at_ms: NOW - 5,
+                cert_signature: vec![2u8; 64],
+                invite: None,
+                now_ms: NOW,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            directory.publish(NOW + 100).await.unwrap(),
+            PublishOutcome::Published { epoch: 2, .. }
+        ));
+        let now = directory.roots(0, 10);
+        assert_eq!(now.len(), 2);
+        assert_ne!(now[1], old[1]);
+        let response = directory.lookup(&["late".to_owned()]).await.unwrap();
+        assert_eq!(response.root.unwrap(), now[1]);
+    }
+
+    #[tokio::test]
+    async fn a_round_soon_after_another_nodes_epoch_skips() {
+        let (dir, a) = directory_with_epochs(1).await;
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("db"), SqliteOptions::default()).unwrap());
+        let b = KeyDirectory::open(store, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let published = a.latest().published_at_ms;
+        assert_eq!(published, NOW);
+        assert_eq!(b.latest(), a.latest());
+        // Half an interval is 15 s.
+        assert!(!b.due(published + 1_000));
+        assert!(!b.due(published + 14_999));
+        assert!(b.due(published + 15_000));
+        assert!(b.due(published + 30_000));
+
+        // A directory with no epoch yet always publishes.
+        let empty = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&empty.path().join("db"), SqliteOptions::default()).unwrap(),
+        );
+        let fresh = KeyDirectory::open(store, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(fresh.due(0));
+    }
 }

@@ -99,7 +99,7 @@ async fn published_keys_have_verifiable_lookup_proofs() {
     register(&*env.store, "alice").await;
     register(&*env.store, "bob").await;
     let dir = open(&env.store).await;
-    assert_eq!(dir.latest().await.epoch, 0);
+    assert_eq!(dir.latest().epoch, 0);
 
     let out = dir.publish(NOW).await.unwrap();
     assert_eq!(
@@ -114,7 +114,7 @@ async fn published_keys_have_verifiable_lookup_proofs() {
         dir.publish(NOW + 1).await.unwrap(),
         PublishOutcome::NothingPending
     );
-    let root = dir.latest().await;
+    let root = dir.latest();
     assert_eq!(root.epoch, 1);
     verify_root(&root).unwrap();
     assert_eq!(root.vrf_public_key, dir.vrf_public_key());
@@ -163,11 +163,11 @@ async fn a_restarted_node_replays_the_same_roots_and_audits_verify() {
         .unwrap();
     // A stored list that does not decode keeps the account's key published.
     dir.publish(NOW + 2000).await.unwrap();
-    let roots = dir.roots(0, 100).await;
+    let roots = dir.roots(0, 100);
     assert_eq!(roots.iter().map(|r| r.epoch).collect::<Vec<_>>(), [1, 2, 3]);
 
     let again = open(&env.store).await;
-    assert_eq!(again.roots(0, 100).await, roots);
+    assert_eq!(again.roots(0, 100), roots);
     assert_eq!(again.vrf_public_key(), dir.vrf_public_key());
 
     // Every step is append-only, from the empty directory on.
@@ -272,11 +272,11 @@ async fn nodes_publishing_concurrently_agree_on_one_history() {
     }
     a.catch_up().await.unwrap();
     b.catch_up().await.unwrap();
-    let (ra, rb) = (a.roots(0, 1000).await, b.roots(0, 1000).await);
+    let (ra, rb) = (a.roots(0, 1000), b.roots(0, 1000));
     assert_eq!(ra, rb);
     // A fresh node replays the same log to the same roots, and everyone is published.
     let c = open(&env.store).await;
-    assert_eq!(c.roots(0, 1000).await, ra);
+    assert_eq!(c.roots(0, 1000), ra);
     let handles: Vec<String> = (0..6).map(|i| format!("user{i}")).collect();
     let answer = c.lookup(&handles).await.unwrap();
     for h in &handles {

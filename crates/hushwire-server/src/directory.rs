@@ -51,7 +51,7 @@ pub(crate) async fn run(server: Server) {
             }
         }
     };
-    let latest = directory.latest().await;
+    let latest = directory.latest();
     tracing::info!(epoch = latest.epoch, "key directory loaded");
     if shared.directory.set(Arc::clone(&directory)).is_err() {
         return;
@@ -85,6 +85,7 @@ fn public_limit(server: &Server, peer: &SocketAddr) -> Result<(), ApiError> {
 fn internal(e: DirectoryError) -> ApiError {
     match e {
         DirectoryError::UnknownEpoch(_) => ApiError::NotFound("no such epoch"),
+        DirectoryError::Rebuilding => ApiError::Unavailable("the key directory is being rebuilt"),
         other => ApiError::Internal(other.to_string()),
     }
 }
@@ -96,7 +97,7 @@ pub(crate) async fn latest(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Result<Proto<wire::DirectoryRoot>, ApiError> {
     public_limit(&server, &peer)?;
-    Ok(Proto(directory(&server)?.latest().await))
+    Ok(Proto(directory(&server)?.latest()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,7 +117,7 @@ pub(crate) async fn roots(
     public_limit(&server, &peer)?;
     let limit = q.limit.unwrap_or(MAX_ROOTS).min(MAX_ROOTS);
     Ok(Proto(wire::DirectoryRoots {
-        roots: directory(&server)?.roots(q.after, limit).await,
+        roots: directory(&server)?.roots(q.after, limit),
     }))
 }
 
