@@ -76,7 +76,7 @@ for n in $(seq 1 "$NODES"); do
             printf '[directory]\npublish_interval = "%s"\n' "$DIRECTORY_INTERVAL"
         fi
     } > "$D/node.toml"
-    RUST_LOG="warn,hushwire_store_postgres::stats=debug" taskset -c 1 target/release/hushwire serve \
+    RUST_LOG="warn,hushwire_store_postgres::stats=debug,hushwire_directory=debug" taskset -c 1 target/release/hushwire serve \
         --config "$D/node.toml" > "$D/out.log" 2> "$D/err.log" &
     PIDS+=($!)
     for _ in $(seq 1 300); do grep -q '^pin:' "$D/out.log" 2>/dev/null && break; sleep 0.2; done
