@@ -688,6 +688,19 @@ mod tests {
         fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
     }
 
+    /// A new account whose account key is `key` repeated.
+    fn account(handle: &str, key: u8) -> NewAccount {
+        NewAccount {
+            handle: handle.to_owned(),
+            account_key: [key; 32].to_vec(),
+            device_key: [1u8; 32].to_vec(),
+            cert_created_at_ms: NOW - 5,
+            cert_signature: vec![2u8; 64],
+            invite: None,
+            now_ms: NOW,
+        }
+    }
+
     async fn directory_with_epochs(epochs: u64) -> (tempfile::TempDir, KeyDirectory) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
@@ -697,18 +710,8 @@ mod tests {
             .unwrap();
         for n in 0..epochs {
             let handle = format!("user{n}");
-            store
-                .create_account(NewAccount {
-                    handle: handle.clone(),
-                    account_key: [u8::try_from(n + 1).unwrap(); 32].to_vec(),
-                    device_key: [1u8; 32].to_vec(),
-                    cert_created_at_ms: NOW - 5,
-                    cert_signature: vec![2u8; 64],
-                    invite: None,
-                    now_ms: NOW,
-                })
-                .await
-                .unwrap();
+            let key = u8::try_from(n + 1).unwrap();
+            store.create_account(account(&handle, key)).await.unwrap();
             let outcome = directory.publish(NOW + n).await.unwrap();
             assert_eq!(
                 outcome,
@@ -808,17 +811,9 @@ mod tests {
         directory.lookup(&["user0".to_owned()]).await.unwrap();
 
         // The next epoch 2 is a different one, and it is what the node serves.
-        let store = Arc::clone(&directory.store);
-        store
-            .create_account(NewAccount {
-                handle: "late".to_owned(),
-                account_key: [99u8; 32].to_vec(),
-                device_key: [1u8; 32].to_vec(),
-                cert_created_at_ms: NOW - 5,
-                cert_signature: vec![2u8; 64],
-                invite: None,
-                now_ms: NOW,
-            })
+        directory
+            .store
+            .create_account(account("late", 99))
             .await
             .unwrap();
         assert!(matches!(
