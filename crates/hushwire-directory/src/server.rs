@@ -333,6 +333,18 @@ impl KeyDirectory {
         Ok(())
     }
 
+    /// The tree for a proof, after following any epoch another node stored since: once
+    /// one node has served an epoch (appended before it is served), every node proves
+    /// against it or a later one, so a client moving between nodes never sees the
+    /// directory go back. One indexed store query when nothing is new.
+    async fn current_tree(&self) -> Result<tokio::sync::RwLockReadGuard<'_, Tree>, DirectoryError> {
+        let newer = self.store.directory_epochs(self.latest().epoch, 1).await?;
+        if !newer.is_empty() {
+            self.catch_up().await?;
+        }
+        Ok(self.tree.read().await)
+    }
+
     /// The latest root, when `tree` holds every recorded epoch. Called with the tree's
     /// lock held (read or write): the roots grow only under its write lock.
     fn complete_root(&self, tree: &Tree) -> Result<wire::DirectoryRoot, DirectoryError> {
@@ -578,13 +590,13 @@ impl KeyDirectory {
             .collect()
     }
 
-    /// Lookup proofs of `handles` (at most [`MAX_LOOKUPS`]) against the latest root; an
-    /// empty proof for a handle not published yet.
+    /// Lookup proofs of `handles` (at most [`MAX_LOOKUPS`]) against the latest root, after
+    /// following the store; an empty proof for a handle not published yet.
     pub async fn lookup(
         &self,
         handles: &[String],
     ) -> Result<wire::DirectoryLookupResponse, DirectoryError> {
-        let tree = self.tree.read().await;
+        let tree = self.current_tree().await?;
         let root = self.complete_root(&tree)?;
         let mut lookups = Vec::with_capacity(handles.len());
         for handle in handles.iter().take(MAX_LOOKUPS) {
@@ -608,10 +620,10 @@ impl KeyDirectory {
         })
     }
 
-    /// The complete history proof of `handle` against the latest root (empty when not
-    /// published yet).
+    /// The complete history proof of `handle` against the latest root, after following
+    /// the store (empty when not published yet).
     pub async fn history(&self, handle: &str) -> Result<wire::DirectoryHistory, DirectoryError> {
-        let tree = self.tree.read().await;
+        let tree = self.current_tree().await?;
         let root = self.complete_root(&tree)?;
         let label = handle.as_bytes().to_vec();
         let proof = if tree.values.contains_key(&label) {
@@ -825,6 +837,28 @@ mod tests {
         assert_ne!(now[1], old[1]);
         let response = directory.lookup(&["late".to_owned()]).await.unwrap();
         assert_eq!(response.root.unwrap(), now[1]);
+    }
+
+    #[tokio::test]
+    async fn a_proof_follows_the_epochs_another_node_stored() {
+        let (dir, a) = directory_with_epochs(1).await;
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("db"), SqliteOptions::default()).unwrap());
+        let b = KeyDirectory::open(store, Duration::from_secs(30))
+            .await
+            .unwrap();
+        a.store.create_account(account("late", 99)).await.unwrap();
+        assert!(matches!(
+            a.publish(NOW + 100).await.unwrap(),
+            PublishOutcome::Published { epoch: 2, .. }
+        ));
+        // B has not followed yet: its latest root lags, its proofs do not.
+        assert_eq!(b.latest().epoch, 1);
+        let response = b.lookup(&["late".to_owned()]).await.unwrap();
+        assert_eq!(response.root.unwrap(), a.latest());
+        assert!(!response.lookups[0].proof.is_empty());
+        assert_eq!(b.latest(), a.latest());
+        assert_eq!(b.history("late").await.unwrap().root.unwrap().epoch, 2);
     }
 
     #[tokio::test]
