@@ -736,6 +736,15 @@ mod tests {
         (dir, directory)
     }
 
+    /// Another node on the store of `directory_with_epochs`.
+    async fn second_node(dir: &tempfile::TempDir) -> KeyDirectory {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("db"), SqliteOptions::default()).unwrap());
+        KeyDirectory::open(store, Duration::from_secs(30))
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn roots_answer_while_a_publication_holds_the_tree() {
         let (_dir, directory) = directory_with_epochs(3).await;
@@ -842,11 +851,7 @@ mod tests {
     #[tokio::test]
     async fn a_proof_follows_the_epochs_another_node_stored() {
         let (dir, a) = directory_with_epochs(1).await;
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.path().join("db"), SqliteOptions::default()).unwrap());
-        let b = KeyDirectory::open(store, Duration::from_secs(30))
-            .await
-            .unwrap();
+        let b = second_node(&dir).await;
         a.store.create_account(account("late", 99)).await.unwrap();
         assert!(matches!(
             a.publish(NOW + 100).await.unwrap(),
@@ -864,11 +869,7 @@ mod tests {
     #[tokio::test]
     async fn a_round_soon_after_another_nodes_epoch_skips() {
         let (dir, a) = directory_with_epochs(1).await;
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.path().join("db"), SqliteOptions::default()).unwrap());
-        let b = KeyDirectory::open(store, Duration::from_secs(30))
-            .await
-            .unwrap();
+        let b = second_node(&dir).await;
         let published = a.latest().published_at_ms;
         assert_eq!(published, NOW);
         assert_eq!(b.latest(), a.latest());
