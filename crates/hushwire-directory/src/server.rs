@@ -1,6 +1,7 @@
 //! The server's key directory: an akd tree in memory, persisted as an epoch log.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, PoisonError, RwLockReadGuard};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use ed25519_dalek::{Signer, SigningKey};
 use hushwire_proto::directory::{DirectoryValue, EPOCH_MARKER_LABEL, root_signing_payload};
 use hushwire_proto::wire;
-use hushwire_store::{DirectoryEpoch, Store, StoreError};
+use hushwire_store::{DirectoryEpoch, MAX_DIRECTORY_ACCOUNTS, Store, StoreError};
 use prost::Message as _;
 use protobuf::Message as _;
 use rand::RngCore;
@@ -29,6 +30,12 @@ const EPOCH_PAGE: usize = 256;
 pub const MAX_ROOTS: usize = 1000;
 /// Most handles one lookup request may name.
 pub const MAX_LOOKUPS: usize = 256;
+/// [`KeyDirectory::lease_state`]: not claimed yet (or given up).
+const LEASE_UNKNOWN: u8 = 0;
+/// [`KeyDirectory::lease_state`]: this node holds the publisher lease.
+const LEASE_MINE: u8 = 1;
+/// [`KeyDirectory::lease_state`]: another node holds it.
+const LEASE_OTHER: u8 = 2;
 
 /// Errors of the key directory.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +171,11 @@ pub struct KeyDirectory {
     secrets: Secrets,
     vrf_public: Bytes,
     interval: Duration,
+    /// This node's name in the publisher lease (random, per process).
+    node: String,
+    /// Who held the publisher lease at this node's last claim: [`LEASE_UNKNOWN`],
+    /// [`LEASE_MINE`] or [`LEASE_OTHER`] (logged when it changes).
+    lease_state: AtomicU8,
     /// Held across a publication, a follow or a whole rebuild (seconds with a large
     /// epoch or a long log): proofs wait for it, the roots below do not.
     tree: RwLock<Tree>,
@@ -179,6 +191,7 @@ impl std::fmt::Debug for KeyDirectory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyDirectory")
             .field("interval", &self.interval)
+            .field("node", &self.node)
             .finish_non_exhaustive()
     }
 }
@@ -211,6 +224,8 @@ impl KeyDirectory {
             secrets,
             vrf_public,
             interval,
+            node: format!("{:016x}", rand::random::<u64>()),
+            lease_state: AtomicU8::new(LEASE_UNKNOWN),
             // Replaced right below by the replayed tree.
             tree: RwLock::new(Tree {
                 akd: empty_akd(secrets_vrf.clone()).await?,
@@ -238,6 +253,54 @@ impl KeyDirectory {
     /// How often this node publishes.
     pub fn interval(&self) -> Duration {
         self.interval
+    }
+
+    /// This node's name in the publisher lease.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// How long a claim of the publisher lease lasts: two intervals, so the holder
+    /// renews it every round with a round to spare, and a publication that takes about
+    /// an interval (a bulk import) does not let it run out.
+    fn lease(&self) -> u64 {
+        u64::try_from(self.interval.as_millis().saturating_mul(2)).unwrap_or(u64::MAX)
+    }
+
+    /// Claims or renews the publisher lease at `now_ms` (see
+    /// [`hushwire_store::KeyDirectory::claim_directory_publisher`]): whether this node
+    /// publishes this round. Another node holding it is not an error.
+    pub async fn claim_turn(&self, now_ms: u64) -> Result<bool, DirectoryError> {
+        let lease = self
+            .store
+            .claim_directory_publisher(&self.node, now_ms, now_ms.saturating_add(self.lease()))
+            .await?;
+        let mine = lease.holder == self.node;
+        let state = if mine { LEASE_MINE } else { LEASE_OTHER };
+        if self.lease_state.swap(state, Ordering::Relaxed) != state {
+            if mine {
+                tracing::info!(node = %self.node, "this node now publishes the key directory");
+            } else {
+                tracing::debug!(
+                    holder = %lease.holder,
+                    until_ms = lease.until_ms,
+                    "another node publishes the key directory"
+                );
+            }
+        }
+        Ok(mine)
+    }
+
+    /// Gives the publisher lease up if this node holds it (at shutdown), so another
+    /// node takes over at its next round instead of when the lease runs out.
+    pub async fn release_turn(&self) -> Result<(), DirectoryError> {
+        if self.lease_state.swap(LEASE_UNKNOWN, Ordering::Relaxed) == LEASE_MINE {
+            let now = unix_ms();
+            self.store
+                .claim_directory_publisher(&self.node, now, now)
+                .await?;
+        }
+        Ok(())
     }
 
     fn root(
@@ -422,19 +485,27 @@ impl KeyDirectory {
         let Some(consumed_through) = changes.iter().map(|c| c.seq).max() else {
             return Ok(PublishOutcome::NothingPending);
         };
+        // The changed handles, once each; their accounts, a batch per round trip.
+        let mut handles: Vec<String> = changes.iter().map(|c| c.handle.clone()).collect();
+        handles.sort_unstable();
+        handles.dedup();
+        let mut accounts = HashMap::with_capacity(handles.len());
+        for batch in handles.chunks(MAX_DIRECTORY_ACCOUNTS) {
+            for account in self.store.directory_accounts(batch).await? {
+                accounts.insert(account.handle.clone(), account);
+            }
+        }
         // Latest value per handle, in a stable order.
         let mut wanted: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for change in &changes {
-            let label = change.handle.as_bytes().to_vec();
-            if wanted.contains_key(&label) {
-                continue;
-            }
-            let value = match self.store.account(&change.handle).await? {
-                Some(record) => {
-                    let list = record
+        for handle in handles {
+            let account = accounts.remove(&handle);
+            let label = handle.into_bytes();
+            let value = match account {
+                Some(account) => {
+                    let list = account
                         .device_list
                         .and_then(|l| wire::SignedDeviceList::decode(l.data).ok());
-                    match DirectoryValue::of_account(&record.account_key, list.as_ref()) {
+                    match DirectoryValue::of_account(&account.account_key, list.as_ref()) {
                         Ok(v) => v,
                         Err(e) => {
                             tracing::error!(error = %e, "an account does not make a directory value; skipped");
@@ -527,11 +598,12 @@ impl KeyDirectory {
         result
     }
 
-    /// Publishes about every interval until `shutdown` resolves. Each node starts its
-    /// rounds at a random offset within the interval and skips a round when the latest
-    /// epoch (another node's) is less than half an interval old, so that one node
-    /// publishes per interval instead of every node racing for the same epoch, where
-    /// each loser replays the whole log. Errors are logged; the next round retries.
+    /// Publishes about every interval until `shutdown` resolves, then gives the
+    /// publisher lease up. Every round follows the epochs other nodes stored; only the
+    /// node holding the publisher lease (claimed or renewed each round, see
+    /// [`KeyDirectory::claim_turn`]) publishes, so nodes do not race for the same epoch,
+    /// where each loser replays the whole log. Nodes start their rounds at random
+    /// offsets within the interval. Errors are logged; the next round retries.
     pub async fn run_publisher(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let offset = self.interval.mul_f64(rand::random::<f64>());
@@ -540,7 +612,7 @@ impl KeyDirectory {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => break,
                 _ = tick.tick() => {}
             }
             let now = unix_ms();
@@ -548,13 +620,20 @@ impl KeyDirectory {
                 tracing::error!(error = %e, "following the key directory failed");
                 continue;
             }
-            if !self.due(now) {
-                tracing::debug!("another node published the key directory epoch recently");
-                continue;
+            match self.claim_turn(now).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming the key directory publisher lease failed");
+                    continue;
+                }
             }
+            let started = std::time::Instant::now();
             match self.publish(now).await {
                 Ok(PublishOutcome::Published { epoch, entries }) => {
-                    tracing::info!(epoch, entries, "key directory epoch published");
+                    let elapsed_ms =
+                        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    tracing::info!(epoch, entries, elapsed_ms, "key directory epoch published");
                 }
                 Ok(PublishOutcome::Lost) => {
                     tracing::debug!("another node published the key directory epoch");
@@ -563,14 +642,9 @@ impl KeyDirectory {
                 Err(e) => tracing::error!(error = %e, "key directory publication failed"),
             }
         }
-    }
-
-    /// Whether a publisher round at `now_ms` publishes: not while the latest epoch is
-    /// less than half an interval old (another node just took the pending changes).
-    fn due(&self, now_ms: u64) -> bool {
-        let latest = self.latest();
-        let half = u64::try_from(self.interval.as_millis() / 2).unwrap_or(u64::MAX);
-        latest.epoch == 0 || now_ms.saturating_sub(latest.published_at_ms) >= half
+        if let Err(e) = self.release_turn().await {
+            tracing::warn!(error = %e, "giving up the key directory publisher lease failed");
+        }
     }
 
     /// The latest root. Never waits for a publication or a rebuild.
@@ -867,26 +941,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_round_soon_after_another_nodes_epoch_skips() {
-        let (dir, a) = directory_with_epochs(1).await;
+    async fn one_node_publishes_while_it_renews_its_lease() {
+        let (dir, a) = directory_with_epochs(0).await;
         let b = second_node(&dir).await;
-        let published = a.latest().published_at_ms;
-        assert_eq!(published, NOW);
-        assert_eq!(b.latest(), a.latest());
-        // Half an interval is 15 s.
-        assert!(!b.due(published + 1_000));
-        assert!(!b.due(published + 14_999));
-        assert!(b.due(published + 15_000));
-        assert!(b.due(published + 30_000));
+        assert_ne!(a.node(), b.node());
+        // The lease lasts two intervals (60 s); each round renews it.
+        assert!(a.claim_turn(NOW).await.unwrap());
+        assert!(!b.claim_turn(NOW + 1).await.unwrap());
+        assert!(a.claim_turn(NOW + 30_000).await.unwrap());
+        assert!(!b.claim_turn(NOW + 60_000).await.unwrap());
+        assert!(a.claim_turn(NOW + 60_000).await.unwrap());
+        // a stops renewing (a crash): b takes over when the lease runs out.
+        assert!(!b.claim_turn(NOW + 119_999).await.unwrap());
+        assert!(b.claim_turn(NOW + 120_000).await.unwrap());
+        assert!(!a.claim_turn(NOW + 120_001).await.unwrap());
+    }
 
-        // A directory with no epoch yet always publishes.
-        let empty = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&empty.path().join("db"), SqliteOptions::default()).unwrap(),
-        );
-        let fresh = KeyDirectory::open(store, Duration::from_secs(30))
-            .await
-            .unwrap();
-        assert!(fresh.due(0));
+    #[tokio::test]
+    async fn a_node_shutting_down_hands_the_lease_over() {
+        let (dir, a) = directory_with_epochs(0).await;
+        let b = second_node(&dir).await;
+        let now = unix_ms();
+        assert!(a.claim_turn(now).await.unwrap());
+        assert!(!b.claim_turn(now).await.unwrap());
+        // Releasing what b does not hold changes nothing.
+        b.release_turn().await.unwrap();
+        assert!(!b.claim_turn(now).await.unwrap());
+        a.release_turn().await.unwrap();
+        assert!(b.claim_turn(unix_ms()).await.unwrap());
     }
 }

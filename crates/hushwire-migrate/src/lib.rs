@@ -11,8 +11,11 @@
 //! and the disappearing flag from `timed_entries`), mailbox entries with their exact
 //! seqs, the per-device seq counters (`mailbox_floor` and the highest queued seq, so
 //! new seqs continue after every seq ever handed out), idempotency records, blocks,
-//! blob metadata, parts and readers, reports, device lists, and link sessions with their
-//! slots. Ids keep their values and the
+//! blob metadata, parts and readers, reports, device lists, link sessions with their
+//! slots, and the key directory (its secret, so the nodes sign roots and prove lookups
+//! with the keys clients pinned; its epoch log, which they replay to the same roots, so
+//! no client sees a rollback or a changed key; and its unpublished changes). Ids keep
+//! their values and the
 //! identity sequences continue after the source's (AUTOINCREMENT) high-water marks.
 //! With [`MediaCopy`], every recorded part of every blob not being deleted is copied
 //! and its SHA-256 checked against the metadata on both the source and the target
@@ -392,7 +395,7 @@ pub async fn migrate(
         }
         if table.identity {
             target
-                .set_identity(table.name, source.high_water(table.name)?)
+                .set_identity(table, source.high_water(table)?)
                 .await?;
         }
     }

@@ -142,8 +142,8 @@ impl Source {
     }
 
     /// Where the identity sequence of `table` must continue from.
-    pub fn high_water(&self, table: &str) -> Result<i64, MigrateError> {
-        let v = self.scalar(&high_water_sql(table))?;
+    pub fn high_water(&self, table: &Table) -> Result<i64, MigrateError> {
+        let v = self.scalar(&high_water_sql(table.name, table.cols[0].0))?;
         Ok(i64::try_from(v).unwrap_or(i64::MAX))
     }
 

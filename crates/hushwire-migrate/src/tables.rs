@@ -15,7 +15,7 @@
 //! - `mailbox.expires_at_ms` is always the body's `messages.expires_at_ms` (one
 //!   submission sets both); PostgreSQL keeps it on the body only.
 //! - `sqlite_sequence` (AUTOINCREMENT high-water marks) sets the identity sequences of
-//!   `devices` and `reports`, so ids are never reused.
+//!   `devices`, `reports` and `directory_changes`, so ids and seqs are never reused.
 
 /// How a column is typed in PostgreSQL (and so how it is bound and read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub(crate) struct Table {
     /// SQLite query yielding `cols` by name, in order (no WHERE/ORDER BY of its own
     /// at the outer level: it is wrapped).
     pub source: &'static str,
-    /// Column 0 is `GENERATED ALWAYS AS IDENTITY` in PostgreSQL.
+    /// Column 0 is `GENERATED ALWAYS AS IDENTITY` in PostgreSQL (BIGINT).
     pub identity: bool,
 }
 
@@ -283,10 +283,34 @@ pub(crate) const TABLES: &[Table] = &[
         source: "SELECT link, slot, data FROM link_slots",
         identity: false,
     },
+    // The key directory: its secret (VRF and root-signing seeds: the new nodes must sign
+    // with the keys clients pinned), its epoch log (replayed to the same roots, so no
+    // client sees a rollback) and the changes not yet published.
+    Table {
+        name: "directory_secret",
+        cols: &[("id", I16), ("secret", Bytes)],
+        key: 1,
+        source: "SELECT id, secret FROM directory_secret",
+        identity: false,
+    },
+    Table {
+        name: "directory_epochs",
+        cols: &[("epoch", I64), ("published_at_ms", I64), ("record", Bytes)],
+        key: 1,
+        source: "SELECT epoch, published_at_ms, record FROM directory_epochs",
+        identity: false,
+    },
+    Table {
+        name: "directory_changes",
+        cols: &[("seq", I64), ("handle", Text)],
+        key: 1,
+        source: "SELECT seq, handle FROM directory_changes",
+        identity: true,
+    },
 ];
 
-/// SQLite tables this map reads (directly or folded in); any other table in the source
-/// is reported as not migrated.
+/// SQLite tables this map reads (directly or folded in) or leaves out on purpose; any
+/// other table in the source is reported as not migrated.
 pub(crate) const KNOWN_SOURCE_TABLES: &[&str] = &[
     "accounts",
     "devices",
@@ -308,15 +332,21 @@ pub(crate) const KNOWN_SOURCE_TABLES: &[&str] = &[
     "device_lists",
     "links",
     "link_slots",
+    "directory_secret",
+    "directory_epochs",
+    "directory_changes",
+    // The publisher lease: it runs out within minutes, and the new nodes take it.
+    "directory_publisher",
     "sqlite_sequence",
 ];
 
 /// Where the identity sequence of a table with [`Table::identity`] must start: the
-/// SQLite AUTOINCREMENT high-water mark when the table has one, else its largest id.
-pub(crate) fn high_water_sql(table: &str) -> String {
+/// SQLite AUTOINCREMENT high-water mark when the table has one, else its largest
+/// identity value (column `column`).
+pub(crate) fn high_water_sql(table: &str, column: &str) -> String {
     format!(
         "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0), \
-                    coalesce((SELECT max(id) FROM {table}), 0))"
+                    coalesce((SELECT max({column}) FROM {table}), 0))"
     )
 }
 
@@ -353,7 +383,7 @@ mod tests {
                 assert_ne!(*k, Kind::Bool, "{}.{c}", t.name);
             }
             if t.identity {
-                assert_eq!(t.cols[0], ("id", Kind::I64), "{}", t.name);
+                assert_eq!(t.cols[0].1, Kind::I64, "{}", t.name);
             }
         }
     }

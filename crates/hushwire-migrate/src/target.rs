@@ -255,14 +255,15 @@ impl Target {
         Ok(())
     }
 
-    /// Sets the identity sequence of `table` past `high_water` (and past every id it
-    /// holds), so new ids continue after the source's.
-    pub async fn set_identity(&self, table: &str, high_water: i64) -> Result<(), MigrateError> {
+    /// Sets the identity sequence of `table` (its column 0) past `high_water` (and past
+    /// every value it holds), so new ids continue after the source's.
+    pub async fn set_identity(&self, table: &Table, high_water: i64) -> Result<(), MigrateError> {
+        let (name, column) = (table.name, table.cols[0].0);
         self.client
             .execute(
                 &format!(
-                    "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
-                       GREATEST($1::bigint, (SELECT coalesce(max(id), 0) FROM {table}), 1))"
+                    "SELECT setval(pg_get_serial_sequence('{name}', '{column}'), \
+                       GREATEST($1::bigint, (SELECT coalesce(max({column}), 0) FROM {name}), 1))"
                 ),
                 &[&high_water],
             )

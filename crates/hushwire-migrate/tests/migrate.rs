@@ -11,6 +11,8 @@
 use bytes::Bytes;
 use futures_util::future::join_all;
 use hushwire_blobstore::{BlobStore, ObjectBlobStore};
+use hushwire_directory::audit::{check_root, verify_step};
+use hushwire_directory::{KeyDirectory, PublishOutcome};
 use hushwire_migrate::{MediaCopy, MigrateError, MigrateOptions, migrate};
 use hushwire_store::{
     Accepted, Accounts, BlobId, BlobPart, Blobs, Controls, Delivery, DeviceId, DeviceRecord,
@@ -23,6 +25,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 const NOW: u64 = 1_700_000_000_000;
 const EXPIRES: u64 = NOW + 30 * 24 * 3600 * 1000;
@@ -568,6 +571,119 @@ async fn a_thousand_accounts_move_and_every_message_is_delivered() {
     let after = pg.fetch(fx.devices[0].id, 0, 10_000).await.unwrap();
     assert!(!after.iter().any(|e| &e.payload[..] == b"big:2"));
     assert_eq!(after.len() + 1, before.len());
+    pg.close();
+}
+
+/// An account whose account key is 32 bytes (the key directory publishes it).
+async fn register_keyed(store: &dyn Store, handle: &str, key: u8) -> DeviceRecord {
+    store
+        .create_account(NewAccount {
+            handle: handle.to_owned(),
+            account_key: vec![key; 32],
+            device_key: vec![key; 32],
+            cert_created_at_ms: NOW - 5,
+            cert_signature: vec![key; 64],
+            invite: None,
+            now_ms: NOW,
+        })
+        .await
+        .expect("register")
+}
+
+/// The key directory moves with its secret, its epoch log and its unpublished changes:
+/// the nodes on the target serve the roots clients already hold, under the keys they
+/// pinned, and the next epoch extends them append-only with the accounts registered
+/// since the last publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_directory_moves_and_clients_see_no_change() {
+    let Some(admin) = admin_url() else { return };
+    let db = test_db(&admin).await;
+    let data = tempfile::tempdir().unwrap();
+    let interval = Duration::from_secs(3600);
+
+    let sqlite = Arc::new(
+        SqliteStore::open(&data.path().join("hushwire.db"), SqliteOptions::default())
+            .expect("open embedded store"),
+    );
+    for i in 0..5u8 {
+        register_keyed(&*sqlite, &format!("early{i}"), i + 1).await;
+    }
+    let directory = KeyDirectory::open(sqlite.clone(), interval).await.unwrap();
+    assert_eq!(
+        directory.publish(NOW).await.unwrap(),
+        PublishOutcome::Published {
+            epoch: 1,
+            entries: 5
+        }
+    );
+    register_keyed(&*sqlite, "early5", 6).await;
+    assert_eq!(
+        directory.publish(NOW + 1).await.unwrap(),
+        PublishOutcome::Published {
+            epoch: 2,
+            entries: 1
+        }
+    );
+    // Registered after the last publication: still pending when the server stops.
+    for i in 0..3u8 {
+        register_keyed(&*sqlite, &format!("late{i}"), 20 + i).await;
+    }
+    let roots = directory.roots(0, 100);
+    assert_eq!(roots.len(), 2);
+    let (vrf, signing) = (directory.vrf_public_key().to_vec(), directory.signing_key());
+    drop(directory);
+    sqlite.shutdown().await;
+    drop(sqlite);
+
+    let report = migrate(data.path(), &db.url, None, &MigrateOptions::default())
+        .await
+        .expect("migrate");
+    assert!(report.ok, "{report:#?}");
+    assert!(
+        !report.notes.iter().any(|n| n.contains("not migrated")),
+        "{:?}",
+        report.notes
+    );
+    let rows = |t: &str| {
+        let c = report.tables.iter().find(|c| c.table == t).unwrap();
+        assert_eq!(c.source_checksum, c.target_checksum, "{t}");
+        c.target_rows
+    };
+    assert_eq!(rows("directory_secret"), 1);
+    assert_eq!(rows("directory_epochs"), 2);
+    assert_eq!(rows("directory_changes"), 3);
+
+    let pg = Arc::new(pg_store(&db.url).await);
+    let directory = KeyDirectory::open(pg.clone(), interval).await.unwrap();
+    // The keys clients pinned, and the roots they hold.
+    assert_eq!(directory.vrf_public_key(), &vrf[..]);
+    assert_eq!(directory.signing_key(), signing);
+    assert_eq!(directory.roots(0, 100), roots);
+    // The accounts registered before the stop are published next, and the new epoch
+    // passes a client's checks against what it held before the move.
+    assert_eq!(
+        directory.publish(NOW + 2).await.unwrap(),
+        PublishOutcome::Published {
+            epoch: 3,
+            entries: 3
+        }
+    );
+    let latest = directory.latest();
+    check_root(&latest, Some((&vrf, &signing))).expect("the pinned keys sign the new root");
+    let audit = directory.audit(3).await.unwrap();
+    verify_step(&roots[1].root_hash, &latest, &audit)
+        .await
+        .expect("epoch 3 extends the migrated epoch 2 append-only");
+    // New changes continue after the source's seqs (none is skipped or consumed twice).
+    register_keyed(&*pg, "newbie", 40).await;
+    assert_eq!(
+        directory.publish(NOW + 3).await.unwrap(),
+        PublishOutcome::Published {
+            epoch: 4,
+            entries: 1
+        }
+    );
+    drop(directory);
     pg.close();
 }
 

@@ -1,5 +1,5 @@
-//! The key directory's secret, epoch log and change queue
-//! ([`hushwire_store::KeyDirectory`]), migration 0004.
+//! The key directory's secret, epoch log, change queue (migration 0004) and publisher
+//! lease (migration 0005) ([`hushwire_store::KeyDirectory`]).
 //!
 //! - The secret is an insert that does nothing when the row exists, followed by a read
 //!   (a new statement: at READ COMMITTED it sees the row a concurrent node committed),
@@ -12,10 +12,16 @@
 //!   insert (the last statement of the transaction, so no other lock is waited for while
 //!   holding it): seqs are allocated and committed in the same order, so a change that
 //!   commits after a publisher read the queue has a higher seq than all it saw.
+//! - The lease is one upsert whose update applies only when the stored lease ran out or
+//!   names the claimant; claimants meeting at the primary key wait for each other, and
+//!   the read after it (a new statement at READ COMMITTED) sees the winner's row.
 
 use bytes::Bytes;
 use deadpool_postgres::{GenericClient, Transaction};
-use hushwire_store::{DirectoryChange, DirectoryEpoch};
+use hushwire_store::{
+    DirectoryAccount, DirectoryChange, DirectoryEpoch, DirectoryLease, MAX_DIRECTORY_ACCOUNTS,
+    StoreError, StoredDeviceList,
+};
 
 use crate::conv::{TxError, exec, from_i64, row_one, rows, to_i64};
 
@@ -119,6 +125,65 @@ pub(crate) async fn directory_epochs<C: GenericClient>(
         epoch: from_i64(r.get(0)),
         published_at_ms: from_i64(r.get(1)),
         record: Bytes::from(r.get::<_, Vec<u8>>(2)),
+    })
+    .collect())
+}
+
+pub(crate) async fn claim_publisher(
+    tx: &Transaction<'_>,
+    holder: &str,
+    now_ms: u64,
+    until_ms: u64,
+) -> Result<DirectoryLease, TxError> {
+    exec(
+        tx,
+        "INSERT INTO directory_publisher (id, holder, until_ms) VALUES (1, $1, $3) \
+         ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
+         WHERE directory_publisher.holder = excluded.holder \
+            OR directory_publisher.until_ms <= $2",
+        &[&holder, &to_i64(now_ms), &to_i64(until_ms)],
+    )
+    .await?;
+    let r = row_one(
+        tx,
+        "SELECT holder, until_ms FROM directory_publisher WHERE id = 1",
+        &[],
+    )
+    .await?;
+    Ok(DirectoryLease {
+        holder: r.get(0),
+        until_ms: from_i64(r.get(1)),
+    })
+}
+
+pub(crate) async fn directory_accounts<C: GenericClient>(
+    c: &C,
+    handles: &[String],
+) -> Result<Vec<DirectoryAccount>, TxError> {
+    if handles.len() > MAX_DIRECTORY_ACCOUNTS {
+        return Err(TxError::Store(StoreError::Invalid(format!(
+            "at most {MAX_DIRECTORY_ACCOUNTS} handles per directory_accounts call"
+        ))));
+    }
+    // One statement: one snapshot.
+    Ok(rows(
+        c,
+        "SELECT a.handle, a.account_key, l.version, l.data FROM accounts a \
+         LEFT JOIN device_lists l ON l.handle = a.handle WHERE a.handle = ANY($1)",
+        &[&handles],
+    )
+    .await?
+    .iter()
+    .map(|r| DirectoryAccount {
+        handle: r.get(0),
+        account_key: r.get(1),
+        device_list: match (r.get::<_, Option<i64>>(2), r.get::<_, Option<Vec<u8>>>(3)) {
+            (Some(version), Some(data)) => Some(StoredDeviceList {
+                version: from_i64(version),
+                data: Bytes::from(data),
+            }),
+            _ => None,
+        },
     })
     .collect())
 }

@@ -87,7 +87,9 @@ use hushwire_store::{
     NewBlob, NewDevice, NewKeyPackage, NewReport, PartOutcome, RelayAudience, ReportRecord,
     StoreError, Submission, SubmitKind, SubmitOutcome,
 };
-use hushwire_store::{DirectoryChange, DirectoryEpoch, KeyDirectory};
+use hushwire_store::{
+    DirectoryAccount, DirectoryChange, DirectoryEpoch, DirectoryLease, KeyDirectory,
+};
 use hushwire_store::{LinkId, LinkSlot, Links, PutSlot};
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -479,6 +481,29 @@ impl KeyDirectory for PgStore {
         }
         self.read(async |c| directory::directory_epochs(c, after, limit).await)
             .await
+    }
+
+    async fn directory_accounts(
+        &self,
+        handles: &[String],
+    ) -> Result<Vec<DirectoryAccount>, StoreError> {
+        if handles.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(async |c| directory::directory_accounts(c, handles).await)
+            .await
+    }
+
+    async fn claim_directory_publisher(
+        &self,
+        holder: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<DirectoryLease, StoreError> {
+        in_tx!(self, |tx| directory::claim_publisher(
+            &tx, holder, now_ms, until_ms
+        )
+        .await)
     }
 }
 

@@ -16,10 +16,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_reports.sql")),
     (3, include_str!("../migrations/0003_devices_and_links.sql")),
     (4, include_str!("../migrations/0004_key_directory.sql")),
+    (
+        5,
+        include_str!("../migrations/0005_directory_publisher.sql"),
+    ),
 ];
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Advisory lock key of the migration (`"hushwire"` in ASCII, as an i64).
 const MIGRATION_LOCK: i64 = 0x6875_7368_7769_7265;

@@ -48,7 +48,9 @@ use hushwire_store::{
     NewDevice, NewKeyPackage, PartOutcome, StoreError, Submission, SubmitOutcome,
 };
 use hushwire_store::{Controls, NewReport, RelayAudience, ReportRecord};
-use hushwire_store::{DirectoryChange, DirectoryEpoch, KeyDirectory};
+use hushwire_store::{
+    DirectoryAccount, DirectoryChange, DirectoryEpoch, DirectoryLease, KeyDirectory,
+};
 use hushwire_store::{LinkId, LinkSlot, Links, PutSlot};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -509,6 +511,29 @@ impl KeyDirectory for SqliteStore {
             return Ok(Vec::new());
         }
         self.read(move |c| directory::directory_epochs(c, after, limit))
+            .await
+    }
+
+    async fn directory_accounts(
+        &self,
+        handles: &[String],
+    ) -> Result<Vec<DirectoryAccount>, StoreError> {
+        if handles.is_empty() {
+            return Ok(Vec::new());
+        }
+        let handles = handles.to_vec();
+        self.read(move |c| directory::directory_accounts(c, &handles))
+            .await
+    }
+
+    async fn claim_directory_publisher(
+        &self,
+        holder: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<DirectoryLease, StoreError> {
+        let holder = holder.to_owned();
+        self.write(move |w| directory::claim_publisher(&w.conn, &holder, now_ms, until_ms))
             .await
     }
 }

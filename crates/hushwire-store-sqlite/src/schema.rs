@@ -16,10 +16,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_reports.sql")),
     (6, include_str!("../migrations/0006_devices_and_links.sql")),
     (7, include_str!("../migrations/0007_key_directory.sql")),
+    (
+        8,
+        include_str!("../migrations/0008_directory_publisher.sql"),
+    ),
 ];
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The database's schema version (0 for a new database).
 pub(crate) fn current_version(conn: &Connection) -> Result<i64, SqliteStoreError> {

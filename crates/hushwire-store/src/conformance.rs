@@ -141,6 +141,9 @@ macro_rules! __conformance_cases {
             directory_append_epochs,
             directory_epochs_paging,
             directory_concurrent_append,
+            directory_publisher_lease,
+            directory_publisher_race,
+            directory_accounts_batch,
             accounts_reset,
             accounts_reset_races,
         }
@@ -3085,7 +3088,10 @@ pub async fn links_owner_and_delete(store: Arc<dyn Store>) -> CaseResult {
 // Key directory and account reset
 // ---------------------------------------------------------------------------------------
 
-use crate::{DirectoryChange, DirectoryEpoch, is_reset_tombstone};
+use crate::{
+    DirectoryAccount, DirectoryChange, DirectoryEpoch, DirectoryLease, MAX_DIRECTORY_ACCOUNTS,
+    is_reset_tombstone,
+};
 
 /// Epoch `n` with a recognisable record.
 pub fn directory_epoch(n: u64) -> DirectoryEpoch {
@@ -3348,6 +3354,154 @@ pub async fn directory_concurrent_append(store: Arc<dyn Store>) -> CaseResult {
         ensure_eq!(winners.len(), 1);
         ensure_eq!(store.directory_epochs(round - 1, 10).await?, winners);
     }
+    Ok(())
+}
+
+/// The lease `holder`/`until_ms`.
+fn lease(holder: &str, until_ms: u64) -> DirectoryLease {
+    DirectoryLease {
+        holder: holder.to_owned(),
+        until_ms,
+    }
+}
+
+/// The publisher lease: the first claim takes it; others are refused until it runs out
+/// (`until <= now`), its holder renews it at any time, and a holder claiming with an
+/// end in the past gives it up at once.
+pub async fn directory_publisher_lease(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    let claim = |h: &'static str, now: u64, until: u64| s.claim_directory_publisher(h, now, until);
+    ensure_eq!(claim("a", NOW, NOW + 100).await?, lease("a", NOW + 100));
+    // Held: the other node sees who holds it and until when.
+    ensure_eq!(
+        claim("b", NOW + 50, NOW + 150).await?,
+        lease("a", NOW + 100)
+    );
+    ensure_eq!(
+        claim("b", NOW + 99, NOW + 199).await?,
+        lease("a", NOW + 100)
+    );
+    // A renewal, before and after the end.
+    ensure_eq!(
+        claim("a", NOW + 60, NOW + 160).await?,
+        lease("a", NOW + 160)
+    );
+    ensure_eq!(
+        claim("a", NOW + 500, NOW + 600).await?,
+        lease("a", NOW + 600)
+    );
+    // Ran out: taken over exactly at its end.
+    ensure_eq!(
+        claim("b", NOW + 600, NOW + 700).await?,
+        lease("b", NOW + 700)
+    );
+    ensure_eq!(
+        claim("a", NOW + 650, NOW + 750).await?,
+        lease("b", NOW + 700)
+    );
+    // Given up (an end not after now): the next claim gets it at once.
+    ensure_eq!(
+        claim("b", NOW + 660, NOW + 660).await?,
+        lease("b", NOW + 660)
+    );
+    ensure_eq!(
+        claim("a", NOW + 661, NOW + 761).await?,
+        lease("a", NOW + 761)
+    );
+    // Holders are compared exactly.
+    ensure_eq!(
+        claim("A", NOW + 700, NOW + 800).await?,
+        lease("a", NOW + 761)
+    );
+    Ok(())
+}
+
+/// Nodes claiming a free lease together: exactly one gets it and every claimant is
+/// told the same holder.
+pub async fn directory_publisher_race(store: Arc<dyn Store>) -> CaseResult {
+    for round in 0..4u64 {
+        // Each round starts after the previous lease ran out.
+        let now = NOW + round * 1_000;
+        let mut tasks = Vec::new();
+        for node in 0..6u8 {
+            let st = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                st.claim_directory_publisher(&format!("node-{node}"), now, now + 500)
+                    .await
+            }));
+        }
+        let mut seen = BTreeSet::new();
+        for t in tasks {
+            let got = t
+                .await
+                .map_err(|e| Failure(format!("task failed: {e}")))??;
+            ensure_eq!(got.until_ms, now + 500);
+            seen.insert(got.holder);
+        }
+        ensure_eq!(seen.len(), 1);
+    }
+    Ok(())
+}
+
+/// `directory_accounts` answers for many handles at once what `account` answers for
+/// one: the account key and the stored device list, leaving out handles without an
+/// account (never registered, or reset); more than the cap is refused.
+pub async fn directory_accounts_batch(store: Arc<dyn Store>) -> CaseResult {
+    let s = &*store;
+    ensure_eq!(s.directory_accounts(&[]).await?, vec![]);
+    let handles: Vec<String> = (0..300).map(|i| format!("user{i:03}")).collect();
+    for h in &handles {
+        register(s, h).await?;
+    }
+    let list = Bytes::from_static(b"signed-list:4");
+    ensure!(
+        s.set_device_list("user007", 4, list.clone()).await?,
+        "list refused"
+    );
+    ensure!(s.reset_account("user009", NOW).await?, "reset refused");
+    let mut asked = handles.clone();
+    asked.push("nobody".into());
+    let mut got = s.directory_accounts(&asked).await?;
+    got.sort_by(|a, b| a.handle.cmp(&b.handle));
+    ensure_eq!(got.len(), 299);
+    ensure!(
+        !got.iter()
+            .any(|a| a.handle == "user009" || a.handle == "nobody"),
+        "a handle without an account answered"
+    );
+    for a in &got {
+        let one = s
+            .account(&a.handle)
+            .await?
+            .ok_or_else(|| Failure(format!("{} vanished", a.handle)))?;
+        ensure_eq!(
+            a,
+            &DirectoryAccount {
+                handle: one.handle.clone(),
+                account_key: one.account_key.clone(),
+                device_list: one.device_list.clone(),
+            }
+        );
+    }
+    ensure_eq!(
+        got.iter()
+            .find(|a| a.handle == "user007")
+            .map(|a| a.device_list.clone()),
+        Some(Some(StoredDeviceList {
+            version: 4,
+            data: list
+        }))
+    );
+    let too_many: Vec<String> = (0..=MAX_DIRECTORY_ACCOUNTS)
+        .map(|i| format!("h{i}"))
+        .collect();
+    ensure!(
+        matches!(
+            s.directory_accounts(&too_many).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "more than the cap accepted"
+    );
     Ok(())
 }
 

@@ -20,6 +20,9 @@
 //! - Epoch numbers are contiguous from 1: an append succeeds only for the number after
 //!   the last stored one, so of several nodes publishing the same epoch exactly one
 //!   succeeds.
+//! - The publisher lease ([`KeyDirectory::claim_directory_publisher`]) has at most one
+//!   holder at a time. It only spares the other nodes from building an epoch they would
+//!   lose: the append rule above still decides (a lease may run out mid-publication).
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -46,7 +49,30 @@ pub struct DirectoryChange {
     pub handle: String,
 }
 
-/// The key directory's secret, epoch log and change queue.
+/// What the key directory publishes of one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryAccount {
+    /// The account's handle.
+    pub handle: String,
+    /// Its account key.
+    pub account_key: Vec<u8>,
+    /// Its latest signed device list, when it stored one.
+    pub device_list: Option<crate::StoredDeviceList>,
+}
+
+/// Most handles one [`KeyDirectory::directory_accounts`] call takes.
+pub const MAX_DIRECTORY_ACCOUNTS: usize = 1_000;
+
+/// Who may publish the key directory's epochs, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryLease {
+    /// The node holding the lease (an id the node chose).
+    pub holder: String,
+    /// Unix milliseconds; the lease is free from then on.
+    pub until_ms: u64,
+}
+
+/// The key directory's secret, epoch log, change queue and publisher lease.
 #[async_trait]
 pub trait KeyDirectory: Send + Sync {
     /// The directory's persistent secret (the server's VRF and signing key seeds). When
@@ -73,6 +99,28 @@ pub trait KeyDirectory: Send + Sync {
         after: u64,
         limit: usize,
     ) -> Result<Vec<DirectoryEpoch>, StoreError>;
+
+    /// The accounts named by `handles` (at most [`MAX_DIRECTORY_ACCOUNTS`], else
+    /// [`StoreError::Invalid`]) that exist, with what the directory publishes of them,
+    /// in any order; a handle without an account is left out. One round trip, where
+    /// [`Accounts::account`](crate::Accounts::account) per handle would take one each.
+    async fn directory_accounts(
+        &self,
+        handles: &[String],
+    ) -> Result<Vec<DirectoryAccount>, StoreError>;
+
+    /// Claims the publisher lease for `holder` until `until_ms`, atomically: granted when
+    /// no lease was ever taken, when the stored one ran out (`until_ms <= now_ms`) or
+    /// when `holder` holds it already (a renewal; `until_ms <= now_ms` then gives it
+    /// up). Returns the lease as it stands afterwards: `holder` has it exactly when the
+    /// returned holder is `holder`. The times are the callers' clocks, so nodes' clocks
+    /// should agree to well within a lease.
+    async fn claim_directory_publisher(
+        &self,
+        holder: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<DirectoryLease, StoreError>;
 }
 
 /// Prefix of every handle [`reset_tombstone_handle`] makes.
