@@ -26,8 +26,9 @@
 //! - `blobs`, `blob_parts`, `blob_readers`: media metadata. `blocks`: block lists.
 //! - `device_lists`: each account's latest signed device list. `links`, `link_slots`:
 //!   link sessions and their write-once slots.
-//! - `directory_secret`, `directory_epochs`, `directory_changes`: the key directory's
-//!   secret, epoch log and change queue (`directory.rs`); account reset in `reset.rs`.
+//! - `directory_secret`, `directory_epochs`, `directory_changes`,
+//!   `directory_publisher`: the key directory's secret, epoch log, change queue and
+//!   publisher lease (`directory.rs`); account reset in `reset.rs`.
 //!
 //! # Transactions
 //! Every trait method is one transaction (reads: one statement, so one snapshot), at

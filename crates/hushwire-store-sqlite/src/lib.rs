@@ -30,8 +30,8 @@
 //! - `read.rs`: the read pool and read queries.
 //! - `blobs.rs`: media blob metadata ([`Blobs`]): its writes and reads.
 //! - `links.rs`: device lists and link sessions ([`Links`]).
-//! - `directory.rs`: the key directory's secret, epoch log and change queue
-//!   ([`KeyDirectory`]); `reset.rs`: [`Accounts::reset_account`].
+//! - `directory.rs`: the key directory's secret, epoch log, change queue and publisher
+//!   lease ([`KeyDirectory`]); `reset.rs`: [`Accounts::reset_account`].
 //! - `controls.rs`: [`Controls`]: block lists, retraction, the purge of disappearing
 //!   messages and the WAL wipe after it, the audience of ephemeral signals.
 //! - `conv.rs`: integer conversions (u64 is stored saturated at `i64::MAX`) and the
