@@ -664,6 +664,84 @@ impl KeyDirectory {
             .collect()
     }
 
+    /// [`KeyDirectory::latest`] as the store holds it now: the latest root this node
+    /// applied, or, when another node stored newer epochs since, the newest of those,
+    /// read from its record (signed with the deployment's key; this node checks the
+    /// root against its own replay when it follows). Waits for the store, never for the
+    /// tree. With the store unreachable, this node's latest root.
+    pub async fn stored_latest(&self) -> wire::DirectoryRoot {
+        let mut latest = self.latest();
+        loop {
+            match self.store.directory_epochs(latest.epoch, EPOCH_PAGE).await {
+                Ok(page) => {
+                    let full = page.len() == EPOCH_PAGE;
+                    let Some(last) = page.into_iter().next_back() else {
+                        return latest;
+                    };
+                    match self.stored_root(last) {
+                        Some(root) => latest = root,
+                        None => return latest,
+                    }
+                    if !full {
+                        return latest;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "the store did not answer; serving this node's latest root");
+                    return latest;
+                }
+            }
+        }
+    }
+
+    /// [`KeyDirectory::roots`] as the store holds them now: the roots this node applied,
+    /// then those of epochs another node stored since, read from their records (see
+    /// [`KeyDirectory::stored_latest`]). With the store unreachable, this node's roots.
+    pub async fn stored_roots(&self, after: u64, limit: usize) -> Vec<wire::DirectoryRoot> {
+        let limit = limit.min(MAX_ROOTS);
+        let (mut roots, applied) = {
+            let all = self.roots_read();
+            let start = usize::try_from(after.saturating_add(1)).unwrap_or(usize::MAX);
+            let roots: Vec<_> = all.iter().skip(start).take(limit).cloned().collect();
+            (roots, all.last().map_or(0, |r| r.epoch))
+        };
+        if roots.len() < limit {
+            let from = after.max(applied);
+            match self.store.directory_epochs(from, limit - roots.len()).await {
+                Ok(page) => roots.extend(page.into_iter().map_while(|e| self.stored_root(e))),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the store did not answer; serving this node's roots");
+                }
+            }
+        }
+        roots
+    }
+
+    /// The signed root in a stored epoch's record, or None (logged) when the record
+    /// does not decode or its signature does not verify: then only a replay can tell.
+    fn stored_root(&self, stored: DirectoryEpoch) -> Option<wire::DirectoryRoot> {
+        let record = match EpochRecord::decode(stored.record.as_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(epoch = stored.epoch, error = %e, "a stored directory epoch does not decode");
+                return None;
+            }
+        };
+        let root = self.root(
+            stored.epoch,
+            &record.root_hash,
+            stored.published_at_ms,
+            record.signature,
+        );
+        match hushwire_proto::directory::verify_root(&root) {
+            Ok(()) => Some(root),
+            Err(e) => {
+                tracing::warn!(epoch = stored.epoch, error = %e, "a stored directory root does not verify");
+                None
+            }
+        }
+    }
+
     /// Lookup proofs of `handles` (at most [`MAX_LOOKUPS`]) against the latest root, after
     /// following the store; an empty proof for a handle not published yet.
     pub async fn lookup(
@@ -720,7 +798,7 @@ impl KeyDirectory {
 
     /// The append-only proof from `epoch - 1` to `epoch`.
     pub async fn audit(&self, epoch: u64) -> Result<wire::DirectoryAudit, DirectoryError> {
-        let tree = self.tree.read().await;
+        let tree = self.current_tree().await?;
         if epoch == 0 || epoch > self.latest().epoch {
             return Err(DirectoryError::UnknownEpoch(epoch));
         }
@@ -938,6 +1016,48 @@ mod tests {
         assert!(!response.lookups[0].proof.is_empty());
         assert_eq!(b.latest(), a.latest());
         assert_eq!(b.history("late").await.unwrap().root.unwrap().epoch, 2);
+    }
+
+    #[tokio::test]
+    async fn roots_and_audits_show_the_epochs_another_node_stored() {
+        let (dir, a) = directory_with_epochs(2).await;
+        let b = second_node(&dir).await;
+        a.store.create_account(account("late", 99)).await.unwrap();
+        assert!(matches!(
+            a.publish(NOW + 100).await.unwrap(),
+            PublishOutcome::Published { epoch: 3, .. }
+        ));
+        // B has not followed: its own view lags, the stored view does not.
+        assert_eq!(b.latest().epoch, 2);
+        assert_eq!(b.stored_latest().await, a.latest());
+        assert_eq!(b.stored_roots(0, 10).await, a.roots(0, 10));
+        assert_eq!(b.stored_roots(1, 10).await, a.roots(1, 10));
+        assert_eq!(b.stored_roots(2, 10).await, a.roots(2, 10));
+        assert_eq!(b.stored_roots(0, 2).await, a.roots(0, 2));
+        assert!(b.stored_roots(3, 10).await.is_empty());
+        assert_eq!(b.latest().epoch, 2, "reading roots does not touch the tree");
+        // An auditor walking those roots gets B's proof of epoch 3 (B follows first).
+        let proof = b.audit(3).await.unwrap();
+        let roots = b.roots(1, 10);
+        assert_eq!((roots[0].epoch, roots[1].epoch), (2, 3));
+        crate::audit::verify_step(&roots[0].root_hash, &roots[1], &proof)
+            .await
+            .unwrap();
+
+        // A stored record whose root is not validly signed is not served.
+        let mut bad = a.store.directory_epochs(2, 1).await.unwrap().remove(0);
+        let mut record = EpochRecord::decode(bad.record.as_ref()).unwrap();
+        record.signature[0] ^= 1;
+        bad.epoch = 4;
+        bad.record = Bytes::from(record.encode_to_vec());
+        assert!(a.store.append_directory_epoch(bad, 0).await.unwrap());
+        assert_eq!(b.stored_latest().await, a.latest());
+        assert_eq!(
+            b.stored_roots(0, 10).await,
+            a.roots(0, 10),
+            "epochs 1-3, not 4"
+        );
+        assert_eq!(a.roots(0, 10).len(), 3);
     }
 
     #[tokio::test]

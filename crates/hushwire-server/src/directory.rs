@@ -90,14 +90,16 @@ fn internal(e: DirectoryError) -> ApiError {
     }
 }
 
-/// `GET /v1/directory`: the latest root.
+/// `GET /v1/directory`: the latest root the store holds (also one another node
+/// published since this node last followed), so that clients and auditors moving
+/// between nodes never see the directory go back.
 #[tracing::instrument(skip_all)]
 pub(crate) async fn latest(
     State(server): State<Server>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Result<Proto<wire::DirectoryRoot>, ApiError> {
     public_limit(&server, &peer)?;
-    Ok(Proto(directory(&server)?.latest()))
+    Ok(Proto(directory(&server)?.stored_latest().await))
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,7 +109,7 @@ pub(crate) struct RootsQuery {
     limit: Option<usize>,
 }
 
-/// `GET /v1/directory/roots?after=N&limit=M`.
+/// `GET /v1/directory/roots?after=N&limit=M`, as the store holds them (see `latest`).
 #[tracing::instrument(skip_all)]
 pub(crate) async fn roots(
     State(server): State<Server>,
@@ -117,7 +119,7 @@ pub(crate) async fn roots(
     public_limit(&server, &peer)?;
     let limit = q.limit.unwrap_or(MAX_ROOTS).min(MAX_ROOTS);
     Ok(Proto(wire::DirectoryRoots {
-        roots: directory(&server)?.roots(q.after, limit),
+        roots: directory(&server)?.stored_roots(q.after, limit).await,
     }))
 }
 
