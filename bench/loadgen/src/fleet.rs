@@ -222,7 +222,9 @@ const NO_PUBLICATION_MS: u64 = 600_000;
 
 /// Waits until every node serves the same key-directory epoch, published after
 /// `since_ms`, and no further epoch follows within one publish interval (at most 50,000
-/// accounts go into one epoch, so 100,000 registrations take two). Bounded by `deadline`.
+/// accounts go into one epoch, so 100,000 registrations take two). Nodes show the
+/// store's newest epoch at once; the quiet interval is what lets every node apply it
+/// (each follows at its own round, once per interval). Bounded by `deadline`.
 async fn wait_directory_settled(
     endpoints: &[Endpoint],
     since_ms: u64,
