@@ -696,6 +696,8 @@ async function openViewOnce(m, t, button) {
 function closeViewOnce() {
   const d = $("dlg-once");
   if (d.open) d.close();
+  // Drop the picture at once: the dialog's close event (Escape) comes a task later.
+  onViewOnceClosed();
 }
 
 function onViewOnceClosed() {
