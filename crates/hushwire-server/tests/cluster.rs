@@ -1,6 +1,7 @@
 //! Two server nodes in one process sharing ONE store, each with its own bus connection:
 //! pushes and ephemeral signals cross nodes over NATS (`HUSHWIRE_TEST_NATS_URL`,
-//! skipped visibly when unset), and with NATS down delivery goes on by polling.
+//! skipped visibly when unset), and with NATS down delivery goes on by polling; a node
+//! shows the key directory epochs another node published.
 
 // Test helpers may panic: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -33,11 +34,22 @@ struct Node {
 
 impl Node {
     async fn start(store: Arc<dyn Store>, bus_url: &str, prefix: &str, poll: Duration) -> Self {
+        Self::start_with(store, bus_url, prefix, poll, |_| {}).await
+    }
+
+    async fn start_with(
+        store: Arc<dyn Store>,
+        bus_url: &str,
+        prefix: &str,
+        poll: Duration,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config: ServerConfig = test_config(dir.path());
         config.bus.url = Some(bus_url.to_string());
         config.bus.subject_prefix = prefix.to_string();
         config.bus.poll_interval = poll;
+        tweak(&mut config);
         let running: RunningServer = hushwire_server::bind(config, store).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let node = Node {
@@ -368,6 +380,96 @@ async fn a_device_removed_through_another_node_is_disconnected_by_the_poller() {
     let (code, reason) = ws2.expect_close().await;
     assert_eq!((code, reason.as_str()), (1008, "device removed"));
     ws1.ping().await;
+    n1.stop().await;
+    n2.stop().await;
+}
+
+/// Node 1 publishes the key directory every 200 ms, node 2 every hour (so within the
+/// test it never follows on its own schedule). Node 2's public roots still show node 1's
+/// epoch at once, and its audit proof covers it: a client or an auditor moving between
+/// nodes never sees the directory go back.
+#[tokio::test]
+async fn a_node_shows_the_directory_epochs_another_node_published() {
+    let (store, _store_dir) = shared_store().await;
+    let url = closed_port_url();
+    let poll = Duration::from_millis(200);
+    let interval = |d: Duration| move |c: &mut ServerConfig| c.directory.publish_interval = d;
+    let mut n1 = Node::start_with(
+        Arc::clone(&store),
+        &url,
+        "hw",
+        poll,
+        interval(Duration::from_millis(200)),
+    )
+    .await;
+    let mut n2 = Node::start_with(
+        Arc::clone(&store),
+        &url,
+        "hw",
+        poll,
+        interval(Duration::from_secs(3600)),
+    )
+    .await;
+    let (c1, c2) = (n1.client(), n2.client());
+    let latest = async |c: &Client| {
+        let r = c.raw("GET", "/v1/directory", vec![], &[]).await;
+        // 503 while the node is still opening its directory.
+        (r.status == 200).then(|| r.decode::<wire::DirectoryRoot>())
+    };
+    // Both directories open (bounded) before anything is published: node 2's own tree
+    // stays at epoch 0.
+    for c in [&c1, &c2] {
+        let root = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                if let Some(root) = latest(c).await {
+                    break root;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("a node never opened its directory");
+        assert_eq!(root.epoch, 0);
+    }
+    c1.new_user("alice").await;
+    // Bounded: until node 1 has published alice's epoch.
+    let published = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Some(root) = latest(&c1).await
+                && root.epoch >= 1
+            {
+                break root;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("node 1 never published the directory");
+    let shown = latest(&c2).await.expect("node 2's directory is open");
+    assert_eq!(
+        (shown.epoch, &shown.root_hash, &shown.signature),
+        (published.epoch, &published.root_hash, &published.signature)
+    );
+    let roots: wire::DirectoryRoots = c2
+        .raw("GET", "/v1/directory/roots?after=0", vec![], &[])
+        .await
+        .decode();
+    let last = roots.roots.last().expect("node 2 lists no root");
+    assert_eq!(
+        (last.epoch, &last.root_hash),
+        (published.epoch, &published.root_hash)
+    );
+    let audit: wire::DirectoryAudit = c2
+        .raw(
+            "GET",
+            &format!("/v1/directory/audit/{}", published.epoch),
+            vec![],
+            &[],
+        )
+        .await
+        .decode();
+    assert_eq!(audit.epoch, published.epoch);
+    assert!(!audit.proof.is_empty());
     n1.stop().await;
     n2.stop().await;
 }
