@@ -87,9 +87,10 @@ fn show_server_db(db: &Path) -> anyhow::Result<()> {
         "\nWhat the server holds ({}, opened read-only):",
         db.display()
     ))?;
+    let width = tables.iter().map(String::len).max().unwrap_or(0);
     for t in &tables {
         let n: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM \"{t}\""), [], |r| r.get(0))?;
-        say(format!("  {t:<14} {n:>4} rows"))?;
+        say(format!("  {t:<width$} {n:>4} rows"))?;
     }
     if tables.iter().any(|t| t == "messages") {
         let mut stmt = conn.prepare(
