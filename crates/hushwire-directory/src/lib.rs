@@ -14,11 +14,14 @@
 //! - [`server`]: [`KeyDirectory`], publishing and the proofs the API serves.
 //! - [`audit`]: verification of append-only proofs between signed roots (the
 //!   `hushwire audit` command).
+//! - `worker`: the thread, at a lower CPU priority, where epochs are inserted into the
+//!   tree, so a bulk epoch never takes the core from message delivery.
 
 use hushwire_proto::directory::DOMAIN_LABEL;
 
 pub mod audit;
 pub mod server;
+mod worker;
 
 pub use server::{DirectoryError, KeyDirectory, PublishOutcome};
 

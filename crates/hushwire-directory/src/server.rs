@@ -1,7 +1,7 @@
 //! The server's key directory: an akd tree in memory, persisted as an epoch log.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, PoisonError, RwLockReadGuard};
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use tokio::sync::RwLock;
 use zeroize::Zeroizing;
 
 use crate::Config;
+use crate::worker::TreeWorker;
 
 /// Most pending changes one publication takes.
 const MAX_CHANGES_PER_EPOCH: usize = 50_000;
@@ -179,6 +180,14 @@ pub struct KeyDirectory {
     /// Held across a publication, a follow or a whole rebuild (seconds with a large
     /// epoch or a long log): proofs wait for it, the roots below do not.
     tree: RwLock<Tree>,
+    /// Where epochs are inserted into the tree: a thread of its own at a lower CPU
+    /// priority (see the `worker` module).
+    worker: TreeWorker,
+    /// Set while an insertion runs on the tree thread, cleared when its caller has the
+    /// result. Still set under the tree's lock means the caller was dropped mid-way
+    /// (a lookup whose client went away while it followed): the insertion ran on
+    /// without the lock, so the tree is rebuilt before it serves again.
+    inserting: AtomicBool,
     /// Root of every epoch, index = epoch (0: the empty tree, unsigned). Kept outside
     /// the tree's lock so `GET /v1/directory` and the auditors' root lists answer during
     /// a publication. Changed only under the tree's write lock. It only grows while the
@@ -233,6 +242,8 @@ impl KeyDirectory {
                 values: HashMap::new(),
             }),
             roots: std::sync::RwLock::new(Vec::new()),
+            worker: TreeWorker::start(),
+            inserting: AtomicBool::new(false),
         };
         let mut tree = this.empty_tree().await?;
         this.follow(&mut tree).await?;
@@ -391,6 +402,8 @@ impl KeyDirectory {
     /// [`DirectoryError::Rebuilding`] and the next follow goes on from where it stopped.
     async fn rebuild(&self, tree: &mut Tree) -> Result<(), DirectoryError> {
         *tree = self.empty_tree().await?;
+        // An insertion left running by a dropped caller changes the old tree, not this one.
+        self.inserting.store(false, Ordering::SeqCst);
         self.follow(tree).await?;
         self.forget_roots_after(tree.epoch);
         Ok(())
@@ -402,10 +415,15 @@ impl KeyDirectory {
     /// directory go back. One indexed store query when nothing is new.
     async fn current_tree(&self) -> Result<tokio::sync::RwLockReadGuard<'_, Tree>, DirectoryError> {
         let newer = self.store.directory_epochs(self.latest().epoch, 1).await?;
-        if !newer.is_empty() {
+        if !newer.is_empty() || self.inserting.load(Ordering::SeqCst) {
             self.catch_up().await?;
         }
-        Ok(self.tree.read().await)
+        let tree = self.tree.read().await;
+        if self.inserting.load(Ordering::SeqCst) {
+            // Another caller was dropped mid-insertion since: its catch-up rebuilds.
+            return Err(DirectoryError::Rebuilding);
+        }
+        Ok(tree)
     }
 
     /// The latest root, when `tree` holds every recorded epoch. Called with the tree's
@@ -434,6 +452,28 @@ impl KeyDirectory {
         }
     }
 
+    /// Inserts `updates` as the tree's next epoch, on the tree thread. Called with the
+    /// tree's write lock held. On an error the tree may be half-changed: callers rebuild.
+    async fn insert(
+        &self,
+        tree: &mut Tree,
+        updates: Vec<(AkdLabel, AkdValue)>,
+    ) -> Result<EpochHash, DirectoryError> {
+        let akd = tree.akd.clone();
+        self.inserting.store(true, Ordering::SeqCst);
+        let done = self
+            .worker
+            .run(async move { akd.publish(updates).await })
+            .await;
+        self.inserting.store(false, Ordering::SeqCst);
+        match done {
+            Some(result) => result.map_err(akd_err),
+            None => Err(DirectoryError::Akd(
+                "the insertion failed on the tree thread".into(),
+            )),
+        }
+    }
+
     async fn apply(&self, tree: &mut Tree, stored: DirectoryEpoch) -> Result<(), DirectoryError> {
         let epoch = stored.epoch;
         let corrupt = |reason: String| DirectoryError::Corrupt { epoch, reason };
@@ -448,7 +488,7 @@ impl KeyDirectory {
             .iter()
             .map(|u| (AkdLabel(u.label.clone()), AkdValue(u.value.clone())))
             .collect();
-        let EpochHash(got, hash) = tree.akd.publish(updates).await.map_err(akd_err)?;
+        let EpochHash(got, hash) = self.insert(tree, updates).await?;
         if got != epoch {
             return Err(corrupt(format!("replay reached epoch {got}")));
         }
@@ -476,6 +516,9 @@ impl KeyDirectory {
     /// rebuilt from the log.
     pub async fn publish(&self, now_ms: u64) -> Result<PublishOutcome, DirectoryError> {
         let mut tree = self.tree.write().await;
+        if self.inserting.load(Ordering::SeqCst) {
+            self.rebuild(&mut tree).await?;
+        }
         if let Err(e) = self.follow(&mut tree).await {
             // A half-applied epoch must not stay: start over from the log.
             self.rebuild(&mut tree).await?;
@@ -534,12 +577,12 @@ impl KeyDirectory {
             .iter()
             .map(|u| (AkdLabel(u.label.clone()), AkdValue(u.value.clone())))
             .collect();
-        let EpochHash(epoch, hash) = match tree.akd.publish(akd_updates).await {
+        let EpochHash(epoch, hash) = match self.insert(&mut tree, akd_updates).await {
             Ok(h) => h,
             Err(e) => {
                 // The in-memory tree may be half-updated: start over from the log.
                 self.rebuild(&mut tree).await?;
-                return Err(akd_err(e));
+                return Err(e);
             }
         };
         if epoch != next {
@@ -590,6 +633,9 @@ impl KeyDirectory {
     /// Follows epochs other nodes stored. Returns how many were applied.
     pub async fn catch_up(&self) -> Result<usize, DirectoryError> {
         let mut tree = self.tree.write().await;
+        if self.inserting.load(Ordering::SeqCst) {
+            self.rebuild(&mut tree).await?;
+        }
         let result = self.follow(&mut tree).await;
         if result.is_err() {
             // Half-applied epochs must not stay: start over from the log.
@@ -923,6 +969,99 @@ mod tests {
             directory.audit(4).await,
             Err(DirectoryError::UnknownEpoch(4))
         ));
+    }
+
+    /// Drives `fut` until the directory has an insertion running on the tree thread,
+    /// then drops it there.
+    async fn drop_mid_insertion<T>(directory: &KeyDirectory, fut: impl Future<Output = T>) {
+        // Boxed, so that dropping it drops the tree's lock it holds.
+        let mut fut = Box::pin(fut);
+        let started = std::time::Instant::now();
+        while !directory.inserting.load(Ordering::SeqCst) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no insertion began"
+            );
+            tokio::select! {
+                biased;
+                _ = &mut fut => panic!("it ended before it inserted"),
+                () = tokio::task::yield_now() => {}
+            }
+        }
+        drop(fut);
+    }
+
+    #[tokio::test]
+    async fn a_publication_dropped_mid_insertion_never_shows_its_epoch() {
+        let (_dir, directory) = directory_with_epochs(1).await;
+        let published = directory.latest();
+        directory
+            .store
+            .create_account(account("late", 9))
+            .await
+            .unwrap();
+        // E.g. the server shutting down mid-publication: the insertion runs on to its end
+        // on the tree thread, into a tree whose epoch 2 is never stored.
+        drop_mid_insertion(&directory, directory.publish(NOW + 10)).await;
+
+        // Proofs still verify against the published root: the tree was rebuilt first.
+        let response = directory.lookup(&["user0".to_owned()]).await.unwrap();
+        let root = response.root.unwrap();
+        assert_eq!(root, published);
+        let proof =
+            akd::proto::specs::types::LookupProof::parse_from_bytes(&response.lookups[0].proof)
+                .unwrap();
+        akd::client::lookup_verify::<Config>(
+            &root.vrf_public_key,
+            akd::hash::try_parse_digest(&root.root_hash).unwrap(),
+            root.epoch,
+            AkdLabel(b"user0".to_vec()),
+            akd::LookupProof::try_from(&proof).unwrap(),
+        )
+        .unwrap();
+        // The change is still pending: the next publication is epoch 2 and carries it.
+        assert_eq!(
+            directory.publish(NOW + 20).await.unwrap(),
+            PublishOutcome::Published {
+                epoch: 2,
+                entries: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lookup_dropped_while_its_follow_inserts_leaves_no_half_tree() {
+        let (dir, node1) = directory_with_epochs(1).await;
+        let node2 = second_node(&dir).await;
+        for n in 0..50u8 {
+            node1
+                .store
+                .create_account(account(&format!("late{n}"), n))
+                .await
+                .unwrap();
+        }
+        let published = node1.publish(NOW + 10).await.unwrap();
+        assert_eq!(
+            published,
+            PublishOutcome::Published {
+                epoch: 2,
+                entries: 50
+            }
+        );
+
+        // Node 2 follows inside a lookup; its client goes away while the epoch is being
+        // inserted on the tree thread.
+        let handles = ["late7".to_owned()];
+        drop_mid_insertion(&node2, node2.lookup(&handles)).await;
+        assert!(node2.inserting.load(Ordering::SeqCst));
+
+        // The next user rebuilds from the log: node 2 proves against node 1's epoch.
+        let response = node2.lookup(&handles).await.unwrap();
+        assert_eq!(response.root.unwrap(), node1.latest());
+        assert!(!response.lookups[0].proof.is_empty());
+        assert!(!node2.inserting.load(Ordering::SeqCst));
+        assert_eq!(node2.tree.read().await.epoch, 2);
+        assert_eq!(node2.audit(2).await.unwrap().epoch, 2);
     }
 
     #[tokio::test]
