@@ -971,9 +971,12 @@ mod tests {
         ));
     }
 
-    /// Drives `fut` until the directory has an insertion running on the tree thread,
-    /// then drops it there.
+    /// Drives `fut` until it has handed an insertion to the tree thread, drops it there,
+    /// then lets the insertion run on to its end.
     async fn drop_mid_insertion<T>(directory: &KeyDirectory, fut: impl Future<Output = T>) {
+        // The tree thread is held, so the insertion cannot finish (and `fut` with it)
+        // before the test sees it begin, however fast a small epoch is.
+        let release = directory.worker.pause();
         // Boxed, so that dropping it drops the tree's lock it holds.
         let mut fut = Box::pin(fut);
         let started = std::time::Instant::now();
@@ -989,6 +992,7 @@ mod tests {
             }
         }
         drop(fut);
+        drop(release);
     }
 
     #[tokio::test]

@@ -86,6 +86,21 @@ impl TreeWorker {
     }
 }
 
+#[cfg(test)]
+impl TreeWorker {
+    /// Holds the tree thread until the returned sender is dropped (or sent on): jobs
+    /// queued meanwhile wait their turn, so a test can catch one before it runs.
+    pub(crate) fn pause(&self) -> oneshot::Sender<()> {
+        let (release, held) = oneshot::channel::<()>();
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Box::pin(async move {
+                let _ = held.await;
+            }));
+        }
+        release
+    }
+}
+
 /// Lowers the calling thread's CPU priority to [`NICE`]. On Linux the nice value is per
 /// thread (`setpriority(PRIO_PROCESS, tid)`); elsewhere nothing changes.
 fn lower_priority() {
