@@ -1,4 +1,5 @@
-//! Per-client-IP limits on tunnels.
+//! Per-client-IP limits on tunnels. A client is an IPv4 address or an IPv6 /64 (see
+//! [`client`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -71,6 +72,19 @@ impl Drop for Slot {
     }
 }
 
+/// The client `ip` counts as: an IPv4 address (an IPv4-mapped IPv6 one included) is its
+/// own; an IPv6 address counts as its /64. A home or a phone gets at least a /64 and may
+/// use any address in it, so per-address limits would give it 2^64 budgets.
+fn client(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 impl PerIp {
     pub(crate) fn new(limits: RelayLimits) -> Self {
         Self {
@@ -84,6 +98,7 @@ impl PerIp {
 
     /// A slot for a new tunnel from `ip`, or `None` when a limit says no.
     pub(crate) fn admit(&self, ip: IpAddr) -> Option<Slot> {
+        let ip = client(ip);
         let mut inner = self.inner.lock().ok()?;
         let limits = inner.limits;
         if inner.open_total >= limits.max_tunnels {
@@ -137,5 +152,27 @@ mod tests {
         let _s3 = per.admit(a).unwrap();
         drop(_s3);
         assert!(per.admit(a).is_none(), "fourth opening within the minute");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        let per = PerIp::new(RelayLimits {
+            tunnels_per_ip: 2,
+            ..RelayLimits::default()
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = per.admit(ip("2001:db8:5:6::1")).unwrap();
+        let _b = per.admit(ip("2001:db8:5:6:ffff::2")).unwrap();
+        assert!(
+            per.admit(ip("2001:db8:5:6:1234::3")).is_none(),
+            "another address of the same /64"
+        );
+        assert!(per.admit(ip("2001:db8:5:7::1")).is_some(), "the next /64");
+        let _c = per.admit(ip("::ffff:198.18.0.9")).unwrap();
+        let _d = per.admit(ip("198.18.0.9")).unwrap();
+        assert!(
+            per.admit(ip("198.18.0.9")).is_none(),
+            "a mapped address is its IPv4 address"
+        );
     }
 }

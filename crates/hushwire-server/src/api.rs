@@ -22,7 +22,9 @@ use prost::Message;
 
 use crate::config::RegistrationPolicy;
 use crate::error::ApiError;
-use crate::{ConnPermit, Server, auth, devices, directory, links, media, now_ms, reports, ws};
+use crate::{
+    ConnPermit, Server, auth, conn_limit, devices, directory, links, media, now_ms, reports, ws,
+};
 
 /// The router for every route of protocol.md, under the configured path prefix.
 pub fn app(server: &Server) -> Router {
@@ -160,7 +162,7 @@ async fn register(
     let shared = &server.shared;
     if !shared
         .register_limiter
-        .check(peer.ip(), std::time::Instant::now())
+        .check(conn_limit::client(peer.ip()), std::time::Instant::now())
     {
         return Err(ApiError::RateLimited);
     }

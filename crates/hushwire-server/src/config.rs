@@ -126,7 +126,8 @@ fn is_dns_name(name: &str) -> bool {
 }
 
 /// Rate limits (token buckets refilled continuously; the burst equals the per-minute
-/// rate).
+/// rate). "Per client IP" counts an IPv6 client by its /64, as
+/// `max_connections_per_ip` does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimits {
@@ -565,7 +566,8 @@ pub struct ServerConfig {
     /// in the kernel's accept queue. Default: 10 000.
     pub max_connections: usize,
     /// Most simultaneous connections from one client IP address (an IPv4-mapped IPv6
-    /// peer counts as its IPv4 address); further ones are closed right after accept,
+    /// peer counts as its IPv4 address, an IPv6 peer as its /64, since whoever holds one
+    /// address of a /64 can use them all); further ones are closed right after accept,
     /// before TLS, so one address cannot take every `max_connections` slot. At least 1;
     /// above `max_connections` it is `max_connections` in effect (a small server keeps
     /// working without setting it). Default: 256 (room for many users behind one NAT

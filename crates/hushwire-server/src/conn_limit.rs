@@ -9,9 +9,10 @@
 //! The table holds one entry per address with open connections and drops an entry
 //! when its count reaches zero, so it never holds more entries than there are open
 //! connections (itself bounded by `max_connections`). Addresses in
-//! `connection_limit_exempt` (CIDR prefixes) are not counted. An IPv4-mapped IPv6
-//! peer (`::ffff:a.b.c.d`, what a dual-stack socket reports) counts as its IPv4
-//! address.
+//! `connection_limit_exempt` (CIDR prefixes) are not counted. Peers are counted as
+//! the [`client`] their address belongs to: an IPv4-mapped IPv6 peer (`::ffff:a.b.c.d`,
+//! what a dual-stack socket reports) as its IPv4 address, and an IPv6 peer as its /64,
+//! the smallest network an ISP hands a home or a phone.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -95,10 +96,25 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The prefix length an IPv6 client is counted by in per-IP limits.
+pub(crate) const IPV6_CLIENT_PREFIX: u8 = 64;
+
+/// The client `ip` counts as in per-IP limits (connections, registrations, link and
+/// directory requests): an IPv4 address is its own client; an IPv6 address counts as
+/// its /64 ([`IPV6_CLIENT_PREFIX`]). A home or a phone gets at least a /64 and picks
+/// any address in it at will (privacy addresses rotate by design), so counting single
+/// IPv6 addresses would give whoever holds one 2^64 budgets.
+pub(crate) fn client(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & mask128(IPV6_CLIENT_PREFIX)).into()),
+        v4 => v4,
+    }
+}
+
 struct Inner {
     per_ip: usize,
     exempt: Vec<Cidr>,
-    /// Open connections per address; only addresses with at least one.
+    /// Open connections per client; only clients with at least one.
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -143,13 +159,13 @@ impl ConnLimiter {
         }
     }
 
-    /// A slot for a new connection from `ip`, or `None` when the address already has
+    /// A slot for a new connection from `ip`, or `None` when its [`client`] already has
     /// `per_ip` connections open.
     pub(crate) fn admit(&self, ip: IpAddr) -> Option<IpSlot> {
-        let ip = canonical(ip);
-        if self.inner.exempt.iter().any(|c| c.contains(ip)) {
+        if self.inner.exempt.iter().any(|c| c.contains(canonical(ip))) {
             return Some(IpSlot { counted: None });
         }
+        let ip = client(ip);
         let mut open = self
             .inner
             .open
@@ -256,6 +272,33 @@ mod tests {
         assert!(l.admit(ip("192.0.2.9")).is_some());
         let _y = l.admit(ip("192.0.3.9")).unwrap();
         assert!(l.admit(ip("192.0.3.9")).is_none());
+    }
+
+    #[test]
+    fn conn_limit_counts_an_ipv6_client_by_its_64() {
+        let l = limiter(2, &["::1/128"]);
+        let _a = l.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _b = l.admit(ip("2001:db8:1:2:ffff:ffff:ffff:9")).unwrap();
+        assert!(
+            l.admit(ip("2001:db8:1:2:abcd::77")).is_none(),
+            "a fresh address in the same /64 is the same client"
+        );
+        let _c = l.admit(ip("2001:db8:1:3::1")).unwrap();
+        assert!(
+            l.admit(ip("2001:db8:1:3::2")).is_some(),
+            "the next /64 is another"
+        );
+        assert_eq!(l.tracked(), 2);
+        // Exemption still goes by the whole address: ::1 is exempt, ::2 beside it is not.
+        let held: Vec<_> = (0..4).map(|_| l.admit(ip("::1")).unwrap()).collect();
+        assert_eq!(held.len(), 4);
+        let _d = l.admit(ip("::2")).unwrap();
+        let _e = l.admit(ip("::3")).unwrap();
+        assert!(l.admit(ip("::4")).is_none());
+
+        assert_eq!(client(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(client(ip("::ffff:198.51.100.7")), ip("198.51.100.7"));
+        assert_eq!(client(ip("198.51.100.7")), ip("198.51.100.7"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use hushwire_store::{AddDevice, DeviceAddr, DeviceRecord, NewDevice};
 
 use crate::api::{Proto, body, decode, signed};
 use crate::auth::AUTH_FAILED;
+use crate::conn_limit;
 use crate::error::ApiError;
 use crate::{Server, now_ms};
 
@@ -106,7 +107,7 @@ pub(crate) async fn recover_device(
     let shared = &server.shared;
     if !shared
         .register_limiter
-        .check(peer.ip(), std::time::Instant::now())
+        .check(conn_limit::client(peer.ip()), std::time::Instant::now())
     {
         return Err(ApiError::RateLimited);
     }

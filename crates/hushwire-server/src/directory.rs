@@ -19,9 +19,9 @@ use hushwire_proto::identity::validate_handle;
 use hushwire_proto::wire;
 use serde::Deserialize;
 
-use crate::Server;
 use crate::api::{Proto, decode, signed};
 use crate::error::ApiError;
+use crate::{Server, conn_limit};
 
 /// Opens the key directory (retrying while the store is unreachable), then publishes
 /// every `directory.publish_interval` until shutdown.
@@ -74,7 +74,7 @@ fn public_limit(server: &Server, peer: &SocketAddr) -> Result<(), ApiError> {
     if server
         .shared
         .directory_limiter
-        .check(peer.ip(), Instant::now())
+        .check(conn_limit::client(peer.ip()), Instant::now())
     {
         Ok(())
     } else {

@@ -26,7 +26,7 @@ use rand::RngCore;
 
 use crate::api::{Proto, decode, decode_hex, signed};
 use crate::error::ApiError;
-use crate::{Server, now_ms};
+use crate::{Server, conn_limit, now_ms};
 
 // The store enforces the protocol's slot limit.
 const _: () = assert!(hushwire_store::MAX_LINK_SLOTS == MAX_LINK_SLOTS);
@@ -53,7 +53,11 @@ fn slot_name(slot: &str) -> Result<(), ApiError> {
 }
 
 fn rate_limit(server: &Server, peer: &SocketAddr) -> Result<(), ApiError> {
-    if server.shared.link_limiter.check(peer.ip(), Instant::now()) {
+    if server
+        .shared
+        .link_limiter
+        .check(conn_limit::client(peer.ip()), Instant::now())
+    {
         Ok(())
     } else {
         Err(ApiError::RateLimited)

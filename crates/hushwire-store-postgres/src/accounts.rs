@@ -32,17 +32,10 @@ pub(crate) async fn create_account(
     new: &NewAccount,
 ) -> Result<DeviceRecord, TxError> {
     let now = to_i64(new.now_ms);
-    // Checked first so a taken handle never consumes the invite.
-    if row_opt(
-        tx,
-        "SELECT 1 FROM accounts WHERE handle = $1",
-        &[&new.handle],
-    )
-    .await?
-    .is_some()
-    {
-        return Err(StoreError::HandleTaken.into());
-    }
+    // The invite first: without a valid one, nothing says whether the handle is taken.
+    // A registration that then fails (a taken handle) rolls back, invite use included.
+    // Two registrations with one invite: the second waits on the row lock, then finds
+    // it used.
     if let Some(code) = &new.invite {
         let used = exec(
             tx,
@@ -54,6 +47,16 @@ pub(crate) async fn create_account(
         if used != 1 {
             return Err(StoreError::InviteInvalid.into());
         }
+    }
+    if row_opt(
+        tx,
+        "SELECT 1 FROM accounts WHERE handle = $1",
+        &[&new.handle],
+    )
+    .await?
+    .is_some()
+    {
+        return Err(StoreError::HandleTaken.into());
     }
     // A concurrent registration of the same handle makes this wait for it, then insert
     // nothing.

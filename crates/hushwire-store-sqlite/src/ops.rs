@@ -215,6 +215,24 @@ impl WriterState {
     // --- accounts --------------------------------------------------------------------
 
     pub(crate) fn create_account(&mut self, new: NewAccount) -> Result<DeviceRecord, StoreError> {
+        let now = to_i64(new.now_ms);
+        // The invite first: without a valid one, nothing says whether the handle is taken.
+        // Only checked here, and consumed below once nothing else can fail, so that a
+        // failing job changes nothing (see the writer's module docs).
+        if let Some(code) = &new.invite {
+            let valid = self
+                .conn
+                .prepare_cached(
+                    "SELECT 1 FROM invites \
+                     WHERE code = ?1 AND used_at_ms IS NULL AND expires_at_ms > ?2",
+                )
+                .db()?
+                .exists(params![code, now])
+                .db()?;
+            if !valid {
+                return Err(StoreError::InviteInvalid);
+            }
+        }
         let taken = self
             .conn
             .prepare_cached("SELECT 1 FROM accounts WHERE handle = ?1")
@@ -224,20 +242,13 @@ impl WriterState {
         if taken {
             return Err(StoreError::HandleTaken);
         }
-        let now = to_i64(new.now_ms);
         if let Some(code) = &new.invite {
-            let used = self
-                .conn
-                .prepare_cached(
-                    "UPDATE invites SET used_at_ms = ?2 \
-                     WHERE code = ?1 AND used_at_ms IS NULL AND expires_at_ms > ?2",
-                )
+            // The writer is the only one: the invite checked above is still unused.
+            self.conn
+                .prepare_cached("UPDATE invites SET used_at_ms = ?2 WHERE code = ?1")
                 .db()?
                 .execute(params![code, now])
                 .db()?;
-            if used != 1 {
-                return Err(StoreError::InviteInvalid);
-            }
         }
         self.conn
             .prepare_cached(

@@ -480,8 +480,8 @@ pub async fn accounts_handle_taken(store: Arc<dyn Store>) -> CaseResult {
     Ok(())
 }
 
-/// Invites are single-use, expire, and are only consumed by a registration that
-/// succeeds.
+/// Invites are single-use, expire, are checked before the handle, and are only consumed
+/// by a registration that succeeds.
 pub async fn accounts_invites(store: Arc<dyn Store>) -> CaseResult {
     let s = &*store;
     s.create_invite("good", NOW + 1000).await?;
@@ -515,8 +515,19 @@ pub async fn accounts_invites(store: Arc<dyn Store>) -> CaseResult {
     ensure_eq!(s.account("u1").await?, None);
     ensure_eq!(s.account("u2").await?, None);
 
-    // A registration that fails for another reason does not consume the invite.
+    // Without a valid invite nothing says whether a handle is taken: on an invite-only
+    // server, strangers cannot list its users by trying handles.
     register(s, "taken").await?;
+    expect_invalid(
+        s.create_account(with_invite("taken", "nope")).await,
+        "taken handle, unknown invite",
+    )?;
+    expect_invalid(
+        s.create_account(with_invite("taken", "expired")).await,
+        "taken handle, expired invite",
+    )?;
+
+    // A registration that fails for another reason does not consume the invite.
     match s.create_account(with_invite("taken", "good")).await {
         Err(StoreError::HandleTaken) => {}
         other => return Err(Failure(format!("expected HandleTaken, got {other:?}"))),

@@ -75,6 +75,25 @@ async fn register_invite_policy() {
     c.register_with_invite(&mut Identity::new("bob"), &code)
         .await
         .expect_error(403, ErrorCode::InviteRequired);
+    // A stranger trying handles learns nothing: a taken one answers as a free one does.
+    c.register_with_invite(&mut Identity::new("alice"), "not-a-code")
+        .await
+        .expect_error(403, ErrorCode::InviteRequired);
+    c.register_with_invite(&mut Identity::new("alice"), &code)
+        .await
+        .expect_error(403, ErrorCode::InviteRequired);
+    // With a valid invite a taken handle is said, and the invite stays usable.
+    let second = hushwire_server::create_invite(server.store.as_ref(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    c.register_with_invite(&mut Identity::new("alice"), &second)
+        .await
+        .expect_error(409, ErrorCode::HandleTaken);
+    let mut carol = Identity::new("carol");
+    assert_eq!(
+        c.register_with_invite(&mut carol, &second).await.status,
+        200
+    );
 }
 
 #[tokio::test]
