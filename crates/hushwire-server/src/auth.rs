@@ -8,8 +8,10 @@
 //!
 //! An unknown device, a revoked device and a bad signature get one and the same answer
 //! ([`AUTH_FAILED`]): anyone may send a header naming any handle, and different answers
-//! would tell them whether that account (or device) exists. The precise reason goes to
-//! the log only.
+//! would tell them whether that account (or device) exists. They also cost the same: an
+//! unknown or revoked device's signature is verified under a stand-in key and refused
+//! anyway, so an answer's timing does not tell either (see [`check_device`]). The
+//! precise reason goes to the log only.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -37,6 +39,35 @@ pub(crate) const AUTH_FAILED: &str = "authentication failed";
 fn refused(addr: &DeviceAddr, detail: &'static str) -> ApiError {
     tracing::debug!(device = %addr, detail, "request authentication refused");
     ApiError::Unauthenticated(AUTH_FAILED)
+}
+
+/// A valid Ed25519 public key that is no device's: the base point's encoding. Its
+/// secret (1) is public knowledge, so nothing is ever accepted under it: it is only
+/// verified against, for the time that takes, and the answer is thrown away.
+const STAND_IN_KEY: [u8; 32] = [
+    0x58, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66,
+    0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66,
+];
+
+/// The device `device` if it exists, is not revoked and signed `payload`; otherwise
+/// why not (for the log). Every refusal verifies one signature, so an unknown, a
+/// revoked and a wrongly signing device take the same time to refuse.
+fn check_device(
+    device: Option<DeviceRecord>,
+    payload: &[u8],
+    signature: &[u8],
+) -> Result<DeviceRecord, &'static str> {
+    let key = match &device {
+        Some(d) if !d.revoked => d.device_key.as_slice(),
+        _ => STAND_IN_KEY.as_slice(),
+    };
+    let verified = identity::verify(key, payload, signature).is_ok();
+    match device {
+        None => Err("unknown device"),
+        Some(d) if d.revoked => Err("device is revoked"),
+        Some(_) if !verified => Err("bad signature"),
+        Some(d) => Ok(d),
+    }
 }
 
 /// Why a signature could not be recorded.
@@ -117,13 +148,7 @@ pub(crate) async fn authenticate_request(
         handle: auth.handle.clone(),
         device_id: auth.device_id,
     };
-    let device = store
-        .device(&addr)
-        .await?
-        .ok_or_else(|| refused(&addr, "unknown device"))?;
-    if device.revoked {
-        return Err(refused(&addr, "device is revoked"));
-    }
+    let device = store.device(&addr).await?;
     let payload = identity::request_auth_payload(
         method,
         path_and_query,
@@ -132,8 +157,8 @@ pub(crate) async fn authenticate_request(
         auth.device_id,
         body,
     );
-    identity::verify(&device.device_key, &payload, &auth.signature)
-        .map_err(|_| refused(&addr, "bad signature"))?;
+    let device =
+        check_device(device, &payload, &auth.signature).map_err(|detail| refused(&addr, detail))?;
     let expires = auth.unix_ms.saturating_add(REQUEST_AUTH_WINDOW_MS);
     match replay.insert(auth.signature, expires, now_ms) {
         Ok(()) => {}
@@ -169,23 +194,67 @@ pub(crate) async fn authenticate_ws(
         Close::new(Close::POLICY, AUTH_FAILED)
     };
     let device = match store.device(&addr).await {
-        Ok(Some(d)) => d,
-        Ok(None) => return Err(refused("unknown device")),
+        Ok(d) => d,
         Err(e) => return Err(Close::internal(&e)),
     };
-    if device.revoked {
-        return Err(refused("device revoked"));
-    }
     let payload = identity::ws_auth_payload(nonce, &auth.handle, auth.device_id);
-    if identity::verify(&device.device_key, &payload, &auth.signature).is_err() {
-        return Err(refused("bad signature"));
-    }
-    Ok(device)
+    check_device(device, &payload, &auth.signature).map_err(refused)
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
     use super::*;
+    use ed25519_dalek::Signer;
+
+    fn record(key: &ed25519_dalek::SigningKey, revoked: bool) -> DeviceRecord {
+        DeviceRecord {
+            id: hushwire_store::DeviceId(1),
+            addr: DeviceAddr {
+                handle: "alice".into(),
+                device_id: 1,
+            },
+            device_key: key.verifying_key().to_bytes().to_vec(),
+            cert_created_at_ms: 0,
+            cert_signature: vec![],
+            revoked,
+        }
+    }
+
+    #[test]
+    fn every_refusal_costs_a_full_signature_check() {
+        // The stand-in is a key a signature is checked against in full: not one refused
+        // up front as malformed or weak, which would answer faster.
+        let stranger = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let signature = stranger.sign(b"payload").to_bytes();
+        assert!(matches!(
+            identity::verify(&STAND_IN_KEY, b"payload", &signature),
+            Err(identity::SignatureError::Mismatch)
+        ));
+
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let good = key.sign(b"payload").to_bytes();
+        assert_eq!(
+            check_device(Some(record(&key, false)), b"payload", &good)
+                .unwrap()
+                .addr
+                .device_id,
+            1
+        );
+        assert_eq!(
+            check_device(Some(record(&key, false)), b"payload", &signature).unwrap_err(),
+            "bad signature"
+        );
+        assert_eq!(
+            check_device(Some(record(&key, true)), b"payload", &good).unwrap_err(),
+            "device is revoked"
+        );
+        assert_eq!(
+            check_device(None, b"payload", &good).unwrap_err(),
+            "unknown device"
+        );
+    }
 
     #[test]
     fn replay_cache_refuses_repeats_and_is_bounded() {
