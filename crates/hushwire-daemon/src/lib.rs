@@ -60,6 +60,8 @@
 //! | `acceptRequest` | `handle` | `{"sent"}` |
 //! | `block`, `unblock` | `handle` | `{"sent"}` |
 //! | `listBlocked` | – | `["handle", …]` |
+//! | `getSafetyNumber` | `handle`, `markVerified`? (the user compared the digits) | `{"handle","safetyNumber","qrPayload" (hex),"verified"}`; a changed account key is refused until `trustIdentity` |
+//! | `trustIdentity` | `handle` | `{"trusted": true}`: accepts the contact's changed account key (after an `identity_changed` event) |
 //! | `getSettings` | – | `{"readReceipts","presence"}` |
 //! | `updateSettings` | `readReceipts`? (bool), `presence`? (`everyone`, `contacts`, `nobody`) | the settings after the change |
 //! | `openViewOnce` | `id`, `dir`? (default `PROFILE/media/.view-once`) | `{"id","from","text","path"}` |

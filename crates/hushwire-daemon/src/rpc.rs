@@ -261,6 +261,16 @@ struct HandleParams {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SafetyParams {
+    #[serde(alias = "recipient")]
+    handle: String,
+    /// The user compared the digits with the other person.
+    #[serde(default)]
+    mark_verified: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SettingsParams {
     read_receipts: Option<bool>,
     presence: Option<String>,
@@ -370,6 +380,8 @@ pub const METHODS: &[&str] = &[
     "block",
     "unblock",
     "listBlocked",
+    "getSafetyNumber",
+    "trustIdentity",
     "getSettings",
     "updateSettings",
     "openViewOnce",
@@ -438,6 +450,8 @@ impl Methods {
             "block" => self.block(params(p)?, true).await,
             "unblock" => self.block(params(p)?, false).await,
             "listBlocked" => self.list_blocked().await,
+            "getSafetyNumber" => self.safety_number(params(p)?).await,
+            "trustIdentity" => self.trust(params(p)?).await,
             "getSettings" => self.settings().await,
             "updateSettings" | "updateConfiguration" => self.update_settings(params(p)?).await,
             "openViewOnce" => self.open_view_once(params(p)?).await,
@@ -939,6 +953,32 @@ impl Methods {
 
     async fn list_blocked(&self) -> Result<Value, RpcError> {
         Ok(json!(self.blocked().await?))
+    }
+
+    async fn safety_number(&self, p: SafetyParams) -> Result<Value, RpcError> {
+        check_handle("handle", &p.handle)?;
+        let number = self
+            .service
+            .safety_number(&p.handle, p.mark_verified)
+            .await
+            .map_err(from_client)?;
+        let qr: String = number
+            .qr_payload
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(json!({
+            "handle": p.handle,
+            "safetyNumber": number.digits,
+            "qrPayload": qr,
+            "verified": number.verified,
+        }))
+    }
+
+    async fn trust(&self, p: HandleParams) -> Result<Value, RpcError> {
+        check_handle("handle", &p.handle)?;
+        self.service.trust(&p.handle).await.map_err(from_client)?;
+        Ok(json!({"trusted": true}))
     }
 
     async fn settings(&self) -> Result<Value, RpcError> {

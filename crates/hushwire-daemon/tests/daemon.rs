@@ -320,6 +320,42 @@ async fn exercise(t: &mut Transport, alice: &mut Client, tag: &str, tmp: &Path) 
     assert_eq!(e["id"], json!(ping_id));
     assert!(e["seq"].as_u64().unwrap() > 0);
 
+    // getSafetyNumber: the same 60 digits alice sees; markVerified records the check.
+    let n = t.ok("getSafetyNumber", json!({"handle": "alice"})).await;
+    let alices = alice.profile().safety_number("bob").unwrap();
+    assert_eq!(n["safetyNumber"], json!(alices.digits));
+    assert_eq!(
+        n["safetyNumber"].as_str().unwrap().len(),
+        71,
+        "12 groups of 5"
+    );
+    assert_eq!(
+        n["qrPayload"].as_str().unwrap().len(),
+        alices.qr_payload.len() * 2
+    );
+    let n = t
+        .ok(
+            "getSafetyNumber",
+            json!({"handle": "alice", "markVerified": true}),
+        )
+        .await;
+    assert_eq!(n["verified"], json!(true));
+    assert_eq!(
+        t.err("getSafetyNumber", json!({"handle": "x"})).await,
+        -32602
+    );
+    assert_eq!(
+        t.err("getSafetyNumber", json!({"handle": "nobody_here"}))
+            .await,
+        -32002
+    );
+    // trustIdentity: accepting the key alice has now keeps the conversation working.
+    assert_eq!(
+        t.ok("trustIdentity", json!({"handle": "alice"})).await,
+        json!({"trusted": true})
+    );
+    assert_eq!(t.err("trustIdentity", json!({})).await, -32602);
+
     // listConversations, history
     let list = t.ok("listConversations", json!({})).await;
     assert!(

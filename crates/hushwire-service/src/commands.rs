@@ -229,6 +229,51 @@ impl Service {
         .map_err(stopped)?
     }
 
+    /// The safety number with `handle`, from the account key fetched now (a key that
+    /// changed since it was pinned is refused with [`ClientError::E2e`] until
+    /// [`Service::trust`]). With `mark`, the contact is first marked verified with that
+    /// key: the user compared the digits with the other person.
+    pub async fn safety_number(
+        &self,
+        handle: &str,
+        mark: bool,
+    ) -> Result<hushwire_e2e::SafetyNumber, ClientError> {
+        hushwire_proto::identity::validate_handle(handle)?;
+        let handle = handle.to_string();
+        self.with(move |c| {
+            Box::pin(async move {
+                let account = tokio::time::timeout(NETWORK_TIMEOUT, c.fetch_account(&handle))
+                    .await
+                    .map_err(|_| ClientError::Timeout("fetching the account".into()))??;
+                let p = c.profile_mut();
+                p.learn_account(&account)?;
+                if mark {
+                    p.mark_verified(&handle, unix_ms())?;
+                }
+                Ok(p.safety_number(&handle)?)
+            })
+        })
+        .await
+        .map_err(stopped)?
+    }
+
+    /// Accepts `handle`'s changed account key (after [`Event::IdentityChanged`]): the
+    /// key the server serves now is pinned, and sending to `handle` works again. The
+    /// user should compare safety numbers first.
+    pub async fn trust(&self, handle: &str) -> Result<(), ClientError> {
+        hushwire_proto::identity::validate_handle(handle)?;
+        let handle = handle.to_string();
+        self.with(move |c| {
+            Box::pin(async move {
+                tokio::time::timeout(NETWORK_TIMEOUT, c.trust(&handle))
+                    .await
+                    .map_err(|_| ClientError::Timeout("fetching the account".into()))?
+            })
+        })
+        .await
+        .map_err(stopped)?
+    }
+
     /// Opens received view-once message `id` once: its file (if any) is downloaded and
     /// decrypted into `dir`, the message is erased from this device and a viewed
     /// receipt goes out. The caller shows the file and deletes it afterwards.

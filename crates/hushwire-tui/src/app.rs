@@ -241,6 +241,15 @@ pub enum Action {
     ApproveLink(bool),
     /// List this account's devices.
     Devices,
+    /// Show the safety number with a contact; with `mark`, mark the contact verified.
+    Verify {
+        /// The contact.
+        handle: String,
+        /// The user compared the digits with the other person.
+        mark: bool,
+    },
+    /// Accept a contact's changed account key.
+    Trust(String),
     /// Show a group's title, members and admins.
     GroupInfo(String),
     /// Reload the conversation list and the open conversation.
@@ -501,6 +510,14 @@ impl App {
             }
             Event::Request { from, .. } => {
                 self.status = format!("message request from {from}");
+                out.actions.push(Action::Refresh);
+            }
+            Event::IdentityChanged { handle } => {
+                self.status = format!(
+                    "{handle}'s account key changed: sending to {handle} is refused until you \
+                     compare safety numbers (/verify {handle}) and accept it (/trust {handle})"
+                );
+                out.bell = true;
                 out.actions.push(Action::Refresh);
             }
             _ => out.actions.push(Action::Refresh),
@@ -907,6 +924,31 @@ impl App {
                 };
                 vec![Action::Command(command)]
             }
+            "verify" | "trust" => {
+                let (who, mark) = match rest.strip_suffix(" mark").map(str::trim) {
+                    Some(who) if name == "verify" => (who, true),
+                    _ if name == "verify" && rest == "mark" => ("", true),
+                    _ => (rest, false),
+                };
+                let handle = if who.is_empty() {
+                    self.open.clone().filter(|o| !o.starts_with('#'))
+                } else {
+                    Some(who.to_string())
+                };
+                let Some(handle) = handle.filter(|h| !h.contains(char::is_whitespace)) else {
+                    self.status = if name == "verify" {
+                        "usage: /verify [HANDLE] [mark] (or open their chat)".into()
+                    } else {
+                        "usage: /trust HANDLE (or open their chat)".into()
+                    };
+                    return Vec::new();
+                };
+                if name == "verify" {
+                    vec![Action::Verify { handle, mark }]
+                } else {
+                    vec![Action::Trust(handle)]
+                }
+            }
             "blocked" => vec![Action::Blocked],
             "receipts" => match rest {
                 "on" | "off" => vec![Action::Command(Command::ReadReceipts(rest == "on"))],
@@ -1273,4 +1315,21 @@ pub fn human_size(bytes: u64) -> String {
 pub fn clock(ms: u64) -> String {
     let secs = ms / 1000 % 86_400;
     format!("{:02}:{:02}", secs / 3600, secs % 3600 / 60)
+}
+
+/// The safety number overlay: the 60 digits in three rows of four groups, whether the
+/// contact is verified, and what to do.
+pub fn safety_lines(handle: &str, number: &hushwire_e2e::SafetyNumber) -> Vec<String> {
+    let groups: Vec<&str> = number.digits.split(' ').collect();
+    let mut lines: Vec<String> = groups
+        .chunks(4)
+        .map(|row| format!("  {}", row.join(" ")))
+        .collect();
+    lines.push(String::new());
+    lines.push(if number.verified {
+        format!("verified: you compared these digits with {handle}")
+    } else {
+        format!("not verified: compare these digits with {handle}, then /verify {handle} mark")
+    });
+    lines
 }

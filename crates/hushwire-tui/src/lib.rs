@@ -31,6 +31,8 @@
 //! | `/group info` | the open group's title, members (devices) and admins |
 //! | `/link` | link a new device: shows `link-code:` and a QR code; approve its name with `y` |
 //! | `/devices` | list this account's devices |
+//! | `/verify [HANDLE]` | the safety number with a contact (the open chat's by default); `/verify HANDLE mark` marks them verified once the digits match |
+//! | `/trust [HANDLE]` | accept a contact's changed account key (sending to them is refused until then) |
 //! | `/read` | mark the open conversation read (opening it does too) |
 //! | `/quit` | quit |
 //!

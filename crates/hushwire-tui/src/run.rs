@@ -485,6 +485,33 @@ impl LoopState {
                     let _ = ui.send(msg);
                 });
             }
+            Action::Verify { handle, mark } => {
+                let ui = self.ui.clone();
+                let service = self.service.clone();
+                tokio::spawn(async move {
+                    let msg = match service.safety_number(&handle, mark).await {
+                        Ok(number) => UiMsg::Info(
+                            format!("Safety number with {handle}"),
+                            crate::app::safety_lines(&handle, &number),
+                        ),
+                        Err(e) => done(format!("cannot show the safety number: {e}")),
+                    };
+                    let _ = ui.send(msg);
+                });
+            }
+            Action::Trust(handle) => {
+                let ui = self.ui.clone();
+                let service = self.service.clone();
+                tokio::spawn(async move {
+                    let notice = match service.trust(&handle).await {
+                        Ok(()) => format!(
+                            "accepted {handle}'s current account key; compare safety numbers: /verify {handle}"
+                        ),
+                        Err(e) => format!("cannot accept {handle}'s key: {e}"),
+                    };
+                    let _ = ui.send(done(notice));
+                });
+            }
             Action::Link => {
                 let ui = self.ui.clone();
                 let service = self.service.clone();

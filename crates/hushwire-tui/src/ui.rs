@@ -66,6 +66,10 @@ pub const HELP: &[(&str, &str)] = &[
         "/link  /devices",
         "link a new device (QR code); list your devices",
     ),
+    (
+        "/verify [HANDLE] [mark]  /trust HANDLE",
+        "safety number; accept a changed key",
+    ),
     ("/read  /quit", "mark the conversation read; quit"),
 ];
 

@@ -11,7 +11,7 @@ use hushwire_e2e::{Reaction, Receipt, ReceiptStatus, TimelineItem};
 use hushwire_service::{Command, ServiceEvent};
 use hushwire_tui::app::{
     Action, AttachmentView, ConversationRow, GroupOp, MessageView, Snapshot,
-    TYPING_SEND_INTERVAL_MS, TYPING_SHOWN_MS, Ticks, message_views,
+    TYPING_SEND_INTERVAL_MS, TYPING_SHOWN_MS, Ticks, message_views, safety_lines,
 };
 use hushwire_tui::{App, Focus, Overlay};
 use ratatui::Terminal;
@@ -212,6 +212,7 @@ fn help_overlay_lists_keys_and_commands() {
         "/timer 30m|1h|7d|off",
         "/viewonce PATH",
         "delete the selected message",
+        "/verify [HANDLE] [mark]  /trust HANDLE",
     ] {
         assert!(screen_has(&screen, needle), "missing {needle:?}:\n{text}");
     }
@@ -787,4 +788,87 @@ fn edit_delete_view_once_timer_requests_and_blocking() {
     );
     assert!(run(&mut app, "/presence sometimes").is_empty());
     assert!(app.status.contains("usage: /presence"));
+}
+
+#[test]
+fn safety_numbers_and_a_changed_account_key() {
+    let mut app = sample_app();
+    // The open chat's contact by default, or a named one; `mark` after the digits match.
+    assert_eq!(
+        run(&mut app, "/verify"),
+        vec![Action::Verify {
+            handle: "bob".into(),
+            mark: false
+        }]
+    );
+    assert_eq!(
+        run(&mut app, "/verify mark"),
+        vec![Action::Verify {
+            handle: "bob".into(),
+            mark: true
+        }]
+    );
+    assert_eq!(
+        run(&mut app, "/verify carol mark"),
+        vec![Action::Verify {
+            handle: "carol".into(),
+            mark: true
+        }]
+    );
+    assert_eq!(run(&mut app, "/trust"), vec![Action::Trust("bob".into())]);
+    assert_eq!(
+        run(&mut app, "/trust carol"),
+        vec![Action::Trust("carol".into())]
+    );
+
+    // A contact's key changed: the bell rings and the status line says what to do.
+    let out = app.apply_event(
+        &ServiceEvent::Client(Event::IdentityChanged {
+            handle: "bob".into(),
+        }),
+        NOW,
+    );
+    assert!(out.bell);
+    assert!(
+        app.status.contains("bob's account key changed"),
+        "{}",
+        app.status
+    );
+    assert!(app.status.contains("/verify bob") && app.status.contains("/trust bob"));
+
+    // In a group there is no one contact: the usage is shown.
+    app.open_conversation("#friends");
+    assert!(run(&mut app, "/trust").is_empty());
+    assert!(app.status.contains("usage: /trust"), "{}", app.status);
+    assert!(run(&mut app, "/verify").is_empty());
+    assert!(app.status.contains("usage: /verify"), "{}", app.status);
+
+    // The overlay: twelve groups in three rows, and whether it is verified.
+    let number = hushwire_e2e::SafetyNumber {
+        digits: (0..12)
+            .map(|i| format!("{i:05}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        qr_payload: vec![],
+        verified: false,
+    };
+    let lines = safety_lines("bob", &number);
+    assert_eq!(lines[0], "  00000 00001 00002 00003");
+    assert_eq!(lines[2], "  00008 00009 00010 00011");
+    assert!(lines[4].starts_with("not verified") && lines[4].contains("/verify bob mark"));
+    app.overlay = Some(Overlay::Info {
+        title: "Safety number with bob".into(),
+        lines,
+    });
+    let screen = render(&app, 100, 30);
+    assert!(screen_has(&screen, "Safety number with bob"));
+    assert!(screen_has(&screen, "00004 00005 00006 00007"));
+    let verified = safety_lines(
+        "bob",
+        &hushwire_e2e::SafetyNumber {
+            verified: true,
+            ..number
+        },
+    );
+    assert!(verified[4].starts_with("verified"));
 }
