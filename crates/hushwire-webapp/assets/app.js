@@ -284,7 +284,10 @@ async function loadTimeline(scroll) {
 
 function renderHeader() {
   const t = state.timeline;
-  $("btn-info").hidden = !t.group;
+  // A group's members, or the safety number with the contact of a 1:1 chat.
+  $("btn-info").hidden = false;
+  $("btn-info").title = t.group ? "Group info" : "Safety number";
+  $("btn-info").setAttribute("aria-label", $("btn-info").title);
   const timer = $("btn-timer");
   // A timer needs the conversation to exist (after its first message).
   timer.hidden = !(t.items.length || t.group) || t.request || t.blocked;
@@ -315,12 +318,71 @@ function renderBars() {
     $("request-text").textContent = "They won't know you've seen their messages until you accept. Block them to stop all their messages.";
   }
   if (t.blocked) $("blocked-text").textContent = "You blocked " + who + ". You won't get their messages.";
+  const changed = !t.group && keyChanged.has(who);
+  $("key-bar").hidden = !changed;
+  if (changed) {
+    $("key-title").textContent = who + "'s account key changed";
+    $("key-text").textContent = "Messages from and to " + who + " are held back until you compare safety numbers with them (in person or on a call) and accept the new key.";
+  }
   if ((t.request || t.blocked) && (state.replyTo || state.editing)) {
     state.replyTo = null;
     state.editing = null;
     renderReply();
   }
   if (t.request || t.blocked) $("reply-bar").hidden = true;
+}
+
+// Contacts whose account key changed since it was first seen (told by the client's
+// "identity" event): their chat shows a banner until the new key is accepted.
+const keyChanged = new Set();
+
+async function openSafety(handle) {
+  $("safety-title").textContent = "Safety number with " + handle;
+  $("safety-digits").textContent = "";
+  $("safety-state").textContent = "Loading…";
+  $("safety-mark").hidden = true;
+  $("safety-trust").hidden = true;
+  $("safety-mark").dataset.handle = handle;
+  $("safety-trust").dataset.handle = handle;
+  if (!$("dlg-safety").open) $("dlg-safety").showModal();
+  await loadSafety(handle, false);
+}
+
+async function loadSafety(handle, mark) {
+  try {
+    const r = await api("/api/safety", { handle, mark });
+    if (r.changed) {
+      keyChanged.add(handle);
+      $("safety-digits").textContent = "";
+      $("safety-digits").hidden = true;
+      $("safety-state").textContent = handle + "'s account key changed since you first saw it: they may have a new phone, or someone may be posing as them. Compare safety numbers with " + handle + " after you accept, and mark them verified if they match.";
+      $("safety-trust").hidden = false;
+      $("safety-mark").hidden = true;
+    } else {
+      keyChanged.delete(handle);
+      $("safety-digits").hidden = false;
+      const groups = r.digits.split(" ");
+      const rows = [];
+      for (let i = 0; i < groups.length; i += 4) rows.push(groups.slice(i, i + 4).join(" "));
+      $("safety-digits").textContent = rows.join("\n");
+      $("safety-state").textContent = r.verified
+        ? "Verified: you compared these numbers with " + handle + "."
+        : "Compare these numbers with the ones on " + handle + "'s screen. If they match, your chat is end-to-end encrypted with no one in between.";
+      $("safety-mark").hidden = r.verified;
+      $("safety-trust").hidden = true;
+    }
+  } catch (e) {
+    $("safety-state").textContent = e.message;
+  }
+  if (state.timeline) renderBars();
+}
+
+async function trustKey(handle) {
+  try {
+    await api("/api/trust", { handle });
+    toast("Accepted " + handle + "'s new key");
+  } catch (e) { toast(e.message, true); }
+  await loadSafety(handle, false);
 }
 
 async function contact(action, handle) {
@@ -351,6 +413,7 @@ function closeChat() {
   $("composer").hidden = true;
   $("request-bar").hidden = true;
   $("blocked-bar").hidden = true;
+  $("key-bar").hidden = true;
   $("reply-bar").hidden = true;
   $("messages").textContent = "";
   renderList();
@@ -1127,6 +1190,11 @@ function connect() {
       case "transfer": onTransfer(ev); break;
       case "link": onLink(ev); refresh(false); break;
       case "presence": break;
+      case "identity":
+        keyChanged.add(ev.handle);
+        toast(ev.handle + "'s account key changed: compare safety numbers", true);
+        refresh(false);
+        break;
       case "message": {
         const m = state.typing.get(ev.conversation);
         if (m) m.delete(ev.from);
@@ -1161,7 +1229,14 @@ function init() {
   $("btn-new-group").addEventListener("click", () => { $("dlg-group").showModal(); $("group-title").focus(); });
   $("group-cancel").addEventListener("click", () => $("dlg-group").close());
   $("group-form").addEventListener("submit", createGroup);
-  $("btn-info").addEventListener("click", openInfo);
+  $("btn-info").addEventListener("click", () => {
+    if (state.timeline && !state.timeline.group) openSafety(state.current);
+    else openInfo();
+  });
+  $("btn-key-check").addEventListener("click", () => openSafety(state.current));
+  $("safety-close").addEventListener("click", () => $("dlg-safety").close());
+  $("safety-mark").addEventListener("click", (e) => loadSafety(e.target.dataset.handle, true));
+  $("safety-trust").addEventListener("click", (e) => trustKey(e.target.dataset.handle));
   $("info-close").addEventListener("click", () => $("dlg-info").close());
   $("btn-leave").addEventListener("click", () => {
     if (confirm("Leave this group?")) { $("dlg-info").close(); groupOp("leave"); }

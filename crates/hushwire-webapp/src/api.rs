@@ -210,6 +210,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/timer", post(api_timer))
         .route("/api/view-once", post(api_view_once))
         .route("/api/contact", post(api_contact))
+        .route("/api/safety", post(api_safety))
+        .route("/api/trust", post(api_trust))
         .route("/api/read", post(api_read))
         .route("/api/typing", post(api_typing))
         .route("/api/upload", post(api_upload))
@@ -1001,6 +1003,51 @@ async fn api_contact(
     };
     let outcome = st.0.service.command(command).await?;
     Ok(axum::Json(outcome_json(&outcome)))
+}
+
+#[derive(Deserialize)]
+struct SafetyRequest {
+    handle: String,
+    /// The user compared the digits with the contact: mark them verified.
+    #[serde(default)]
+    mark: bool,
+}
+
+/// The safety number with a contact, from the account key fetched now. A key that
+/// changed since it was pinned gives `{"changed": true}` and no number: the user
+/// accepts it first (`/api/trust`), then compares.
+async fn api_safety(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<SafetyRequest>,
+) -> ApiResult {
+    let handle = check_handle(&req.handle)?;
+    match st.0.service.safety_number(&handle, req.mark).await {
+        Ok(n) => Ok(axum::Json(json!({
+            "handle": handle,
+            "changed": false,
+            "digits": n.digits,
+            "verified": n.verified,
+        }))),
+        Err(ClientError::E2e(E2eError::IdentityChanged { .. })) => {
+            Ok(axum::Json(json!({"handle": handle, "changed": true})))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct HandleRequest {
+    handle: String,
+}
+
+/// Accepts a contact's changed account key.
+async fn api_trust(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<HandleRequest>,
+) -> ApiResult {
+    let handle = check_handle(&req.handle)?;
+    st.0.service.trust(&handle).await?;
+    Ok(axum::Json(json!({"trusted": true})))
 }
 
 #[derive(Deserialize)]

@@ -86,6 +86,9 @@ fn client_event(e: &Event) -> Value {
             json!({"type": "presence", "from": from, "online": online, "last_seen_ms": last_seen_ms})
         }
         Event::DevicesChanged(_) => json!({"type": "devices"}),
+        Event::IdentityChanged { handle } => {
+            json!({"type": "identity", "handle": handle, "conversation": handle})
+        }
         Event::TimerChanged {
             conversation,
             timer_ms,

@@ -5,7 +5,9 @@
 //! reaction arrive live, reacts, creates a group, edits a message, deletes one for
 //! everyone, sets a disappearing-messages timer, sends a view-once picture (bob opens
 //! it once) and opens bob's, accepts carol's message request and blocks (then
-//! unblocks) dave; every step is checked on the other client's store. Screenshots go to
+//! unblocks) dave, compares and verifies bob's safety number, and sees bob's account key
+//! change (reset and registered anew) and accepts it; every step is checked on the other
+//! client's store. Screenshots go to
 //! `target/webapp-screenshots/`. Plain HTTP checks cover the token, `Host` and `Origin`
 //! gates and the security headers.
 
@@ -19,6 +21,7 @@ use std::time::Duration;
 use hushwire_client::{Client, SendFileOptions};
 use hushwire_e2e::{ReceiptStatus, TimelineItem};
 use hushwire_service::{Service, ServiceOptions};
+use hushwire_store::Accounts as _;
 use hushwire_tests::{TestServer, register};
 use hushwire_webapp::WebApp;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -276,7 +279,11 @@ async fn the_app_in_chromium() {
     let _ = std::fs::remove_dir_all(&shots);
 
     let tmp = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&tmp.path().join("server")).await;
+    // The key directory publishes every 100 ms, so that bob's new key (step 11) is in it
+    // soon.
+    let mut config = hushwire_tests::test_config(&tmp.path().join("server"));
+    config.directory.publish_interval = Duration::from_millis(100);
+    let server = TestServer::start_with(config).await;
     let alice = register(tmp.path(), &server, "alice").await;
     drop(alice);
     let mut bob = register(tmp.path(), &server, "bob").await;
@@ -581,6 +588,60 @@ async fn the_app_in_chromium() {
     );
     stdin.write_all(b"GO\n").await.unwrap();
 
+    // 10. The safety number the app shows is the one bob's client computes, and alice
+    // marked it verified.
+    let line = next_line(&mut out).await;
+    let shown = line
+        .strip_prefix("STEP safety ")
+        .unwrap_or_else(|| panic!("{line}"));
+    assert_eq!(shown, bob.profile().safety_number("alice").unwrap().digits);
+    let verified = service
+        .with(|c| Box::pin(async move { c.profile().safety_number("bob").unwrap().verified }))
+        .await
+        .unwrap();
+    assert!(verified, "marked verified in alice's profile");
+
+    // 11. bob's account is reset by the operator and registered anew. The app warns,
+    // and after alice accepts the new key shows the number the new bob's client
+    // computes.
+    assert!(
+        server
+            .store
+            .reset_account("bob", hushwire_client::api::unix_ms())
+            .await
+            .unwrap()
+    );
+    let again = tmp.path().join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    let mut new_bob = register(&again, &server, "bob").await;
+    // Until the directory holds the new key, alice's app would report a key
+    // transparency failure instead.
+    tokio::time::timeout(STEP, async {
+        while new_bob.fetch_account("bob").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the directory publishes bob's new key");
+    stdin.write_all(b"GO\n").await.unwrap();
+    let line = next_line(&mut out).await;
+    let shown = line
+        .strip_prefix("STEP trusted ")
+        .unwrap_or_else(|| panic!("{line}"));
+    let alices = new_bob.fetch_account("alice").await.unwrap();
+    new_bob.profile_mut().learn_account(&alices).unwrap();
+    assert_eq!(
+        shown,
+        new_bob.profile().safety_number("alice").unwrap().digits
+    );
+    let trusted = service
+        .with(|c| Box::pin(async move { c.profile().safety_number("bob").unwrap() }))
+        .await
+        .unwrap();
+    assert_eq!(trusted.digits, shown, "alice's profile holds the new key");
+    assert!(!trusted.verified, "verification belonged to the old key");
+    stdin.write_all(b"GO\n").await.unwrap();
+
     let line = next_line(&mut out).await;
     assert_eq!(line, "DONE", "{line}");
     let status = tokio::time::timeout(STEP, node.wait())
@@ -597,6 +658,8 @@ async fn the_app_in_chromium() {
         "15-view-once-open.png",
         "16-request.png",
         "17-settings-blocked.png",
+        "18-safety-number.png",
+        "19-key-changed.png",
         "07-dark.png",
         "10-narrow-list.png",
     ] {
@@ -605,6 +668,6 @@ async fn the_app_in_chromium() {
 
     app.stop().await;
     service.shutdown().await;
-    drop((bob, carol, dave));
+    drop((bob, carol, dave, new_bob));
     server.stop().await;
 }

@@ -246,6 +246,43 @@ try {
   await page.waitForSelector("#blocked-none:not([hidden])");
   await page.click("#settings-close");
   await step("unblocked");
+
+  // The safety number with bob: compared (the Rust side checks bob's digits), then
+  // marked verified.
+  await page.click(".conv[data-name='bob']");
+  await page.waitForSelector(".row.in .quote");
+  check((await page.getAttribute("#btn-info", "title")) === "Safety number", "a 1:1 chat's info button is the safety number");
+  await page.click("#btn-info");
+  await page.waitForSelector("#dlg-safety[open] #safety-mark:not([hidden])");
+  const before = (await page.textContent("#safety-digits")).split(/\s+/).join(" ").trim();
+  check(before.split(" ").length === 12, `twelve groups: ${before}`);
+  await page.screenshot({ path: join(shots, "18-safety-number.png") });
+  await page.click("#safety-mark");
+  await page.waitForSelector("#safety-mark", { state: "hidden" });
+  check((await page.textContent("#safety-state")).startsWith("Verified"), "marked verified");
+  await page.click("#safety-close");
+  await step(`safety ${before}`);
+
+  // bob's account was reset and registered anew (a new phone, or someone posing as
+  // him): the safety number shows no number until the new key is accepted, the chat
+  // shows a banner, and after accepting there is a new number.
+  await page.click("#btn-info");
+  await page.waitForSelector("#dlg-safety[open] #safety-trust:not([hidden])");
+  check((await page.textContent("#safety-digits")) === "", "no number for a key not accepted");
+  check((await page.textContent("#safety-state")).includes("changed"), "says the key changed");
+  await page.screenshot({ path: join(shots, "19-key-changed.png") });
+  await page.click("#safety-close");
+  await page.waitForSelector("#key-bar:not([hidden])");
+  check((await page.textContent("#key-title")).includes("bob"), "the banner names bob");
+  await page.click("#btn-key-check");
+  await page.waitForSelector("#dlg-safety[open] #safety-trust:not([hidden])");
+  await page.click("#safety-trust");
+  await page.waitForSelector("#dlg-safety[open] #safety-mark:not([hidden])");
+  const after = (await page.textContent("#safety-digits")).split(/\s+/).join(" ").trim();
+  check(after !== before, "the new key has another safety number");
+  await page.click("#safety-close");
+  await page.waitForSelector("#key-bar", { state: "hidden" });
+  await step(`trusted ${after}`);
   await page.locator(".conv", { hasText: "Weekend trip" }).click();
   await page.waitForSelector("#btn-info:not([hidden])");
 
